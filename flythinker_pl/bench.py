@@ -1,0 +1,83 @@
+"""Training throughput: tokens/s of SFT and FlyThinker (Reasoner frozen, LoRA, full) on the same
+batches in one process, rounds interleaved, median of repeats, ratio to SFT.
+
+    flythinker bench train -c experiments/demo.yaml [--batches 4 --repeats 5 --out bench/train.json]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import Config, load_config
+from .data.datamodule import PersonalisationDataModule, pretraining_corpus
+from .lit.module import response_loss
+from .models.build import build_method
+
+VARIANTS = {
+    "sft": ["method=sft"],
+    "flythinker (reasoner frozen)": ["method=flythinker", "reasoner.mode=frozen"],
+    "flythinker (reasoner lora)": ["method=flythinker", "reasoner.mode=lora"],
+    "flythinker (reasoner full)": ["method=flythinker", "reasoner.mode=full"],
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_steps(method, optimizer, batches, device) -> float:
+    """Seconds for one optimiser step per batch (forward, backward, update)."""
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"])
+        loss, _ = response_loss(logits, batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_train(config_path: str, overrides: list[str], batches: int = 4, repeats: int = 5,
+                out: str = "bench/train.json") -> pd.DataFrame:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configs: dict[str, Config] = {name: load_config(config_path, [*overrides, *extra])
+                                  for name, extra in VARIANTS.items()}
+    methods, tokenizer = {}, None
+    for name, cfg in configs.items():
+        torch.manual_seed(cfg.seed)
+        method, tokenizer = build_method(cfg, corpus=lambda cfg=cfg: pretraining_corpus(cfg.data))
+        trainable = [p for p in method.parameters() if p.requires_grad]
+        methods[name] = (method.to(device).train(), torch.optim.AdamW(trainable, lr=1e-5))
+    datamodule = PersonalisationDataModule(next(iter(configs.values())).data, tokenizer)
+    datamodule.setup()
+    fixed = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+             for b, _ in zip(datamodule.val_dataloader(), range(batches))]
+    tokens = sum(int(b["attention_mask"].sum()) for b in fixed)
+
+    for method, optimizer in methods.values():  # warm-up, not timed
+        _train_steps(method, optimizer, fixed[:1], device)
+    seconds = {name: [] for name in methods}
+    for _ in range(repeats):  # interleaved rounds: drift hits every variant alike
+        for name, (method, optimizer) in methods.items():
+            seconds[name].append(_train_steps(method, optimizer, fixed, device))
+
+    rows = []
+    for name in methods:
+        median = statistics.median(seconds[name])
+        rows.append({"method": name, "tokens/s": tokens / median, "ms/step": 1000 * median / len(fixed)})
+    table = pd.DataFrame(rows)
+    table["ratio to sft"] = table["tokens/s"] / table.loc[0, "tokens/s"]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"device": str(device), "torch_threads": torch.get_num_threads(),
+                                     "batches": len(fixed), "tokens_per_round": tokens, "repeats": repeats,
+                                     "results": rows}, indent=2) + "\n")
+    return table

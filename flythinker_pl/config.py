@@ -1,0 +1,208 @@
+"""Structured run configuration: dataclasses are the schema, YAML + dotlist overrides fill it.
+
+`load_config("experiments/demo.yaml", ["fusion.lam=1.0"])` returns a validated `Config`.
+Unknown keys, wrong types and invalid choices fail before any work with a message naming the key
+and listing what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+METHODS = ("flythinker", "sft")
+
+
+@dataclass
+class BackboneConfig:
+    """One language model: a tiny preset name (see models/backbones.py), a hub id or a local path."""
+
+    name: str = "tiny-128"
+    mode: str = "lora"  # generator: lora | full; reasoner: frozen | lora | full
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # Attention and MLP projections of Qwen2/Llama-style decoders; never the LM head.
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    pretrain_steps: int = 300  # tiny presets only: local next-token pretraining before fine-tuning
+    pretrain_seed: int = 0
+
+
+@dataclass
+class ReasonerConfig(BackboneConfig):
+    name: str = "tiny-64"
+    mode: str = "frozen"
+    # One base model with a `reasoner` and a `generator` LoRA adapter (memory of one model).
+    # Not built yet: the staggered-decoding issue adds it; the interfaces leave room for it.
+    shared_base: bool = False
+
+
+@dataclass
+class FusionConfig:
+    lam: float = 0.5  # lambda: weight of the Reasoner latent added to the Generator input embedding
+    norm: str = "table_mean"  # table_mean: rescale latents to the mean row norm of E_G | none
+    dims: str = "pad"  # pad: add into the first d_R dims (needs d_R <= d_G) | linear: learned d_R -> d_G
+    span: str = "global"  # global: every position j >= 1 | response: j >= P | prompt: 1 <= j < P
+    eps: float = 1e-6  # floor on ||h|| in the rescale, so a zero hidden state gives zero, not NaN
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded default data set: synthetic reviewers with latent, learnable preferences."""
+
+    num_users: int = 120
+    reviews_per_user: int = 8
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    task: str = "product_review"
+    setting: str = "user"  # user: disjoint users per split | temporal: latest item per user held out
+    # Directory holding <task>_<setting>/{train,val,test}.jsonl; empty = generate the synthetic set
+    # into `synthetic_dir` (cached, deterministic in `synthetic`).
+    path: str = ""
+    synthetic_dir: str = "data/synthetic"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    k: int = 1  # retrieved profile items per prompt (recency: the k latest)
+    system_prompt: Optional[str] = None  # None keeps the chat template's own default
+    profile_tokens: int = 1250  # token budgets, as in the paper
+    input_tokens: int = 300
+    target_tokens: int = 1000  # training targets only; evaluation keeps the full reference
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    num_workers: int = 0
+    max_records: Optional[int] = None  # per split; None = all (for quick debugging)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.025
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.01
+    schedule: str = "cosine"  # cosine | linear | constant (after linear warmup)
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU; or any Lightning precision
+    gradient_checkpointing: bool = False
+    # auto: rerunning the same command continues the newest unfinished run with an identical
+    # config from its last.ckpt; never: always start fresh; or a path to a checkpoint.
+    resume: str = "auto"
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to `lightning.Trainer` as keyword arguments."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    max_steps: int = 300
+    max_epochs: int = -1
+    val_check_interval: Any = 100
+    check_val_every_n_epoch: Optional[int] = None
+    limit_val_batches: Any = 1.0
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggingConfig:
+    root_dir: str = "lightning_logs"
+    experiment: str = ""  # default: the config file's stem
+    cache_dir: str = "~/.cache/flythinker-pl"  # trained tokenizers and pretrained tiny presets
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    method: str = "flythinker"
+    generator: BackboneConfig = field(default_factory=BackboneConfig)
+    reasoner: ReasonerConfig = field(default_factory=ReasonerConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES = {
+    "method": METHODS,
+    "generator.mode": ("lora", "full"),
+    "reasoner.mode": ("frozen", "lora", "full"),
+    "fusion.norm": ("table_mean", "none"),
+    "fusion.dims": ("pad", "linear"),
+    "fusion.span": ("global", "response", "prompt"),
+    "data.task": ("product_review", "abstract_generation", "topic_writing"),
+    "data.setting": ("user", "temporal"),
+    "train.schedule": ("cosine", "linear", "constant"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _valid_keys(parent: str) -> list[str]:
+    schema = OmegaConf.structured(Config)
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        parent = key.rpartition(".")[0]
+        valid = ", ".join(_valid_keys(parent))
+        return ConfigError(f"{source}: unknown config key '{key}'. Valid keys"
+                           f"{' under ' + repr(parent) if parent else ''}: {valid}")
+    reason = str(getattr(err, "msg", err)).splitlines()[0]
+    return ConfigError(f"{source}: bad value for '{key}': {reason}")
+
+
+def _check_choices(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    if cfg.fusion.lam < 0:
+        raise ConfigError(f"fusion.lam={cfg.fusion.lam} must be >= 0")
+
+
+def _read_yaml(path: Path) -> list[tuple[Path, DictConfig]]:
+    """The file and its `base:` chain (a path relative to the file), outermost base first."""
+    node = OmegaConf.load(path)
+    base = node.pop("base", None)
+    return (_read_yaml(path.parent / base) if base else []) + [(path, node)]
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    """Schema defaults <- YAML file (after its `base:` files) <- dotlist overrides, validated."""
+    merged = OmegaConf.structured(Config)
+    for source, node in _read_yaml(Path(path)) if path is not None else []:
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as err:
+            raise _explain(err, str(source)) from None
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise _explain(err, "command-line override") from None
+    cfg: Config = OmegaConf.to_object(merged)
+    if not cfg.logging.experiment:
+        cfg.logging.experiment = Path(path).stem if path else "default"
+    _check_choices(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

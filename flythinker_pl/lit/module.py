@@ -1,0 +1,66 @@
+"""One LightningModule for every method: it knows batches, losses and optimisers, no method math."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from transformers import get_scheduler
+
+from ..config import TrainConfig
+from ..data.encode import IGNORE_INDEX
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over response tokens (+ EOS), and how many there were."""
+    targets = labels[:, 1:]
+    count = (targets != IGNORE_INDEX).sum()
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / count.clamp(min=1), count
+
+
+class MethodModule(L.LightningModule):
+    def __init__(self, method: nn.Module, train_cfg: TrainConfig):
+        super().__init__()
+        self.method = method.train()  # from_pretrained returns eval mode; Lightning keeps modes as given
+        self.train_cfg = train_cfg
+        self.strict_loading = False  # checkpoints hold trainable weights only
+        self.val_loss = MeanMetric()
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"])
+        return response_loss(logits, batch["labels"])
+
+    def training_step(self, batch, batch_idx):
+        loss, count = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.log("train/tokens", count.float(), reduce_fx="sum", batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, count = self(batch)
+        self.val_loss.update(loss, weight=count)  # token-weighted across batches and ranks
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        cfg = self.train_cfg
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer,
+                                  num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

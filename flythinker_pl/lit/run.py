@@ -1,0 +1,120 @@
+"""Wiring a config into a run: data, method, Trainer, run directory, resume, results."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
+
+from ..config import Config, to_yaml
+from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
+from ..models.build import build_method
+from .module import MethodModule
+
+RUN_DIR_ENV = "FLYTHINKER_RUN_DIR"  # set by the launching process so every DDP rank agrees
+
+
+def precision(cfg: Config) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return commit.strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def _versions(experiment_dir: Path) -> list[Path]:
+    found = [p for p in experiment_dir.glob("version_*") if p.name.split("_")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+
+
+def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
+    """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
+    this experiment whose saved config equals this one continues from its last.ckpt."""
+    if os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return run_dir, str(last) if cfg.train.resume == "auto" and last.exists() else _explicit_resume(cfg)
+    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
+    versions = _versions(experiment_dir)
+    if cfg.train.resume == "auto" and versions:
+        newest = versions[-1]
+        last = newest / "checkpoints" / "last.ckpt"
+        saved = newest / "config.yaml"
+        if (last.exists() and not (newest / "metrics.json").exists() and saved.exists()
+                and saved.read_text() == to_yaml(cfg)):
+            return newest, str(last)
+    number = int(versions[-1].name.split("_")[-1]) + 1 if versions else 0
+    return experiment_dir / f"version_{number}", _explicit_resume(cfg)
+
+
+def _explicit_resume(cfg: Config) -> Optional[str]:
+    return cfg.train.resume if cfg.train.resume not in ("auto", "never") else None
+
+
+def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer:
+    logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
+                               version=run_dir.name, default_hp_metric=False)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
+                                 save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),
+                     gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
+                     logger=logger, callbacks=[checkpoint, LearningRateMonitor("step"), *callbacks],
+                     default_root_dir=str(run_dir))
+
+
+def build(cfg: Config):
+    """(LightningModule, DataModule, tokenizer) for a config, seeded."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+    return MethodModule(method, cfg.train), PersonalisationDataModule(cfg.data, tokenizer), tokenizer
+
+
+def fit(cfg: Config, callbacks: list = ()) -> Path:
+    """Train one run; returns its directory (config.yaml, git_commit.txt, metrics.json, checkpoints,
+    tfevents). A fresh run is validated once before training, so metrics.json shows the gain."""
+    run_dir, resume_from = choose_run_dir(cfg)
+    launched_here = RUN_DIR_ENV not in os.environ
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        return _fit(cfg, run_dir, resume_from, callbacks)
+    finally:
+        if launched_here:
+            del os.environ[RUN_DIR_ENV]
+
+
+def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list) -> Path:
+    module, datamodule, _ = build(cfg)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "git_commit.txt").write_text(git_commit() + "\n")
+        trainer.logger.log_hyperparams(OmegaConf.to_container(OmegaConf.structured(cfg)))
+        if resume_from:
+            print(f"Resuming {run_dir} from {resume_from}")
+    initial = {}
+    if resume_from is None:
+        initial = {f"{k}_before": v for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if trainer.is_global_zero:
+        results = {"method": cfg.method, "global_step": trainer.global_step, **initial,
+                   **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
+        (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return run_dir

@@ -1,0 +1,62 @@
+"""Backbones: any Hugging Face causal LM (hub id or local path) or a built-in tiny preset,
+put into its training mode (frozen | lora | full) with peft."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import BackboneConfig, ConfigError
+from . import tiny
+
+
+def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, cache_dir: str) -> str:
+    """A loadable location: tiny presets are built (and cached) from `corpus`; anything else is
+    a hub id or a local path, passed to `from_pretrained` unchanged."""
+    if name in tiny.PRESETS:
+        return str(tiny.ensure_pretrained(name, corpus, steps=steps, seed=seed, cache_dir=cache_dir))
+    return name
+
+
+def load(location: str, dtype: Optional[torch.dtype] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def check_same_vocabulary(generator_tokenizer: PreTrainedTokenizerBase,
+                          reasoner_tokenizer: PreTrainedTokenizerBase, names: tuple[str, str]) -> None:
+    """FlyThinker feeds the same token ids to both models, so their vocabularies must be identical."""
+    generator_vocab, reasoner_vocab = generator_tokenizer.get_vocab(), reasoner_tokenizer.get_vocab()
+    if generator_vocab != reasoner_vocab:
+        differing = sorted(set(generator_vocab.items()) ^ set(reasoner_vocab.items()))[:5]
+        raise ConfigError(
+            f"generator.name={names[0]!r} and reasoner.name={names[1]!r} have different tokenizers "
+            f"({len(generator_vocab)} vs {len(reasoner_vocab)} entries; e.g. {differing}). The Reasoner "
+            "reads the Generator's token ids: pick two models of one family (e.g. Qwen2.5-0.5B and -3B) "
+            "or two tiny presets.")
+
+
+def set_mode(model: nn.Module, cfg: BackboneConfig, adapter_name: str, task_type: Optional[str]) -> nn.Module:
+    """frozen: no gradients; full: every weight trains; lora: peft adapter `adapter_name` only."""
+    if cfg.mode == "lora":
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), task_type=task_type)
+        return get_peft_model(model, lora, adapter_name=adapter_name)
+    model.requires_grad_(cfg.mode == "full")
+    return model
+
+
+def decoder_of(model: PreTrainedModel) -> nn.Module:
+    """The causal LM without its head: its output `last_hidden_state` is after the final norm.
+    The Reasoner never needs logits, and an unused trainable head would break DDP."""
+    return model.base_model
+
+
+def hidden_size(model: nn.Module) -> int:
+    return model.config.hidden_size

@@ -1,0 +1,63 @@
+"""The common method interface, and SFT: the Generator alone, fine-tuned on profile + query.
+
+Every method is an `nn.Module` with
+    forward(input_ids, attention_mask, prompt_len) -> logits [B, T, V]   (one teacher-forced pass)
+    prefill(input_ids, attention_mask, prompt_len) -> (next-token logits [B, V], DecodeState)
+    step(state, tokens [B]) -> next-token logits [B, V]                  (one incremental token)
+Batches are left-padded; positions are counted over real tokens so that padding never changes a
+row's result, and the teacher-forced and incremental paths compute the same function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .fusion import real_positions
+
+
+@dataclass
+class DecodeState:
+    attention_mask: torch.Tensor  # [B, t] over every position already in the caches
+    prompt_len: torch.Tensor  # [B] real prompt tokens per row
+    generator_cache: Any
+    reasoner_cache: Any = None
+    latents: Optional[torch.Tensor] = None  # [B, d_G] lam * P(r) of the newest token the Reasoner read
+    latent_norm: Optional[torch.Tensor] = None  # c, fixed for the whole decode
+
+    def append_token(self) -> torch.Tensor:
+        """Extend the mask by one real token per row; returns that token's real position [B, 1]."""
+        ones = self.attention_mask.new_ones(self.attention_mask.shape[0], 1)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        return self.attention_mask.sum(-1, keepdim=True) - 1
+
+
+class SFT(nn.Module):
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.generator.get_input_embeddings()(input_ids)
+
+    def run_generator(self, embeds, attention_mask, positions, cache=None, last_only=False):
+        return self.generator(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
+                              past_key_values=cache, use_cache=cache is not None,
+                              logits_to_keep=1 if last_only else 0)
+
+    def forward(self, input_ids, attention_mask, prompt_len):
+        return self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask)).logits
+
+    def prefill(self, input_ids, attention_mask, prompt_len):
+        out = self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
+                                 cache=DynamicCache(), last_only=True)
+        return out.logits[:, -1], DecodeState(attention_mask, prompt_len, out.past_key_values)
+
+    def step(self, state: DecodeState, tokens: torch.Tensor):
+        positions = state.append_token()
+        out = self.run_generator(self.embed(tokens[:, None]), state.attention_mask, positions,
+                                 cache=state.generator_cache)
+        return out.logits[:, -1]

@@ -1,0 +1,83 @@
+"""Tiny fixtures: a tokenizer trained on a small synthetic corpus, random tiny Qwen2 models of any
+size, and a debug run config whose data, cache and logs live in a temporary directory."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from flythinker_pl.config import FusionConfig, load_config  # noqa: E402
+from flythinker_pl.data import synthetic  # noqa: E402
+from flythinker_pl.models import tiny  # noqa: E402
+from flythinker_pl.models.backbones import decoder_of  # noqa: E402
+from flythinker_pl.models.flythinker import FlyThinker  # noqa: E402
+from flythinker_pl.models.fusion import LatentFusion  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG_CONFIG = ROOT / "experiments" / "debug" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return synthetic.generate(tmp_path_factory.mktemp("synthetic"), num_users=20, reviews_per_user=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def corpus(synthetic_dir) -> list[str]:
+    lines = (synthetic_dir / "product_review_user" / "train.jsonl").read_text().splitlines()
+    return [json.loads(line)["output"] for line in lines]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus):
+    return tiny.train_tokenizer(corpus, vocab_size=600)
+
+
+def sizes(hidden: int, layers: int = 2) -> dict:
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=2 * hidden)
+
+
+@pytest.fixture
+def make_flythinker(tokenizer):
+    """FlyThinker from random tiny models: make_flythinker(d_R, d_G, **fusion options)."""
+
+    def make(reasoner_dim=32, generator_dim=64, reasoner_frozen=False, **fusion):
+        generator = tiny.build_model(sizes(generator_dim), tokenizer, seed=1).eval()
+        reasoner = decoder_of(tiny.build_model(sizes(reasoner_dim), tokenizer, seed=2)).eval()
+        with torch.no_grad():  # as in real checkpoints, the pad token has a trained (nonzero)
+            for model in (generator, reasoner):  # embedding, so a pad latent would be visible
+                model.get_input_embeddings().weight[tokenizer.pad_token_id].normal_(0, 0.02)
+        fusion_cfg = FusionConfig(**{"lam": 0.7, **fusion})
+        return FlyThinker(generator, reasoner, LatentFusion(reasoner_dim, generator_dim, fusion_cfg), reasoner_frozen)
+
+    return make
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+@pytest.fixture
+def run_config(tmp_path, synthetic_dir):
+    """The debug config with data, model cache and logs in temporary directories."""
+    cache = tmp_path.parent / "model-cache"  # shared by the tests of one session (pretraining is cached)
+
+    def make(*overrides: str):
+        return load_config(DEBUG_CONFIG, [f"data.synthetic_dir={synthetic_dir.parent}",
+                                          f"logging.cache_dir={cache}", f"logging.root_dir={tmp_path / 'logs'}",
+                                          *overrides])
+
+    return make
