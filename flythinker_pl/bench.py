@@ -73,9 +73,9 @@ def bench_train(config_path: str, overrides: list[str], batches: int = 4, repeat
     rows = []
     for name in methods:
         median = statistics.median(seconds[name])
-        rows.append({"method": name, "tokens/s": tokens / median, "ms/step": 1000 * median / len(fixed)})
+        rows.append({"method": name, "tokens/s": round(tokens / median), "ms/step": round(1000 * median / len(fixed)),
+                     "ratio to sft": round(statistics.median(seconds["sft"]) / median, 3)})
     table = pd.DataFrame(rows)
-    table["ratio to sft"] = table["tokens/s"] / table.loc[0, "tokens/s"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"device": str(device), "torch_threads": torch.get_num_threads(),
                                      "batches": len(fixed), "tokens_per_round": tokens, "repeats": repeats,

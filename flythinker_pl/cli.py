@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import bench_train
 
             result = bench_train(args.config, args.overrides, args.batches, args.repeats, args.out)
-            print(result.to_markdown(index=False, floatfmt=".3g"))
+            print(result.to_markdown(index=False))
             print(f"written {args.out}")
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -33,18 +33,17 @@ class MethodModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.val_loss = MeanMetric()
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"])
         return response_loss(logits, batch["labels"])
 
     def training_step(self, batch, batch_idx):
-        loss, count = self(batch)
+        loss, _ = self.batch_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
-        self.log("train/tokens", count.float(), reduce_fx="sum", batch_size=len(batch["ids"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, count = self(batch)
+        loss, count = self.batch_loss(batch)
         self.val_loss.update(loss, weight=count)  # token-weighted across batches and ranks
 
     def on_validation_epoch_end(self):

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +20,10 @@ from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .module import MethodModule
 
-RUN_DIR_ENV = "FLYTHINKER_RUN_DIR"  # set by the launching process so every DDP rank agrees
+# Set by the launching process so that every DDP rank uses the same run dir and resume point.
+RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
+# A frozen Reasoner is kept in eval mode on purpose (FlyThinker.train).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def precision(cfg: Config) -> str:
@@ -39,44 +43,39 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def _versions(experiment_dir: Path) -> list[Path]:
-    found = [p for p in experiment_dir.glob("version_*") if p.name.split("_")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+def _version(run_dir: Path) -> int:
+    return int(run_dir.name.removeprefix("version_"))
 
 
 def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
     this experiment whose saved config equals this one continues from its last.ckpt."""
-    if os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return run_dir, str(last) if cfg.train.resume == "auto" and last.exists() else _explicit_resume(cfg)
+    if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
+        return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
     experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
-    versions = _versions(experiment_dir)
+    versions = sorted((p for p in experiment_dir.glob("version_*") if p.name[8:].isdigit()), key=_version)
     if cfg.train.resume == "auto" and versions:
         newest = versions[-1]
-        last = newest / "checkpoints" / "last.ckpt"
-        saved = newest / "config.yaml"
+        last, saved = newest / "checkpoints" / "last.ckpt", newest / "config.yaml"
         if (last.exists() and not (newest / "metrics.json").exists() and saved.exists()
                 and saved.read_text() == to_yaml(cfg)):
             return newest, str(last)
-    number = int(versions[-1].name.split("_")[-1]) + 1 if versions else 0
-    return experiment_dir / f"version_{number}", _explicit_resume(cfg)
-
-
-def _explicit_resume(cfg: Config) -> Optional[str]:
-    return cfg.train.resume if cfg.train.resume not in ("auto", "never") else None
+    run_dir = experiment_dir / f"version_{_version(versions[-1]) + 1 if versions else 0}"
+    return run_dir, None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer:
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
-                               version=run_dir.name, default_hp_metric=False)
+                               version=_version(run_dir), default_hp_metric=False)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
                      logger=logger, callbacks=[checkpoint, LearningRateMonitor("step"), *callbacks],
-                     default_root_dir=str(run_dir))
+                     default_root_dir=str(run_dir),
+                     # no_grad, not inference_mode: metric states touched by the validation before
+                     # fit must stay updatable by fit's own validation loops
+                     inference_mode=False)
 
 
 def build(cfg: Config):
@@ -91,12 +90,12 @@ def fit(cfg: Config, callbacks: list = ()) -> Path:
     tfevents). A fresh run is validated once before training, so metrics.json shows the gain."""
     run_dir, resume_from = choose_run_dir(cfg)
     launched_here = RUN_DIR_ENV not in os.environ
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    os.environ.update({RUN_DIR_ENV: str(run_dir), RESUME_ENV: resume_from or ""})
     try:
         return _fit(cfg, run_dir, resume_from, callbacks)
     finally:
         if launched_here:
-            del os.environ[RUN_DIR_ENV]
+            del os.environ[RUN_DIR_ENV], os.environ[RESUME_ENV]
 
 
 def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list) -> Path:

@@ -1,0 +1,50 @@
+"""The commands users type: fit, table, bench train (functional checks; nothing is timed here)."""
+from __future__ import annotations
+
+import json
+
+from flythinker_pl.cli import main
+from flythinker_pl.config import load_config, to_yaml
+
+from conftest import DEBUG_CONFIG
+
+
+def overrides(run_config):
+    cfg = run_config()
+    return [f"data.synthetic_dir={cfg.data.synthetic_dir}", f"logging.cache_dir={cfg.logging.cache_dir}",
+            f"logging.root_dir={cfg.logging.root_dir}", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+
+
+def test_fit_then_table(run_config, capsys):
+    args = overrides(run_config)
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *args]) == 0
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *args, "method=sft", "logging.experiment=tiny_sft"]) == 0
+    root = run_config().logging.root_dir
+    capsys.readouterr()
+    assert main(["table", f"{root}/tiny", f"{root}/tiny_sft"]) == 0
+    table = capsys.readouterr().out
+    assert "| run" in table and "flythinker" in table and "sft" in table and "val/loss_before" in table
+
+
+def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--batches", "1",
+                 "--repeats", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results] == ["sft", "flythinker (reasoner frozen)", "flythinker (reasoner lora)",
+                                             "flythinker (reasoner full)"]
+    assert results[0]["ratio to sft"] == 1.0
+    assert all(r["tokens/s"] > 0 for r in results)
+    assert "ratio to sft" in capsys.readouterr().out
+
+
+def test_table_without_finished_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["table", str(tmp_path)]) == 2
+    assert "no finished run" in capsys.readouterr().err
+
+
+def test_saved_config_round_trips(run_config, tmp_path):
+    cfg = run_config("fusion.lam=1.5")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved) == cfg

@@ -1,0 +1,61 @@
+"""Config errors fail fast and say what to change."""
+from __future__ import annotations
+
+import pytest
+
+from flythinker_pl.cli import main
+from flythinker_pl.config import ConfigError, load_config, to_yaml
+from flythinker_pl.models import tiny
+from flythinker_pl.models.backbones import check_same_vocabulary
+
+from conftest import ROOT
+
+
+def test_defaults_yaml_and_overrides_compose(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("fusion: {lam: 2.0, span: response}\ntrainer: {max_steps: 7}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nfusion: {lam: 1.0}\n")
+    cfg = load_config(child, ["trainer.max_steps=50"])
+    assert (cfg.fusion.lam, cfg.fusion.span, cfg.trainer.max_steps) == (1.0, "response", 50)
+    assert cfg.logging.experiment == "child"
+    assert load_config(child).fusion.dims == "pad"  # untouched default
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["fusion.lamda=1"], r"unknown config key 'fusion.lamda'. Valid keys under 'fusion': lam, norm, dims, span, eps"),
+    (["optimiser.lr=1"], r"unknown config key 'optimiser'. Valid keys: seed, method, generator"),
+    (["fusion.lam=high"], r"bad value for 'fusion.lam': Value 'high'"),
+    (["trainer.max_steps=1.5"], r"bad value for 'trainer.max_steps'"),
+    (["fusion.dims=concat"], r"fusion.dims='concat' is not allowed; choose one of pad, linear"),
+    (["reasoner.mode=lora_plus"], r"choose one of frozen, lora, full"),
+    (["method=gpt"], r"choose one of flythinker, sft"),
+    (["fusion.lam=-1"], r"fusion.lam=-1.0 must be >= 0"),
+])
+def test_bad_config_names_the_key_and_the_choices(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {batchsize: 4}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'data.batchsize'.*batch_size"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_before_any_work(capsys):
+    assert main(["fit", "-c", str(ROOT / "experiments" / "demo.yaml"), "fusion.spam=1"]) == 2
+    assert "unknown config key 'fusion.spam'" in capsys.readouterr().err
+
+
+def test_every_shipped_experiment_config_is_valid():
+    for path in sorted((ROOT / "experiments").rglob("*.yaml")):
+        assert to_yaml(load_config(path))
+
+
+def test_tokenizer_mismatch_is_a_clear_error(corpus, tokenizer):
+    other = tiny.train_tokenizer(corpus[: len(corpus) // 3], vocab_size=400)
+    with pytest.raises(ConfigError, match=r"different tokenizers.*pick two models of one family"):
+        check_same_vocabulary(tokenizer, other, ("gen", "rea"))
+    check_same_vocabulary(tokenizer, tiny.train_tokenizer(corpus, vocab_size=600), ("gen", "rea"))

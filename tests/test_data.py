@@ -1,0 +1,114 @@
+"""The embedded default data set and the minimal encoding path."""
+from __future__ import annotations
+
+import filecmp
+import json
+import re
+
+import torch
+
+from flythinker_pl.config import DataConfig
+from flythinker_pl.data import synthetic
+from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
+from flythinker_pl.data.encode import collate, encode_record
+from flythinker_pl.data.prompts import chat_prompt
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def personas(synthetic_dir):
+    return {p["user_id"]: p for p in read(synthetic_dir / "users.jsonl")}
+
+
+def test_generation_is_deterministic(tmp_path):
+    a = synthetic.generate(tmp_path / "a", num_users=6, reviews_per_user=4, seed=3)
+    b = synthetic.generate(tmp_path / "b", num_users=6, reviews_per_user=4, seed=3)
+    c = synthetic.generate(tmp_path / "c", num_users=6, reviews_per_user=4, seed=4)
+    for rel in ("users.jsonl", "product_review_user/train.jsonl", "product_review_temporal/test.jsonl"):
+        assert filecmp.cmp(a / rel, b / rel, shallow=False)
+        assert not filecmp.cmp(a / rel, c / rel, shallow=False)
+
+
+def test_records_follow_the_longlamp_product_review_schema(synthetic_dir):
+    for record in read(synthetic_dir / "product_review_user" / "train.jsonl"):
+        assert set(record) == {"id", "reviewerId", "input", "output", "profile"}
+        assert record["input"].startswith("Generate the review text written by a reviewer who has a given an overall")
+        assert all(set(item) == {"overall", "summary", "description", "reviewText"} for item in record["profile"])
+        assert 150 <= len(record["output"].split()) <= 350
+
+
+def test_user_split_has_disjoint_users_and_temporal_holds_out_the_latest(synthetic_dir):
+    users = {split: {r["reviewerId"] for r in read(synthetic_dir / "product_review_user" / f"{split}.jsonl")}
+             for split in ("train", "val", "test")}
+    assert users["train"] and users["val"] and users["test"]
+    assert not (users["train"] & users["val"] or users["train"] & users["test"] or users["val"] & users["test"])
+    temporal = {split: read(synthetic_dir / "product_review_temporal" / f"{split}.jsonl")
+                for split in ("train", "val", "test")}
+    for test_record in temporal["test"]:
+        user = test_record["reviewerId"]
+        val_record = next(r for r in temporal["val"] if r["reviewerId"] == user)
+        # the latest item is the target; everything before it, including the val target, is its history
+        assert val_record["output"] == test_record["profile"][-1]["reviewText"]
+        assert len(test_record["profile"]) == len(val_record["profile"]) + 1
+        assert all(r["output"] != test_record["output"]
+                   for r in temporal["train"] + temporal["val"] if r["reviewerId"] == user)
+
+
+def test_preferences_show_in_history_but_not_in_the_query(synthetic_dir):
+    truth = personas(synthetic_dir)
+    for record in read(synthetic_dir / "product_review_user" / "train.jsonl"):
+        persona = truth[record["reviewerId"]]
+        for text in [record["output"]] + [item["reviewText"] for item in record["profile"]]:
+            assert text.endswith(persona["signoff"])
+            covered = re.findall(r"about the (\w+):", text)
+            assert covered == persona["aspects"]  # the user's aspects, in the user's order
+            praise = {w for w in synthetic.POSITIVE_WORDS if re.search(rf"\b{w}\b", text)}
+            assert praise <= set(persona["positive_words"])  # only the user's own words
+        assert persona["signoff"] not in record["input"]
+        assert "about the" not in record["input"]
+
+
+def test_users_differ_in_their_latent_preferences(synthetic_dir):
+    truth = list(personas(synthetic_dir).values())
+    assert len({tuple(p["aspects"]) for p in truth}) > len(truth) // 2
+    assert len({p["arc"] for p in truth}) == len(synthetic.ARCS)
+
+
+def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
+    record = read(synthetic_dir / "product_review_user" / "train.jsonl")[0]
+    latest = record["profile"][-1]
+    expected_message = (f'"{latest["overall"]}" is a rating for the product with description '
+                        f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
+                        f'. Following the given patterns {record["input"]}')
+    example = encode_record(record, "product_review", tokenizer, k=1, budgets=(10_000, 10_000, 10_000),
+                            system_prompt=None)
+    prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
+    assert prompt == chat_prompt(tokenizer, expected_message, None)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example["input_ids"][example["prompt_len"]:-1]) == record["output"]
+
+    short = encode_record(record, "product_review", tokenizer, k=1, budgets=(10_000, 10_000, 20), system_prompt=None)
+    assert len(short["input_ids"]) - short["prompt_len"] == 21  # target budget + EOS
+    assert short["reference"] == record["output"]  # the reference is never truncated
+
+    batch = collate([example, short], pad_id=tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    assert batch["attention_mask"][1, : width - len(short["input_ids"])].sum() == 0  # left padding
+    response = batch["labels"][0] != -100
+    assert response.sum() == len(example["input_ids"]) - example["prompt_len"]
+    assert torch.equal(batch["labels"][0][response], batch["input_ids"][0][response])
+
+
+def test_datamodule_batches_every_split(synthetic_dir, tokenizer):
+    cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), batch_size=4)
+    cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 20, 5
+    datamodule = PersonalisationDataModule(cfg, tokenizer)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    ids = [i for batch in datamodule.val_dataloader() for i in batch["ids"]]
+    assert sorted(ids) == sorted(r["id"] for r in load_split(cfg, "val"))  # nothing dropped or repeated
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and batch["prompt_len"].shape == (4,)
