@@ -45,7 +45,7 @@ tensorboard: $(STAMP) ## open TensorBoard on lightning_logs/
 	$(VENV)/bin/tensorboard --logdir lightning_logs
 
 constraints: $(STAMP) ## regenerate constraints.txt from the current venv
-	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact pins (regenerate with make constraints); torch is the CPU build.' > constraints.txt
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact pins (regenerate with make constraints); torch is the CPU build: an unpinned torch pulls GBs of CUDA packages.' > constraints.txt
 
 clean: ## remove run outputs, benchmarks and generated data (keeps .venv and the model cache)
 	rm -rf lightning_logs/*/ bench/ data/synthetic
