@@ -37,8 +37,8 @@ class BackboneConfig:
 class ReasonerConfig(BackboneConfig):
     name: str = "tiny-64"
     mode: str = "frozen"
-    # One base model with a `reasoner` and a `generator` LoRA adapter (memory of one model).
-    # Not built yet: the staggered-decoding issue adds it; the interfaces leave room for it.
+    # One base model (the Generator's) with a `reasoner` and a `generator` LoRA adapter: the memory
+    # of one model. Needs generator.mode=lora and reasoner.mode=lora; reasoner.name is then unused.
     shared_base: bool = False
 
 
@@ -116,6 +116,27 @@ class TrainerConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """One sampler for every method; defaults follow the paper (temperature 0.8, top-p 0.95) and
+    add nothing hidden (the official HF paths silently used top-k 20 and repetition penalty 1.05)."""
+
+    # FlyThinker: auto (staggered for two models, shared for one base with two adapters) |
+    # sequential (the reference) | staggered | shared. Single-model methods always decode plainly.
+    engine: str = "auto"
+    do_sample: bool = True  # false = greedy
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off; >1 penalises tokens already in prompt or output
+    min_new_tokens: int = 0
+    max_new_tokens: int = 1536
+    seed: int = 0  # each sample draws from its own stream seeded by (seed, id): batch-independent
+    split: str = "test"  # what `flythinker predict` decodes
+    batch_size: int = 16
+    reasoner_device: str = ""  # e.g. cuda:1 to decode with the Reasoner on its own GPU; "" = with the Generator
+
+
+@dataclass
 class LoggingConfig:
     root_dir: str = "lightning_logs"
     experiment: str = ""  # default: the config file's stem
@@ -132,6 +153,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -145,6 +167,8 @@ CHOICES = {
     "data.task": ("product_review", "abstract_generation", "topic_writing"),
     "data.setting": ("user", "temporal"),
     "train.schedule": ("cosine", "linear", "constant"),
+    "decode.engine": ("auto", "sequential", "staggered", "shared"),
+    "decode.split": ("train", "val", "test"),
 }
 
 

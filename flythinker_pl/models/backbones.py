@@ -42,12 +42,15 @@ def check_same_vocabulary(generator_tokenizer: PreTrainedTokenizerBase,
             "or two tiny presets.")
 
 
+def lora_config(cfg: BackboneConfig, task_type: Optional[str]) -> LoraConfig:
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type=task_type)
+
+
 def set_mode(model: nn.Module, cfg: BackboneConfig, adapter_name: str, task_type: Optional[str]) -> nn.Module:
     """frozen: no gradients; full: every weight trains; lora: peft adapter `adapter_name` only."""
     if cfg.mode == "lora":
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_targets), task_type=task_type)
-        return get_peft_model(model, lora, adapter_name=adapter_name)
+        return get_peft_model(model, lora_config(cfg, task_type), adapter_name=adapter_name)
     model.requires_grad_(cfg.mode == "full")
     return model
 

@@ -11,6 +11,7 @@ from . import backbones
 from .flythinker import FlyThinker
 from .fusion import LatentFusion
 from .sft import SFT
+from .shared import SharedBaseFlyThinker
 
 
 def _load(cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool):
@@ -32,8 +33,13 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
         return SFT(generator), tokenizer
 
     if cfg.reasoner.shared_base:
-        raise ConfigError("reasoner.shared_base=true (one base model, two adapters) is not built yet; "
-                          "it arrives with the staggered-decoding engine. Set reasoner.shared_base=false.")
+        if (cfg.generator.mode, cfg.reasoner.mode) != ("lora", "lora"):
+            raise ConfigError("reasoner.shared_base=true puts two LoRA adapters on one base model: it needs "
+                              f"generator.mode=lora and reasoner.mode=lora (got {cfg.generator.mode}, "
+                              f"{cfg.reasoner.mode})")
+        generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
+        fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion)
+        return SharedBaseFlyThinker(generator, fusion), tokenizer
     reasoner_lm, reasoner_tokenizer = _load(cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing)
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
     fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion)

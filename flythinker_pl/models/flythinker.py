@@ -28,14 +28,27 @@ class FlyThinker(SFT):
             self.reasoner.eval()  # a frozen Reasoner is a fixed function: no dropout
         return self
 
+    @property
+    def generator_device(self) -> torch.device:
+        return self.generator.get_input_embeddings().weight.device
+
+    @property
+    def reasoner_device(self) -> torch.device:
+        return next(self.reasoner.parameters()).device
+
     def latent_norm(self) -> torch.Tensor:
         return embedding_norm(self.generator.get_input_embeddings())
 
     def run_reasoner(self, input_ids, attention_mask, positions, cache=None):
+        """Final hidden states, on the Generator's device. When the Reasoner sits on a device of its
+        own (decode.reasoner_device), only tokens go there and only hidden states come back."""
+        device = self.reasoner_device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.reasoner_frozen):
-            out = self.reasoner(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+            out = self.reasoner(input_ids=input_ids.to(device, non_blocking=True),
+                                attention_mask=attention_mask.to(device, non_blocking=True),
+                                position_ids=positions.to(device, non_blocking=True),
                                 past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state.to(self.generator_device, non_blocking=True), out.past_key_values
 
     def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None):
         """Teacher-forced Generator inputs z_j = e(x_j) + lam * P(r_{j-1}) on injected positions.
@@ -69,8 +82,7 @@ class FlyThinker(SFT):
 
     def reasoner_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
         """The Reasoner reads `tokens`; returns the latent for the Generator's next step."""
-        hidden, _ = self.run_reasoner(tokens[:, None], state.attention_mask, positions,
-                                      cache=state.reasoner_cache)
+        hidden, _ = self.run_reasoner(tokens[:, None], state.attention_mask, positions, cache=state.reasoner_cache)
         return self.fusion(hidden[:, -1], state.latent_norm)
 
     def step(self, state: DecodeState, tokens: torch.Tensor):

@@ -1,0 +1,67 @@
+"""FlyThinker on one base model with two LoRA adapters, `reasoner` and `generator`: the memory of
+one model (a reviewer's objection to the paper's two full models).
+
+Training runs the two passes with the matching adapter active. Decoding can run both steps as
+ONE batched forward, the adapter chosen per row (peft mixed-adapter batches, eval mode only), so
+the base weights are read once per token.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .flythinker import FlyThinker
+from .fusion import LatentFusion, add_latents
+from .sft import DecodeState
+
+ADAPTERS = ("reasoner", "generator")
+
+
+def concat_caches(first: DynamicCache, second: DynamicCache) -> DynamicCache:
+    """One cache whose batch is `first`'s rows then `second`'s rows."""
+    merged = DynamicCache()
+    for index, (a, b) in enumerate(zip(first.layers, second.layers)):
+        merged.update(torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values]), index)
+    return merged
+
+
+class SharedBaseFlyThinker(FlyThinker):
+    def __init__(self, peft_model, fusion: LatentFusion):
+        super().__init__(peft_model, peft_model.get_base_model().base_model, fusion, reasoner_frozen=False)
+        self.generator.set_requires_grad(list(ADAPTERS), True)
+
+    def _use(self, adapter: str) -> None:
+        lora = self.generator.base_model
+        if lora.active_adapter != adapter:
+            lora.set_adapter(adapter)
+            lora.set_requires_grad(list(ADAPTERS), True)  # set_adapter froze the other adapter
+
+    def run_reasoner(self, *args, **kwargs):
+        self._use("reasoner")
+        return super().run_reasoner(*args, **kwargs)
+
+    def run_generator(self, *args, **kwargs):
+        self._use("generator")
+        return super().run_generator(*args, **kwargs)
+
+    def merge_caches(self, state: DecodeState) -> None:
+        """After prefill: the Generator's rows then the Reasoner's rows in one cache."""
+        state.generator_cache = concat_caches(state.generator_cache, state.reasoner_cache)
+        state.reasoner_cache = None
+
+    def batched_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        """Both models' step as one forward of 2B rows (needs merge_caches after prefill)."""
+        batch = tokens.shape[0]
+        positions = state.append_token()
+        inject = self.fusion.injection_mask(torch.ones_like(positions), positions, state.prompt_len)
+        token_embeds = self.embed(tokens[:, None])
+        embeds = torch.cat([add_latents(token_embeds, state.latents[:, None], inject), token_embeds])
+        rows = ["generator"] * batch + ["reasoner"] * batch
+        # peft's own mechanism for per-row adapters (what `model(..., adapter_names=...)` uses),
+        # applied to the decoder so the LM head runs on the Generator's rows only.
+        with self.generator.base_model._enable_peft_forward_hooks(adapter_names=rows):
+            hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask.repeat(2, 1),
+                                   position_ids=positions.repeat(2, 1), past_key_values=state.generator_cache,
+                                   use_cache=True).last_hidden_state[:, -1]
+        state.latents = self.fusion(hidden[batch:], state.latent_norm)
+        return self.generator.get_output_embeddings()(hidden[:batch])
