@@ -62,22 +62,34 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "product_review"
+    """LongLaMP-schema records -> retrieval -> prompt -> token budgets -> batches (see data/)."""
+
+    task: str = "product_review"  # product_review | abstract_generation | topic_writing (LongLaMP)
     setting: str = "user"  # user: disjoint users per split | temporal: latest item per user held out
-    # Directory holding <task>_<setting>/{train,val,test}.jsonl; empty = generate the synthetic set
-    # into `synthetic_dir` (cached, deterministic in `synthetic`).
+    # Directory holding <task>_<setting>/{train,val,test}.{jsonl,json,parquet} (or the split files
+    # directly, Parquet shards, a `datasets` save_to_disk directory: data/readers.py). Empty = `hub`
+    # if set, else the synthetic set generated into `synthetic_dir` (cached, deterministic in `synthetic`).
     path: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # {train: FILE, val: ..., test: ...}; overrides path
+    hub: str = ""  # e.g. LongLaMP/LongLaMP: loaded by config name <task>_<setting>; needs network + `datasets`
     synthetic_dir: str = "data/synthetic"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    k: int = 1  # retrieved profile items per prompt (recency: the k latest)
+    # error: stop at the first invalid record (file, index, id, field) | skip: leave invalid records
+    # out, log counts per reason and write them to <run dir>/data_skipped.json
+    on_bad_record: str = "error"
+    max_records: Optional[int] = None  # first N records per split; None = all (for quick debugging)
+    retriever: str = "bm25"  # bm25 (LongLaMP's fields, rank-bm25) | recency (k latest) | random | none
+    k: int = 1  # retrieved profile items per prompt
+    seed: int = 0  # seeds random retrieval and the length-bucketed order
     system_prompt: Optional[str] = None  # None keeps the chat template's own default
-    profile_tokens: int = 1250  # token budgets, as in the paper
-    input_tokens: int = 300
-    target_tokens: int = 1000  # training targets only; evaluation keeps the full reference
+    profile_tokens: int = 1250  # token budgets, as in the paper: the rendered history (retrieved items),
+    input_tokens: int = 300  # the query,
+    target_tokens: int = 1000  # the target: training only; evaluation keeps the full reference
     batch_size: int = 8
     eval_batch_size: int = 8
+    length_buckets: bool = False  # training batches of similar lengths (less padding), still shuffled
+    bucket_chunk_batches: int = 64  # batches per length-sorted chunk: larger = less padding, less mixing
     num_workers: int = 0
-    max_records: Optional[int] = None  # per split; None = all (for quick debugging)
 
 
 @dataclass
@@ -166,6 +178,8 @@ CHOICES = {
     "fusion.span": ("global", "response", "prompt"),
     "data.task": ("product_review", "abstract_generation", "topic_writing"),
     "data.setting": ("user", "temporal"),
+    "data.retriever": ("bm25", "recency", "random", "none"),
+    "data.on_bad_record": ("error", "skip"),
     "train.schedule": ("cosine", "linear", "constant"),
     "decode.engine": ("auto", "sequential", "staggered", "shared"),
     "decode.split": ("train", "val", "test"),

@@ -9,8 +9,9 @@ import torch
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data import synthetic
+from flythinker_pl.data.batching import collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
-from flythinker_pl.data.encode import collate, encode_record
+from flythinker_pl.data.encode import encode_record
 from flythinker_pl.data.prompts import chat_prompt
 
 
@@ -82,16 +83,18 @@ def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
     expected_message = (f'"{latest["overall"]}" is a rating for the product with description '
                         f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
                         f'. Following the given patterns {record["input"]}')
-    example = encode_record(record, "product_review", tokenizer, k=1, budgets=(10_000, 10_000, 10_000),
-                            system_prompt=None)
+    roomy = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
+    example = encode_record(record, [latest], roomy, tokenizer, train=True)
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     assert prompt == chat_prompt(tokenizer, expected_message, None)
     assert prompt.endswith("<|im_start|>assistant\n")
     assert example["input_ids"][-1] == tokenizer.eos_token_id
     assert tokenizer.decode(example["input_ids"][example["prompt_len"]:-1]) == record["output"]
 
-    short = encode_record(record, "product_review", tokenizer, k=1, budgets=(10_000, 10_000, 20), system_prompt=None)
-    assert len(short["input_ids"]) - short["prompt_len"] == 21  # target budget + EOS
+    tight = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=20)
+    short = encode_record(record, [latest], tight, tokenizer, train=True)
+    assert len(short["input_ids"]) - short["prompt_len"] == 20  # the target budget; no EOS on a cut target
+    assert short["input_ids"][-1] != tokenizer.eos_token_id
     assert short["reference"] == record["output"]  # the reference is never truncated
 
     batch = collate([example, short], pad_id=tokenizer.pad_token_id)
@@ -109,6 +112,6 @@ def test_datamodule_batches_every_split(synthetic_dir, tokenizer):
     datamodule.prepare_data()
     datamodule.setup("fit")
     ids = [i for batch in datamodule.val_dataloader() for i in batch["ids"]]
-    assert sorted(ids) == sorted(r["id"] for r in load_split(cfg, "val"))  # nothing dropped or repeated
+    assert sorted(ids) == sorted(r["id"] for r in load_split(cfg, "val").records)  # nothing dropped or repeated
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and batch["prompt_len"].shape == (4,)

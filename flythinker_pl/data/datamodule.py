@@ -1,77 +1,91 @@
-"""Where a run's records come from, and the LightningDataModule that batches them."""
+"""A split's records -> validated -> retrieved -> encoded examples (once, in `setup`), and the
+LightningDataModule that batches them for fit / validate / test / predict."""
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
-from . import synthetic
-from .encode import collate, encode_record
-
-SPLITS = ("train", "val", "test")
-
-
-def data_dir(cfg: DataConfig) -> Path:
-    """`<path>/<task>_<setting>`, generating the synthetic set first when no path is given."""
-    if cfg.path:
-        root = Path(cfg.path).expanduser()
-    else:
-        if cfg.task != "product_review":
-            raise ValueError(f"the synthetic data set is product_review only; set data.path for {cfg.task}")
-        root = synthetic.generate(cfg.synthetic_dir, cfg.synthetic.num_users, cfg.synthetic.reviews_per_user,
-                                  cfg.synthetic.seed)
-    return root / f"{cfg.task}_{cfg.setting}"
+from .batching import LengthBucketSampler, collate
+from .encode import encode_record
+from .readers import SPLITS, read_split, resolve_root
+from .retrieval import retrieve
+from .schema import SplitReport, validate, write_skip_report
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (expected {path.parent}/{{{','.join(SPLITS)}}}.jsonl)")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {line_no}: invalid JSON ({err.msg})") from None
-            if limit is not None and len(records) >= limit:
-                break
-    return records
+@dataclass
+class Split:
+    records: list[dict]  # valid records, each with a string "id"
+    report: SplitReport
 
 
-def load_split(cfg: DataConfig, split: str) -> list[dict]:
-    return read_jsonl(data_dir(cfg) / f"{split}.jsonl", cfg.max_records)
+def load_split(cfg: DataConfig, split: str) -> Split:
+    source, rows = read_split(cfg, split)
+    return Split(*validate(rows, cfg.task, split, source, cfg.on_bad_record))
+
+
+def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool) -> dict:
+    """Retrieval + rendering + tokenisation of one record; `retrieved` = the profile indices shown."""
+    retrieved = retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)
+    example = encode_record(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, train)
+    return {**example, "retrieved": retrieved[: example["items_shown"]]}
 
 
 def pretraining_corpus(cfg: DataConfig) -> list[str]:
     """Text for the tiny presets' tokenizer and pretraining: training queries and outputs only."""
-    return [text for record in load_split(cfg, "train") for text in (record["input"], record["output"])]
+    return [text for record in load_split(cfg, "train").records for text in (record["input"], record["output"])]
 
 
 class PersonalisationDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase):
+    """Batches {ids, input_ids, attention_mask, labels, prompt_len, reference}, left-padded.
+
+    Each split is read, validated, retrieved and encoded once (the first `setup` that needs it),
+    then reused by every epoch. With `on_bad_record=skip`, `skip_reports` holds what was left out;
+    `setup` writes it to the Trainer's log dir (the run dir) as data_skipped.json."""
+
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, predict_split: str = "test",
+                 predict_batch_size: Optional[int] = None):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.predict_split, self.predict_batch_size = predict_split, predict_batch_size or cfg.eval_batch_size
         self.examples: dict[str, list[dict]] = {}
+        self.skip_reports: dict[str, SplitReport] = {}
 
     def prepare_data(self):
-        data_dir(self.cfg)  # generates the synthetic set once, on one process
+        if not self.cfg.path and not self.cfg.files and not self.cfg.hub:
+            resolve_root(self.cfg)  # generates the synthetic set once, on one process
 
-    def setup(self, stage: str | None = None):
-        budgets = (self.cfg.profile_tokens, self.cfg.input_tokens, self.cfg.target_tokens)
-        for split in SPLITS:
+    def setup(self, stage: Optional[str] = None):
+        splits = self.STAGE_SPLITS.get(stage, (self.predict_split,) if stage == "predict" else SPLITS)
+        for split in splits:
             if split not in self.examples:
-                self.examples[split] = [
-                    encode_record(r, self.cfg.task, self.tokenizer, self.cfg.k, budgets, self.cfg.system_prompt)
-                    for r in load_split(self.cfg, split)]
+                loaded = load_split(self.cfg, split)
+                self.skip_reports[split] = loaded.report
+                self.examples[split] = [prepare_record(r, self.cfg, self.tokenizer, train=split == "train")
+                                        for r in loaded.records]
+        if self.cfg.on_bad_record == "skip" and self.trainer is not None:
+            run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+            if self.trainer.is_global_zero and run_dir:
+                self.write_skip_report(run_dir)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(self.examples[split], batch_size=batch_size, shuffle=shuffle,
+    def write_skip_report(self, run_dir: str | Path) -> Path:
+        return write_skip_report(self.skip_reports, run_dir)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        examples = self.examples[split]
+        sampler = None
+        if shuffle and self.cfg.length_buckets:
+            sampler = LengthBucketSampler([len(e["input_ids"]) for e in examples], batch_size,
+                                          self.cfg.bucket_chunk_batches, self.cfg.seed)
+        return DataLoader(examples, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                           num_workers=self.cfg.num_workers,
                           collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
 
@@ -79,7 +93,10 @@ class PersonalisationDataModule(L.LightningDataModule):
         return self._loader("train", self.cfg.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader("val", self.cfg.eval_batch_size, shuffle=False)
+        return self._loader("val", self.cfg.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader("test", self.cfg.eval_batch_size, shuffle=False)
+        return self._loader("test", self.cfg.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_split, self.predict_batch_size)

@@ -1,5 +1,6 @@
 """LongLaMP prompts: each retrieved profile item rendered by the task's template, joined with
-", and ", then the task's suffix with the query; wrapped in the model's chat template if it has one."""
+", and " (the history), then the task's suffix with the query; wrapped in the model's chat
+template when the tokenizer has one, else in a plain template."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,25 +13,28 @@ PROFILE_ITEM = {
     "abstract_generation": '"{abstract}" is the abstract for the title "{title}"',
     "topic_writing": '"{summary}" is a summary for "{content}"',
 }
+SEPARATOR = ", and "
 SUFFIX = {
     "product_review": ". Following the given patterns {input}",
     "abstract_generation": ". Use the above abstracts as context to understand the style and language of the user and, {input}",
     "topic_writing": ". Following the given patterns, {input}",
 }
-ABSTRACT_WORDS = 750  # LongLaMP keeps the first 750 words of each profile abstract
+ABSTRACT_WORDS = 750  # LongLaMP keeps the first 750 (whitespace-separated) words of a profile abstract
 
 
 def render_profile_item(task: str, item: dict) -> str:
     if task == "abstract_generation":
-        item = {**item, "abstract": " ".join(str(item["abstract"]).split(" ")[:ABSTRACT_WORDS])}
+        item = {**item, "abstract": " ".join(item["abstract"].split()[:ABSTRACT_WORDS])}
     return PROFILE_ITEM[task].format(**item)
 
 
-def user_message(task: str, profile_texts: list[str], query: str) -> str:
-    """The user turn; with no history the query stands alone."""
-    if not profile_texts:
-        return query
-    return ", and ".join(profile_texts) + SUFFIX[task].format(input=query)
+def history(rendered_items: list[str]) -> str:
+    return SEPARATOR.join(rendered_items)
+
+
+def user_message(task: str, history_text: str, query: str) -> str:
+    """The user turn; with no history (empty profile, retriever none) the query stands alone."""
+    return history_text + SUFFIX[task].format(input=query) if history_text else query
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, message: str, system_prompt: Optional[str]) -> str:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
-PRODUCT_INPUT = ('Generate the review text written by a reviewer who has a given an overall rating of '
-                 '"{overall}" for a product with description "{description}". '
-                 'The summary of the review text is "{summary}".')
+from .schema import make_record
+from .splits import split_users
 
 CATEGORIES = {
     "guitar strings": ["tone", "winding", "coating", "ball ends"],
@@ -186,41 +186,6 @@ def make_user_items(persona: Persona, count: int, rng: random.Random) -> list[di
     return items
 
 
-def _record(user_id: str, index: int, target: dict, profile: list[dict]) -> dict:
-    query = PRODUCT_INPUT.format(overall=target["overall"], description=target["description"],
-                                 summary=target["summary"])
-    return {"id": f"{user_id}-{index}", "reviewerId": user_id, "input": query, "output": target["reviewText"],
-            "profile": [{k: item[k] for k in ("overall", "summary", "description", "reviewText")}
-                        for item in profile]}
-
-
-def build_splits(users: dict[str, list[dict]], setting: str, seed: int) -> dict[str, list[dict]]:
-    """`user`: whole users go to train/val/test (80/10/10), profile = the user's other items.
-    `temporal`: every user in every split; the latest item is test, the one before val, earlier
-    items train, each with the items before it as profile."""
-    splits = {"train": [], "val": [], "test": []}
-    if setting == "user":
-        order = sorted(users)
-        random.Random(f"split-{seed}").shuffle(order)
-        n_val = n_test = max(1, len(order) // 10)
-        assignment = {u: "test" if i < n_test else "val" if i < n_test + n_val else "train"
-                      for i, u in enumerate(order)}
-        for user_id in sorted(users):
-            items = users[user_id]
-            for index, target in enumerate(items):
-                splits[assignment[user_id]].append(_record(user_id, index, target, items[:index] + items[index + 1:]))
-    elif setting == "temporal":
-        for user_id in sorted(users):
-            items = users[user_id]
-            last = len(items) - 1
-            for index in range(1, len(items)):
-                split = "test" if index == last else "val" if index == last - 1 else "train"
-                splits[split].append(_record(user_id, index, items[index], items[:index]))
-    else:
-        raise ValueError(f"unknown setting {setting!r}; choose user or temporal")
-    return splits
-
-
 def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 8, seed: int = 0) -> Path:
     """Write `<out_dir>/product_review_{user,temporal}/{train,val,test}.jsonl` and `users.jsonl`.
 
@@ -240,7 +205,7 @@ def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 
     for setting in ("user", "temporal"):
         folder = out / f"product_review_{setting}"
         folder.mkdir(parents=True, exist_ok=True)
-        for split, records in build_splits(users, setting, seed).items():
+        for split, records in split_users(users, setting, seed, partial(make_record, "product_review")).items():
             with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     with open(out / "users.jsonl", "w", encoding="utf-8") as f:

@@ -1,0 +1,66 @@
+"""What a config's data looks like to the model: `flythinker data stats|show -c CONFIG`."""
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pandas as pd
+from transformers import PreTrainedTokenizerBase
+
+from ..config import DataConfig
+from .datamodule import load_split, prepare_record
+from .readers import SPLITS
+from .schema import TASKS
+
+PERCENTILES = (50, 90, 99, 100)
+
+
+def _percentiles(values: list[int]) -> str:
+    if not values:
+        return "-"
+    return " / ".join(str(int(v)) for v in np.percentile(values, PERCENTILES, method="higher"))
+
+
+def split_stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str) -> dict:
+    loaded = load_split(cfg, split)
+    examples = [prepare_record(r, cfg, tokenizer, train=split == "train") for r in loaded.records]
+    profile_sizes = [len(r["profile"]) for r in loaded.records] or [0]
+    return {
+        "records": len(loaded.records),
+        "skipped (invalid)": len(loaded.report.skipped),
+        "users": len({r[TASKS[cfg.task].user_key] for r in loaded.records}),
+        "profile items: min / median / max": f"{min(profile_sizes)} / {statistics.median(profile_sizes):g} / "
+                                              f"{max(profile_sizes)}",
+        "empty profiles": sum(not r["profile"] for r in loaded.records),
+        "items shown: mean": f"{np.mean([e['items_shown'] for e in examples] or [0]):.2f}",
+        "prompt tokens p50 / p90 / p99 / max": _percentiles([e["prompt_len"] for e in examples]),
+        "target tokens p50 / p90 / p99 / max": _percentiles([e["target_tokens"] for e in examples]),
+        f"hit profile budget ({cfg.profile_tokens})": sum(e["cut"]["profile"] for e in examples),
+        f"hit input budget ({cfg.input_tokens})": sum(e["cut"]["input"] for e in examples),
+        f"hit target budget ({cfg.target_tokens})": sum(e["target_tokens"] > cfg.target_tokens for e in examples),
+    }
+
+
+def stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A table, one column per split: records, users, profile sizes, prompt / target token lengths
+    (percentiles) and how many records hit each budget (targets are cut in train only)."""
+    table = pd.DataFrame({split: split_stats(cfg, tokenizer, split) for split in SPLITS})
+    header = (f"{cfg.task}_{cfg.setting}: retriever={cfg.retriever} k={cfg.k}, budgets (tokens) "
+              f"profile={cfg.profile_tokens} input={cfg.input_tokens} target={cfg.target_tokens}")
+    return header + "\n\n" + table.to_markdown()
+
+
+def show(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str, index: int) -> str:
+    """Record `index` of `split` (after validation) as the model reads it: the full prompt and its target."""
+    records = load_split(cfg, split).records
+    if not 0 <= index < len(records):
+        raise IndexError(f"{split} has {len(records)} valid records; --index must be in 0..{len(records) - 1}")
+    record = records[index]
+    example = prepare_record(record, cfg, tokenizer, train=split == "train")
+    prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
+    cut = ", ".join(name for name, hit in example["cut"].items() if hit) or "nothing"
+    return (f"{split}[{index}] id={record['id']} user={record[TASKS[cfg.task].user_key]}\n"
+            f"retrieved ({cfg.retriever}, k={cfg.k}): profile items {example['retrieved']} "
+            f"of {len(record['profile'])}; budgets cut: {cut}\n"
+            f"----- prompt ({example['prompt_len']} tokens) -----\n{prompt}\n"
+            f"----- target ({example['target_tokens']} tokens, untruncated reference) -----\n{record['output']}\n")
