@@ -5,11 +5,15 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 FLY := $(PY) -m flythinker_pl.cli
 STAMP := $(VENV)/.installed
+# WordNet 3.0 for METEOR, copied from Debian's wordnet-base/wordnet-sense-index into the venv's
+# nltk_data (no download exists offline); where it cannot be installed METEOR reports why.
+WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 # The embedded default needs no model hub; offline avoids a ~50 s hub lookup timeout.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test test-all bench-train pretrain tensorboard constraints clean
+.PHONY: help install demo position-eval test test-all bench-train bench-decode bench-data real-data real-amazon \
+	pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,23 +24,45 @@ $(STAMP): requirements.txt constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install pinned dependencies (idempotent)
+$(WORDNET): | $(STAMP)
+	$(PY) -m flythinker_pl.evaluation.wordnet
 
-demo: $(STAMP) ## main job on the embedded default: pretrain tiny backbones, train SFT + FlyThinker, compare
-	$(OFFLINE) $(FLY) fit -c experiments/demo_sft.yaml
-	$(OFFLINE) $(FLY) fit -c experiments/demo.yaml
-	@echo; echo "Validation after training (newest finished runs):"
-	@$(OFFLINE) $(FLY) table lightning_logs/demo_sft lightning_logs/demo
-	@echo; echo "TensorBoard: $(VENV)/bin/tensorboard --logdir lightning_logs"
+install: $(STAMP) $(WORDNET) ## create .venv, install pinned dependencies and WordNet (idempotent)
 
-test: $(STAMP) ## fast test suite (what CI runs)
+DEMO_RUNS := lightning_logs/demo_sft lightning_logs/demo
+
+demo: install ## main job on the embedded default: tiny backbones, SFT + FlyThinker trained, decoded, scored
+	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml
+	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
+	@echo; echo "Validation loss before/after training; test-split generation metrics:"
+	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --plot lightning_logs/demo_comparison
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir lightning_logs"
+
+position-eval: install ## SFT vs FlyThinker per output position (trains or reuses the demo runs), CSV + PNG
+	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml
+	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
+	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --segments --plot lightning_logs/position_eval
+
+test: install ## fast test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest -q
 
-test-all: $(STAMP) ## every test, including slow end-to-end ones
+test-all: install ## every test, including slow end-to-end ones
 	$(OFFLINE) $(PY) -m pytest -q -m ""
 
 bench-train: $(STAMP) ## training tokens/s: SFT vs FlyThinker (Reasoner frozen/LoRA/full), table + bench/train.json
 	$(OFFLINE) $(FLY) bench train -c experiments/demo.yaml --out bench/train.json
+
+bench-decode: $(STAMP) ## decoding ms/token at batch 1 and 16: SFT vs FlyThinker engines, table + bench/decode.json
+	$(OFFLINE) $(FLY) bench decode -c experiments/demo.yaml --out bench/decode.json
+
+bench-data: $(STAMP) ## records/s preparing 20,000 records (retrieval + rendering + tokenisation)
+	$(OFFLINE) $(PY) -m flythinker_pl.data.bench_prepare
+
+real-data: $(STAMP) ## convert ../shared/data (Amazon reviews) to LongLaMP product_review files in data/real
+	$(PY) -m flythinker_pl.data.convert --source amazon --out data/real
+
+real-amazon: real-data install ## train + decode + score on the converted real reviews (tiny models, CPU)
+	$(OFFLINE) $(FLY) run -c experiments/real_amazon.yaml
 
 pretrain: $(STAMP) ## build and cache the demo's tiny backbones only
 	$(OFFLINE) $(FLY) pretrain -c experiments/demo.yaml

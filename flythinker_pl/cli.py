@@ -1,85 +1,180 @@
 """`flythinker` command line.
 
+    flythinker run -c experiments/demo.yaml            # fit + predict + evaluate; reuses what is done
     flythinker fit -c experiments/demo.yaml fusion.lam=1.0 trainer.max_steps=50
-    flythinker pretrain -c experiments/demo.yaml      # build + cache the tiny backbones only
-    flythinker bench train -c experiments/demo.yaml   # training tokens/s, ratio to SFT
-    flythinker table lightning_logs/demo_sft lightning_logs/demo_flythinker
+    flythinker predict -c experiments/demo.yaml ckpt_path=lightning_logs/demo/version_0/checkpoints/last.ckpt
+    flythinker evaluate lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/compare
+    flythinker table lightning_logs/demo_sft lightning_logs/demo --segments --plot lightning_logs/compare
+    flythinker data stats -c experiments/demo.yaml     # records, users, token lengths, budget hits
+    flythinker data show -c experiments/demo.yaml --index 3
+    flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
+    flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
+    flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .data.schema import DataError
+
+# What `flythinker table` prints by default; every key stays in each run's metrics.json.
+SUMMARY_COLUMNS = ["method", "global_step", "val/loss_before", "val/loss", "test/bleu", "test/rouge1",
+                   "test/rougeL", "test/meteor"]
 
 
-def _with_config(parser: argparse.ArgumentParser) -> None:
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", help="experiment YAML (see experiments/)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. fusion.lam=1.0")
+    return parser
 
 
-def _latest_run(path: Path) -> Path:
-    """A run dir, or an experiment dir whose newest finished version is taken."""
-    if (path / "metrics.json").exists():
-        return path
-    finished = sorted((p for p in path.glob("version_*") if (p / "metrics.json").exists()),
-                      key=lambda p: int(p.name.split("_")[-1]))
-    if not finished:
-        raise FileNotFoundError(f"{path}: no finished run (a run dir with metrics.json) found")
-    return finished[-1]
-
-
-def results_table(paths: list[str]):
-    import pandas as pd
-
-    rows = []
-    for path in paths:
-        run = _latest_run(Path(path))
-        rows.append({"run": str(run), **json.loads((run / "metrics.json").read_text())})
-    return pd.DataFrame(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flythinker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    _with_config(commands.add_parser("run", help="train, decode and evaluate one experiment (reuses what is done)"))
     _with_config(commands.add_parser("fit", help="train one run"))
-    _with_config(commands.add_parser("pretrain", help="build and cache the tiny preset backbones"))
-    benchmarks = commands.add_parser("bench", help="benchmarks (printed table + JSON)")
-    bench = benchmarks.add_subparsers(dest="benchmark", required=True).add_parser(
-        "train", help="training tokens/s of SFT and FlyThinker per Reasoner mode, ratio to SFT")
-    _with_config(bench)
-    bench.add_argument("--batches", type=int, default=4)
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--out", default="bench/train.json")
-    table = commands.add_parser("table", help="compare finished runs (metrics.json) as a markdown table")
+    _with_config(commands.add_parser("predict", help="decode decode.split into predictions.jsonl "
+                                                     "(ckpt_path=RUN/checkpoints/last.ckpt)"))
+    evaluate = commands.add_parser("evaluate", help="score predictions into their run dirs; one comparison table")
+    evaluate.add_argument("paths", nargs="+", help="predictions.jsonl files, run dirs or experiment dirs; "
+                                                   "key=value items override eval settings (eval.segment_width=25)")
+    evaluate.add_argument("-c", "--config", help="take the eval settings from this experiment YAML")
+    evaluate.add_argument("--out", help="where the combined position_eval.csv/.png of several runs go")
+    table = commands.add_parser("table", help="compare finished runs from their run dirs (nothing is recomputed)")
     table.add_argument("runs", nargs="+", help="run dirs or experiment dirs (newest finished version)")
-    args = parser.parse_args(argv)
+    table.add_argument("--all", action="store_true", help="every metrics.json key, not just the summary")
+    table.add_argument("--segments", action="store_true", help="also the position-segment table")
+    table.add_argument("--plot", help="write the runs' combined position_eval.csv/.png into this directory")
+    data = commands.add_parser("data", help="inspect a config's data: stats per split, or one prompt")
+    data.add_argument("view", choices=["stats", "show"])  # before the overrides: positionals fill in order
+    _with_config(data)
+    data.add_argument("--split", default="test", choices=["train", "val", "test"])
+    data.add_argument("--index", type=int, default=0, help="record index for `show`")
+    _with_config(commands.add_parser("pretrain", help="build and cache the tiny preset backbones"))
+    kinds = commands.add_parser("bench", help="benchmarks: a table of side-by-side ratios + JSON").add_subparsers(
+        dest="benchmark", required=True)
+    bench_train = _with_config(kinds.add_parser("train", help="training tokens/s of SFT and FlyThinker per mode"))
+    bench_train.add_argument("--batches", type=int, default=4)
+    bench_train.add_argument("--repeats", type=int, default=5)
+    bench_train.add_argument("--out", default="bench/train.json")
+    bench_decode = _with_config(kinds.add_parser("decode", help="decoding ms/token: SFT vs FlyThinker engines"))
+    bench_decode.add_argument("--new-tokens", type=int, default=32)
+    bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    bench_decode.add_argument("--repeats", type=int, default=3)
+    bench_decode.add_argument("--out", default="bench/decode.json")
+    return parser
 
+
+def _config(args):
+    """The config, and a `ckpt_path=` item pulled out of the overrides (it is not a config key)."""
+    ckpt_path = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("ckpt_path=")), None)
+    return load_config(args.config, [o for o in args.overrides if not o.startswith("ckpt_path=")]), ckpt_path
+
+
+def run(args):
+    from .lit.evaluate import runs_table
+    from .lit.run import run_experiment
+
+    run_dir = run_experiment(_config(args)[0])
+    print(runs_table([run_dir]).T.to_markdown(floatfmt=".4g"))
+    print(f"Run: {run_dir}")
+
+
+def fit(args):
+    from .lit.run import fit as fit_run
+
+    cfg = _config(args)[0]
+    print(f"Run: {fit_run(cfg)}\nTensorBoard: tensorboard --logdir {cfg.logging.root_dir}")
+
+
+def predict(args):
+    from .lit.run import predict as predict_run
+
+    print(f"Predictions: {predict_run(*_config(args))}")
+
+
+def evaluate(args):
+    from .lit.evaluate import evaluate_runs
+
+    paths = [p for p in args.paths if "=" not in p]
+    cfg = load_config(args.config, [p for p in args.paths if "=" in p])
+    table, _ = evaluate_runs(paths, cfg.eval, args.out)
+    print(table.to_markdown(floatfmt=".4f"))
+    if args.out and len(paths) > 1:
+        print(f"Position-segmented comparison: {Path(args.out) / 'position_eval.png'}")
+
+
+def table(args):
+    from .lit.evaluate import runs_segments, runs_table
+
+    summary = runs_table(args.runs)
+    print((summary if args.all else summary[[c for c in SUMMARY_COLUMNS if c in summary]]).to_markdown(floatfmt=".4g"))
+    if args.segments or args.plot:
+        segments = runs_segments(args.runs, args.plot)
+        if args.segments:
+            print("\nPer position window (count = samples whose reference reaches it):")
+            print(segments.to_markdown(floatfmt=".4g"))
+        if args.plot:
+            print(f"\nPosition-segmented plot: {Path(args.plot) / 'position_eval.png'}")
+
+
+def data(args):
+    from .data import inspect
+    from .lit.run import build
+
+    cfg = _config(args)[0]
+    _, _, tokenizer = build(cfg)
+    if args.view == "stats":
+        print(inspect.stats(cfg.data, tokenizer))
+        return
     try:
-        if args.command == "table":
-            print(results_table(args.runs).to_markdown(index=False, floatfmt=".4g"))
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "fit":
-            from .lit.run import fit
+        print(inspect.show(cfg.data, tokenizer, args.split, args.index))
+    except IndexError as err:  # an --index outside the split: a usage error, not a bug
+        raise DataError(str(err)) from None
 
-            run_dir = fit(cfg)
-            print(f"Run: {run_dir}\nTensorBoard: tensorboard --logdir {cfg.logging.root_dir}")
-        elif args.command == "pretrain":
-            from .lit.run import build
 
-            build(cfg)
-            print(f"Backbones cached under {cfg.logging.cache_dir}")
-        elif args.command == "bench":
-            from .bench import bench_train
+def pretrain(args):
+    from .lit.run import build
 
-            result = bench_train(args.config, args.overrides, args.batches, args.repeats, args.out)
-            print(result.to_markdown(index=False))
-            print(f"written {args.out}")
-    except (ConfigError, FileNotFoundError) as err:
+    cfg = _config(args)[0]
+    build(cfg)
+    print(f"Backbones cached under {cfg.logging.cache_dir}")
+
+
+def bench(args):
+    if args.benchmark == "train":
+        from .bench.train import bench_train
+
+        result = bench_train(args.config, args.overrides, args.batches, args.repeats, args.out)
+    else:
+        from .bench.decode import bench_decode
+
+        result = bench_decode(args.config, args.overrides, args.new_tokens, args.batch_sizes, args.repeats, args.out)
+    print(result.to_markdown(index=False))
+    print(f"written {args.out}")
+
+
+COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
+            "pretrain": pretrain, "bench": bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # argparse fills `overrides` at the first positional chunk; key=value items placed among the
+    # options after it come back as unknown, and are overrides all the same.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [item for item in unknown if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

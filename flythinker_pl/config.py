@@ -145,7 +145,19 @@ class DecodeConfig:
     seed: int = 0  # each sample draws from its own stream seeded by (seed, id): batch-independent
     split: str = "test"  # what `flythinker predict` decodes
     batch_size: int = 16
+    output: str = "predictions.jsonl"  # written in the run dir
     reasoner_device: str = ""  # e.g. cuda:1 to decode with the Reasoner on its own GPU; "" = with the Generator
+
+
+@dataclass
+class EvalConfig:
+    """Scoring of predictions: BLEU (0-100), ROUGE-1/L F and METEOR (0-1), overall and per position window."""
+
+    segment_width: int = 50  # position windows [0, w), [w, 2w), ... of the output
+    segment_max: int = 300  # windows stop here
+    segment_unit: str = "words"  # words | tokens (the Generator tokenizer's)
+    n_bootstrap: int = 1000  # seeded 95% bootstrap interval per metric; 0 = off
+    bootstrap_seed: int = 0
 
 
 @dataclass
@@ -166,6 +178,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -183,6 +196,7 @@ CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "decode.engine": ("auto", "sequential", "staggered", "shared"),
     "decode.split": ("train", "val", "test"),
+    "eval.segment_unit": ("words", "tokens"),
 }
 
 
@@ -242,5 +256,10 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
     return cfg
 
 
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def to_yaml(cfg: Config, without: tuple[str, ...] = ()) -> str:
+    """The config as YAML, optionally without some top-level groups (e.g. the settings that do not
+    change a stage's outputs, when deciding whether those outputs can be reused)."""
+    node = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for group in without:
+        node.pop(group)
+    return OmegaConf.to_yaml(node)

@@ -48,3 +48,14 @@ def test_saved_config_round_trips(run_config, tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(cfg))
     assert load_config(saved) == cfg
+
+
+def test_data_stats_and_show(run_config, capsys):
+    args = overrides(run_config)
+    assert main(["data", "stats", "-c", str(DEBUG_CONFIG), *args]) == 0
+    stats = capsys.readouterr().out
+    assert "train" in stats and "test" in stats
+    assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--split", "val", "--index", "1"]) == 0
+    assert "Following the given patterns" in capsys.readouterr().out
+    assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "100000"]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -19,7 +19,8 @@ class Generation:
     seconds: float
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings are real."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -32,7 +33,7 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     # On GPU, checking "all rows finished" costs a host sync: look only every few steps.
     check_every = 8 if device.type == "cuda" else 1
     engine = make_engine(method, cfg.engine)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     try:
         logits, state = engine.prefill(input_ids, attention_mask, prompt_len)
@@ -48,7 +49,7 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
             logits = engine.step(state, tokens)
     finally:
         engine.close()
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
 
     rows, counts = [], []

@@ -10,8 +10,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
-from ..config import TrainConfig
+from ..config import DecodeConfig, TrainConfig
 from ..data.encode import IGNORE_INDEX
+from ..decoding.generate import generate, prompts_of
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -26,10 +27,11 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 class MethodModule(L.LightningModule):
-    def __init__(self, method: nn.Module, train_cfg: TrainConfig):
+    def __init__(self, method: nn.Module, train_cfg: TrainConfig, tokenizer=None, decode_cfg: DecodeConfig = None):
         super().__init__()
         self.method = method.train()  # from_pretrained returns eval mode; Lightning keeps modes as given
         self.train_cfg = train_cfg
+        self.tokenizer, self.decode_cfg = tokenizer, decode_cfg  # for predict_step
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.val_loss = MeanMetric()
 
@@ -50,6 +52,28 @@ class MethodModule(L.LightningModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def on_predict_start(self):
+        if self.decode_cfg.reasoner_device:  # after Lightning placed the whole module on its device
+            self.method.reasoner.to(self.decode_cfg.reasoner_device)
+
+    def predict_step(self, batch, batch_idx):
+        """Decode the batch's prompts; one JSON-ready record per sample."""
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = prompts_of(batch, pad_id)
+        result = generate(self.method, prompt_ids, prompt_mask, batch["prompt_len"], batch["ids"], self.decode_cfg,
+                          self.tokenizer.eos_token_id)
+        # timing is per batch: every row of a batch is decoded in the same steps
+        timing = {"batch_seconds": round(result.seconds, 4), "batch_size": len(result.tokens),
+                  "ms_per_token": round(1000 * result.seconds / max(result.num_tokens), 3)}
+        records = []
+        for row, sample_id in enumerate(batch["ids"]):
+            prompt = prompt_ids[row][prompt_mask[row].bool()]
+            records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt),
+                            "prediction": self.tokenizer.decode(result.tokens[row]),
+                            "reference": batch["reference"][row], "prompt_tokens": len(prompt),
+                            "new_tokens": result.num_tokens[row], **timing})
+        return records
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -13,15 +13,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
-from ..config import Config, to_yaml
+from ..config import Config, load_config, to_yaml
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
+from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs
 from .module import MethodModule
+from .writer import PredictionWriter
 
 # Set by the launching process so that every DDP rank uses the same run dir and resume point.
 RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
+# What each stage's outputs do not depend on: changing these reuses the stage instead of redoing it.
+NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
 # A frozen Reasoner is kept in eval mode on purpose (FlyThinker.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -47,19 +52,38 @@ def _version(run_dir: Path) -> int:
     return int(run_dir.name.removeprefix("version_"))
 
 
+def run_dirs(cfg: Config) -> list[Path]:
+    """This experiment's run dirs, oldest first."""
+    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
+    return sorted((p for p in experiment_dir.glob("version_*") if p.name[8:].isdigit()), key=_version)
+
+
+def same_settings(saved: Path, cfg: Config, without: tuple[str, ...]) -> bool:
+    """Whether the config saved at `saved` equals `cfg` on every group but `without`."""
+    return saved.exists() and to_yaml(load_config(saved), without) == to_yaml(cfg, without)
+
+
+def finished_run(cfg: Config) -> Optional[Path]:
+    """The newest run of this experiment that finished training with these training settings."""
+    for run_dir in reversed(run_dirs(cfg)):
+        if (run_dir / "metrics.json").exists() and same_settings(run_dir / "config.yaml", cfg, NOT_TRAINING):
+            return run_dir
+    return None
+
+
 def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
     this experiment whose saved config equals this one continues from its last.ckpt."""
     if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
         return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
-    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
-    versions = sorted((p for p in experiment_dir.glob("version_*") if p.name[8:].isdigit()), key=_version)
+    versions = run_dirs(cfg)
     if cfg.train.resume == "auto" and versions:
         newest = versions[-1]
-        last, saved = newest / "checkpoints" / "last.ckpt", newest / "config.yaml"
-        if (last.exists() and not (newest / "metrics.json").exists() and saved.exists()
-                and saved.read_text() == to_yaml(cfg)):
+        last = newest / "checkpoints" / "last.ckpt"
+        if (last.exists() and not (newest / "metrics.json").exists()
+                and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
             return newest, str(last)
+    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
     run_dir = experiment_dir / f"version_{_version(versions[-1]) + 1 if versions else 0}"
     return run_dir, None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
@@ -82,20 +106,27 @@ def build(cfg: Config):
     """(LightningModule, DataModule, tokenizer) for a config, seeded."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
-    return MethodModule(method, cfg.train), PersonalisationDataModule(cfg.data, tokenizer), tokenizer
+    datamodule = PersonalisationDataModule(cfg.data, tokenizer, predict_split=cfg.decode.split,
+                                           predict_batch_size=cfg.decode.batch_size)
+    return MethodModule(method, cfg.train, tokenizer, cfg.decode), datamodule, tokenizer
+
+
+def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
+    """Run `work()` with the run dir (and resume point) exported for DDP ranks started inside it."""
+    launched_here = RUN_DIR_ENV not in os.environ
+    os.environ.update({RUN_DIR_ENV: str(run_dir), RESUME_ENV: resume_from or ""})
+    try:
+        return work()
+    finally:
+        if launched_here:
+            del os.environ[RUN_DIR_ENV], os.environ[RESUME_ENV]
 
 
 def fit(cfg: Config, callbacks: list = ()) -> Path:
     """Train one run; returns its directory (config.yaml, git_commit.txt, metrics.json, checkpoints,
     tfevents). A fresh run is validated once before training, so metrics.json shows the gain."""
     run_dir, resume_from = choose_run_dir(cfg)
-    launched_here = RUN_DIR_ENV not in os.environ
-    os.environ.update({RUN_DIR_ENV: str(run_dir), RESUME_ENV: resume_from or ""})
-    try:
-        return _fit(cfg, run_dir, resume_from, callbacks)
-    finally:
-        if launched_here:
-            del os.environ[RUN_DIR_ENV], os.environ[RESUME_ENV]
+    return _in_run_dir(run_dir, resume_from, lambda: _fit(cfg, run_dir, resume_from, callbacks))
 
 
 def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list) -> Path:
@@ -116,4 +147,42 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         results = {"method": cfg.method, "global_step": trainer.global_step, **initial,
                    **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return run_dir
+
+
+def predict(cfg: Config, ckpt_path: Optional[str] = None) -> Path:
+    """Decode `decode.split` into <run dir>/<decode.output>, beside `<stem>.config.yaml` (the config
+    used). The run dir is the checkpoint's (.../version_N/checkpoints/x.ckpt); without a
+    checkpoint (zero-shot) it is a new version of the experiment. Returns the predictions file."""
+    if ckpt_path:
+        run_dir = Path(ckpt_path).resolve().parent.parent
+    elif RUN_DIR_ENV in os.environ:
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    else:
+        run_dir, _ = choose_run_dir(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="never")))
+    output = run_dir / cfg.decode.output
+
+    def work():
+        module, datamodule, _ = build(cfg)
+        trainer = build_trainer(cfg, run_dir, [PredictionWriter(output)])
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            output.with_suffix(".config.yaml").write_text(to_yaml(cfg))
+        trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+        return output
+
+    return _in_run_dir(run_dir, None, work)
+
+
+def run_experiment(cfg: Config) -> Path:
+    """Train, decode `decode.split`, evaluate; returns the run dir. A stage whose outputs already
+    exist for exactly this config is skipped (a finished run is reused), so a rerun continues."""
+    run_dir = finished_run(cfg) or fit(cfg)
+    predictions = run_dir / cfg.decode.output
+    if not (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)):
+        predict(cfg, str(run_dir / "checkpoints" / "last.ckpt"))
+    scored = run_dir / EVAL_CONFIG
+    if rank_zero_only.rank == 0 and not (scored.exists() and scored.read_text() == eval_yaml(cfg.eval)
+                                         and scored.stat().st_mtime >= predictions.stat().st_mtime):
+        evaluate_runs([predictions], cfg.eval)
     return run_dir

@@ -21,6 +21,13 @@ def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, c
     return name
 
 
+def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerBase:
+    """The Generator's tokenizer for a run config, without loading any weights."""
+    g = cfg.generator
+    return AutoTokenizer.from_pretrained(resolve(g.name, corpus, g.pretrain_steps, g.pretrain_seed,
+                                                 cfg.logging.cache_dir))
+
+
 def load(location: str, dtype: Optional[torch.dtype] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(location)

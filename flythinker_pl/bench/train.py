@@ -5,18 +5,17 @@ batches in one process, rounds interleaved, median of repeats, ratio to SFT.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .config import Config, load_config
-from .data.datamodule import PersonalisationDataModule, pretraining_corpus
-from .lit.module import response_loss
-from .models.build import build_method
+from ..config import Config, load_config
+from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
+from ..lit.module import response_loss
+from ..models.build import build_method
+from . import synchronize, write_json
 
 VARIANTS = {
     "sft": ["method=sft"],
@@ -26,14 +25,9 @@ VARIANTS = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _train_steps(method, optimizer, batches, device) -> float:
     """Seconds for one optimiser step per batch (forward, backward, update)."""
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for batch in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -42,7 +36,7 @@ def _train_steps(method, optimizer, batches, device) -> float:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -75,9 +69,6 @@ def bench_train(config_path: str, overrides: list[str], batches: int = 4, repeat
         median = statistics.median(seconds[name])
         rows.append({"method": name, "tokens/s": round(tokens / median), "ms/step": round(1000 * median / len(fixed)),
                      "ratio to sft": round(statistics.median(seconds["sft"]) / median, 3)})
-    table = pd.DataFrame(rows)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps({"device": str(device), "torch_threads": torch.get_num_threads(),
-                                     "batches": len(fixed), "tokens_per_round": tokens, "repeats": repeats,
-                                     "results": rows}, indent=2) + "\n")
-    return table
+    write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "batches": len(fixed),
+                     "tokens_per_round": tokens, "repeats": repeats, "results": rows})
+    return pd.DataFrame(rows)

@@ -1,0 +1,50 @@
+"""Offline scoring of a predictions.jsonl file (one {"id", "prediction", "reference", ...} per line)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Hashable, Iterable, Optional
+
+import pandas as pd
+
+from .metrics import score_texts
+from .segments import position_scores, text_units
+
+REQUIRED_KEYS = ("id", "prediction", "reference")
+
+
+def unique_by_id(samples: Iterable[tuple[Hashable, str, str]]) -> list[tuple[Hashable, str, str]]:
+    """(id, prediction, reference) with the first occurrence of each id kept, sorted by id so the
+    order (and so a seeded bootstrap) does not depend on how samples were sharded. Duplicates come
+    from DistributedSampler, which pads the last shards by repeating samples."""
+    first = {}
+    for sample in samples:
+        first.setdefault(sample[0], sample)
+    return sorted(first.values(), key=lambda sample: str(sample[0]))
+
+
+def read_predictions(path: str | Path) -> list[tuple[Hashable, str, str]]:
+    samples = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            missing = [key for key in REQUIRED_KEYS if key not in record]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing {missing}; each line needs {list(REQUIRED_KEYS)}")
+            samples.append((record["id"], record["prediction"] or "", record["reference"]))
+    if not samples:
+        raise ValueError(f"{path}: no predictions")
+    return unique_by_id(samples)
+
+
+def evaluate_predictions(path: str | Path, segment_width: int = 50, segment_max: int = 300,
+                         segment_unit: str = "words", tokenizer: Optional[Any] = None,
+                         n_bootstrap: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """(overall scores as metrics.score_texts gives them, position-segment frame)."""
+    _, predictions, references = zip(*read_predictions(path))
+    overall = score_texts(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+    segments = position_scores(predictions, references, segment_width, segment_max,
+                               text_units(segment_unit, tokenizer))
+    return overall, segments

@@ -1,0 +1,62 @@
+"""Position-segmented evaluation: does quality hold in later parts of a long output?
+
+Prediction and reference are cut into the same consecutive windows [0, w), [w, 2w), ... up to
+`segment_max`, in words or in the Generator tokenizer's tokens, and each window pair is scored
+with every metric. A window is scored over the samples whose REFERENCE reaches it (their number is
+reported); a prediction that stops earlier contributes an empty window, which scores 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import pandas as pd
+
+from .metrics import METRICS, score_texts
+
+UNITS = ("words", "tokens")
+COLUMNS = ["segment_start", "segment_end", "metric", "value", "count"]
+
+
+@dataclass(frozen=True)
+class TextUnits:
+    """How text is cut into units and a window of units turned back into text."""
+    split: Callable[[str], Sequence]
+    join: Callable[[Sequence], str]
+
+
+def text_units(unit: str = "words", tokenizer: Optional[Any] = None) -> TextUnits:
+    """`words`: whitespace words; `tokens`: ids of a Hugging Face-style tokenizer (anything with
+    `encode(text, add_special_tokens=False)` and `decode(ids)`), each window decoded back."""
+    if unit == "words":
+        return TextUnits(str.split, " ".join)
+    if unit == "tokens":
+        if tokenizer is None:
+            raise ValueError("segment_unit='tokens' needs the Generator's tokenizer")
+        return TextUnits(lambda text: tokenizer.encode(text, add_special_tokens=False), tokenizer.decode)
+    raise ValueError(f"segment_unit must be one of {UNITS}, got {unit!r}")
+
+
+def windows(width: int, max_len: int) -> list[tuple[int, int]]:
+    if width <= 0 or max_len <= 0:
+        raise ValueError(f"segment_width and segment_max must be positive, got {width} and {max_len}")
+    return [(start, min(start + width, max_len)) for start in range(0, max_len, width)]
+
+
+def position_scores(predictions: Sequence[str], references: Sequence[str], width: int = 50,
+                    max_len: int = 300, units: TextUnits = text_units()) -> pd.DataFrame:
+    """Tidy frame, one row per (window, metric): segment_start, segment_end, metric, value, count.
+    Windows no reference reaches are left out; METEOR rows are absent when WordNet is."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    predicted = [units.split(text) for text in predictions]
+    referenced = [units.split(text) for text in references]
+    rows = []
+    for start, end in windows(width, max_len):
+        reaching = [i for i, reference in enumerate(referenced) if len(reference) > start]
+        if not reaching:
+            break
+        scores = score_texts([units.join(predicted[i][start:end]) for i in reaching],
+                             [units.join(referenced[i][start:end]) for i in reaching])
+        rows += [(start, end, name, scores[name], len(reaching)) for name in METRICS if scores[name] is not None]
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,119 @@
+"""Scoring predictions into their run dirs: metrics.json (merged), position_eval.csv/.png and the
+plot as a TensorBoard image; several runs also get one comparison table and plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from ..config import EvalConfig, load_config
+from ..evaluation.predictions import evaluate_predictions
+from ..evaluation.report import CSV_NAME, comparison_table, save_position_eval, segment_table
+
+
+EVAL_CONFIG = "eval_config.yaml"  # the eval settings behind a run dir's scores
+
+
+def eval_yaml(cfg: EvalConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def predictions_file(path: str | Path) -> Path:
+    """A predictions file, a run dir holding one, or an experiment dir (its newest run with one)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / "predictions.jsonl").exists():
+        return path / "predictions.jsonl"
+    found = sorted(path.glob("version_*/predictions.jsonl"), key=lambda p: int(p.parent.name.removeprefix("version_")))
+    if not found:
+        raise FileNotFoundError(f"{path}: no predictions.jsonl here (run `flythinker predict` first)")
+    return found[-1]
+
+
+def run_name(run_dir: Path) -> str:
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def _tokenizer_of(predictions: Path):
+    """The Generator tokenizer of the run that made `predictions` (for eval.segment_unit=tokens)."""
+    from ..data.datamodule import pretraining_corpus
+    from ..models.backbones import load_tokenizer
+
+    cfg = load_config(predictions.with_suffix(".config.yaml"))
+    return load_tokenizer(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+
+
+def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
+    tokenizer = _tokenizer_of(predictions) if cfg.segment_unit == "tokens" else None
+    overall, segments = evaluate_predictions(predictions, cfg.segment_width, cfg.segment_max, cfg.segment_unit,
+                                             tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed)
+    run_dir = predictions.parent
+    files = save_position_eval(segments, run_dir)
+    with SummaryWriter(str(run_dir)) as writer:
+        writer.add_figure("position_eval", files.figure, close=False)
+    saved = predictions.with_suffix(".config.yaml")
+    split = load_config(saved).decode.split if saved.exists() else "test"
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics.update({f"{split}/{name}": value for name, value in overall.items()})
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg))
+    return overall, segments
+
+
+def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
+                  out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(comparison table, segment scores of every run). With several runs and `out_dir`, the
+    combined position_eval.csv/.png (one line per run) are written there too."""
+    scores, frames = {}, []
+    for path in paths:
+        predictions = predictions_file(path)
+        overall, segments = evaluate_run(predictions, cfg)
+        name = run_name(predictions.parent)
+        scores[name] = overall
+        frames.append(segments.assign(run=name))
+    combined = pd.concat(frames, ignore_index=True)
+    if out_dir is not None and len(frames) > 1:
+        save_position_eval(combined, out_dir)
+    return comparison_table(scores), combined
+
+
+def finished_run_dir(path: str | Path) -> Path:
+    """A run dir, or an experiment dir whose newest finished version (with metrics.json) is taken."""
+    path = Path(path)
+    if (path / "metrics.json").exists():
+        return path
+    finished = sorted((p for p in path.glob("version_*") if (p / "metrics.json").exists()),
+                      key=lambda p: int(p.name.removeprefix("version_")))
+    if not finished:
+        raise FileNotFoundError(f"{path}: no finished run (a run dir with metrics.json) found")
+    return finished[-1]
+
+
+def runs_table(paths: list[str | Path]) -> pd.DataFrame:
+    """One row per run from its metrics.json: nothing is recomputed."""
+    rows = []
+    for path in paths:
+        run_dir = finished_run_dir(path)
+        rows.append({"run": run_name(run_dir), **json.loads((run_dir / "metrics.json").read_text())})
+    return pd.DataFrame(rows).set_index("run")
+
+
+def runs_segments(paths: list[str | Path], out_dir: Optional[str | Path] = None) -> pd.DataFrame:
+    """The runs' position_eval.csv side by side (segment_table layout); with `out_dir`, also the
+    combined CSV and plot (one line per run)."""
+    frames = []
+    for path in paths:
+        run_dir = finished_run_dir(path)
+        if not (run_dir / CSV_NAME).exists():
+            raise FileNotFoundError(f"{run_dir}: no {CSV_NAME} (run `flythinker evaluate` or `flythinker run`)")
+        frames.append(pd.read_csv(run_dir / CSV_NAME).assign(run=run_name(run_dir)))
+    combined = pd.concat(frames, ignore_index=True)
+    if out_dir is not None:
+        save_position_eval(combined, out_dir)
+    return segment_table(combined)

@@ -1,0 +1,50 @@
+"""`flythinker run` (fit -> predict -> evaluate, each stage reused when done) and `evaluate`."""
+from __future__ import annotations
+
+import json
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from flythinker_pl.cli import main
+from flythinker_pl.lit.run import run_experiment
+
+
+def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
+    cfg = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8",
+                     "eval.n_bootstrap=20", "eval.segment_width=4", "eval.segment_max=12")
+    run_dir = run_experiment(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/bleu_ci_low"} <= set(metrics)
+    assert metrics["test/count"] == 10
+    for name in ("predictions.jsonl", "position_eval.csv", "position_eval.png"):
+        assert (run_dir / name).exists()
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    assert "position_eval" in events.Tags()["images"]
+
+    stamps = {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()}
+    assert run_experiment(cfg) == run_dir  # no new version, nothing recomputed
+    assert {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file() and p.name in stamps} == stamps
+    redecoded = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=5",
+                           "eval.n_bootstrap=0", "eval.segment_width=4", "eval.segment_max=12")
+    assert run_experiment(redecoded) == run_dir  # decoding settings alone: same trained run ...
+    assert "max_new_tokens: 5" in (run_dir / "predictions.config.yaml").read_text()  # ... decoded again
+    assert max(r["new_tokens"] for r in map(json.loads, (run_dir / "predictions.jsonl").read_text().splitlines())) <= 5
+    assert "n_bootstrap: 0" in (run_dir / "eval_config.yaml").read_text()  # ... and rescored
+    assert run_experiment(run_config("trainer.max_steps=3", "trainer.val_check_interval=3",
+                                     "decode.max_new_tokens=8", "eval.n_bootstrap=0")) != run_dir
+
+
+def test_evaluate_command_scores_several_runs(run_config, tmp_path, capsys):
+    cfg = run_config("trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=6",
+                     "eval.n_bootstrap=0")
+    first = run_experiment(cfg)
+    cfg.logging.experiment = "other"
+    second = run_experiment(cfg)
+    out = tmp_path / "compare"
+    assert main(["evaluate", str(first / "predictions.jsonl"), str(second.parent), "eval.segment_width=3",
+                 "eval.n_bootstrap=0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny/version_0" in printed and "other/version_0" in printed and "meteor" in printed
+    assert (out / "position_eval.png").exists()
+    assert main(["table", str(first), str(second), "--segments"]) == 0
+    assert "0-3" in capsys.readouterr().out  # the windows of the last evaluation (width 3)
