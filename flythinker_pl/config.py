@@ -226,8 +226,18 @@ def _check_choices(cfg: Config) -> None:
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-    if cfg.fusion.lam < 0:
-        raise ConfigError(f"fusion.lam={cfg.fusion.lam} must be >= 0")
+    checks = [
+        (cfg.fusion.lam >= 0, f"fusion.lam={cfg.fusion.lam} must be >= 0"),
+        (cfg.fusion.eps > 0, f"fusion.eps={cfg.fusion.eps} must be > 0"),
+        (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
+        (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
+        (not cfg.decode.reasoner_device or (cfg.method == "flythinker" and not cfg.reasoner.shared_base),
+         "decode.reasoner_device places a separate Reasoner: it needs method=flythinker without "
+         "reasoner.shared_base"),
+    ]
+    for holds, message in checks:
+        if not holds:
+            raise ConfigError(message)
 
 
 def _read_yaml(path: Path) -> list[tuple[Path, DictConfig]]:

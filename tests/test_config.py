@@ -31,6 +31,11 @@ def test_defaults_yaml_and_overrides_compose(tmp_path):
     (["reasoner.mode=lora_plus"], r"choose one of frozen, lora, full"),
     (["method=gpt"], r"choose one of flythinker, sft"),
     (["fusion.lam=-1"], r"fusion.lam=-1.0 must be >= 0"),
+    (["fusion.eps=0"], r"fusion.eps=0.0 must be > 0"),
+    (["decode.top_p=1.5"], r"decode.top_p=1.5 must be in \(0, 1\]"),
+    (["decode.max_new_tokens=0"], r"decode.max_new_tokens=0 must be >= 1"),
+    (["method=sft", "decode.reasoner_device=cuda:1"], r"needs method=flythinker"),
+    (["reasoner.shared_base=true", "decode.reasoner_device=cuda:1"], r"without reasoner.shared_base"),
 ])
 def test_bad_config_names_the_key_and_the_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -64,7 +64,7 @@ def argmax_chain_matches(method, prompt: list[int], generated: list[int], eos_id
 def pick_mid_batch_eos(method, tokenizer):
     """An EOS id that ends one row early while another row continues."""
     ids, mask, prompt_len, sample_ids = prompt_batch(tokenizer)
-    rows = generate(method, ids, mask, prompt_len, sample_ids, GREEDY, eos_id=-1).tokens
+    rows = generate(method, ids, mask, prompt_len, sample_ids, GREEDY, eos_ids=-1).tokens
     for token in rows[0][1:6]:
         if all(token not in other[:9] for other in rows[1:]):
             return token
@@ -87,6 +87,9 @@ def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_flythink
         for prompt, generated in zip(PROMPTS, result.tokens):
             argmax_chain_matches(method, prompt, generated, eos_id)
     assert all(tokens == outputs[engines[0]] for tokens in outputs.values())
+    # any of several stop ids ends a row (Qwen2.5-Instruct stops on <|im_end|> and <|endoftext|>)
+    assert generate(method, ids, mask, prompt_len, sample_ids, GREEDY, [tokenizer.pad_token_id, eos_id]).tokens \
+        == outputs[engines[0]]
     if name != "sft":  # the latents matter, so a wrongly timed latent could not pass unnoticed
         method.fusion.cfg.lam = 0.0
         assert generate(method, ids, mask, prompt_len, sample_ids, GREEDY, eos_id).tokens != outputs[engines[0]]
@@ -100,12 +103,12 @@ def test_sampling_is_identical_across_engines_and_batch_orders(make_flythinker, 
         for order in [(0, 1, 2), (2, 0, 1)]:
             ids, mask, prompt_len, sample_ids = prompt_batch(tokenizer, order)
             tokens = generate(method, ids, mask, prompt_len, sample_ids, dataclasses.replace(SAMPLED, engine=engine),
-                              eos_id=tokenizer.eos_token_id).tokens
+                              eos_ids=tokenizer.eos_token_id).tokens
             by_id = dict(zip(sample_ids, tokens))
             reference = reference or by_id
             assert by_id == reference, (engine, order)
     other_seed = generate(method, *prompt_batch(tokenizer), dataclasses.replace(SAMPLED, seed=8),
-                          eos_id=tokenizer.eos_token_id).tokens
+                          eos_ids=tokenizer.eos_token_id).tokens
     assert dict(zip(IDS, other_seed)) != reference  # the seed matters
 
 
@@ -113,8 +116,8 @@ def test_lambda_zero_flythinker_decodes_as_sft(make_flythinker, tokenizer):
     flythinker = make_flythinker(lam=0.0)
     batch = prompt_batch(tokenizer)
     for cfg in (GREEDY, SAMPLED):
-        assert (generate(flythinker, *batch, cfg, eos_id=tokenizer.eos_token_id).tokens
-                == generate(SFT(flythinker.generator), *batch, cfg, eos_id=tokenizer.eos_token_id).tokens)
+        assert (generate(flythinker, *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens
+                == generate(SFT(flythinker.generator), *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens)
 
 
 def test_shared_base_holds_one_base_model_plus_adapters(shared_model):
@@ -150,17 +153,17 @@ def test_sampler_filters_and_penalties():
     prompt = torch.tensor([[1]])
 
     def draw(cfg, step=0):
-        return int(Sampler(cfg, ["x"], prompt, torch.ones_like(prompt), eos_id=4, vocab_size=5)(logits.clone(), step))
+        return int(Sampler(cfg, ["x"], prompt, torch.ones_like(prompt), eos_ids=[4], vocab_size=5)(logits.clone(), step))
 
     assert draw(DecodeConfig(do_sample=False)) == 4
     assert draw(DecodeConfig(top_k=1)) == 4 and draw(DecodeConfig(top_p=0.01)) == 4
     assert draw(DecodeConfig(do_sample=False, min_new_tokens=1)) == 0  # EOS (4) blocked at step 0
     assert draw(DecodeConfig(do_sample=False, min_new_tokens=1), step=1) == 4
     penalised = Sampler(DecodeConfig(do_sample=False, repetition_penalty=3.0), ["x"], torch.tensor([[0, 4]]),
-                        torch.tensor([[1, 1]]), eos_id=99, vocab_size=5)
+                        torch.tensor([[1, 1]]), eos_ids=[99], vocab_size=5)
     assert int(penalised(logits.clone(), 0)) == 1  # 3.0 -> 1.0 and 2.0 -> 0.67: token 1 wins
     padded = Sampler(DecodeConfig(do_sample=False, repetition_penalty=3.0), ["x"], torch.tensor([[4, 0]]),
-                     torch.tensor([[0, 1]]), eos_id=99, vocab_size=5)
+                     torch.tensor([[0, 1]]), eos_ids=[99], vocab_size=5)
     assert int(padded(logits.clone(), 0)) == 4  # a pad position (mask 0) is not "seen"
     with pytest.raises(ValueError, match="temperature must be > 0"):
         draw(DecodeConfig(temperature=0.0))
@@ -170,7 +173,7 @@ def test_sampler_draws_from_the_filtered_distribution():
     logits = torch.tensor([1.0, 0.0, -1.0, -3.0])
     cfg = DecodeConfig(temperature=1.0, top_p=0.9)
     ids = [str(i) for i in range(4000)]
-    sampler = Sampler(cfg, ids, torch.zeros(4000, 1, dtype=torch.long), torch.ones(4000, 1), eos_id=99, vocab_size=4)
+    sampler = Sampler(cfg, ids, torch.zeros(4000, 1, dtype=torch.long), torch.ones(4000, 1), eos_ids=[99], vocab_size=4)
     counts = torch.bincount(sampler(logits.repeat(4000, 1), 0), minlength=4).double() / 4000
     probs = logits.softmax(-1).double()
     kept = probs[:3] / probs[:3].sum()  # 0.665 + 0.245 < 0.9, so the third token is kept, the fourth cut

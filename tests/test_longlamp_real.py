@@ -75,3 +75,17 @@ def test_the_real_data_experiment_reads_the_converters_output():
     cfg = load_config(ROOT / "experiments" / "real_amazon.yaml")
     assert (cfg.data.task, cfg.data.path) == ("product_review", "data/real")
     assert cfg.data.profile_tokens < 1250 and cfg.data.target_tokens < 1000  # CPU-sized
+
+
+def test_a_shared_item_is_never_a_target_in_training_and_evaluation():
+    from flythinker_pl.data.convert import without_leaks
+
+    def record(user, output, profile=()):
+        return {"id": f"{user}-{output}", "output": output, "profile": [{"abstract": p} for p in profile]}
+
+    splits = {"train": [record("a", "paper 1"), record("a", "paper 2", ["paper 5"])],
+              "val": [record("b", "paper 1"), record("b", "paper 3")],
+              "test": [record("c", "paper 3"), record("c", "paper 4"), record("c", "paper 5")]}
+    assert without_leaks(splits, "abstract_generation") == {"train": 0, "val": 1, "test": 2}
+    assert [r["output"] for r in splits["val"]] == ["paper 3"]
+    assert [r["output"] for r in splits["test"]] == ["paper 4"]  # paper 5 was in a training profile

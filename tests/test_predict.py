@@ -57,3 +57,11 @@ def test_two_process_ddp_predictions_equal_single_process(run_config):
     assert [r["id"] for r in ddp] == [r["id"] for r in single]  # each id exactly once, same order
     assert len({r["id"] for r in ddp}) == len(load_split(cfg.data, "test").records)
     assert [r["prediction"] for r in ddp] == [r["prediction"] for r in single]
+
+
+def test_a_checkpoint_of_another_method_is_refused(run_config):
+    import pytest
+
+    sft_run = fit(run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1"))
+    with pytest.raises(RuntimeError, match="lacks .* trainable weights"):
+        predict(run_config("method=flythinker", "decode.max_new_tokens=2"), str(sft_run / "checkpoints" / "last.ckpt"))

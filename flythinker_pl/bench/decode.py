@@ -51,7 +51,7 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
             cfg = load_config(config_path, [*overrides, *extra])
             torch.manual_seed(cfg.seed)
             method, tokenizer = build_method(cfg, corpus=lambda cfg=cfg: pretraining_corpus(cfg.data))
-            models[tuple(extra)] = method.to(device).eval()
+            models[tuple(extra)] = method.eval()  # on the CPU until measured
 
     datamodule = PersonalisationDataModule(base.data, tokenizer, predict_split="val",
                                            predict_batch_size=max(batch_sizes))
@@ -72,13 +72,22 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
         return generate(models[tuple(extra)], rows["ids"], rows["mask"], rows["prompt_len"], rows["sample_ids"],
                         cfg, tokenizer.eos_token_id).seconds
 
+    peak = {}  # GPU memory of one batch-max run with only that variant's model resident
+    for name, (extra, _) in VARIANTS.items():
+        model = models[tuple(extra)].to(device)
+        run(name, max(batch_sizes))
+        synchronize(device)
+        peak[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        if device.type == "cuda":
+            model.cpu()
+            torch.cuda.empty_cache()
+    for model in models.values():
+        model.to(device)
+
     results = []
     for batch_size in batch_sizes:
-        peak = {}
-        for name in VARIANTS:  # warm-up; on GPU also the peak memory of one full run
+        for name in VARIANTS:  # warm-up at this batch size, not timed
             run(name, batch_size)
-            synchronize(device)
-            peak[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         seconds = {name: [] for name in VARIANTS}
         for _ in range(repeats):  # interleaved rounds: drift hits every variant alike
             for name in VARIANTS:
@@ -91,7 +100,7 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
                 "speed vs sft": round(median["sft"] / median[name], 3),
                 "speed-up vs sequential": round(median["flythinker sequential"] / median[name], 3),
                 "weights MB": round(weights_mb(models[tuple(extra)]), 2),
-                "peak MB": None if peak[name] is None else round(peak[name], 1)})
+                "peak MB (GPU)": None if peak[name] is None else round(peak[name], 1)})
     write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "new_tokens": new_tokens,
                      "repeats": repeats, "results": results})
     return pd.DataFrame(results)

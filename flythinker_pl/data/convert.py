@@ -101,6 +101,22 @@ def acl_items(folder: Path, dropped: Counter) -> dict[str, list[dict]]:
     return {user: sorted(items, key=lambda p: (p["year"], p["id"])) for user, items in users.items()}
 
 
+PROFILE_TEXT = {"product_review": "reviewText", "abstract_generation": "abstract", "topic_writing": "content"}
+
+
+def without_leaks(splits: dict[str, list[dict]], task: str) -> dict[str, int]:
+    """Drop val/test records whose target training has seen, as a target or in a profile (train
+    first, then val), in place; returns the drops per split. A co-authored paper is one record per
+    author, so without this the same abstract is a training target and a test target."""
+    seen, dropped = set(), {}
+    for split in ("train", "val", "test"):
+        kept = [r for r in splits[split] if r["output"] not in seen]
+        dropped[split], splits[split] = len(splits[split]) - len(kept), kept
+        seen.update(r["output"] for r in kept)
+        seen.update(item[PROFILE_TEXT[task]] for r in kept for item in r["profile"])
+    return dropped
+
+
 def convert(source: str, out_dir: str | Path, data_root: str | Path = SHARED_DATA, seed: int = 0,
             min_items: int = 4) -> dict:
     """Writes <out_dir>/<task>_{user,temporal}/{train,val,test}.jsonl; returns (and writes) the counts."""
@@ -117,7 +133,9 @@ def convert(source: str, out_dir: str | Path, data_root: str | Path = SHARED_DAT
     for setting in ("user", "temporal"):
         target_dir = Path(out_dir) / f"{task}_{setting}"
         target_dir.mkdir(parents=True, exist_ok=True)
-        for split, records in split_users(kept, setting, seed, partial(make_record, task)).items():
+        splits = split_users(kept, setting, seed, partial(make_record, task))
+        summary.setdefault("records dropped (target seen in training)", {})[setting] = without_leaks(splits, task)
+        for split, records in splits.items():
             with open(target_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             summary["records"][f"{setting}/{split}"] = len(records)

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+from filelock import FileLock
+
 from .schema import make_record
 from .splits import split_users
 
@@ -194,8 +196,14 @@ def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 
     if reviews_per_user < 4:
         raise ValueError("reviews_per_user must be >= 4 (temporal needs train, val and test items per user)")
     out = Path(out_dir).expanduser() / f"users{num_users}-reviews{reviews_per_user}-seed{seed}"
-    if (out / "COMPLETE").exists():
-        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # several processes (DDP ranks) may ask at once: one writes
+        if not (out / "COMPLETE").exists():
+            _write(out, num_users, reviews_per_user, seed)
+    return out
+
+
+def _write(out: Path, num_users: int, reviews_per_user: int, seed: int) -> None:
     personas, users = [], {}
     for index in range(num_users):
         rng = random.Random(f"user-{seed}-{index}")
@@ -211,4 +219,3 @@ def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 
     with open(out / "users.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(asdict(p)) + "\n" for p in personas)
     (out / "COMPLETE").write_text("")
-    return out

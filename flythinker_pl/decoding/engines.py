@@ -1,7 +1,7 @@
 """Decoding engines: how one incremental step of a method is executed.
 
 All engines compute the same function (method.step); they differ only in scheduling:
-  sequential  Reasoner step, then Generator step (the reference; also plain decoding for SFT)
+  sequential  Generator step, then Reasoner step (the reference; also plain decoding for SFT)
   staggered   the Reasoner reads token k (producing the latent for step k+1) while the Generator
               reads token k with the latent of step k: a side CUDA stream on one GPU, each model
               on its own device when placed on two, a worker thread on CPU
@@ -37,11 +37,20 @@ class Staggered(Sequential):
         super().__init__(method)
         generator_device, reasoner_device = method.generator_device, method.reasoner_device
         self.stream = self.pool = None
+        self.reasoner_on_cpu = reasoner_device.type == "cpu"
         if generator_device.type == "cuda" and generator_device == reasoner_device:
             self.stream = torch.cuda.Stream(generator_device)
-        elif generator_device.type == "cpu" and reasoner_device.type == "cpu":
+        elif generator_device.type == "cpu" and self.reasoner_on_cpu:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner")
-        # else: two devices; their kernel queues already run concurrently
+        # else: two devices, each with its own queue; only the order of launches matters (step)
+
+    def prefill(self, input_ids, attention_mask, prompt_len):
+        logits, state = super().prefill(input_ids, attention_mask, prompt_len)
+        if self.stream is not None:  # the side stream will read (then free) this main-stream memory
+            for layer in state.reasoner_cache.layers:
+                layer.keys.record_stream(self.stream)
+                layer.values.record_stream(self.stream)
+        return logits, state
 
     def step(self, state, tokens):
         method = self.method
@@ -55,13 +64,16 @@ class Staggered(Sequential):
             main.wait_stream(self.stream)
             next_latents.record_stream(main)
         elif self.pool is not None:
-            # grad mode is thread-local: the worker must not record autograd graphs
-            future = self.pool.submit(_without_grad, method.reasoner_step, state, tokens, positions)
+            future = self.pool.submit(_in_this_threads_modes(method.reasoner_step), state, tokens, positions)
             logits = method.generator_step(state, tokens, positions)
             next_latents = future.result()
-        else:
-            next_latents = method.reasoner_step(state, tokens, positions)
+        elif self.reasoner_on_cpu:  # a CPU Reasoner blocks Python: queue the GPU's step first
             logits = method.generator_step(state, tokens, positions)
+            next_latents = method.reasoner_step(state, tokens, positions)
+        else:  # two GPUs: launch both forwards before any copy between them (a copy joins the queues)
+            hidden = method.reasoner_hidden_step(state, tokens, positions)
+            logits = method.generator_step(state, tokens, positions)
+            next_latents = method.latent_of(hidden, state)
         state.latents = next_latents
         return logits
 
@@ -80,9 +92,17 @@ class Shared(Sequential):
         return self.method.batched_step(state, tokens)
 
 
-def _without_grad(fn, *args):
-    with torch.no_grad():
-        return fn(*args)
+def _in_this_threads_modes(fn):
+    """`fn` to run in a worker thread under the caller's grad mode and CPU autocast, which are
+    thread-local: without this the worker would record autograd graphs or skip bf16."""
+    grad, autocast = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu")
+
+    def run(*args):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            return fn(*args)
+
+    return run
 
 
 def make_engine(method, name: str) -> Sequential:

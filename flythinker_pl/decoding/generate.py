@@ -27,8 +27,11 @@ def synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor,
-             sample_ids: list[str], cfg: DecodeConfig, eos_id: int) -> Generation:
-    """Decode a left-padded batch of prompts."""
+             sample_ids: list[str], cfg: DecodeConfig, eos_ids: int | list[int]) -> Generation:
+    """Decode a left-padded batch of prompts; a row stops at the first of `eos_ids` (Qwen's
+    instruct models stop on two)."""
+    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    eos_id = eos_ids[0]  # what finished rows are filled with
     device = input_ids.device
     # On GPU, checking "all rows finished" costs a host sync: look only every few steps.
     check_every = 8 if device.type == "cuda" else 1
@@ -37,13 +40,14 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     start = time.perf_counter()
     try:
         logits, state = engine.prefill(input_ids, attention_mask, prompt_len)
-        sampler = Sampler(cfg, sample_ids, input_ids, attention_mask, eos_id, logits.shape[-1])
+        sampler = Sampler(cfg, sample_ids, input_ids, attention_mask, eos_ids, logits.shape[-1])
+        stops = torch.tensor(eos_ids, device=device)
         produced = torch.full((len(sample_ids), cfg.max_new_tokens), eos_id, dtype=torch.long, device=device)
         finished = torch.zeros(len(sample_ids), dtype=torch.bool, device=device)
         for step in range(cfg.max_new_tokens):
             tokens = sampler(logits, step)
             produced[:, step] = torch.where(finished, eos_id, tokens)
-            finished |= tokens == eos_id
+            finished |= torch.isin(tokens, stops)
             if step + 1 == cfg.max_new_tokens or (step % check_every == check_every - 1 and finished.all()):
                 break
             logits = engine.step(state, tokens)
@@ -54,7 +58,7 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
 
     rows, counts = [], []
     for row in produced[:, : step + 1].tolist():
-        length = row.index(eos_id) if eos_id in row else len(row)
+        length = next((i for i, token in enumerate(row) if token in eos_ids), len(row))
         rows.append(row[:length])
         counts.append(min(length + 1, len(row)))
     return Generation(rows, counts, seconds)

@@ -20,10 +20,10 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 class Sampler:
     def __init__(self, cfg: DecodeConfig, sample_ids: list[str], prompt_ids: torch.Tensor,
-                 prompt_mask: torch.Tensor, eos_id: int, vocab_size: int):
+                 prompt_mask: torch.Tensor, eos_ids: list[int], vocab_size: int):
         if cfg.do_sample and cfg.temperature <= 0:
             raise ValueError("decode.temperature must be > 0 when sampling; set decode.do_sample=false for greedy")
-        self.cfg, self.eos_id = cfg, eos_id
+        self.cfg, self.eos_ids = cfg, list(eos_ids)
         device = prompt_ids.device
         self.uniforms = None
         if cfg.do_sample:  # drawn up front: one host-to-device copy per batch, not per token
@@ -33,8 +33,9 @@ class Sampler:
                 for i in sample_ids]).to(device)
         self.seen = None
         if cfg.repetition_penalty != 1.0:  # tokens of the prompt (real ones) and of the output so far
-            self.seen = torch.zeros(len(sample_ids), vocab_size, dtype=torch.bool, device=device)
-            self.seen.scatter_(1, torch.where(prompt_mask.bool(), prompt_ids, 0), prompt_mask.bool())
+            # scatter_add, not scatter_: pads (mask 0) and real tokens may share an index
+            counts = torch.zeros(len(sample_ids), vocab_size, dtype=torch.long, device=device)
+            self.seen = counts.scatter_add_(1, prompt_ids, prompt_mask.long()) > 0
 
     def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Next token per row from next-token logits [B, V] at decoding step `step` (0-based)."""
@@ -42,7 +43,7 @@ class Sampler:
         if self.seen is not None:
             logits = self._penalise_repeats(logits)
         if step < self.cfg.min_new_tokens:
-            logits[:, self.eos_id] = float("-inf")
+            logits[:, self.eos_ids] = float("-inf")
         if not self.cfg.do_sample:
             tokens = logits.argmax(dim=-1)
         else:

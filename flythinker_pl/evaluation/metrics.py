@@ -6,6 +6,7 @@ scores 0 on every metric.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,21 @@ METRICS = ("bleu", "rouge1", "rougeL", "meteor")
 ROUGE_TYPES = ("rouge1", "rougeL")
 
 _BLEU = BLEU()  # sacrebleu.corpus_bleu's defaults: 13a tokenisation, exp smoothing, cased
-_ROUGE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)  # LongLaMP: no stemmer
+
+
+def _rouge_scorer() -> rouge_scorer.RougeScorer:
+    """LongLaMP's scorer (no stemmer). Its constructor logs through the root logger, which makes
+    `logging` install a default root handler that would print every library's log line twice:
+    build it with a placeholder handler in place."""
+    placeholder = logging.NullHandler()
+    logging.root.addHandler(placeholder)
+    try:
+        return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    finally:
+        logging.root.removeHandler(placeholder)
+
+
+_ROUGE = _rouge_scorer()
 _SENTENCES = PunktSentenceTokenizer()  # punkt with no trained parameters: needs no download
 _WORDS = NLTKWordTokenizer()  # the word tokenizer inside nltk.word_tokenize
 

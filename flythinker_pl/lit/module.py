@@ -18,11 +18,12 @@ SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_
 
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token cross-entropy over response tokens (+ EOS), and how many there were."""
+    """Mean next-token cross-entropy over response tokens (+ EOS), and how many there were.
+    Only response rows are upcast to fp32 (with a 150k vocabulary, all rows would cost GBs)."""
     targets = labels[:, 1:]
-    count = (targets != IGNORE_INDEX).sum()
-    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    scored = targets != IGNORE_INDEX
+    total = F.cross_entropy(logits[:, :-1][scored].float(), targets[scored], reduction="sum")
+    count = scored.sum()
     return total / count.clamp(min=1), count
 
 
@@ -57,12 +58,19 @@ class MethodModule(L.LightningModule):
         if self.decode_cfg.reasoner_device:  # after Lightning placed the whole module on its device
             self.method.reasoner.to(self.decode_cfg.reasoner_device)
 
+    def stop_ids(self) -> list[int]:
+        """The tokenizer's EOS and any the Generator's generation config adds (Qwen2.5-Instruct
+        stops on <|im_end|> and <|endoftext|>)."""
+        configured = getattr(getattr(self.method.generator, "generation_config", None), "eos_token_id", None)
+        configured = configured if isinstance(configured, list) else [configured]
+        return list(dict.fromkeys([self.tokenizer.eos_token_id, *[i for i in configured if i is not None]]))
+
     def predict_step(self, batch, batch_idx):
         """Decode the batch's prompts; one JSON-ready record per sample."""
         pad_id = self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = prompts_of(batch, pad_id)
         result = generate(self.method, prompt_ids, prompt_mask, batch["prompt_len"], batch["ids"], self.decode_cfg,
-                          self.tokenizer.eos_token_id)
+                          self.stop_ids())
         # timing is per batch: every row of a batch is decoded in the same steps
         timing = {"batch_seconds": round(result.seconds, 4), "batch_size": len(result.tokens),
                   "ms_per_token": round(1000 * result.seconds / max(result.num_tokens), 3)}
@@ -70,7 +78,7 @@ class MethodModule(L.LightningModule):
         for row, sample_id in enumerate(batch["ids"]):
             prompt = prompt_ids[row][prompt_mask[row].bool()]
             records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt),
-                            "prediction": self.tokenizer.decode(result.tokens[row]),
+                            "prediction": self.tokenizer.decode(result.tokens[row], skip_special_tokens=True),
                             "reference": batch["reference"][row], "prompt_tokens": len(prompt),
                             "new_tokens": result.num_tokens[row], **timing})
         return records
@@ -83,6 +91,15 @@ class MethodModule(L.LightningModule):
         scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer,
                                   num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """strict_loading=False tolerates the frozen weights a checkpoint leaves out, not missing
+        trainable ones: those mean the checkpoint belongs to another method or fusion setup."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise RuntimeError(f"the checkpoint lacks {len(missing)} trainable weights of this model, e.g. "
+                               f"{missing[:3]}: it was trained with another method or model config")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}

@@ -165,10 +165,12 @@ def predict(cfg: Config, ckpt_path: Optional[str] = None) -> Path:
     def work():
         module, datamodule, _ = build(cfg)
         trainer = build_trainer(cfg, run_dir, [PredictionWriter(output)])
-        if trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            output.with_suffix(".config.yaml").write_text(to_yaml(cfg))
+        settings = output.with_suffix(".config.yaml")
+        if trainer.is_global_zero:  # written only once the predictions are complete (below), so
+            settings.unlink(missing_ok=True)  # an interrupted decode never passes for a finished one
         trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+        if trainer.is_global_zero:
+            settings.write_text(to_yaml(cfg))
         return output
 
     return _in_run_dir(run_dir, None, work)

@@ -37,6 +37,12 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
             raise ConfigError("reasoner.shared_base=true puts two LoRA adapters on one base model: it needs "
                               f"generator.mode=lora and reasoner.mode=lora (got {cfg.generator.mode}, "
                               f"{cfg.reasoner.mode})")
+        if checkpointing:  # recomputation in backward would run with whichever adapter is active then
+            raise ConfigError("reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward "
+                              "pass would recompute the Reasoner's layers with the Generator's adapter")
+        if getattr(generator.config, "final_logit_softcapping", None):
+            raise ConfigError("reasoner.shared_base=true computes logits from the LM head directly, without "
+                              f"{generator.config.model_type}'s final logit softcapping; use two models")
         generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
         fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion)
         return SharedBaseFlyThinker(generator, fusion), tokenizer

@@ -40,15 +40,20 @@ class FlyThinker(SFT):
         return embedding_norm(self.generator.get_input_embeddings())
 
     def run_reasoner(self, input_ids, attention_mask, positions, cache=None):
-        """Final hidden states, on the Generator's device. When the Reasoner sits on a device of its
-        own (decode.reasoner_device), only tokens go there and only hidden states come back."""
+        """Final hidden states, on the Generator's device."""
+        hidden, cache = self.reasoner_forward(input_ids, attention_mask, positions, cache)
+        return hidden.to(self.generator_device, non_blocking=True), cache
+
+    def reasoner_forward(self, input_ids, attention_mask, positions, cache=None):
+        """Final hidden states on the Reasoner's own device. When it sits on a device of its own
+        (decode.reasoner_device), only tokens go there and only hidden states come back."""
         device = self.reasoner_device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.reasoner_frozen):
             out = self.reasoner(input_ids=input_ids.to(device, non_blocking=True),
                                 attention_mask=attention_mask.to(device, non_blocking=True),
                                 position_ids=positions.to(device, non_blocking=True),
                                 past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state.to(self.generator_device, non_blocking=True), out.past_key_values
+        return out.last_hidden_state, out.past_key_values
 
     def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None):
         """Teacher-forced Generator inputs z_j = e(x_j) + lam * P(r_{j-1}) on injected positions.
@@ -82,8 +87,15 @@ class FlyThinker(SFT):
 
     def reasoner_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
         """The Reasoner reads `tokens`; returns the latent for the Generator's next step."""
-        hidden, _ = self.run_reasoner(tokens[:, None], state.attention_mask, positions, cache=state.reasoner_cache)
-        return self.fusion(hidden[:, -1], state.latent_norm)
+        return self.latent_of(self.reasoner_hidden_step(state, tokens, positions), state)
+
+    def reasoner_hidden_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
+        """The Reasoner's hidden state for `tokens`, left on its own device."""
+        hidden, _ = self.reasoner_forward(tokens[:, None], state.attention_mask, positions, state.reasoner_cache)
+        return hidden[:, -1]
+
+    def latent_of(self, hidden: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        return self.fusion(hidden.to(self.generator_device, non_blocking=True), state.latent_norm)
 
     def step(self, state: DecodeState, tokens: torch.Tensor):
         positions = state.append_token()

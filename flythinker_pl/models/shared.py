@@ -36,9 +36,9 @@ class SharedBaseFlyThinker(FlyThinker):
             lora.set_adapter(adapter)
             lora.set_requires_grad(list(ADAPTERS), True)  # set_adapter froze the other adapter
 
-    def run_reasoner(self, *args, **kwargs):
+    def reasoner_forward(self, *args, **kwargs):
         self._use("reasoner")
-        return super().run_reasoner(*args, **kwargs)
+        return super().reasoner_forward(*args, **kwargs)
 
     def run_generator(self, *args, **kwargs):
         self._use("generator")
