@@ -108,8 +108,9 @@ def _in_this_threads_modes(fn):
 def make_engine(method, name: str) -> Sequential:
     if not isinstance(method, FlyThinker):
         return Sequential(method)  # one model: nothing to overlap
-    if name == "auto":
-        name = "shared" if isinstance(method, SharedBaseFlyThinker) else "staggered"
+    if name == "auto":  # overlap where it pays: on CPU a worker thread measured slower (bench decode)
+        on_gpu = method.generator_device.type == "cuda" or method.reasoner_device.type == "cuda"
+        name = "shared" if isinstance(method, SharedBaseFlyThinker) else "staggered" if on_gpu else "sequential"
     if name == "shared":
         if not isinstance(method, SharedBaseFlyThinker):
             raise ValueError("decode.engine=shared needs reasoner.shared_base=true (one base model, two adapters)")
