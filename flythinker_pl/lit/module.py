@@ -52,6 +52,7 @@ class MethodModule(L.LightningModule):
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
+        # the metric already combined all ranks: no second reduction
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
 
     def on_predict_start(self):
@@ -92,15 +93,17 @@ class MethodModule(L.LightningModule):
                                   num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """strict_loading=False tolerates the frozen weights a checkpoint leaves out, not missing
         trainable ones: those mean the checkpoint belongs to another method or fusion setup."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        missing = sorted(self.trainable_names() - set(checkpoint["state_dict"]))
         if missing:
             raise RuntimeError(f"the checkpoint lacks {len(missing)} trainable weights of this model, e.g. "
                                f"{missing[:3]}: it was trained with another method or model config")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        trainable = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
