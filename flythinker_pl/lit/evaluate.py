@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from ..config import EvalConfig, load_config
 from ..evaluation.predictions import evaluate_predictions
 from ..evaluation.report import CSV_NAME, comparison_table, save_position_eval, segment_table
+from .rundirs import holding
 
 
 EVAL_CONFIG = "eval_config.yaml"  # the eval settings behind a run dir's scores
@@ -27,37 +28,35 @@ def predictions_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    if (path / "predictions.jsonl").exists():
-        return path / "predictions.jsonl"
-    found = sorted(path.glob("version_*/predictions.jsonl"), key=lambda p: int(p.parent.name.removeprefix("version_")))
-    if not found:
-        raise FileNotFoundError(f"{path}: no predictions.jsonl here (run `flythinker predict` first)")
-    return found[-1]
+    return holding(path, "predictions.jsonl", "no predictions.jsonl here (run `flythinker predict` first)") \
+        / "predictions.jsonl"
 
 
 def run_name(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}"
 
 
-def _tokenizer_of(predictions: Path):
-    """The Generator tokenizer of the run that made `predictions` (for eval.segment_unit=tokens)."""
+def _tokenizer_of(run_cfg):
+    """The Generator tokenizer of the run that made the predictions (for eval.segment_unit=tokens)."""
     from ..data.datamodule import pretraining_corpus
     from ..models.backbones import load_tokenizer
 
-    cfg = load_config(predictions.with_suffix(".config.yaml"))
-    return load_tokenizer(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+    return load_tokenizer(run_cfg, corpus=lambda: pretraining_corpus(run_cfg.data))
 
 
 def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
-    tokenizer = _tokenizer_of(predictions) if cfg.segment_unit == "tokens" else None
+    saved = predictions.with_suffix(".config.yaml")  # absent for predictions made elsewhere
+    run_cfg = load_config(saved) if saved.exists() else None
+    if cfg.segment_unit == "tokens" and run_cfg is None:
+        raise FileNotFoundError(f"{saved}: eval.segment_unit=tokens needs the config that made the predictions")
+    tokenizer = _tokenizer_of(run_cfg) if cfg.segment_unit == "tokens" else None
     overall, segments = evaluate_predictions(predictions, cfg.segment_width, cfg.segment_max, cfg.segment_unit,
                                              tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed)
     run_dir = predictions.parent
     files = save_position_eval(segments, run_dir)
     with SummaryWriter(str(run_dir)) as writer:
         writer.add_figure("position_eval", files.figure, close=False)
-    saved = predictions.with_suffix(".config.yaml")
-    split = load_config(saved).decode.split if saved.exists() else "test"
+    split = run_cfg.decode.split if run_cfg else "test"
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics.update({f"{split}/{name}": value for name, value in overall.items()})
@@ -85,14 +84,7 @@ def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
 
 def finished_run_dir(path: str | Path) -> Path:
     """A run dir, or an experiment dir whose newest finished version (with metrics.json) is taken."""
-    path = Path(path)
-    if (path / "metrics.json").exists():
-        return path
-    finished = sorted((p for p in path.glob("version_*") if (p / "metrics.json").exists()),
-                      key=lambda p: int(p.name.removeprefix("version_")))
-    if not finished:
-        raise FileNotFoundError(f"{path}: no finished run (a run dir with metrics.json) found")
-    return finished[-1]
+    return holding(path, "metrics.json", "no finished run (a run dir with metrics.json) found")
 
 
 def runs_table(paths: list[str | Path]) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs
 from .module import MethodModule
+from .rundirs import version_number, versions
 from .writer import PredictionWriter
 
 # Set by the launching process so that every DDP rank uses the same run dir and resume point.
@@ -48,14 +49,9 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
 
 
-def _version(run_dir: Path) -> int:
-    return int(run_dir.name.removeprefix("version_"))
-
-
 def run_dirs(cfg: Config) -> list[Path]:
     """This experiment's run dirs, oldest first."""
-    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
-    return sorted((p for p in experiment_dir.glob("version_*") if p.name[8:].isdigit()), key=_version)
+    return versions(Path(cfg.logging.root_dir) / cfg.logging.experiment)
 
 
 def same_settings(saved: Path, cfg: Config, without: tuple[str, ...]) -> bool:
@@ -76,21 +72,21 @@ def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     this experiment whose saved config equals this one continues from its last.ckpt."""
     if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
         return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
-    versions = run_dirs(cfg)
-    if cfg.train.resume == "auto" and versions:
-        newest = versions[-1]
+    existing = run_dirs(cfg)
+    if cfg.train.resume == "auto" and existing:
+        newest = existing[-1]
         last = newest / "checkpoints" / "last.ckpt"
         if (last.exists() and not (newest / "metrics.json").exists()
                 and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
             return newest, str(last)
     experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
-    run_dir = experiment_dir / f"version_{_version(versions[-1]) + 1 if versions else 0}"
+    run_dir = experiment_dir / f"version_{version_number(existing[-1]) + 1 if existing else 0}"
     return run_dir, None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer:
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
-                               version=_version(run_dir), default_hp_metric=False)
+                               version=version_number(run_dir), default_hp_metric=False)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),

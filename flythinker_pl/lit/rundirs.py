@@ -1,0 +1,25 @@
+"""Run directories: `<root>/<experiment>/version_N/`, found by number."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def version_number(run_dir: Path) -> int:
+    return int(run_dir.name.removeprefix("version_"))
+
+
+def versions(experiment_dir: str | Path) -> list[Path]:
+    """An experiment's run dirs, oldest first."""
+    found = Path(experiment_dir).glob("version_*")
+    return sorted((p for p in found if p.name.removeprefix("version_").isdigit()), key=version_number)
+
+
+def holding(path: str | Path, filename: str, missing: str) -> Path:
+    """`path` if it holds `filename`, else the newest run dir under it (an experiment dir) that does."""
+    path = Path(path)
+    if (path / filename).exists():
+        return path
+    with_file = [run_dir for run_dir in versions(path) if (run_dir / filename).exists()]
+    if not with_file:
+        raise FileNotFoundError(f"{path}: {missing}")
+    return with_file[-1]
