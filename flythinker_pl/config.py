@@ -13,7 +13,18 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-METHODS = ("flythinker", "sft")
+# What each `method` is (models/build.py builds it; README "Methods and baselines" compares them):
+#   flythinker  Generator + Reasoner, the Reasoner's latent of position j-1 added at position j
+#   sft         the Generator fine-tuned on profile + query
+#   nonpers     the Generator on the query alone (needs data.retriever=none); zero-shot with trainer.max_steps=0
+#   rag         the Generator on retrieved profile items + query, zero-shot (trainer.max_steps=0) by default
+#   cot         think-then-generate in text: the Generator writes a rationale, then the response
+#               (trained on data.rationales + response)
+#   static      one-shot latent reasoning: the Reasoner's latent of the last prompt position is
+#               added at every response position (needs fusion.span=response)
+#   coconut     coconut.k continuous thoughts (fed-back, rescaled hidden states) after the prompt
+METHODS = ("flythinker", "sft", "nonpers", "rag", "cot", "static", "coconut")
+REASONER_METHODS = ("flythinker", "static")  # the methods with a Reasoner (reasoner.* and fusion.* apply)
 
 
 @dataclass
@@ -40,6 +51,14 @@ class ReasonerConfig(BackboneConfig):
     # One base model (the Generator's) with a `reasoner` and a `generator` LoRA adapter: the memory
     # of one model. Needs generator.mode=lora and reasoner.mode=lora; reasoner.name is then unused.
     shared_base: bool = False
+    # Controls for "is the gain reasoning or a second network's capacity?":
+    sees_profile: bool = True  # false: the Reasoner reads the query and response, never the user's history
+    init: str = "pretrained"  # pretrained | random (the same architecture, randomly initialised; seeded by `seed`)
+
+
+@dataclass
+class CoconutConfig:
+    k: int = 2  # continuous thoughts between the prompt and the response; k=0 is SFT
 
 
 @dataclass
@@ -90,6 +109,10 @@ class DataConfig:
     length_buckets: bool = False  # training batches of similar lengths (less padding), still shuffled
     bucket_chunk_batches: int = 64  # batches per length-sorted chunk: larger = less padding, less mixing
     num_workers: int = 0
+    # method=cot: where each record's rationale comes from: "oracle" (synthetic data: written from
+    # the user's latent truth, users.jsonl) or a JSON-lines file of {"id": ..., "rationale": ...}
+    rationales: str = ""
+    rationale_tokens: int = 128  # budget for the rationale in training targets
 
 
 @dataclass
@@ -116,7 +139,7 @@ class TrainerConfig:
     devices: Any = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    max_steps: int = 300
+    max_steps: int = 300  # 0 = no training (zero-shot: validated and decoded with the loaded weights)
     max_epochs: int = -1
     val_check_interval: Any = 100
     check_val_every_n_epoch: Optional[int] = None
@@ -162,6 +185,17 @@ class EvalConfig:
 
 
 @dataclass
+class CallbacksConfig:
+    """What lit/callbacks.py adds to a fit (TensorBoard: scalars, text, images, hparams)."""
+
+    position_eval_every: int = 0  # every N validations: decode val samples, log per-position scores + plot; 0 = off
+    position_eval_samples: int = 16  # validation records decoded by it
+    samples: int = 2  # generation samples (prompt, reference, output with and without latents) logged as text at the end
+    throughput: bool = True  # training tokens/s and peak memory (metrics.json and TensorBoard)
+    lambda_sweep: list[float] = field(default_factory=list)  # inference-time lambdas scored by val loss at the end
+
+
+@dataclass
 class LoggingConfig:
     root_dir: str = "lightning_logs"
     experiment: str = ""  # default: the config file's stem
@@ -175,11 +209,13 @@ class Config:
     generator: BackboneConfig = field(default_factory=BackboneConfig)
     reasoner: ReasonerConfig = field(default_factory=ReasonerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    coconut: CoconutConfig = field(default_factory=CoconutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -187,6 +223,7 @@ CHOICES = {
     "method": METHODS,
     "generator.mode": ("lora", "full"),
     "reasoner.mode": ("frozen", "lora", "full"),
+    "reasoner.init": ("pretrained", "random"),
     "fusion.norm": ("table_mean", "none"),
     "fusion.dims": ("pad", "linear"),
     "fusion.span": ("global", "response", "prompt"),
@@ -232,9 +269,28 @@ def _check_choices(cfg: Config) -> None:
         (cfg.fusion.eps > 0, f"fusion.eps={cfg.fusion.eps} must be > 0"),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
-        (not cfg.decode.reasoner_device or (cfg.method == "flythinker" and not cfg.reasoner.shared_base),
-         "decode.reasoner_device places a separate Reasoner: it needs method=flythinker without "
+        (not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
+         "decode.reasoner_device places a separate Reasoner: it needs method=flythinker or static without "
          "reasoner.shared_base"),
+        (cfg.method != "nonpers" or cfg.data.retriever == "none",
+         f"method=nonpers prompts with the query alone: set data.retriever=none (got {cfg.data.retriever})"),
+        (cfg.method != "rag" or cfg.data.retriever != "none",
+         "method=rag prompts with retrieved profile items: data.retriever must not be none"),
+        (cfg.method != "cot" or bool(cfg.data.rationales),
+         "method=cot trains on rationale + response: set data.rationales=oracle (synthetic data) or a "
+         "JSON-lines file of {id, rationale}"),
+        (cfg.method != "static" or cfg.fusion.span == "response",
+         "method=static adds the prompt's one latent at every response position: set fusion.span=response "
+         f"(got {cfg.fusion.span})"),
+        (cfg.coconut.k >= 0, f"coconut.k={cfg.coconut.k} must be >= 0"),
+        (cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
+         f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})"),
+        (cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,
+         "reasoner.sees_profile=false is not supported with reasoner.shared_base=true"),
+        (cfg.reasoner.init == "pretrained" or not cfg.reasoner.shared_base,
+         "reasoner.init=random needs a Reasoner of its own (reasoner.shared_base=false)"),
+        (cfg.callbacks.position_eval_every >= 0 and cfg.callbacks.samples >= 0,
+         "callbacks.position_eval_every and callbacks.samples must be >= 0"),
     ]
     for holds, message in checks:
         if not holds:
