@@ -137,20 +137,25 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
             print(f"Resuming {run_dir} from {resume_from}")
     initial = {}
     if resume_from is None:
-        initial = {f"{k}_before": v for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    if cfg.trainer.max_steps != 0:
+        initial = {f"{k}_before": v for k, v in initial.items()}
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    # else zero-shot: the validation above is the run's result, and no checkpoint is written
     if trainer.is_global_zero:
-        results = {"method": cfg.method, "global_step": trainer.global_step, **initial,
-                   **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "train/loss"}
+        results = {"method": cfg.method, "global_step": trainer.global_step, **initial, **final}
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return run_dir
 
 
-def predict(cfg: Config, ckpt_path: Optional[str] = None) -> Path:
+def predict(cfg: Config, ckpt_path: Optional[str] = None, run_dir: Optional[Path] = None) -> Path:
     """Decode `decode.split` into <run dir>/<decode.output>, beside `<stem>.config.yaml` (the config
-    used). The run dir is the checkpoint's (.../version_N/checkpoints/x.ckpt); without a
-    checkpoint (zero-shot) it is a new version of the experiment. Returns the predictions file."""
-    if ckpt_path:
+    used). The run dir is `run_dir`, else the checkpoint's (.../version_N/checkpoints/x.ckpt); without
+    either (zero-shot) it is a new version of the experiment. Returns the predictions file."""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+    elif ckpt_path:
         run_dir = Path(ckpt_path).resolve().parent.parent
     elif RUN_DIR_ENV in os.environ:
         run_dir = Path(os.environ[RUN_DIR_ENV])
@@ -178,7 +183,8 @@ def run_experiment(cfg: Config) -> Path:
     run_dir = finished_run(cfg) or fit(cfg)
     predictions = run_dir / cfg.decode.output
     if not (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)):
-        predict(cfg, str(run_dir / "checkpoints" / "last.ckpt"))
+        trained = cfg.trainer.max_steps != 0  # zero-shot runs decode the loaded weights
+        predict(cfg, str(run_dir / "checkpoints" / "last.ckpt") if trained else None, run_dir)
     scored = run_dir / EVAL_CONFIG
     if rank_zero_only.rank == 0 and not (scored.exists() and scored.read_text() == eval_yaml(cfg.eval)
                                          and scored.stat().st_mtime >= predictions.stat().st_mtime):
