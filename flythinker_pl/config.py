@@ -298,10 +298,12 @@ def _check_choices(cfg: Config) -> None:
 
 
 def _read_yaml(path: Path) -> list[tuple[Path, DictConfig]]:
-    """The file and its `base:` chain (a path relative to the file), outermost base first."""
+    """The file and its `base:` files (a path relative to the file, or a list of them merged in
+    order, e.g. a task then a method), outermost base first."""
     node = OmegaConf.load(path)
     base = node.pop("base", None)
-    return (_read_yaml(path.parent / base) if base else []) + [(path, node)]
+    bases = [base] if isinstance(base, str) else list(base or [])
+    return [layer for name in bases for layer in _read_yaml(path.parent / name)] + [(path, node)]
 
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:

@@ -22,6 +22,14 @@ def test_defaults_yaml_and_overrides_compose(tmp_path):
     assert load_config(child).fusion.dims == "pad"  # untouched default
 
 
+def test_a_list_of_bases_merges_in_order(tmp_path):
+    (tmp_path / "task.yaml").write_text("data: {task: topic_writing}\nfusion: {lam: 2.0}\n")
+    (tmp_path / "method.yaml").write_text("method: sft\nfusion: {lam: 0.7}\n")
+    (tmp_path / "run.yaml").write_text("base: [task.yaml, method.yaml]\ntrainer: {max_steps: 3}\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert (cfg.data.task, cfg.method, cfg.fusion.lam, cfg.trainer.max_steps) == ("topic_writing", "sft", 0.7, 3)
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["fusion.lamda=1"], r"unknown config key 'fusion.lamda'. Valid keys under 'fusion': lam, norm, dims, span, eps"),
     (["optimiser.lr=1"], r"unknown config key 'optimiser'. Valid keys: seed, method, generator"),
@@ -64,3 +72,12 @@ def test_tokenizer_mismatch_is_a_clear_error(corpus, tokenizer):
     with pytest.raises(ConfigError, match=r"different tokenizers.*pick two models of one family"):
         check_same_vocabulary(tokenizer, other, ("gen", "rea"))
     check_same_vocabulary(tokenizer, tiny.train_tokenizer(corpus, vocab_size=600), ("gen", "rea"))
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.yaml")))
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(ROOT / path)
+    if path.startswith(("experiments/product_review", "experiments/abstract_generation", "experiments/topic_writing")) \
+            and not path.rpartition("/")[2].startswith("_"):
+        task, method_file = path.split("/")[1], path.rpartition("/")[2]
+        assert cfg.data.task == task and cfg.logging.experiment == f"{task}_{method_file[:-5]}"

@@ -16,6 +16,7 @@ def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/bleu_ci_low"} <= set(metrics)
     assert metrics["test/count"] == 10
+    assert metrics["decode/ms_per_token"] > 0 and metrics["decode/seconds_per_sample"] > 0
     for name in ("predictions.jsonl", "position_eval.csv", "position_eval.png"):
         assert (run_dir / name).exists()
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
@@ -32,6 +33,15 @@ def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
     assert "n_bootstrap: 0" in (run_dir / "eval_config.yaml").read_text()  # ... and rescored
     assert run_experiment(run_config("trainer.max_steps=3", "trainer.val_check_interval=3",
                                      "decode.max_new_tokens=8", "eval.n_bootstrap=0")) != run_dir
+
+
+def test_zero_shot_run_validates_and_decodes_the_loaded_weights(run_config):
+    cfg = run_config("method=sft", "trainer.max_steps=0", "decode.max_new_tokens=6", "eval.n_bootstrap=0")
+    run_dir = run_experiment(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 0 and metrics["val/loss"] > 0 and "val/loss_before" not in metrics
+    assert "test/bleu" in metrics and not (run_dir / "checkpoints").exists()
+    assert run_experiment(cfg) == run_dir  # reused like any finished run
 
 
 def test_evaluate_command_scores_several_runs(run_config, tmp_path, capsys):

@@ -44,6 +44,17 @@ def _tokenizer_of(run_cfg):
     return load_tokenizer(run_cfg, corpus=lambda: pretraining_corpus(run_cfg.data))
 
 
+def decode_cost(predictions: Path) -> dict:
+    """Decoding latency from the timings `flythinker predict` writes on every row (each row carries
+    its batch's): ms per decoding step, and seconds per sample (which also counts, e.g., the
+    rationale a CoT model writes before its response). Empty for predictions made elsewhere."""
+    rows = pd.read_json(predictions, lines=True)
+    if not {"ms_per_token", "batch_seconds", "batch_size"} <= set(rows):
+        return {}
+    return {"ms_per_token": float(rows["ms_per_token"].mean()),
+            "seconds_per_sample": float((rows["batch_seconds"] / rows["batch_size"]).mean())}
+
+
 def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
     saved = predictions.with_suffix(".config.yaml")  # absent for predictions made elsewhere
     run_cfg = load_config(saved) if saved.exists() else None
@@ -60,6 +71,7 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics.update({f"{split}/{name}": value for name, value in overall.items()})
+    metrics.update({f"decode/{name}": value for name, value in decode_cost(predictions).items()})
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg))
     return overall, segments
