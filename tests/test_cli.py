@@ -32,7 +32,7 @@ def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, cap
                  "--repeats", "1", "--out", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     assert [r["method"] for r in results] == ["sft", "flythinker (reasoner frozen)", "flythinker (reasoner lora)",
-                                             "flythinker (reasoner full)"]
+                                             "flythinker (reasoner full)", *(f"coconut (k={k})" for k in (0, 1, 2, 4))]
     assert results[0]["ratio to sft"] == 1.0
     assert all(r["tokens/s"] > 0 for r in results)
     assert "ratio to sft" in capsys.readouterr().out

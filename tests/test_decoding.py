@@ -184,7 +184,10 @@ def test_sampler_draws_from_the_filtered_distribution():
 def test_prompts_are_recovered_from_training_batches(tokenizer):
     rows = [[5, 6, 7, 100, 101], [8, 9, 102, 103, 104, 105]]
     ids, mask = left_padded(rows, tokenizer.pad_token_id)
-    prompt_ids, prompt_mask = prompts_of({"input_ids": ids, "attention_mask": mask,
-                                          "prompt_len": torch.tensor([3, 2])}, tokenizer.pad_token_id)
+    batch = {"input_ids": ids, "attention_mask": mask, "prompt_len": torch.tensor([3, 2])}
+    prompt_ids, prompt_mask, profile_mask = prompts_of(batch, tokenizer.pad_token_id)
     assert prompt_ids.tolist() == [[5, 6, 7], [tokenizer.pad_token_id, 8, 9]]
     assert prompt_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert profile_mask is None
+    batch["profile_mask"] = left_padded([[0, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], 0)[0]  # follows its row's tokens
+    assert prompts_of(batch, tokenizer.pad_token_id)[2].tolist() == [[0, 1, 0], [0, 1, 1]]

@@ -57,7 +57,7 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
                                            predict_batch_size=max(batch_sizes))
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
-    ids, mask = prompts_of(batch, tokenizer.pad_token_id)
+    ids, mask, _ = prompts_of(batch, tokenizer.pad_token_id)
     prompts = {"ids": ids.to(device), "mask": mask.to(device), "prompt_len": batch["prompt_len"].to(device),
                "sample_ids": batch["ids"]}
     if len(prompts["sample_ids"]) < max(batch_sizes):

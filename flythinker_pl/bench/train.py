@@ -1,5 +1,6 @@
-"""Training throughput: tokens/s of SFT and FlyThinker (Reasoner frozen, LoRA, full) on the same
-batches in one process, rounds interleaved, median of repeats, ratio to SFT.
+"""Training throughput: tokens/s of SFT, FlyThinker (Reasoner frozen, LoRA, full) and Coconut
+(k = 0, 1, 2, 4 continuous thoughts: k+2 sequential Generator passes) on the same batches in one
+process, rounds interleaved, median of repeats, ratio to SFT.
 
     flythinker bench train -c experiments/demo.yaml [--batches 4 --repeats 5 --out bench/train.json]
 """
@@ -22,6 +23,7 @@ VARIANTS = {
     "flythinker (reasoner frozen)": ["method=flythinker", "reasoner.mode=frozen"],
     "flythinker (reasoner lora)": ["method=flythinker", "reasoner.mode=lora"],
     "flythinker (reasoner full)": ["method=flythinker", "reasoner.mode=full"],
+    **{f"coconut (k={k})": ["method=coconut", f"coconut.k={k}"] for k in (0, 1, 2, 4)},
 }
 
 

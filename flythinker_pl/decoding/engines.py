@@ -1,7 +1,8 @@
 """Decoding engines: how one incremental step of a method is executed.
 
 All engines compute the same function (method.step); they differ only in scheduling:
-  sequential  Generator step, then Reasoner step (the reference; also plain decoding for SFT)
+  sequential  Generator step, then Reasoner step (the reference; also plain decoding for SFT,
+              Coconut, and Static, whose Reasoner reads the prompt once and never steps)
   staggered   the Reasoner reads token k (producing the latent for step k+1) while the Generator
               reads token k with the latent of step k: a side CUDA stream on one GPU, each model
               on its own device when placed on two, a worker thread on CPU
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..models.baselines import StaticFlyThinker
 from ..models.flythinker import FlyThinker
 from ..models.shared import SharedBaseFlyThinker
 
@@ -22,8 +24,8 @@ class Sequential:
     def __init__(self, method):
         self.method = method
 
-    def prefill(self, input_ids, attention_mask, prompt_len):
-        return self.method.prefill(input_ids, attention_mask, prompt_len)
+    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
+        return self.method.prefill(input_ids, attention_mask, prompt_len, profile_mask=profile_mask)
 
     def step(self, state, tokens):
         return self.method.step(state, tokens)
@@ -44,8 +46,8 @@ class Staggered(Sequential):
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner")
         # else: two devices, each with its own queue; only the order of launches matters (step)
 
-    def prefill(self, input_ids, attention_mask, prompt_len):
-        logits, state = super().prefill(input_ids, attention_mask, prompt_len)
+    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
+        logits, state = super().prefill(input_ids, attention_mask, prompt_len, profile_mask)
         if self.stream is not None:  # the side stream will read (then free) this main-stream memory
             for layer in state.reasoner_cache.layers:
                 layer.keys.record_stream(self.stream)
@@ -59,19 +61,19 @@ class Staggered(Sequential):
             main = torch.cuda.current_stream(tokens.device)
             self.stream.wait_stream(main)  # the token was sampled on the main stream
             with torch.cuda.stream(self.stream):
-                next_latents = method.reasoner_step(state, tokens, positions)
+                next_latents = method.reasoner_step(state, tokens)
             logits = method.generator_step(state, tokens, positions)
             main.wait_stream(self.stream)
             next_latents.record_stream(main)
         elif self.pool is not None:
-            future = self.pool.submit(_in_this_threads_modes(method.reasoner_step), state, tokens, positions)
+            future = self.pool.submit(_in_this_threads_modes(method.reasoner_step), state, tokens)
             logits = method.generator_step(state, tokens, positions)
             next_latents = future.result()
         elif self.reasoner_on_cpu:  # a CPU Reasoner blocks Python: queue the GPU's step first
             logits = method.generator_step(state, tokens, positions)
-            next_latents = method.reasoner_step(state, tokens, positions)
+            next_latents = method.reasoner_step(state, tokens)
         else:  # two GPUs: launch both forwards before any copy between them (a copy joins the queues)
-            hidden = method.reasoner_hidden_step(state, tokens, positions)
+            hidden = method.reasoner_hidden_step(state, tokens)
             logits = method.generator_step(state, tokens, positions)
             next_latents = method.latent_of(hidden, state)
         state.latents = next_latents
@@ -83,8 +85,8 @@ class Staggered(Sequential):
 
 
 class Shared(Sequential):
-    def prefill(self, input_ids, attention_mask, prompt_len):
-        logits, state = self.method.prefill(input_ids, attention_mask, prompt_len)
+    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
+        logits, state = self.method.prefill(input_ids, attention_mask, prompt_len, profile_mask=profile_mask)
         self.method.merge_caches(state)
         return logits, state
 
@@ -106,8 +108,8 @@ def _in_this_threads_modes(fn):
 
 
 def make_engine(method, name: str) -> Sequential:
-    if not isinstance(method, FlyThinker):
-        return Sequential(method)  # one model: nothing to overlap
+    if not isinstance(method, FlyThinker) or isinstance(method, StaticFlyThinker):
+        return Sequential(method)  # one model stepping: nothing to overlap
     if name == "auto":  # overlap where it pays: on CPU a worker thread measured slower (bench decode)
         on_gpu = method.generator_device.type == "cuda" or method.reasoner_device.type == "cuda"
         name = "shared" if isinstance(method, SharedBaseFlyThinker) else "staggered" if on_gpu else "sequential"

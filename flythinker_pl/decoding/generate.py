@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import DecodeConfig
+from ..models.layout import gather_prompts, prompt_layout
 from .engines import make_engine
 from .sampler import Sampler
 
@@ -27,9 +28,11 @@ def synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor,
-             sample_ids: list[str], cfg: DecodeConfig, eos_ids: int | list[int]) -> Generation:
+             sample_ids: list[str], cfg: DecodeConfig, eos_ids: int | list[int],
+             profile_mask: torch.Tensor | None = None) -> Generation:
     """Decode a left-padded batch of prompts; a row stops at the first of `eos_ids` (Qwen's
-    instruct models stop on two)."""
+    instruct models stop on two). `profile_mask` (prompt layout) marks the user's history, for a
+    Reasoner that must not see it."""
     eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
     eos_id = eos_ids[0]  # what finished rows are filled with
     device = input_ids.device
@@ -39,7 +42,7 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     synchronize(device)
     start = time.perf_counter()
     try:
-        logits, state = engine.prefill(input_ids, attention_mask, prompt_len)
+        logits, state = engine.prefill(input_ids, attention_mask, prompt_len, profile_mask=profile_mask)
         sampler = Sampler(cfg, sample_ids, input_ids, attention_mask, eos_ids, logits.shape[-1])
         stops = torch.tensor(eos_ids, device=device)
         produced = torch.full((len(sample_ids), cfg.max_new_tokens), eos_id, dtype=torch.long, device=device)
@@ -64,14 +67,11 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     return Generation(rows, counts, seconds)
 
 
-def prompts_of(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt-only, left-padded ids and mask from a training-style batch (prompt + target)."""
-    input_ids, attention_mask, prompt_len = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
-    starts = attention_mask.shape[1] - attention_mask.sum(-1)  # first real column per row
-    width = int(prompt_len.max())
-    columns = torch.arange(width, device=input_ids.device)
-    offsets = width - prompt_len  # left padding of each prompt in the new layout
-    source = (starts[:, None] + columns[None, :] - offsets[:, None]).clamp(min=0)
-    real = columns[None, :] >= offsets[:, None]
-    ids = torch.where(real, input_ids.gather(1, source), pad_id)
-    return ids, real.long()
+def prompts_of(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Prompt-only, left-padded ids, mask and profile mask (None if the batch has none) from a
+    training-style batch (prompt + target)."""
+    source, real = prompt_layout(batch["attention_mask"], batch["prompt_len"])
+    profile_mask = batch.get("profile_mask")
+    if profile_mask is not None:
+        profile_mask = gather_prompts(profile_mask, source, real, 0)
+    return gather_prompts(batch["input_ids"], source, real, pad_id), real.long(), profile_mask

@@ -37,7 +37,8 @@ class MethodModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"])
+        logits = self.method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
+                             profile_mask=batch.get("profile_mask"))
         return response_loss(logits, batch["labels"])
 
     def training_step(self, batch, batch_idx):
@@ -69,9 +70,9 @@ class MethodModule(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         """Decode the batch's prompts; one JSON-ready record per sample."""
         pad_id = self.tokenizer.pad_token_id
-        prompt_ids, prompt_mask = prompts_of(batch, pad_id)
+        prompt_ids, prompt_mask, profile_mask = prompts_of(batch, pad_id)
         result = generate(self.method, prompt_ids, prompt_mask, batch["prompt_len"], batch["ids"], self.decode_cfg,
-                          self.stop_ids())
+                          self.stop_ids(), profile_mask=profile_mask)
         # timing is per batch: every row of a batch is decoded in the same steps
         timing = {"batch_seconds": round(result.seconds, 4), "batch_size": len(result.tokens),
                   "ms_per_token": round(1000 * result.seconds / max(result.num_tokens), 3)}

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import BackboneConfig, ConfigError
 from . import tiny
@@ -28,8 +28,18 @@ def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerB
                                                  cfg.logging.cache_dir))
 
 
-def load(location: str, dtype: Optional[torch.dtype] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
+def load(location: str, dtype: Optional[torch.dtype] = None,
+         random_init_seed: Optional[int] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from `location`. With `random_init_seed`, the model has the same
+    architecture but random weights (the reasoner.init=random control), drawn from a forked RNG
+    seeded with it, so no other randomness of the run shifts."""
+    if random_init_seed is None:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32)
+    else:
+        with torch.random.fork_rng(devices=[]):  # from_config initialises on the CPU
+            torch.manual_seed(random_init_seed)
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location),
+                                                     dtype=dtype or torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -8,16 +8,20 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import Config, ConfigError
 from . import backbones
+from .baselines import Coconut, StaticFlyThinker
 from .flythinker import FlyThinker
 from .fusion import LatentFusion
 from .sft import SFT
 from .shared import SharedBaseFlyThinker
 
 
-def _load(cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool):
+SFT_METHODS = ("sft", "nonpers", "rag", "cot")  # the Generator alone; they differ in data and prompts only
+
+
+def _load(cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool, random_init_seed=None):
     location = backbones.resolve(cfg_backbone.name, corpus, cfg_backbone.pretrain_steps,
                                  cfg_backbone.pretrain_seed, cache_dir)
-    model, tokenizer = backbones.load(location)
+    model, tokenizer = backbones.load(location, random_init_seed=random_init_seed)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
@@ -29,10 +33,17 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
     generator, tokenizer = _load(cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
     generator_dim = backbones.hidden_size(generator)
     generator = backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
-    if cfg.method == "sft":
+    if cfg.method in SFT_METHODS:
         return SFT(generator), tokenizer
+    if cfg.method == "coconut":
+        if checkpointing:  # the checkpointed layers drop the KV cache that links the passes
+            raise ConfigError("method=coconut runs the prompt, its thoughts and the response as passes sharing "
+                              "one KV cache, which train.gradient_checkpointing disables: set it to false")
+        return Coconut(generator, cfg.coconut.k), tokenizer
 
     if cfg.reasoner.shared_base:
+        if cfg.method != "flythinker":
+            raise ConfigError(f"reasoner.shared_base=true is implemented for method=flythinker only (got {cfg.method})")
         if (cfg.generator.mode, cfg.reasoner.mode) != ("lora", "lora"):
             raise ConfigError("reasoner.shared_base=true puts two LoRA adapters on one base model: it needs "
                               f"generator.mode=lora and reasoner.mode=lora (got {cfg.generator.mode}, "
@@ -46,8 +57,12 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
         generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
         fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion)
         return SharedBaseFlyThinker(generator, fusion), tokenizer
-    reasoner_lm, reasoner_tokenizer = _load(cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing)
+    random_init_seed = cfg.seed if cfg.reasoner.init == "random" else None
+    reasoner_lm, reasoner_tokenizer = _load(cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing,
+                                            random_init_seed)
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
     fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion)
     reasoner = backbones.set_mode(backbones.decoder_of(reasoner_lm), cfg.reasoner, "reasoner", task_type=None)
-    return FlyThinker(generator, reasoner, fusion, reasoner_frozen=cfg.reasoner.mode == "frozen"), tokenizer
+    method_class = StaticFlyThinker if cfg.method == "static" else FlyThinker
+    return method_class(generator, reasoner, fusion, reasoner_frozen=cfg.reasoner.mode == "frozen",
+                        reasoner_sees_profile=cfg.reasoner.sees_profile), tokenizer

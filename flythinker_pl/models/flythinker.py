@@ -4,6 +4,11 @@ is added (times lambda) to the Generator's input embedding at position j (see fu
 The Reasoner never reads its own outputs, so training is one teacher-forced pass of each model,
 and decoding can run the Reasoner's step for token k+1 beside the Generator's step for token k:
 `step` is `generator_step` (needs only the previous latent) then `reasoner_step` (the next one).
+
+Control reasoner.sees_profile=false: the Reasoner reads the same sequence with the user's history
+(profile_mask) masked out and positions counted over what it sees, i.e. exactly "prompt without
+history + response"; the latents it produces AT hidden positions are zeroed (they would carry the
+hidden token itself into the Generator).
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ from .sft import SFT, DecodeState
 
 
 class FlyThinker(SFT):
-    def __init__(self, generator: nn.Module, reasoner: nn.Module, fusion: LatentFusion, reasoner_frozen: bool):
+    def __init__(self, generator: nn.Module, reasoner: nn.Module, fusion: LatentFusion, reasoner_frozen: bool,
+                 reasoner_sees_profile: bool = True):
         super().__init__(generator)
         self.reasoner = reasoner  # a decoder without LM head: returns last_hidden_state
         self.fusion = fusion
         self.reasoner_frozen = reasoner_frozen
+        self.reasoner_sees_profile = reasoner_sees_profile
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -55,27 +62,51 @@ class FlyThinker(SFT):
                                 past_key_values=cache, use_cache=cache is not None)
         return out.last_hidden_state, out.past_key_values
 
-    def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None):
+    def reasoner_mask(self, attention_mask: torch.Tensor, profile_mask) -> torch.Tensor:
+        """The Reasoner's attention mask: the Generator's, less the user's history if it must not see it."""
+        if self.reasoner_sees_profile:
+            return attention_mask
+        if profile_mask is None:
+            raise ValueError("reasoner.sees_profile=false hides the user's history from the Reasoner, so the "
+                             "batch needs `profile_mask` (1 on the history's prompt tokens); none was given")
+        return attention_mask.masked_fill(profile_mask.to(attention_mask.device).bool(), 0)
+
+    def reasoner_latents(self, input_ids, attention_mask, profile_mask, latent_norm, reasoner_cache=None):
+        """lam * P(r_j) of every position j (no shift; zero where the Reasoner may not look), and its cache."""
+        reasoner_mask = self.reasoner_mask(attention_mask, profile_mask)
+        hidden, reasoner_cache = self.run_reasoner(input_ids, reasoner_mask, real_positions(reasoner_mask),
+                                                   reasoner_cache)
+        latents = self.fusion(hidden, latent_norm)
+        if reasoner_mask is not attention_mask:  # a hidden token's own latent would reveal it
+            latents = torch.where(reasoner_mask.bool()[..., None], latents, 0.0)
+        return latents, reasoner_cache
+
+    def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None,
+                     profile_mask=None):
         """Teacher-forced Generator inputs z_j = e(x_j) + lam * P(r_{j-1}) on injected positions.
         Also returns every position's own latent: the last one feeds the first decoding step."""
         positions = real_positions(attention_mask)
-        reasoner_hidden, reasoner_cache = self.run_reasoner(input_ids, attention_mask, positions, reasoner_cache)
-        latents = self.fusion(reasoner_hidden, latent_norm)
+        latents, reasoner_cache = self.reasoner_latents(input_ids, attention_mask, profile_mask, latent_norm,
+                                                        reasoner_cache)
         inject = self.fusion.injection_mask(attention_mask, positions, prompt_len)
         embeds = add_latents(self.embed(input_ids), shift_right(latents), inject)
         return embeds, positions, latents, reasoner_cache
 
-    def forward(self, input_ids, attention_mask, prompt_len):
-        embeds, positions, _, _ = self.fused_embeds(input_ids, attention_mask, prompt_len, self.latent_norm())
+    def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None):
+        embeds, positions, _, _ = self.fused_embeds(input_ids, attention_mask, prompt_len, self.latent_norm(),
+                                                    profile_mask=profile_mask)
         return self.run_generator(embeds, attention_mask, positions).logits
 
-    def prefill(self, input_ids, attention_mask, prompt_len):
+    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         latent_norm = self.latent_norm()
         embeds, positions, latents, reasoner_cache = self.fused_embeds(
-            input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=DynamicCache())
+            input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=DynamicCache(),
+            profile_mask=profile_mask)
         out = self.run_generator(embeds, attention_mask, positions, cache=DynamicCache(), last_only=True)
+        reasoner_mask = self.reasoner_mask(attention_mask, profile_mask)
         state = DecodeState(attention_mask, prompt_len, out.past_key_values, reasoner_cache,
-                            latents=latents[:, -1], latent_norm=latent_norm)
+                            latents=latents[:, -1], latent_norm=latent_norm,
+                            reasoner_attention_mask=None if reasoner_mask is attention_mask else reasoner_mask)
         return out.logits[:, -1], state
 
     def generator_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
@@ -85,13 +116,16 @@ class FlyThinker(SFT):
         out = self.run_generator(embeds, state.attention_mask, positions, cache=state.generator_cache)
         return out.logits[:, -1]
 
-    def reasoner_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
-        """The Reasoner reads `tokens`; returns the latent for the Generator's next step."""
-        return self.latent_of(self.reasoner_hidden_step(state, tokens, positions), state)
+    def reasoner_step(self, state: DecodeState, tokens: torch.Tensor):
+        """The Reasoner reads `tokens` (after state.append_token); returns the latent for the
+        Generator's next step."""
+        return self.latent_of(self.reasoner_hidden_step(state, tokens), state)
 
-    def reasoner_hidden_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
-        """The Reasoner's hidden state for `tokens`, left on its own device."""
-        hidden, _ = self.reasoner_forward(tokens[:, None], state.attention_mask, positions, state.reasoner_cache)
+    def reasoner_hidden_step(self, state: DecodeState, tokens: torch.Tensor):
+        """The Reasoner's hidden state for `tokens`, left on its own device; its own mask and
+        positions (they differ from the Generator's when it does not see the profile)."""
+        hidden, _ = self.reasoner_forward(tokens[:, None], state.reasoner_mask, state.reasoner_position(),
+                                          state.reasoner_cache)
         return hidden[:, -1]
 
     def latent_of(self, hidden: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -100,6 +134,6 @@ class FlyThinker(SFT):
     def step(self, state: DecodeState, tokens: torch.Tensor):
         positions = state.append_token()
         logits = self.generator_step(state, tokens, positions)
-        state.latents = self.reasoner_step(state, tokens, positions)
+        state.latents = self.reasoner_step(state, tokens)
         return logits
 

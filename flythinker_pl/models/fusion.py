@@ -35,6 +35,13 @@ def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
     return weight.detach().float().norm(dim=-1).mean() * float(scale)
 
 
+def rescale(hidden: torch.Tensor, target_norm: torch.Tensor, eps: float) -> torch.Tensor:
+    """c * h / max(||h||, eps) over the last dim, in fp32: hidden states brought to the scale of
+    input embeddings (FlyThinker's latents, Coconut's continuous thoughts)."""
+    hidden = hidden.float()
+    return target_norm * hidden / hidden.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
 class LatentFusion(nn.Module):
     def __init__(self, reasoner_dim: int, generator_dim: int, cfg: FusionConfig):
         super().__init__()
@@ -56,7 +63,7 @@ class LatentFusion(nn.Module):
         """lam * P(r) for every position's hidden state: [..., d_R] -> [..., d_G] (no shift)."""
         hidden = reasoner_hidden.float()
         if self.cfg.norm == "table_mean":
-            hidden = target_norm * hidden / hidden.norm(dim=-1, keepdim=True).clamp(min=self.cfg.eps)
+            hidden = rescale(hidden, target_norm, self.cfg.eps)
         if self.project is not None:
             projected = self.project(hidden.to(self.project.weight.dtype))
         else:
