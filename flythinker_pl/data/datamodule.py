@@ -14,8 +14,10 @@ from transformers import PreTrainedTokenizerBase
 from ..config import DataConfig
 from .batching import LengthBucketSampler, collate
 from .encode import encode_record
+from .rationales import rationales_for_split
 from .readers import SPLITS, read_split, resolve_root
 from .retrieval import retrieve
+from .sampling import GlobalBatchSampler, ResumableDataLoader
 from .schema import SplitReport, validate, write_skip_report
 
 
@@ -30,10 +32,12 @@ def load_split(cfg: DataConfig, split: str) -> Split:
     return Split(*validate(rows, cfg.task, split, source, cfg.on_bad_record))
 
 
-def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool) -> dict:
-    """Retrieval + rendering + tokenisation of one record; `retrieved` = the profile indices shown."""
+def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
+                   rationale: Optional[str] = None) -> dict:
+    """Retrieval + rendering + tokenisation of one record; `retrieved` = the profile indices shown;
+    `rationale` (data.rationales) goes before the output in the target."""
     retrieved = retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)
-    example = encode_record(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, train)
+    example = encode_record(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, train, rationale)
     return {**example, "retrieved": retrieved[: example["items_shown"]]}
 
 
@@ -68,9 +72,10 @@ class PersonalisationDataModule(L.LightningDataModule):
         for split in splits:
             if split not in self.examples:
                 loaded = load_split(self.cfg, split)
+                records, rationales = rationales_for_split(self.cfg, split, loaded.records, loaded.report)
                 self.skip_reports[split] = loaded.report
-                self.examples[split] = [prepare_record(r, self.cfg, self.tokenizer, train=split == "train")
-                                        for r in loaded.records]
+                self.examples[split] = [prepare_record(r, self.cfg, self.tokenizer, train=split == "train",
+                                                       rationale=rationales.get(r["id"])) for r in records]
         if self.cfg.on_bad_record == "skip" and self.trainer is not None:
             run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
             if self.trainer.is_global_zero and run_dir:
@@ -79,18 +84,22 @@ class PersonalisationDataModule(L.LightningDataModule):
     def write_skip_report(self, run_dir: str | Path) -> Path:
         return write_skip_report(self.skip_reports, run_dir)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        examples = self.examples[split]
-        sampler = None
-        if shuffle and self.cfg.length_buckets:
-            sampler = LengthBucketSampler([len(e["input_ids"]) for e in examples], batch_size,
-                                          self.cfg.bucket_chunk_batches, self.cfg.seed)
-        return DataLoader(examples, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=self.cfg.num_workers,
-                          collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
+    def _loader(self, split: str, batch_size: int, sampler: Optional[GlobalBatchSampler] = None) -> DataLoader:
+        """In order, or (training) in the sampler's order, resumable mid-epoch."""
+        loader = DataLoader if sampler is None else ResumableDataLoader
+        return loader(self.examples[split], batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
+                      collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
 
     def train_dataloader(self):
-        return self._loader("train", self.cfg.batch_size, shuffle=True)
+        """Shuffled per (data.seed, epoch) in global batches: the same batches on any number of
+        ranks, and a resumed run continues the epoch it was in (data/sampling.py)."""
+        examples, batch_size = self.examples["train"], self.cfg.batch_size
+        if self.cfg.length_buckets:
+            sampler = LengthBucketSampler([len(e["input_ids"]) for e in examples], batch_size,
+                                          self.cfg.bucket_chunk_batches, self.cfg.seed)
+        else:
+            sampler = GlobalBatchSampler(len(examples), batch_size, self.cfg.seed)
+        return self._loader("train", batch_size, sampler)
 
     def val_dataloader(self):
         return self._loader("val", self.cfg.eval_batch_size)
