@@ -12,8 +12,8 @@ WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo position-eval test test-all bench-train bench-decode bench-data real-data real-amazon \
-	pretrain tensorboard constraints clean
+.PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span test test-all bench-train \
+	bench-decode bench-data real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,18 @@ position-eval: install ## SFT vs FlyThinker per output position (trains or reuse
 	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml
 	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
 	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --segments --plot lightning_logs/position_eval
+
+baselines: install ## every method (nonpers, rag, sft, cot, static, coconut, flythinker, 2 controls) -> ablations/results/baselines/
+	$(OFFLINE) $(FLY) sweep ablations/baselines.yaml
+
+ablate-reasoner-size: install ## Reasoner tiny-64/128/256 vs SFT: metrics, per position, tokens/s, memory -> ablations/results/reasoner_size/
+	$(OFFLINE) $(FLY) sweep ablations/reasoner_size.yaml
+
+ablate-lambda: install ## fusion.lam in {0,0.2,0.5,1,2,5} (+ inference-time lambda sweep) -> ablations/results/lambda/
+	$(OFFLINE) $(FLY) sweep ablations/lambda.yaml
+
+ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/results/span/
+	$(OFFLINE) $(FLY) sweep ablations/span.yaml
 
 test: install ## fast test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest -q

@@ -10,6 +10,7 @@
     flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
     flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
     flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
+    flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
 """
 from __future__ import annotations
 
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     bench_decode.add_argument("--repeats", type=int, default=3)
     bench_decode.add_argument("--out", default="bench/decode.json")
+    sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
+                                              "then its mean/std table, per-position table and plots")
+    sweep.add_argument("file", help="sweep YAML (see ablations/ and flythinker_pl/lit/sweep.py)")
+    sweep.add_argument("overrides", nargs="*", help="dotlist overrides for every point, after the file's")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
+    sweep.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs only")
+    sweep.add_argument("--out", help="results directory (default: results/<name>/ beside the sweep file)")
     return parser
 
 
@@ -158,8 +166,29 @@ def bench(args):
     print(f"written {args.out}")
 
 
+def sweep(args):
+    from .lit.sweep import aggregate, load_sweep, plan, run_sweep
+
+    spec = load_sweep(args.file, args.overrides)
+    if args.dry_run:
+        print(plan(spec).to_markdown())
+        return
+    if args.aggregate_only:
+        waiting = plan(spec).query("status != 'done'")
+        if len(waiting):
+            print(f"Not finished yet, left out:\n{waiting.to_markdown()}\n")
+        aggregate(spec, args.out)
+    else:
+        run_sweep(spec, args.out)
+    out = Path(args.out or spec.results_dir)
+    print((out / "table.md").read_text())
+    if (out / "segments.md").exists():
+        print((out / "segments.md").read_text())
+    print(f"Results: {out}/ (table.csv, runs.csv, segments.csv, *.png)")
+
+
 COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
-            "pretrain": pretrain, "bench": bench}
+            "pretrain": pretrain, "bench": bench, "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,421 @@
+"""Sweeps: one YAML file runs an ablation -- every point x seed through `run_experiment` -- and
+aggregates the finished runs into tables (mean and std over seeds) and plots.
+
+A sweep file (ablations/<name>.yaml)::
+
+    name: lambda                     # default: the file's stem; names the results and run dirs
+    base: ../experiments/demo.yaml   # the config every point starts from (relative to this file)
+    overrides: [trainer.max_steps=100]   # dotlist applied to every point
+    seeds: [0, 1]                    # every point runs once per seed (sets `seed`); default: the base's seed
+    grid:                            # cartesian product of the keys: one point per combination,
+      fusion.lam: [0, 0.5, 1]        #   labelled "fusion.lam=0.5" ("k1=a,k2=b" for several keys)
+    points:                          # extra points, e.g. references, also run once per seed
+      - {label: sft, overrides: [method=sft]}
+      - {label: cot, config: ../experiments/product_review/cot.yaml, seeds: [0]}   # own config / seeds
+
+A run's config is base <- `overrides` <- the point's settings <- `seed`, in experiment
+`ablation_<name>/<label>,seed=<seed>` (so runs land in <logging.root_dir>/ablation_<name>/...).
+A point of `points` that sets a grid key (fusion.lam=0.5) joins the grid's plots at that value.
+Because every run is `run_experiment` under its own experiment name, rerunning an interrupted
+sweep skips finished runs and resumes a half-trained one from its last.ckpt.
+
+Results (default <this file's dir>/results/<name>/): table.csv/.md (one row per point: mean and
+sample std over seeds of SUMMARY_METRICS and any lambda_sweep/ columns, n_seeds), runs.csv (one
+row per run), segments.csv/.md (position windows, mean over seeds), position_eval.png (one line
+per point), metrics.png (every metric per point), metrics_vs_<key>.png for every numeric grid key and
+lambda_sweep.png (val/loss vs inference-time lambda) where runs logged it.
+"""
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import Config, ConfigError, load_config
+from ..evaluation.metrics import METRICS
+from ..evaluation.report import CSV_NAME, PNG_NAME, plot_position_eval, segment_table
+from .evaluate import EVAL_CONFIG, eval_yaml
+from .run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, same_settings
+
+SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points")
+POINT_KEYS = ("label", "overrides", "config", "seeds")
+OWNED_KEYS = ("seed", "logging.experiment")  # set per run by the sweep itself
+SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor",
+                   "perf/train_tokens_per_s", "perf/peak_memory_mb"]
+LAMBDA_SWEEP = "lambda_sweep/val_loss@"  # + inference-time lambda, logged by the lambda-sweep callback
+
+
+class SweepError(ConfigError):
+    pass
+
+
+@dataclass
+class Point:
+    label: str
+    overrides: tuple[str, ...]
+    settings: dict = field(default_factory=dict)  # grid key -> value, for the plots
+    config: Optional[Path] = None  # a config file of its own instead of the sweep's base
+    seeds: Optional[list[int]] = None  # instead of the sweep's seeds
+
+
+@dataclass
+class Run:
+    point: Point
+    seed: int
+    config: Config
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    grid_keys: list[str]
+    points: list[Point]
+    runs: list[Run]  # point-major: every seed of the first point, then of the next
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path.parent / "results" / self.name
+
+
+def _dotlist_value(value: Any) -> str:
+    """A YAML value as the text after `key=` in a dotlist override."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _slug(label: str) -> str:
+    """A label as one path component (a hub id's "/" would nest directories)."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", label)
+
+
+def _override_key(override: Any, where: str) -> str:
+    if not isinstance(override, str) or "=" not in override:
+        raise SweepError(f"{where}: {override!r} is not a dotlist override (key=value)")
+    key = override.split("=", 1)[0].strip()
+    if key in OWNED_KEYS:
+        raise SweepError(f"{where}: '{key}' is set by the sweep itself (use `seeds:`; runs are named after the points)")
+    return key
+
+
+def _overrides(node: Any, where: str) -> tuple[str, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, list):
+        raise SweepError(f"{where}: expected a list of key=value strings, got {node!r}")
+    for override in node:
+        _override_key(override, where)
+    return tuple(node)
+
+
+def _grid_points(path: Path, grid: Any) -> list[Point]:
+    if grid is None:
+        return []
+    if not isinstance(grid, dict) or not grid:
+        raise SweepError(f"{path}: 'grid' must map config keys to lists of values (got {grid!r})")
+    for key, values in grid.items():
+        _override_key(f"{key}=", f"{path}: grid")
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid key '{key}' needs a non-empty list of values (got {values!r})")
+    points = []
+    for combination in itertools.product(*grid.values()):
+        settings = dict(zip(grid, combination))
+        overrides = tuple(f"{key}={_dotlist_value(value)}" for key, value in settings.items())
+        points.append(Point(",".join(overrides), overrides, settings))
+    return points
+
+
+def _extra_points(path: Path, points: Any, grid_keys: list[str]) -> list[Point]:
+    if points is None:
+        return []
+    if not isinstance(points, list):
+        raise SweepError(f"{path}: 'points' must be a list of {{label, overrides}} (got {points!r})")
+    extra = []
+    for index, point in enumerate(points):
+        where = f"{path}: points[{index}]"
+        if not isinstance(point, dict) or "label" not in point:
+            raise SweepError(f"{where}: needs a `label` and `overrides` (got {point!r})")
+        unknown = sorted(set(point) - set(POINT_KEYS))
+        if unknown:
+            raise SweepError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(POINT_KEYS)}")
+        overrides = _overrides(point.get("overrides"), where)
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+        settings = {key: OmegaConf.select(dotlist, key) for key in grid_keys
+                    if OmegaConf.select(dotlist, key) is not None}
+        config = path.parent / str(point["config"]) if point.get("config") else None
+        if config is not None and not config.is_file():
+            raise SweepError(f"{where}: config: no such config file {config}")
+        extra.append(Point(str(point["label"]), overrides, settings, config, _seeds(path, point.get("seeds"))))
+    return extra
+
+
+def _seeds(path: Path, seeds: Any) -> Optional[list[int]]:
+    if seeds is None:
+        return None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise SweepError(f"{path}: 'seeds' must be a non-empty list of integers (got {seeds!r})")
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"{path}: 'seeds' repeats a seed: {seeds}")
+    return seeds
+
+
+def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
+    """Read and validate a sweep file; every run's config is loaded (and so validated) here,
+    before anything runs. `extra_overrides` apply to every point after the file's `overrides`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such sweep file")
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise SweepError(f"{path}: not a valid YAML mapping: {err}") from None
+    if not isinstance(node, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(node) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(SWEEP_KEYS)}")
+    name = str(node.get("name") or path.stem)
+    if _slug(name) != name:
+        raise SweepError(f"{path}: name {name!r} must be usable as a directory name (letters, digits, ._=,+-)")
+    if not node.get("base"):
+        raise SweepError(f"{path}: 'base' (the experiment config every point starts from) is required")
+    base = path.parent / str(node["base"])
+    if not base.is_file():
+        raise SweepError(f"{path}: base: no such config file {base}")
+    shared = list(_overrides(node.get("overrides"), f"{path}: overrides"))
+    base_seed = _load(path, base, shared, "overrides").seed
+    shared += _overrides(list(extra_overrides), "command-line override")
+    _load(path, base, shared, "command-line override")
+    grid = node.get("grid")
+    points = _grid_points(path, grid) + _extra_points(path, node.get("points"), list(grid or {}))
+    if not points:
+        raise SweepError(f"{path}: nothing to run: give a non-empty 'grid' and/or 'points'")
+    labels = [point.label for point in points]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise SweepError(f"{path}: point label '{repeated[0]}' is used twice")
+    seeds = _seeds(path, node.get("seeds")) or [base_seed]
+    runs = [Run(point, seed, _load(path, point.config or base,
+                                   [*shared, *point.overrides, f"seed={seed}",
+                                    f"logging.experiment=ablation_{name}/{_slug(point.label)},seed={seed}"],
+                                   f"point '{point.label}'"))
+            for point in points for seed in point.seeds or seeds]
+    return Sweep(path, name, list(grid or {}), points, runs)
+
+
+def _load(path: Path, base: Path, overrides: list[str], where: str) -> Config:
+    try:
+        return load_config(base, overrides)
+    except ConfigError as err:
+        raise SweepError(f"{path}: {where}: {str(err).removeprefix('command-line override: ')}") from None
+
+
+def _decoded_and_scored(run_dir: Path, cfg: Config) -> bool:
+    predictions, scored = run_dir / cfg.decode.output, run_dir / EVAL_CONFIG
+    return (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)
+            and scored.exists() and scored.read_text() == eval_yaml(cfg.eval))
+
+
+def completed_run(cfg: Config) -> Optional[Path]:
+    """The run dir holding this config's training, decoding and scores, or None."""
+    run_dir = finished_run(cfg)
+    return run_dir if run_dir is not None and _decoded_and_scored(run_dir, cfg) else None
+
+
+def status(cfg: Config) -> str:
+    """What running this config would do: reuse a finished run, resume one, or start fresh."""
+    run_dir = finished_run(cfg)
+    if run_dir is not None:
+        return "done" if _decoded_and_scored(run_dir, cfg) else "trained (decode + score left)"
+    _, resume_from = choose_run_dir(cfg)
+    return f"resumes from {resume_from}" if resume_from else "new"
+
+
+def plan(sweep: Sweep) -> pd.DataFrame:
+    """One row per run: point, seed, experiment, what running it would do."""
+    return pd.DataFrame([{"point": run.point.label, "seed": run.seed, "experiment": run.config.logging.experiment,
+                          "status": status(run.config)} for run in sweep.runs],
+                        index=pd.RangeIndex(1, len(sweep.runs) + 1, name="#"))
+
+
+def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every point x seed in order (finished runs are reused), then `aggregate` into `out_dir`."""
+    for number, run in enumerate(sweep.runs, 1):
+        print(f"[{number}/{len(sweep.runs)}] {run.point.label} seed={run.seed}: {status(run.config)}", flush=True)
+        run_experiment(run.config)
+        gc.collect()  # the finished point's models are garbage now: free their (GPU) memory before the next
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return aggregate(sweep, out_dir)
+
+
+def runs_frame(sweep: Sweep) -> pd.DataFrame:
+    """One row per finished run: point, seed, grid settings, run dir and every metrics.json key.
+    Runs not finished yet are left out (`plan` lists them)."""
+    rows = []
+    for run in sweep.runs:
+        run_dir = completed_run(run.config)
+        if run_dir is not None:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append({"point": run.point.label, "seed": run.seed, **run.point.settings,
+                         "run_dir": str(run_dir), **metrics})
+    if not rows:
+        raise FileNotFoundError(f"{sweep.path}: no finished runs yet (run `flythinker sweep {sweep.path}`)")
+    return pd.DataFrame(rows)
+
+
+def swept_lambdas(columns) -> dict[str, float]:
+    """The lambda_sweep/val_loss@<lam> columns among `columns`, by lambda: {column: lam}."""
+    found = {c: re.fullmatch(re.escape(LAMBDA_SWEEP) + r"([0-9.e+-]+)", c) for c in columns}
+    return dict(sorted(((c, float(m[1])) for c, m in found.items() if m), key=lambda item: item[1]))
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """SUMMARY_METRICS present in the runs, then lambda_sweep/ columns by lambda."""
+    return [c for c in SUMMARY_METRICS if c in runs] + list(swept_lambdas(runs))
+
+
+def summary_table(runs: pd.DataFrame, grid_keys: list[str] = ()) -> pd.DataFrame:
+    """One row per point (in sweep order): its grid settings, then mean and `<metric>_std`
+    (sample std, ddof=1; empty for one seed) over seeds of every metric column, and n_seeds."""
+    metrics = metric_columns(runs)
+    grouped = runs.groupby("point", sort=False)
+    mean, std = grouped[metrics].mean(), grouped[metrics].std()
+    table = grouped[[key for key in grid_keys if key in runs]].first()
+    for metric in metrics:
+        table[metric], table[f"{metric}_std"] = mean[metric], std[metric]
+    table["n_seeds"] = grouped.size()
+    return table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The summary as markdown: "mean ± std" per metric, grid settings left out (they are the labels)."""
+    cells = pd.DataFrame(index=table.index)
+    for metric in (c for c in table if f"{c}_std" in table):
+        cells[metric] = ["" if pd.isna(m) else f"{m:.4g}" if pd.isna(s) else f"{m:.4g} ± {s:.2g}"
+                         for m, s in zip(table[metric], table[f"{metric}_std"])]
+    cells["n_seeds"] = table["n_seeds"]
+    return cells.to_markdown()
+
+
+def segments_markdown(segments: pd.DataFrame) -> str:
+    """The segment table as one markdown table per metric (rows: windows, columns: points)."""
+    blocks = []
+    for metric in [*METRICS, "count"]:
+        columns = [c for c in segments if c.startswith(f"{metric} (")]
+        if columns:
+            block = segments[columns].rename(columns=lambda c: c[len(metric) + 2:-1])
+            blocks.append(f"{metric}:\n\n{block.to_markdown(floatfmt='.4g')}")
+    return "\n\n".join(blocks)
+
+
+def segments_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Position-window scores per point, mean over its seeds, in report.plot_position_eval's layout
+    (the point label in `run`)."""
+    frames = [pd.read_csv(Path(run_dir) / CSV_NAME).assign(run=point)
+              for point, run_dir in zip(runs["point"], runs["run_dir"]) if (Path(run_dir) / CSV_NAME).exists()]
+    if not frames:
+        return pd.DataFrame()
+    keys = ["run", "segment_start", "segment_end", "metric"]
+    return pd.concat(frames).groupby(keys, sort=False, as_index=False)[["value", "count"]].mean()
+
+
+def _errorbar(axis, x, table: pd.DataFrame, metric: str, **style) -> None:
+    axis.errorbar(x, table[metric], yerr=table[f"{metric}_std"].fillna(0), capsize=3, **style)
+
+
+def _metric_axes(table: pd.DataFrame, width: float, height: float = 3.4) -> tuple[Figure, list]:
+    """A figure and its (metric, axis) panels, one per summary metric in the table, four to a row."""
+    metrics = [m for m in SUMMARY_METRICS if m in table]
+    rows, columns = -(-len(metrics) // 4), min(4, len(metrics))
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis in axes[len(metrics):]:
+        axis.set_visible(False)
+    return figure, list(zip(metrics, axes))
+
+
+def plot_metrics(table: pd.DataFrame) -> Figure:
+    """Every summary metric per point (mean, std over seeds as error bars)."""
+    figure, panels = _metric_axes(table, max(3.2, 0.5 * len(table) + 1.5), 3.8)
+    for metric, axis in panels:
+        _errorbar(axis, range(len(table)), table, metric, fmt="o")
+        axis.set_xticks(range(len(table)), table.index, rotation=35, ha="right", fontsize=8)
+        axis.set(title=metric)
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_versus(table: pd.DataFrame, key: str, grid_keys: list[str]) -> Figure:
+    """Every summary metric against one numeric grid key: a line per combination of the other grid
+    keys, std error bars; points without the key (references such as SFT) as dashed lines."""
+    others = [k for k in grid_keys if k != key]
+    on_axis, references = table[table[key].notna()], table[table[key].isna()]
+    lines = on_axis.groupby(others, sort=False, dropna=False) if others else [((), on_axis)]
+    figure, panels = _metric_axes(table, 3.6)
+    for metric, axis in panels:
+        for name, rows in lines:
+            label = ",".join(f"{k}={v}" for k, v in zip(others, name if isinstance(name, tuple) else [name]))
+            rows = rows.sort_values(key)
+            _errorbar(axis, rows[key].astype(float), rows, metric, marker="o", label=label or None)
+        for (label, row), colour in zip(references.iterrows(), itertools.cycle(["grey", "black", "brown"])):
+            axis.axhline(row[metric], linestyle="--", color=colour, label=label)
+        axis.set(title=metric, xlabel=key)
+        axis.grid(alpha=0.3)
+    if others or len(references):
+        panels[0][1].legend(fontsize=8)
+    return figure
+
+
+def plot_lambda_sweep(table: pd.DataFrame) -> Figure:
+    """Validation loss against the inference-time lambda, one line per point that swept it."""
+    lams = swept_lambdas(table)
+    columns = list(lams)
+    figure = Figure(figsize=(4.5, 3.4), layout="constrained")
+    axis = figure.subplots()
+    for label, row in table[table[columns].notna().any(axis=1)].iterrows():
+        spread = row[[f"{c}_std" for c in columns]].astype(float).fillna(0)
+        axis.errorbar(list(lams.values()), row[columns].astype(float), yerr=spread, marker="o", capsize=3, label=label)
+    axis.set(title="val/loss vs lambda at inference", xlabel="inference lambda", ylabel="val/loss")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return figure
+
+
+def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary table, segment table) of the finished runs, written with the plots into `out_dir`
+    (default: the sweep's results dir). Only reads run dirs, so it can always be rebuilt."""
+    out_dir = Path(out_dir or sweep.results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = runs_frame(sweep)
+    runs.to_csv(out_dir / "runs.csv", index=False)
+    table = summary_table(runs, sweep.grid_keys)
+    table.to_csv(out_dir / "table.csv")
+    seeds = sorted(set(runs["seed"]))
+    (out_dir / "table.md").write_text(f"Sweep `{sweep.name}` ({sweep.path}): mean ± sample std over seeds "
+                                      f"{seeds}\n\n{markdown(table)}\n")
+    plot_metrics(table).savefig(out_dir / "metrics.png", dpi=120)
+    for key in sweep.grid_keys:
+        values = table[key].dropna().infer_objects() if key in table else pd.Series(dtype=object)
+        if len(values) and pd.api.types.is_numeric_dtype(values):
+            plot_versus(table, key, sweep.grid_keys).savefig(out_dir / f"metrics_vs_{_slug(key)}.png", dpi=120)
+    if swept_lambdas(table):
+        plot_lambda_sweep(table).savefig(out_dir / "lambda_sweep.png", dpi=120)
+    frame = segments_frame(runs)
+    segments = segment_table(frame) if len(frame) else pd.DataFrame()
+    if len(frame):
+        segments.to_csv(out_dir / "segments.csv")
+        (out_dir / "segments.md").write_text("Per position window, mean over seeds (count = samples whose "
+                                             f"reference reaches it)\n\n{segments_markdown(segments)}\n")
+        plot_position_eval(frame).savefig(out_dir / PNG_NAME, dpi=120)
+    return table, segments

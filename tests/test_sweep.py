@@ -1,0 +1,227 @@
+"""`flythinker sweep`: validation before any run, resume after an interruption, mean/std tables."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from flythinker_pl.cli import main
+from flythinker_pl.config import load_config, to_yaml
+from flythinker_pl.lit import sweep as sweep_module
+from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
+from flythinker_pl.lit.run import build
+from flythinker_pl.lit.sweep import aggregate, load_sweep, plan, run_sweep, summary_table
+
+from conftest import DEBUG_CONFIG, ROOT
+
+# Runs of a few seconds each: 2 training steps, 8 new tokens, no bootstrap.
+FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8", "eval.n_bootstrap=0",
+        "eval.segment_width=4", "eval.segment_max=12", "callbacks.samples=0"]
+
+
+@pytest.fixture
+def write_sweep(run_config):
+    """write_sweep(directory, **keys): a sweep file on the debug config, its runs under directory/logs."""
+    cfg = run_config()
+
+    def write(directory: Path, **keys) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        spec = {"name": "tiny", "base": str(DEBUG_CONFIG), "seeds": [0, 1], "grid": {"fusion.lam": [0.5, 2.0]},
+                "overrides": [f"data.synthetic_dir={cfg.data.synthetic_dir}",
+                              f"logging.cache_dir={cfg.logging.cache_dir}",
+                              f"logging.root_dir={directory / 'logs'}", *FAST], **keys}
+        path = directory / "sweep.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and a busy machine makes two spinning threads far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def file_stamps(run_dir: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sweep, run_config, tmp_path,
+                                                                       monkeypatch, one_thread):
+    # Pretrain the tiny preset first: a run that pretrains it (cold cache) draws its LoRA init from a
+    # different random state than one that loads it, so only warm-cache runs are comparable.
+    build(run_config())
+    path = write_sweep(tmp_path / "interrupted")
+    finished, real_run = [], sweep_module.run_experiment
+
+    def interrupt_after_two_runs(cfg):
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+        finished.append(real_run(cfg))
+        return finished[-1]
+
+    monkeypatch.setattr(sweep_module, "run_experiment", interrupt_after_two_runs)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_sweep(path))
+    monkeypatch.undo()
+    assert plan(load_sweep(path))["status"].tolist() == ["done", "done", "new", "new"]
+    stamps = {run_dir: file_stamps(run_dir) for run_dir in finished}
+
+    table, segments = run_sweep(load_sweep(path))
+    for run_dir, before in stamps.items():  # finished runs reused as they were: no retraining, no new version
+        assert file_stamps(run_dir) == before
+        assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]
+    assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0"]
+    assert table["n_seeds"].tolist() == [2, 2]
+    assert {"val/loss", "val/loss_std", "test/bleu", "test/rougeL_std", "test/meteor"} <= set(table)
+
+    fresh_table, fresh_segments = run_sweep(load_sweep(write_sweep(tmp_path / "uninterrupted")))
+    # Same seeds, same CPU, same thread count: the same numbers (a tolerance only for summation order).
+    # perf/ columns measure this machine's speed at the time, so they are compared for presence only.
+    measured = [c for c in table if not c.startswith("perf/")]
+    assert list(table) == list(fresh_table)
+    pd.testing.assert_frame_equal(table[measured], fresh_table[measured], rtol=1e-6)
+    pd.testing.assert_frame_equal(segments, fresh_segments, rtol=1e-6)
+    results = path.parent / "results" / "tiny"
+    for name in ("table.csv", "table.md", "runs.csv", "segments.csv", "segments.md", "position_eval.png",
+                 "metrics.png", "metrics_vs_fusion.lam.png"):
+        assert (results / name).exists(), name
+    pd.testing.assert_frame_equal(pd.read_csv(results / "table.csv", index_col="point"), table, check_names=False)
+
+
+def test_dry_run_lists_runs_and_runs_nothing(write_sweep, tmp_path, capsys):
+    path = write_sweep(tmp_path, points=[{"label": "sft", "overrides": ["method=sft"]}])
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "ablation_tiny/fusion.lam=2.0,seed=1" in printed and "ablation_tiny/sft,seed=0" in printed
+    assert printed.count("| new") == 6
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"grids": {}}, "unknown key 'grids'"),
+    ({"grid": {}}, "'grid' must map config keys"),
+    ({"grid": {"fusion.lam": []}}, "grid key 'fusion.lam' needs a non-empty list"),
+    ({"grid": {"fusion.lamb": [1]}}, "unknown config key 'fusion.lamb'"),
+    ({"grid": {"fusion.dims": ["diagonal"]}}, "fusion.dims='diagonal' is not allowed"),
+    ({"overrides": ["trainer.max_stepz=3"]}, "overrides: unknown config key 'trainer.max_stepz'"),
+    ({"overrides": ["seed=3"]}, "'seed' is set by the sweep itself"),
+    ({"points": [{"label": "sft", "overides": ["method=sft"]}]}, "points[0]: unknown key 'overides'"),
+    ({"points": [{"overrides": ["method=sft"]}]}, "points[0]: needs a `label`"),
+    ({"points": [{"label": "fusion.lam=0.5", "overrides": []}]}, "label 'fusion.lam=0.5' is used twice"),
+    ({"seeds": []}, "'seeds' must be a non-empty list"),
+    ({"base": "missing.yaml"}, "base: no such config file"),
+])
+def test_bad_sweep_files_fail_before_any_run_naming_file_and_key(write_sweep, tmp_path, capsys, keys, message):
+    path = write_sweep(tmp_path, **keys)
+    assert main(["sweep", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and message in error
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_command_line_override_error_names_the_key(write_sweep, tmp_path, capsys):
+    assert main(["sweep", str(write_sweep(tmp_path)), "--dry-run", "fusion.spam=global"]) == 2
+    assert "command-line override: unknown config key 'fusion.spam'" in capsys.readouterr().err
+
+
+def fake_run(cfg, metrics: dict, segment_values: list[float]) -> Path:
+    """A finished, decoded and scored run dir for `cfg`, written by hand."""
+    run_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment / "version_0"
+    run_dir.mkdir(parents=True)
+    for name in ("config.yaml", "predictions.config.yaml"):
+        (run_dir / name).write_text(to_yaml(cfg))
+    (run_dir / "predictions.jsonl").write_text("")
+    (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg.eval))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    pd.DataFrame({"segment_start": [0, 0, 4, 4], "segment_end": [4, 4, 8, 8], "metric": ["bleu", "rouge1"] * 2,
+                  "value": segment_values, "count": [3, 3, 2, 2]}).to_csv(run_dir / "position_eval.csv", index=False)
+    return run_dir
+
+
+def test_aggregate_takes_mean_and_sample_std_over_seeds_from_run_dirs(write_sweep, tmp_path, capsys):
+    path = write_sweep(tmp_path, points=[{"label": "sft", "overrides": ["method=sft"]}])
+    sweep = load_sweep(path)
+    values = {("fusion.lam=0.5", 0): 1.0, ("fusion.lam=0.5", 1): 3.0, ("fusion.lam=2.0", 0): 2.0,
+              ("fusion.lam=2.0", 1): 2.5, ("sft", 0): 4.0}  # sft seed 1 never finished
+    for run in sweep.runs:
+        value = values.get((run.point.label, run.seed))
+        if value is not None:
+            sweep_only = {"lambda_sweep/val_loss@10": value} if run.point.label == "fusion.lam=2.0" else {}
+            fake_run(run.config, {"val/loss": value, "test/bleu": 10 * value, "lambda_sweep/val_loss@2": value,
+                                  **sweep_only}, [value, 0.1, value / 2, 0.2])
+
+    table, segments = aggregate(sweep)
+    assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
+    assert table["n_seeds"].tolist() == [2, 2, 1]
+    assert table["val/loss"].tolist() == [2.0, 2.25, 4.0]
+    assert table["val/loss_std"].iloc[0] == pytest.approx(math.sqrt(2))  # sample std (ddof=1) of 1 and 3
+    assert table["test/bleu_std"].iloc[1] == pytest.approx(math.sqrt(0.125) * 10)
+    assert math.isnan(table["val/loss_std"].iloc[2])  # one seed: no spread
+    assert table["fusion.lam"].tolist()[:2] == [0.5, 2.0] and math.isnan(table["fusion.lam"].iloc[2])
+    assert "perf/train_tokens_per_s" not in table  # absent from every run: no column
+    metric_order = [c for c in table if c.startswith("lambda_sweep") and not c.endswith("_std")]
+    assert metric_order == ["lambda_sweep/val_loss@2", "lambda_sweep/val_loss@10"]
+    assert segments.loc["0-4", "bleu (fusion.lam=0.5)"] == 2.0 and segments.loc["4-8", "bleu (sft)"] == 2.0
+    assert segments.loc["0-4", "count (fusion.lam=2.0)"] == 3
+
+    results = path.parent / "results" / "tiny"
+    markdown = (results / "table.md").read_text()
+    assert "2 ± 1.4" in markdown and "| sft" in markdown
+    assert (results / "lambda_sweep.png").exists() and (results / "metrics_vs_fusion.lam.png").exists()
+    assert main(["sweep", str(path), "--aggregate-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "sft,seed=1" in printed.split("Not finished yet")[1].split("Sweep")[0]  # listed as left out
+    assert "2.25" in printed
+
+
+def test_summary_without_grid_keys_keeps_point_order():
+    runs = pd.DataFrame({"point": ["b", "a", "b"], "seed": [0, 0, 1], "val/loss": [1.0, 5.0, 2.0]})
+    table = summary_table(runs)
+    assert table.index.tolist() == ["b", "a"] and table["val/loss"].tolist() == [1.5, 5.0]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "ablations").glob("*.yaml") if not p.name.startswith("_")),
+                         ids=lambda p: p.name)
+def test_shipped_sweeps_validate(path):
+    sweep = load_sweep(path)
+    assert sweep.runs and sweep.results_dir == ROOT / "ablations" / "results" / path.stem
+    assert len({run.config.logging.experiment for run in sweep.runs}) == len(sweep.runs)
+
+
+def test_the_reasoner_size_sweep_compares_sizes_with_one_projection_and_an_sft_reference():
+    sweep = load_sweep(ROOT / "ablations" / "reasoner_size.yaml")
+    configs = [run.config for run in sweep.runs]
+    assert {c.reasoner.name for c in configs if c.method == "flythinker"} == {"tiny-64", "tiny-128", "tiny-256"}
+    assert {c.fusion.dims for c in configs} == {"linear"} and "sft" in {c.method for c in configs}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "gpu").glob("*.yaml")), ids=lambda p: p.name)
+def test_gpu_configs_load_offline(path):
+    cfg = load_config(path)
+    assert cfg.generator.name.startswith("Qwen/Qwen2.5-")
+    assert (cfg.data.profile_tokens, cfg.data.input_tokens, cfg.data.target_tokens) == (1250, 300, 1000)
+    assert cfg.train.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+
+
+def test_the_baselines_sweep_runs_every_method_from_its_own_config_with_three_seeds_for_sft_and_flythinker():
+    sweep = load_sweep(ROOT / "ablations" / "baselines.yaml")
+    seeds = {}
+    for run in sweep.runs:
+        seeds.setdefault(run.point.label, []).append(run.seed)
+        assert run.config.logging.experiment == f"ablation_baselines/{run.point.label},seed={run.seed}"
+    assert seeds["sft"] == seeds["flythinker"] == [0, 1, 2] and seeds["cot"] == [0]
+    methods = {run.point.label: run.config for run in sweep.runs}
+    assert methods["nonpers"].data.retriever == "none" and methods["nonpers"].trainer.max_steps == 0
+    assert methods["control_no_profile"].reasoner.sees_profile is False
+    assert methods["control_random_reasoner"].reasoner.init == "random"
+    assert {c.method for c in methods.values()} == {"nonpers", "rag", "sft", "cot", "static", "coconut", "flythinker"}
