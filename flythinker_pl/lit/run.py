@@ -19,7 +19,9 @@ from omegaconf import OmegaConf
 from ..config import Config, load_config, to_yaml
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
+from .callbacks import run_callbacks
 from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs
+from .launch import agree_across_ranks
 from .module import MethodModule
 from .rundirs import version_number, versions
 from .writer import PredictionWriter
@@ -67,21 +69,36 @@ def finished_run(cfg: Config) -> Optional[Path]:
     return None
 
 
+def resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's newest checkpoint to continue from: checkpoints/last.ckpt (every validation) or
+    an hpc_ckpt_N.ckpt that Lightning saved on SLURM's pre-emption signal, whichever is newer."""
+    saved = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    return max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
 def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
-    this experiment whose saved config equals this one continues from its last.ckpt."""
+    this experiment whose saved config equals this one continues from its newest checkpoint.
+    Every rank of a launch gets the same answer: ranks that Lightning starts read the launching
+    process's from the environment; under torchrun/srun, global rank 0 decides for all (launch.py)."""
     if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
         return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
+    run_dir, resume_from = agree_across_ranks("run_dir", lambda: _new_or_unfinished(cfg))
+    return Path(run_dir), resume_from
+
+
+def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
+    """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others."""
     existing = run_dirs(cfg)
     if cfg.train.resume == "auto" and existing:
         newest = existing[-1]
-        last = newest / "checkpoints" / "last.ckpt"
-        if (last.exists() and not (newest / "metrics.json").exists()
+        checkpoint = resume_checkpoint(newest)
+        if (checkpoint and not (newest / "metrics.json").exists()
                 and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
-            return newest, str(last)
+            return str(newest), str(checkpoint)
     experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
     run_dir = experiment_dir / f"version_{version_number(existing[-1]) + 1 if existing else 0}"
-    return run_dir, None if cfg.train.resume in ("auto", "never") else cfg.train.resume
+    return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer:
@@ -91,7 +108,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
-                     logger=logger, callbacks=[checkpoint, LearningRateMonitor("step"), *callbacks],
+                     logger=logger,
+                     callbacks=[checkpoint, LearningRateMonitor("step"), *run_callbacks(cfg), *callbacks],
                      default_root_dir=str(run_dir),
                      # no_grad, not inference_mode: metric states touched by the validation before
                      # fit must stay updatable by fit's own validation loops
@@ -128,11 +146,12 @@ def fit(cfg: Config, callbacks: list = ()) -> Path:
 def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list) -> Path:
     module, datamodule, _ = build(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks)
+    hparams = OmegaConf.to_container(OmegaConf.structured(cfg))
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         (run_dir / "git_commit.txt").write_text(git_commit() + "\n")
-        trainer.logger.log_hyperparams(OmegaConf.to_container(OmegaConf.structured(cfg)))
+        trainer.logger.log_hyperparams(hparams)  # hparams.yaml now; the HPARAMS tab entry at the end
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from}")
     initial = {}
@@ -146,6 +165,11 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "train/loss"}
         results = {"method": cfg.method, "global_step": trainer.global_step, **initial, **final}
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        # TensorBoard's HPARAMS tab: the config beside the run's numbers, written at the last step so
+        # that each scalar series ends on the value the tab shows
+        numbers = {k: v for k, v in results.items() if isinstance(v, float)}
+        trainer.logger.log_hyperparams(hparams, numbers, step=trainer.global_step)
+        trainer.logger.finalize("success")  # the Trainer closed its event file: flush the new one
     return run_dir
 
 

@@ -1,0 +1,110 @@
+"""One fit across many processes and pre-emptions: ranks agree on one decision; checkpoints are
+written atomically.
+
+Under torchrun or srun every rank runs the whole command, so each would choose its own run dir
+(version_N) and resume point, racing with rank 0 creating its dir. `agree_across_ranks` makes
+the choice on global rank 0 only and hands it to the other ranks through the launch's c10d
+TCPStore, before Lightning initialises the process group: torchrun's agent store, or without an
+agent (srun, LSF, MPI) a store that rank 0 hosts on the address and port of the coming process
+group, multi-tenant, so that the process group later shares its server.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from fsspec.utils import get_protocol
+from lightning.fabric.plugins.environments import (ClusterEnvironment, LSFEnvironment, MPIEnvironment,
+                                                   SLURMEnvironment, TorchElasticEnvironment)
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.distributed import DistError, TCPStore
+
+AGREEMENT_TIMEOUT = timedelta(minutes=10)
+# Rank 0's store server must outlive the agreement: the other ranks may read late, and the
+# process group Lightning creates next reuses the server (multi-tenant) instead of a second one.
+_stores: dict[tuple[str, int, bool], TCPStore] = {}
+
+
+def external_launch() -> Optional[ClusterEnvironment]:
+    """The cluster environment of a launch that started several ranks itself, as Lightning
+    detects it (torchrun first, then SLURM, LSF, MPI); None for one process or Lightning's own
+    launcher (which hands its choice to the ranks it starts through the environment)."""
+    for environment in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        if environment.detect():
+            try:
+                found = environment()
+                return found if found.world_size() > 1 else None
+            except (KeyError, ValueError):  # e.g. SLURM_NTASKS in an allocation without srun
+                return None
+    return None
+
+
+def _store(environment: ClusterEnvironment, timeout: timedelta) -> TCPStore:
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun: every rank a client
+    host, port = environment.main_address, environment.main_port
+    hosting = not agent_hosts and environment.global_rank() == 0
+    if (host, port, hosting) not in _stores:
+        try:
+            _stores[host, port, hosting] = TCPStore(host, port, is_master=hosting, timeout=timeout,
+                                                    wait_for_workers=False, multi_tenant=hosting)
+        except DistError as err:  # the store or the network timed out
+            raise TimeoutError(f"rank {environment.global_rank()}: no c10d store at {host}:{port} within "
+                               f"{timeout.total_seconds():g} s (is global rank 0 running?): {err}") from err
+    return _stores[host, port, hosting]
+
+
+def agree_across_ranks(name: str, decide: Callable[[], Any], environment: Optional[ClusterEnvironment] = None,
+                       timeout: timedelta = AGREEMENT_TIMEOUT) -> Any:
+    """`decide()` (JSON-able) on global rank 0 of an external launch, the same value on every
+    rank; just `decide()` otherwise. Every rank must make the same calls in the same order (the
+    n-th call of `name` on each rank is one agreement). A failure of rank 0's `decide` is raised
+    on every rank; a rank 0 that never answers, after `timeout`."""
+    environment = environment or external_launch()
+    if environment is None:
+        return decide()
+    store, rank = _store(environment, timeout), environment.global_rank()
+    # torchrun's agent store outlives restarted workers: their keys must not meet the old ones
+    prefix = f"flythinker/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+    key = f"{prefix}/{store.add(f'{prefix}/calls/rank{rank}', 1)}"
+    if rank == 0:
+        try:
+            value = decide()
+        except Exception as err:
+            store.set(key, json.dumps({"error": f"{type(err).__name__}: {err}"}))
+            raise
+        store.set(key, json.dumps({"value": value}))
+        return value
+    try:
+        store.wait([key], timeout)
+    except DistError as err:  # the store or the network timed out
+        raise TimeoutError(f"rank {rank}: global rank 0 did not publish '{name}' within {timeout.total_seconds():g} s "
+                           f"(store {environment.main_address}:{environment.main_port}, key {key}); "
+                           "see rank 0's log") from err
+    answer = json.loads(store.get(key))
+    if "error" in answer:
+        raise RuntimeError(f"rank {rank}: global rank 0 failed deciding '{name}': {answer['error']}")
+    return answer["value"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a local checkpoint to a temporary file beside it, synced, then renames it into
+    place (atomic within a filesystem): a kill mid-write leaves the previous checkpoint whole.
+    Lightning's own save writes its temporary file to the system temp dir; moving it to a run dir
+    on another filesystem (node-local /tmp -> shared storage on a cluster) is a copy, which a kill
+    can leave half-written, and a kill before the move leaves the whole temporary file behind."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or get_protocol(str(path)) != "file":
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote stores: Lightning's way
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
