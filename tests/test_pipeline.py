@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flythinker_pl.cli import main
@@ -58,3 +59,26 @@ def test_evaluate_command_scores_several_runs(run_config, tmp_path, capsys):
     assert (out / "position_eval.png").exists()
     assert main(["table", str(first), str(second), "--segments"]) == 0
     assert "0-3" in capsys.readouterr().out  # the windows of the last evaluation (width 3)
+
+
+METHOD_SETTINGS = {
+    "nonpers": ["data.retriever=none", "trainer.max_steps=0"], "rag": ["trainer.max_steps=0"], "sft": [],
+    "cot": ["data.rationales=oracle", "data.rationale_tokens=16"], "static": ["fusion.span=response"],
+    "coconut": ["coconut.k=2"], "flythinker": [], "no_profile": ["reasoner.sees_profile=false"],
+    "random_reasoner": ["reasoner.init=random", "reasoner.mode=frozen"],
+}
+
+
+@pytest.mark.parametrize("name", list(METHOD_SETTINGS))
+def test_every_method_trains_decodes_and_is_scored_by_the_shared_pipeline(run_config, name):
+    method = {"no_profile": "flythinker", "random_reasoner": "flythinker"}.get(name, name)
+    cfg = run_config(f"method={method}", *METHOD_SETTINGS[name], "trainer.val_check_interval=1",
+                     "decode.max_new_tokens=4", "eval.n_bootstrap=0", "callbacks.samples=0")
+    if cfg.trainer.max_steps:
+        cfg.trainer.max_steps = 1
+    run_dir = run_experiment(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["test/count"] == 10 and "test/rougeL" in metrics
+    assert metrics["global_step"] == cfg.trainer.max_steps
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["new_tokens"] <= 4 for row in rows) and ("rationale" in rows[0]) == (method == "cot")

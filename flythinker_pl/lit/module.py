@@ -12,6 +12,7 @@ from transformers import get_scheduler
 
 from ..config import DecodeConfig, TrainConfig
 from ..data.encode import IGNORE_INDEX
+from ..data.prompts import split_rationale
 from ..decoding.generate import generate, prompts_of
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -28,8 +29,10 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 class MethodModule(L.LightningModule):
-    def __init__(self, method: nn.Module, train_cfg: TrainConfig, tokenizer=None, decode_cfg: DecodeConfig = None):
+    def __init__(self, method: nn.Module, train_cfg: TrainConfig, tokenizer=None, decode_cfg: DecodeConfig = None,
+                 writes_rationale: bool = False):
         super().__init__()
+        self.writes_rationale = writes_rationale  # cot: only the text after the rationale is the prediction
         self.method = method.train()  # from_pretrained returns eval mode; Lightning keeps modes as given
         self.train_cfg = train_cfg
         self.tokenizer, self.decode_cfg = tokenizer, decode_cfg  # for predict_step
@@ -79,8 +82,10 @@ class MethodModule(L.LightningModule):
         records = []
         for row, sample_id in enumerate(batch["ids"]):
             prompt = prompt_ids[row][prompt_mask[row].bool()]
-            records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt),
-                            "prediction": self.tokenizer.decode(result.tokens[row], skip_special_tokens=True),
+            text = self.tokenizer.decode(result.tokens[row], skip_special_tokens=True)
+            rationale, prediction = split_rationale(text) if self.writes_rationale else (None, text)
+            records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt), "prediction": prediction,
+                            **({"rationale": rationale} if self.writes_rationale else {}),
                             "reference": batch["reference"][row], "prompt_tokens": len(prompt),
                             "new_tokens": result.num_tokens[row], **timing})
         return records

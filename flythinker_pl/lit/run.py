@@ -122,7 +122,8 @@ def build(cfg: Config):
     method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
     datamodule = PersonalisationDataModule(cfg.data, tokenizer, predict_split=cfg.decode.split,
                                            predict_batch_size=cfg.decode.batch_size)
-    return MethodModule(method, cfg.train, tokenizer, cfg.decode), datamodule, tokenizer
+    module = MethodModule(method, cfg.train, tokenizer, cfg.decode, writes_rationale=cfg.method == "cot")
+    return module, datamodule, tokenizer
 
 
 def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
