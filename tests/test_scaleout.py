@@ -27,6 +27,7 @@ import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities import rank_zero_only
 
 from flythinker_pl.cli import build_parser
 from flythinker_pl.config import load_config, to_yaml
@@ -143,8 +144,12 @@ def on_ranks(decide_on, ranks=(1, 0), timeout=30):
         except Exception as err:
             return err
 
-    with ThreadPoolExecutor(len(ranks)) as pool:
-        return dict(zip(ranks, pool.map(run, ranks)))
+    this_process = rank_zero_only.rank  # set_global_rank sets this process-wide: restore it for later tests
+    try:
+        with ThreadPoolExecutor(len(ranks)) as pool:
+            return dict(zip(ranks, pool.map(run, ranks)))
+    finally:
+        rank_zero_only.rank = this_process
 
 
 def test_every_rank_takes_rank_zeros_decision(monkeypatch):
