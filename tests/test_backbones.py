@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flythinker_pl.config import ConfigError, load_config
 from flythinker_pl.models import tiny
@@ -62,3 +63,14 @@ def test_tiny_preset_is_pretrained_once_and_cached(tmp_path, corpus):
     assert first == again != other
     assert (first / "config.json").exists() and (first / "tokenizer.json").exists()
     assert first.stat().st_mtime == again.stat().st_mtime  # reused, not rebuilt
+
+
+def test_building_a_tiny_preset_leaves_the_runs_random_state_as_loading_it_does(tmp_path, corpus):
+    def draw_after_resolving():
+        torch.manual_seed(7)
+        tiny.ensure_pretrained("tiny-64", lambda: corpus, steps=2, seed=0, cache_dir=str(tmp_path))
+        return torch.rand(4)
+
+    cold = draw_after_resolving()  # builds and pretrains the preset
+    warm = draw_after_resolving()  # loads it from the cache
+    assert torch.equal(cold, warm)

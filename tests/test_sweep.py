@@ -14,7 +14,6 @@ from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
 from flythinker_pl.lit import sweep as sweep_module
 from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
-from flythinker_pl.lit.run import build
 from flythinker_pl.lit.sweep import aggregate, load_sweep, plan, run_sweep, summary_table
 
 from conftest import DEBUG_CONFIG, ROOT
@@ -57,9 +56,6 @@ def file_stamps(run_dir: Path) -> dict:
 
 def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sweep, run_config, tmp_path,
                                                                        monkeypatch, one_thread):
-    # Pretrain the tiny preset first: a run that pretrains it (cold cache) draws its LoRA init from a
-    # different random state than one that loads it, so only warm-cache runs are comparable.
-    build(run_config())
     path = write_sweep(tmp_path / "interrupted")
     finished, real_run = [], sweep_module.run_experiment
 

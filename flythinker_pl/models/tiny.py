@@ -114,10 +114,13 @@ def ensure_pretrained(preset: str, corpus: Callable[[], list[str]], steps: int, 
         if (target / "config.json").exists():
             return target
         tokenizer = _cached_tokenizer(texts, root)
-        model = build_model(preset, tokenizer, seed)
-        if steps > 0:
-            losses = pretrain(model, tokenizer, texts, steps, seed)
-            print(f"pretrained {preset}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
+        # A forked RNG: building here (cold cache) must leave the run's random state, and so its
+        # LoRA init and data order, as loading from a warm cache does.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(preset, tokenizer, seed)
+            if steps > 0:
+                losses = pretrain(model, tokenizer, texts, steps, seed)
+                print(f"pretrained {preset}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
         staging = target.with_name(target.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
