@@ -260,8 +260,9 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
 
 
 def _check_choices(cfg: Config) -> None:
+    node = OmegaConf.structured(cfg)
     for key, allowed in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        value = OmegaConf.select(node, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
     checks = [
@@ -291,6 +292,10 @@ def _check_choices(cfg: Config) -> None:
          "reasoner.init=random needs a Reasoner of its own (reasoner.shared_base=false)"),
         (cfg.callbacks.position_eval_every >= 0 and cfg.callbacks.samples >= 0,
          "callbacks.position_eval_every and callbacks.samples must be >= 0"),
+        (not cfg.callbacks.lambda_sweep or cfg.method in REASONER_METHODS,
+         f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)}"),
+        (all(lam >= 0 for lam in cfg.callbacks.lambda_sweep),
+         f"callbacks.lambda_sweep={cfg.callbacks.lambda_sweep}: every lambda must be >= 0"),
     ]
     for holds, message in checks:
         if not holds:

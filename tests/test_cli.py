@@ -59,3 +59,12 @@ def test_data_stats_and_show(run_config, capsys):
     assert "Following the given patterns" in capsys.readouterr().out
     assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "100000"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_data_stats_and_show_include_the_rationales_a_cot_run_trains_on(run_config, capsys):
+    args = [*overrides(run_config), "method=cot", "data.rationales=oracle"]
+    assert main(["data", "stats", "-c", str(DEBUG_CONFIG), *args]) == 0
+    assert "with a rationale" in capsys.readouterr().out
+    assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "0"]) == 0
+    shown = capsys.readouterr().out
+    assert "----- rationale" in shown and "in that order" in shown  # the oracle's wording

@@ -44,6 +44,8 @@ def test_a_list_of_bases_merges_in_order(tmp_path):
     (["decode.max_new_tokens=0"], r"decode.max_new_tokens=0 must be >= 1"),
     (["method=sft", "decode.reasoner_device=cuda:1"], r"needs method=flythinker"),
     (["reasoner.shared_base=true", "decode.reasoner_device=cuda:1"], r"without reasoner.shared_base"),
+    (["method=sft", "callbacks.lambda_sweep=[0,1]"], r"lambda_sweep rescales a Reasoner's latents"),
+    (["callbacks.lambda_sweep=[1,-2]"], r"every lambda must be >= 0"),
 ])
 def test_bad_config_names_the_key_and_the_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):

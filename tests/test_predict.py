@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flythinker_pl.data.datamodule import load_split
 from flythinker_pl.lit.run import fit, predict
+from flythinker_pl.lit.writer import PredictionWriter
 
 from conftest import DEBUG_CONFIG
 
@@ -60,8 +64,19 @@ def test_two_process_ddp_predictions_equal_single_process(run_config):
 
 
 def test_a_checkpoint_of_another_method_is_refused(run_config):
-    import pytest
-
     sft_run = fit(run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1"))
     with pytest.raises(RuntimeError, match="lacks .* trainable weights"):
         predict(run_config("method=flythinker", "decode.max_new_tokens=2"), str(sft_run / "checkpoints" / "last.ckpt"))
+
+
+def test_sigterm_stops_decoding_after_the_current_batch(run_config, monkeypatch):
+    cfg = run_config("trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=2",
+                     "decode.batch_size=2")
+    run_dir = fit(cfg)
+    monkeypatch.setattr(PredictionWriter, "on_predict_batch_start",
+                        lambda *_: os.kill(os.getpid(), signal.SIGTERM), raising=False)
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        predict(cfg, str(run_dir / "checkpoints" / "last.ckpt"))
+    shard = run_dir / "predictions.rank0.jsonl"
+    assert len(read_jsonl(shard)) == 2  # one batch decoded, then stopped
+    assert not (run_dir / "predictions.jsonl").exists() and not (run_dir / "predictions.config.yaml").exists()

@@ -32,6 +32,14 @@ def load_split(cfg: DataConfig, split: str) -> Split:
     return Split(*validate(rows, cfg.task, split, source, cfg.on_bad_record))
 
 
+def split_records(cfg: DataConfig, split: str) -> tuple[list[dict], dict[str, str], SplitReport]:
+    """A split's records to encode, their rationales by id (data.rationales; else {}) and what was
+    left out (invalid records; training records without a rationale under on_bad_record=skip)."""
+    loaded = load_split(cfg, split)
+    records, rationales = rationales_for_split(cfg, split, loaded.records, loaded.report)
+    return records, rationales, loaded.report
+
+
 def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
                    rationale: Optional[str] = None) -> dict:
     """Retrieval + rendering + tokenisation of one record; `retrieved` = the profile indices shown;
@@ -47,7 +55,8 @@ def pretraining_corpus(cfg: DataConfig) -> list[str]:
 
 
 class PersonalisationDataModule(L.LightningDataModule):
-    """Batches {ids, input_ids, attention_mask, labels, prompt_len, reference}, left-padded.
+    """Batches {ids, input_ids, attention_mask, labels, profile_mask, prompt_len, reference}, left-padded
+    (profile_mask marks the tokens of the user's history, which reasoner.sees_profile=false hides).
 
     Each split is read, validated, retrieved and encoded once (the first `setup` that needs it),
     then reused by every epoch. With `on_bad_record=skip`, `skip_reports` holds what was left out;
@@ -71,9 +80,7 @@ class PersonalisationDataModule(L.LightningDataModule):
         splits = self.STAGE_SPLITS.get(stage, (self.predict_split,) if stage == "predict" else SPLITS)
         for split in splits:
             if split not in self.examples:
-                loaded = load_split(self.cfg, split)
-                records, rationales = rationales_for_split(self.cfg, split, loaded.records, loaded.report)
-                self.skip_reports[split] = loaded.report
+                records, rationales, self.skip_reports[split] = split_records(self.cfg, split)
                 self.examples[split] = [prepare_record(r, self.cfg, self.tokenizer, train=split == "train",
                                                        rationale=rationales.get(r["id"])) for r in records]
         if self.cfg.on_bad_record == "skip" and self.trainer is not None:

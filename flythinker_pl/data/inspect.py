@@ -8,7 +8,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
-from .datamodule import load_split, prepare_record
+from .datamodule import prepare_record, split_records
 from .readers import SPLITS
 from .schema import TASKS
 
@@ -22,16 +22,21 @@ def _percentiles(values: list[int]) -> str:
 
 
 def split_stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str) -> dict:
-    loaded = load_split(cfg, split)
-    examples = [prepare_record(r, cfg, tokenizer, train=split == "train") for r in loaded.records]
-    profile_sizes = [len(r["profile"]) for r in loaded.records] or [0]
+    records, rationales, report = split_records(cfg, split)
+    examples = [prepare_record(r, cfg, tokenizer, train=split == "train", rationale=rationales.get(r["id"]))
+                for r in records]
+    profile_sizes = [len(r["profile"]) for r in records] or [0]
+    rationale_rows = {"with a rationale": sum(r["id"] in rationales for r in records),
+                      f"hit rationale budget ({cfg.rationale_tokens})": sum(e["cut"].get("rationale", False)
+                                                                          for e in examples)}
     return {
-        "records": len(loaded.records),
-        "skipped (invalid)": len(loaded.report.skipped),
-        "users": len({r[TASKS[cfg.task].user_key] for r in loaded.records}),
+        "records": len(records),
+        "skipped": len(report.skipped),
+        "users": len({r[TASKS[cfg.task].user_key] for r in records}),
         "profile items: min / median / max": f"{min(profile_sizes)} / {statistics.median(profile_sizes):g} / "
                                               f"{max(profile_sizes)}",
-        "empty profiles": sum(not r["profile"] for r in loaded.records),
+        "empty profiles": sum(not r["profile"] for r in records),
+        **(rationale_rows if cfg.rationales else {}),
         "items shown: mean": f"{np.mean([e['items_shown'] for e in examples] or [0]):.2f}",
         "prompt tokens p50 / p90 / p99 / max": _percentiles([e["prompt_len"] for e in examples]),
         "target tokens p50 / p90 / p99 / max": _percentiles([e["target_tokens"] for e in examples]),
@@ -52,15 +57,17 @@ def stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 def show(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str, index: int) -> str:
     """Record `index` of `split` (after validation) as the model reads it: the full prompt and its target."""
-    records = load_split(cfg, split).records
+    records, rationales, _ = split_records(cfg, split)
     if not 0 <= index < len(records):
         raise IndexError(f"{split} has {len(records)} valid records; --index must be in 0..{len(records) - 1}")
     record = records[index]
-    example = prepare_record(record, cfg, tokenizer, train=split == "train")
+    example = prepare_record(record, cfg, tokenizer, train=split == "train", rationale=rationales.get(record["id"]))
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     cut = ", ".join(name for name, hit in example["cut"].items() if hit) or "nothing"
     return (f"{split}[{index}] id={record['id']} user={record[TASKS[cfg.task].user_key]}\n"
             f"retrieved ({cfg.retriever}, k={cfg.k}): profile items {example['retrieved']} "
             f"of {len(record['profile'])}; budgets cut: {cut}\n"
             f"----- prompt ({example['prompt_len']} tokens) -----\n{prompt}\n"
-            f"----- target ({example['target_tokens']} tokens, untruncated reference) -----\n{record['output']}\n")
+            + (f"----- rationale (before the response in the target) -----\n{rationales[record['id']]}\n"
+               if record["id"] in rationales else "")
+            + f"----- target ({example['target_tokens']} tokens, untruncated reference) -----\n{record['output']}\n")
