@@ -78,12 +78,13 @@ def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sw
         assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]
     assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0"]
     assert table["n_seeds"].tolist() == [2, 2]
-    assert {"val/loss", "val/loss_std", "test/bleu", "test/rougeL_std", "test/meteor"} <= set(table)
+    assert {"val/loss", "val/loss_std", "test/bleu", "test/rougeL_std", "test/meteor", "perf/train_tokens_per_s",
+            "decode/ms_per_token", "decode/seconds_per_sample"} <= set(table)
 
     fresh_table, fresh_segments = run_sweep(load_sweep(write_sweep(tmp_path / "uninterrupted")))
     # Same seeds, same CPU, same thread count: the same numbers (a tolerance only for summation order).
-    # perf/ columns measure this machine's speed at the time, so they are compared for presence only.
-    measured = [c for c in table if not c.startswith("perf/")]
+    # Timings measure this machine's speed at the time, so they are compared for presence only.
+    measured = [c for c in table if not c.startswith(("perf/", "decode/"))]
     assert list(table) == list(fresh_table)
     pd.testing.assert_frame_equal(table[measured], fresh_table[measured], rtol=1e-6)
     pd.testing.assert_frame_equal(segments, fresh_segments, rtol=1e-6)
