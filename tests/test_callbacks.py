@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,7 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.config import ConfigError
 from flythinker_pl.lit.callbacks import (GenerationSamples, LambdaSweep, PositionEval, Throughput, fusion_lambda,
-                                         run_callbacks)
+                                         peak_memory_mb, reset_peak_memory, run_callbacks)
 from flythinker_pl.lit.run import fit
 
 TINY_DECODING = ("decode.max_new_tokens=8", "eval.segment_width=4", "eval.segment_max=8")
@@ -137,3 +138,14 @@ def test_throughput_counts_real_tokens_and_leaves_validation_time_out():
     tokens_per_s = module.logged["perf/train_tokens_per_s"]
     assert 10 / 0.3 < tokens_per_s < 10 / 0.1  # ~10 tokens in ~0.1 s; with validation it would be ~10 / 1.1
     assert module.logged["perf/peak_memory_mb"] > 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-run CPU peaks need Linux /proc")
+def test_cpu_peak_memory_restarts_with_each_run_of_one_process():
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20 // 4)  # a 64 MB earlier run
+    del big
+    earlier_peak = peak_memory_mb(cpu)
+    reset_peak_memory(cpu)  # the next run of a sweep starts
+    assert peak_memory_mb(cpu) < earlier_peak - 48

@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import time
+from pathlib import Path
 from contextlib import contextmanager
 from itertools import islice
 from typing import Iterator, Sequence
@@ -129,14 +130,29 @@ def validation_loss(trainer: L.Trainer, module) -> float:
     return float(loss.compute())  # a collective under DDP: every rank is here
 
 
+PROC_SELF = Path("/proc/self")  # Linux: the peak resident set can be read and reset per run
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring peak memory now, so that each run of a sweep (one process) reports its own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif (PROC_SELF / "clear_refs").exists():
+        (PROC_SELF / "clear_refs").write_text("5")  # resets VmHWM to the current resident set
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated tensor memory on `device`; CPU: the process's peak resident set."""
+    """CUDA: peak allocated tensor memory on `device` since `reset_peak_memory`. CPU: the process's
+    peak resident set since then (Linux), or over its lifetime (other POSIX systems)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if (PROC_SELF / "status").exists():
+        status = (PROC_SELF / "status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) / 2**10
     import resource  # POSIX only: imported where needed
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
 
 
 def fenced(text: str) -> str:
@@ -150,15 +166,14 @@ def fenced(text: str) -> str:
 class Throughput(Callback):
     """Training tokens/s (real tokens: attention_mask.sum of training batches) over training time
     only (the clock stops at each validation and restarts at the next training batch), summed over
-    ranks under DDP; and peak memory (max over ranks; on GPU since training started)."""
+    ranks under DDP; and peak memory since training started (max over ranks; see peak_memory_mb)."""
 
     def __init__(self):
         self.tokens, self.seconds, self.since = 0, 0.0, None  # since: when the clock last started
 
     def on_train_start(self, trainer, pl_module):
         self.tokens, self.seconds, self.since = 0, 0.0, None
-        if pl_module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        reset_peak_memory(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.since is None:
