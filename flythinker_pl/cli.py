@@ -167,6 +167,8 @@ def bench(args):
 
 
 def sweep(args):
+    from lightning.pytorch.utilities import rank_zero_only
+
     from .lit.sweep import aggregate, load_sweep, plan, run_sweep
 
     spec = load_sweep(args.file, args.overrides)
@@ -180,6 +182,8 @@ def sweep(args):
         aggregate(spec, args.out)
     else:
         run_sweep(spec, args.out)
+        if rank_zero_only.rank != 0:  # launched by torchrun/srun: rank 0 prints the results
+            return
     out = Path(args.out or spec.results_dir)
     print((out / "table.md").read_text())
     if (out / "segments.md").exists():

@@ -1,6 +1,7 @@
 """`flythinker sweep`: validation before any run, resume after an interruption, mean/std tables."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
 from flythinker_pl.lit import sweep as sweep_module
 from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
-from flythinker_pl.lit.sweep import aggregate, load_sweep, plan, run_sweep, summary_table
+from flythinker_pl.lit.sweep import SweepError, aggregate, load_sweep, plan, run_sweep, summary_table
 
 from conftest import DEBUG_CONFIG, ROOT
 
@@ -222,3 +223,16 @@ def test_the_baselines_sweep_runs_every_method_from_its_own_config_with_three_se
     assert methods["control_no_profile"].reasoner.sees_profile is False
     assert methods["control_random_reasoner"].reasoner.init == "random"
     assert {c.method for c in methods.values()} == {"nonpers", "rag", "sft", "cot", "static", "coconut", "flythinker"}
+
+
+@pytest.mark.parametrize("devices,processes", [("auto", 1), (1, 1), (2, 2), ("3", 3), ("0,1", 2), ([0, 1, 2], 3)])
+def test_a_sweep_counts_the_processes_of_its_runs(run_config, devices, processes):
+    assert sweep_module.processes(dataclasses.replace(
+        run_config(), trainer=dataclasses.replace(run_config().trainer, accelerator="cpu", devices=devices))) == processes
+
+
+def test_a_multi_process_sweep_without_torchrun_or_srun_is_refused_before_any_run(write_sweep, tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    with pytest.raises(SweepError, match=r"point 'fusion.lam=0.5' runs on 2 processes.*torchrun"):
+        run_sweep(load_sweep(write_sweep(tmp_path), ddp))
+    assert not (tmp_path / "logs").exists()

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -45,6 +46,7 @@ from ..config import Config, ConfigError, load_config
 from ..evaluation.metrics import METRICS
 from ..evaluation.report import CSV_NAME, PNG_NAME, plot_position_eval, segment_table
 from .evaluate import EVAL_CONFIG, eval_yaml
+from .launch import external_launch
 from .run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, same_settings
 
 SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points")
@@ -249,14 +251,38 @@ def plan(sweep: Sweep) -> pd.DataFrame:
                         index=pd.RangeIndex(1, len(sweep.runs) + 1, name="#"))
 
 
+def processes(cfg: Config) -> int:
+    """How many processes (ranks) a run of `cfg` uses: devices per node, as Lightning counts them, x nodes."""
+    devices = cfg.trainer.devices
+    if devices in ("auto", -1, "-1"):
+        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, str) and "," in devices:  # "0,1": device indices
+        devices = len([index for index in devices.split(",") if index.strip()])
+    elif isinstance(devices, (list, tuple)):  # [0, 1]: device indices
+        devices = len(devices)
+    return int(devices) * cfg.trainer.num_nodes
+
+
 def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every point x seed in order (finished runs are reused), then `aggregate` into `out_dir`."""
+    """Run every point x seed in order (finished runs are reused), then `aggregate` into `out_dir`.
+    Multi-process points need an external launcher (torchrun, srun): every rank runs the sweep,
+    global rank 0 chooses each run dir for all and writes the results."""
+    several = next((run for run in sweep.runs if processes(run.config) > 1), None)
+    if several is not None and external_launch() is None:
+        raise SweepError(
+            f"{sweep.path}: point '{several.point.label}' runs on {processes(several.config)} processes, and a "
+            "sweep runs many Trainers in one command: Lightning's own launcher would restart the command in "
+            "each rank and could not keep their run dirs in step. Launch the sweep with torchrun or srun, e.g. "
+            f"COMMAND=sweep experiments/slurm/torchrun.sh {sweep.path} (or experiments/slurm/train.sbatch)")
     for number, run in enumerate(sweep.runs, 1):
         print(f"[{number}/{len(sweep.runs)}] {run.point.label} seed={run.seed}: {status(run.config)}", flush=True)
         run_experiment(run.config)
         gc.collect()  # the finished point's models are garbage now: free their (GPU) memory before the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if rank_zero_only.rank != 0:  # every rank ran the sweep; rank 0 alone writes the results
+        return pd.DataFrame(), pd.DataFrame()
     return aggregate(sweep, out_dir)
 
 
