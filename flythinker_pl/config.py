@@ -280,6 +280,9 @@ def _check_choices(cfg: Config) -> None:
         (cfg.method != "cot" or bool(cfg.data.rationales),
          "method=cot trains on rationale + response: set data.rationales=oracle (synthetic data) or a "
          "JSON-lines file of {id, rationale}"),
+        (cfg.method == "cot" or not cfg.data.rationales,
+         f"data.rationales puts a rationale before the response in the targets: only method=cot writes and "
+         f"splits one (got method={cfg.method})"),
         (cfg.method != "static" or cfg.fusion.span == "response",
          "method=static adds the prompt's one latent at every response position: set fusion.span=response "
          f"(got {cfg.fusion.span})"),

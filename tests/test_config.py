@@ -45,6 +45,7 @@ def test_a_list_of_bases_merges_in_order(tmp_path):
     (["method=sft", "decode.reasoner_device=cuda:1"], r"needs method=flythinker"),
     (["reasoner.shared_base=true", "decode.reasoner_device=cuda:1"], r"without reasoner.shared_base"),
     (["method=sft", "callbacks.lambda_sweep=[0,1]"], r"lambda_sweep rescales a Reasoner's latents"),
+    (["method=sft", "data.rationales=oracle"], r"only method=cot writes and splits one \(got method=sft\)"),
     (["callbacks.lambda_sweep=[1,-2]"], r"every lambda must be >= 0"),
 ])
 def test_bad_config_names_the_key_and_the_choices(overrides, message):
