@@ -296,7 +296,8 @@ def _check_choices(cfg: Config) -> None:
         (cfg.callbacks.position_eval_every >= 0 and cfg.callbacks.samples >= 0,
          "callbacks.position_eval_every and callbacks.samples must be >= 0"),
         (not cfg.callbacks.lambda_sweep or cfg.method in REASONER_METHODS,
-         f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)}"),
+         f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)} "
+         f"(got method={cfg.method})"),
         (all(lam >= 0 for lam in cfg.callbacks.lambda_sweep),
          f"callbacks.lambda_sweep={cfg.callbacks.lambda_sweep}: every lambda must be >= 0"),
     ]

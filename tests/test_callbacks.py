@@ -88,8 +88,8 @@ def test_decoding_callbacks_work_for_a_method_without_reasoner(run_config):
 
 
 def test_lambda_sweep_needs_a_method_with_fusion(run_config):
-    with pytest.raises(ConfigError, match="callbacks.lambda_sweep.*method=sft"):
-        run_callbacks(run_config("method=sft", "callbacks.lambda_sweep=[0,1]"))
+    with pytest.raises(ConfigError, match=r"callbacks.lambda_sweep.*\(got method=sft\)"):
+        run_config("method=sft", "callbacks.lambda_sweep=[0,1]")
     with pytest.raises(ConfigError, match="no latent fusion"):
         with fusion_lambda(torch.nn.Linear(2, 2), 0.0):
             pass

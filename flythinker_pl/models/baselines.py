@@ -80,7 +80,7 @@ class Coconut(SFT):
         cache = DynamicCache()
         first_logits, mask = self.think(self.embed(gather_prompts(input_ids, source, real, 0)), prompt_mask,
                                         real_positions(prompt_mask), cache)
-        # written in place (autograd tracks it): one [B, T, V] tensor, as SFT's, not several copies
+        # the input's layout, filled in place (autograd tracks it) from the two passes' logits
         logits = first_logits.new_zeros(batch, width, first_logits.shape[-1])
         if response_width:
             # the last columns of a shorter response's row are prompt tokens: masked out here

@@ -39,7 +39,7 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
         if checkpointing:  # the checkpointed layers drop the KV cache that links the passes
             raise ConfigError("method=coconut runs the prompt, its thoughts and the response as passes sharing "
                               "one KV cache, which train.gradient_checkpointing disables: set it to false")
-        return Coconut(generator, cfg.coconut.k), tokenizer
+        return Coconut(generator, cfg.coconut.k, cfg.fusion.eps), tokenizer
 
     if cfg.reasoner.shared_base:
         if cfg.method != "flythinker":
