@@ -19,9 +19,9 @@ import math
 import re
 import sys
 import time
-from pathlib import Path
 from contextlib import contextmanager
 from itertools import islice
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import lightning as L

@@ -274,7 +274,7 @@ def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
             f"{sweep.path}: point '{several.point.label}' runs on {processes(several.config)} processes, and a "
             "sweep runs many Trainers in one command: Lightning's own launcher would restart the command in "
             "each rank and could not keep their run dirs in step. Launch the sweep with torchrun or srun, e.g. "
-            f"COMMAND=sweep experiments/slurm/torchrun.sh {sweep.path} (or experiments/slurm/train.sbatch)")
+            f"COMMAND=sweep experiments/slurm/torchrun.sh {sweep.path}")
     for number, run in enumerate(sweep.runs, 1):
         print(f"[{number}/{len(sweep.runs)}] {run.point.label} seed={run.seed}: {status(run.config)}", flush=True)
         run_experiment(run.config)
