@@ -144,8 +144,8 @@ def test_throughput_counts_real_tokens_and_leaves_validation_time_out():
 def test_cpu_peak_memory_restarts_with_each_run_of_one_process():
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
-    big = torch.ones(64 * 2**20 // 4)  # a 64 MB earlier run
-    del big
+    earlier_run = [torch.ones(1000) for _ in range(16_000)]  # 64 MB in small blocks, which the C heap keeps
+    del earlier_run
     earlier_peak = peak_memory_mb(cpu)
     reset_peak_memory(cpu)  # the next run of a sweep starts
     assert peak_memory_mb(cpu) < earlier_peak - 48

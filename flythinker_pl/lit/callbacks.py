@@ -14,7 +14,9 @@ the data and meets the others in one collective (`PositionEval`: all_gather of t
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import math
 import re
 import sys
@@ -138,6 +140,11 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     elif (PROC_SELF / "clear_refs").exists():
+        gc.collect()
+        try:  # glibc keeps what earlier runs freed resident until asked to hand it back
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # another C library: the earlier runs' leftovers count
+            pass
         (PROC_SELF / "clear_refs").write_text("5")  # resets VmHWM to the current resident set
 
 
