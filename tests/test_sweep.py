@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -236,3 +239,21 @@ def test_a_multi_process_sweep_without_torchrun_or_srun_is_refused_before_any_ru
     with pytest.raises(SweepError, match=r"point 'fusion.lam=0.5' runs on 2 processes.*torchrun"):
         run_sweep(load_sweep(write_sweep(tmp_path), ddp))
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_sweep_under_torchrun_runs_each_point_once_on_both_ranks(write_sweep, tmp_path):
+    """Every rank runs the sweep; rank 0 chooses each point's run dir for both and alone writes the results."""
+    path = write_sweep(tmp_path, seeds=[0], points=[{"label": "sft", "overrides": ["method=sft"]}])
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "flythinker_pl.cli", "sweep", str(path), "trainer.accelerator=cpu",
+                           "trainer.devices=2", "trainer.strategy=ddp"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stdout + done.stderr  # really two ranks
+    runs = tmp_path / "logs" / "ablation_tiny"
+    assert {p.name: [v.name for v in p.iterdir()] for p in runs.iterdir()} == {
+        "fusion.lam=0.5,seed=0": ["version_0"], "fusion.lam=2.0,seed=0": ["version_0"], "sft,seed=0": ["version_0"]}
+    assert done.stdout.count("Results: ") == 1  # printed by rank 0 only
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv", index_col="point")
+    assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
