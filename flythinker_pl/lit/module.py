@@ -6,6 +6,7 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
@@ -89,6 +90,11 @@ class MethodModule(L.LightningModule):
                             "reference": batch["reference"][row], "prompt_tokens": len(prompt),
                             "new_tokens": result.num_tokens[row], **timing})
         return records
+
+    def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+        # after the callbacks' hooks (the PredictionWriter has written this batch)
+        if self.trainer.received_sigterm:  # Lightning's predict loop never checks it (fit and validate do)
+            raise SIGTERMException
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -152,8 +152,7 @@ def _extra_points(path: Path, points: Any, grid_keys: list[str]) -> list[Point]:
             raise SweepError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(POINT_KEYS)}")
         overrides = _overrides(point.get("overrides"), where)
         dotlist = OmegaConf.from_dotlist(list(overrides))
-        settings = {key: OmegaConf.select(dotlist, key) for key in grid_keys
-                    if OmegaConf.select(dotlist, key) is not None}
+        settings = {key: value for key in grid_keys if (value := OmegaConf.select(dotlist, key)) is not None}
         config = path.parent / str(point["config"]) if point.get("config") else None
         if config is not None and not config.is_file():
             raise SweepError(f"{where}: config: no such config file {config}")

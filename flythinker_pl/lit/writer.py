@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -33,8 +32,6 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         with open(self._shard(trainer.global_rank), "a", encoding="utf-8") as f:
             f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in prediction)
-        if trainer.received_sigterm:  # Lightning's predict loop never checks it (fit and validate do)
-            raise SIGTERMException
 
     def on_predict_epoch_end(self, trainer, pl_module):
         trainer.strategy.barrier()
