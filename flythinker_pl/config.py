@@ -171,6 +171,9 @@ class DecodeConfig:
     batch_size: int = 16
     output: str = "predictions.jsonl"  # written in the run dir
     reasoner_device: str = ""  # e.g. cuda:1 to decode with the Reasoner on its own GPU; "" = with the Generator
+    # How LoRA layers run while decoding: lean (one fused forward per layer, models/lora_step.py; the
+    # shared engine's per-row adapters need it) | peft (peft's own forward, the reference). Same function.
+    lora_path: str = "lean"
 
 
 @dataclass
@@ -233,6 +236,7 @@ CHOICES = {
     "data.on_bad_record": ("error", "skip"),
     "train.schedule": ("cosine", "linear", "constant"),
     "decode.engine": ("auto", "sequential", "staggered", "shared"),
+    "decode.lora_path": ("lean", "peft"),
     "decode.split": ("train", "val", "test"),
     "eval.segment_unit": ("words", "tokens"),
 }
@@ -273,6 +277,9 @@ def _check_choices(cfg: Config) -> None:
         (not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
          "decode.reasoner_device places a separate Reasoner: it needs method=flythinker or static without "
          "reasoner.shared_base"),
+        (cfg.decode.lora_path == "lean" or cfg.decode.engine != "shared",
+         "decode.engine=shared runs both adapters in one batched op of the lean LoRA forward: it needs "
+         "decode.lora_path=lean"),
         (cfg.method != "nonpers" or cfg.data.retriever == "none",
          f"method=nonpers prompts with the query alone: set data.retriever=none (got {cfg.data.retriever})"),
         (cfg.method != "rag" or cfg.data.retriever != "none",

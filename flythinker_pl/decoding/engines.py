@@ -85,6 +85,15 @@ class Staggered(Sequential):
 
 
 class Shared(Sequential):
+    """Both adapters' steps as one batched forward (SharedBaseFlyThinker.batched_step), through the
+    lean LoRA forward that generate() installs (decode.lora_path=lean)."""
+
+    def __init__(self, method: SharedBaseFlyThinker):
+        super().__init__(method)
+        if not method.lora.active:
+            raise ValueError("decode.engine=shared runs both adapters as one batched op of the lean LoRA "
+                             "forward: it needs decode.lora_path=lean")
+
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         logits, state = self.method.prefill(input_ids, attention_mask, prompt_len, profile_mask=profile_mask)
         self.method.merge_caches(state)

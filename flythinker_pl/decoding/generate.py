@@ -3,12 +3,14 @@ row has produced EOS or max_new_tokens."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from ..config import DecodeConfig
 from ..models.layout import gather_prompts, prompt_layout
+from ..models.lora_step import LeanLoRA
 from .engines import make_engine
 from .sampler import Sampler
 
@@ -34,6 +36,12 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     instruct models stop on two). `profile_mask` (prompt layout) marks the user's history, for a
     Reasoner that must not see it."""
     eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    lean = getattr(method, "lora", None) or LeanLoRA(method)  # the shared base keeps its own (per-row adapters)
+    with lean if cfg.lora_path == "lean" else nullcontext():
+        return _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_ids, profile_mask)
+
+
+def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_ids, profile_mask) -> Generation:
     eos_id = eos_ids[0]  # what finished rows are filled with
     device = input_ids.device
     # On GPU, checking "all rows finished" costs a host sync: look only every few steps.

@@ -1,17 +1,23 @@
 """FlyThinker on one base model with two LoRA adapters, `reasoner` and `generator`: the memory of
 one model (a reviewer's objection to the paper's two full models).
 
-Training runs the two passes with the matching adapter active. Decoding can run both steps as
-ONE batched forward, the adapter chosen per row (peft mixed-adapter batches, eval mode only), so
-the base weights are read once per token.
+Training runs the two passes with the matching adapter active (peft's `set_adapter`). Decoding,
+inside `with self.lora:` (the lean LoRA forward, lora_step.py), picks adapters without switching
+and runs both steps as ONE batched forward over [Generator rows; Reasoner rows]: the base weights
+are read once per token and both adapters' updates are one batched matmul per layer. The prompt
+still takes two passes, Reasoner then Generator: the Generator's prompt inputs carry the
+Reasoner's latents of that same prompt.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from transformers import DynamicCache
 
 from .flythinker import FlyThinker
 from .fusion import LatentFusion, add_latents
+from .lora_step import LeanLoRA
 from .sft import DecodeState
 
 ADAPTERS = ("reasoner", "generator")
@@ -29,20 +35,25 @@ class SharedBaseFlyThinker(FlyThinker):
     def __init__(self, peft_model, fusion: LatentFusion):
         super().__init__(peft_model, peft_model.get_base_model().base_model, fusion, reasoner_frozen=False)
         self.generator.set_requires_grad(list(ADAPTERS), True)
+        self.lora = LeanLoRA(peft_model)  # installed by the decoding engine (`with method.lora:`)
 
-    def _use(self, adapter: str) -> None:
+    def _use(self, adapter: str):
+        """A context in which the base model runs `adapter`."""
+        if self.lora.active:
+            return self.lora.rows(adapter)
         lora = self.generator.base_model
         if lora.active_adapter != adapter:
             lora.set_adapter(adapter)
             lora.set_requires_grad(list(ADAPTERS), True)  # set_adapter froze the other adapter
+        return nullcontext()
 
     def reasoner_forward(self, *args, **kwargs):
-        self._use("reasoner")
-        return super().reasoner_forward(*args, **kwargs)
+        with self._use("reasoner"):
+            return super().reasoner_forward(*args, **kwargs)
 
     def run_generator(self, *args, **kwargs):
-        self._use("generator")
-        return super().run_generator(*args, **kwargs)
+        with self._use("generator"):
+            return super().run_generator(*args, **kwargs)
 
     def merge_caches(self, state: DecodeState) -> None:
         """After prefill: the Generator's rows then the Reasoner's rows in one cache."""
@@ -50,16 +61,14 @@ class SharedBaseFlyThinker(FlyThinker):
         state.reasoner_cache = None
 
     def batched_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
-        """Both models' step as one forward of 2B rows (needs merge_caches after prefill)."""
+        """Both models' step as one forward of 2B rows (needs merge_caches after prefill, and the
+        lean LoRA forward installed)."""
         batch = tokens.shape[0]
         positions = state.append_token()
         inject = self.fusion.injection_mask(torch.ones_like(positions), positions, state.prompt_len)
         token_embeds = self.embed(tokens[:, None])
         embeds = torch.cat([add_latents(token_embeds, state.latents[:, None], inject), token_embeds])
-        rows = ["generator"] * batch + ["reasoner"] * batch
-        # peft's own mechanism for per-row adapters (what `model(..., adapter_names=...)` uses),
-        # applied to the decoder so the LM head runs on the Generator's rows only.
-        with self.generator.base_model._enable_peft_forward_hooks(adapter_names=rows):
+        with self.lora.rows("generator", "reasoner"):  # the decoder only: the LM head reads the Generator's rows
             hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask.repeat(2, 1),
                                    position_ids=positions.repeat(2, 1), past_key_values=state.generator_cache,
                                    use_cache=True).last_hidden_state[:, -1]
