@@ -14,7 +14,7 @@ import torch
 
 from ..config import Config, load_config
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
-from ..lit.module import response_loss
+from ..lit.module import method_loss
 from ..models.build import build_method
 from . import synchronize, write_json
 
@@ -33,8 +33,7 @@ def _train_steps(method, optimizer, batches, device) -> float:
     start = time.perf_counter()
     for batch in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"])
-        loss, _ = response_loss(logits, batch["labels"])
+            loss, _ = method_loss(method, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

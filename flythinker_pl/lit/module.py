@@ -19,9 +19,27 @@ from ..decoding.generate import generate, prompts_of
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
+def scored_width(labels: torch.Tensor) -> int:
+    """How many trailing columns have logits the loss reads: from the earliest column whose next
+    token is scored (responses are the last columns of left-padded rows). Every method computes
+    logits (its LM head) for these columns only; with a 150k vocabulary the prompt's would cost GBs."""
+    width = labels.shape[1]
+    columns = torch.arange(width - 1, device=labels.device)
+    first = int(torch.where((labels[:, 1:] != IGNORE_INDEX).any(0), columns, width - 1).min())
+    return width - first
+
+
+def method_loss(method: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced pass of any method and its response loss: the one LM-head policy."""
+    logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
+                    profile_mask=batch.get("profile_mask"), logits_to_keep=scored_width(batch["labels"]))
+    return response_loss(logits, batch["labels"])
+
+
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over response tokens (+ EOS), and how many there were.
-    Only response rows are upcast to fp32 (with a 150k vocabulary, all rows would cost GBs)."""
+    `logits` may cover only the last columns (scored_width). Only response rows are upcast to fp32."""
+    labels = labels[:, labels.shape[1] - logits.shape[1]:]
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX
     total = F.cross_entropy(logits[:, :-1][scored].float(), targets[scored], reduction="sum")
@@ -41,9 +59,7 @@ class MethodModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
-                             profile_mask=batch.get("profile_mask"))
-        return response_loss(logits, batch["labels"])
+        return method_loss(self.method, batch)
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.batch_loss(batch)

@@ -68,20 +68,25 @@ class Coconut(SFT):
                                      output_hidden_states=-1)
         return out.logits[:, -1], attention_mask
 
-    def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None):
+    def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None, logits_to_keep=0):
         """Prompt pass, k thought passes, then the response teacher-forced, sharing one KV cache.
-        Logits come back in the input's layout: the last prompt column holds the logits after the
+        Logits come back in the input's layout (its last `logits_to_keep` columns, which must reach
+        the last prompt column of every row): the last prompt column holds the logits after the
         last thought, response columns the response pass's, other columns zeros."""
         batch, width = input_ids.shape
         response_len = attention_mask.sum(-1) - prompt_len
         response_width = int(response_len.max())  # responses are the last columns of every row
+        keep = logits_to_keep or width
+        if keep <= response_width:
+            raise ValueError(f"logits_to_keep={keep} must exceed the longest response ({response_width} tokens): "
+                             "Coconut's logits of the last prompt column come from its thought passes")
         source, real = prompt_layout(attention_mask, prompt_len)
         prompt_mask = real.long()
         cache = DynamicCache()
         first_logits, mask = self.think(self.embed(gather_prompts(input_ids, source, real, 0)), prompt_mask,
                                         real_positions(prompt_mask), cache)
-        # the input's layout, filled in place (autograd tracks it) from the two passes' logits
-        logits = first_logits.new_zeros(batch, width, first_logits.shape[-1])
+        # the input's last `keep` columns, filled in place (autograd tracks it) from the two passes' logits
+        logits = first_logits.new_zeros(batch, keep, first_logits.shape[-1])
         if response_width:
             # the last columns of a shorter response's row are prompt tokens: masked out here
             response_mask = (torch.arange(response_width, device=input_ids.device)[None, :]
@@ -89,10 +94,10 @@ class Coconut(SFT):
             mask = torch.cat([mask, response_mask], dim=1)
             out = self.run_generator(self.embed(input_ids[:, -response_width:]), mask,
                                      real_positions(mask)[:, -response_width:], cache=cache)
-            logits[:, width - response_width:] = out.logits
-            logits[:, width - response_width:].masked_fill_(~response_mask.bool()[..., None], 0.0)
+            logits[:, keep - response_width:] = out.logits
+            logits[:, keep - response_width:].masked_fill_(~response_mask.bool()[..., None], 0.0)
         rows = torch.arange(batch, device=input_ids.device)
-        logits[rows, last_prompt_column(attention_mask, prompt_len)] = first_logits
+        logits[rows, last_prompt_column(attention_mask, prompt_len) - (width - keep)] = first_logits
         return logits
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):

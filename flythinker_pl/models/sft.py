@@ -1,9 +1,10 @@
 """The common method interface, and SFT: the Generator alone, fine-tuned on profile + query.
 
 Every method is an `nn.Module` with
-    forward(input_ids, attention_mask, prompt_len, profile_mask=None) -> logits [B, T, V]
+    forward(input_ids, attention_mask, prompt_len, profile_mask=None, logits_to_keep=0) -> logits [B, T, V]
         one teacher-forced pass; logits[:, j] predict token j+1 of the ORIGINAL layout, whatever
-        the method inserts internally (Coconut's thoughts), so one response loss fits every method
+        the method inserts internally (Coconut's thoughts), so one response loss fits every method;
+        logits_to_keep=K > 0: only the last K columns [B, K, V] (the LM head runs on those only)
     prefill(input_ids, attention_mask, prompt_len, profile_mask=None) -> (next-token logits [B, V], DecodeState)
     step(state, tokens [B]) -> next-token logits [B, V]                  (one incremental token)
 Batches are left-padded; positions are counted over real tokens so that padding never changes a
@@ -65,13 +66,15 @@ class SFT(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.generator.get_input_embeddings()(input_ids)
 
-    def run_generator(self, embeds, attention_mask, positions, cache=None, last_only=False, **kwargs):
+    def run_generator(self, embeds, attention_mask, positions, cache=None, last_only=False, logits_to_keep=0,
+                      **kwargs):
         return self.generator(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
                               past_key_values=cache, use_cache=cache is not None,
-                              logits_to_keep=1 if last_only else 0, **kwargs)
+                              logits_to_keep=1 if last_only else logits_to_keep, **kwargs)
 
-    def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None):
-        return self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask)).logits
+    def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None, logits_to_keep=0):
+        return self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
+                                  logits_to_keep=logits_to_keep).logits
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         out = self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
