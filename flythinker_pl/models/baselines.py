@@ -15,6 +15,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..config import ConfigError
+from .decode_cache import DecodeCache
 from .flythinker import FlyThinker
 from .fusion import add_latents, embedding_norm, real_positions, rescale
 from .layout import gather_prompts, last_prompt_column, prompt_layout
@@ -101,6 +102,6 @@ class Coconut(SFT):
         return logits
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
-        cache = DynamicCache()
+        cache = DecodeCache()
         logits, mask = self.think(self.embed(input_ids), attention_mask, real_positions(attention_mask), cache)
         return logits, DecodeState(mask, prompt_len, cache)

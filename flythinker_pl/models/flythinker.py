@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
+from .decode_cache import DecodeCache
 from .fusion import LatentFusion, add_latents, embedding_norm, real_positions, shift_right
 from .sft import SFT, DecodeState
 
@@ -107,8 +107,8 @@ class FlyThinker(SFT):
         latent_norm = self.latent_norm()
         embeds, positions, latents, reasoner_cache = self.fused_embeds(
             input_ids, attention_mask, prompt_len, latent_norm,
-            reasoner_cache=DynamicCache() if reasoner_cache is None else reasoner_cache, profile_mask=profile_mask)
-        out = self.run_generator(embeds, attention_mask, positions, cache=DynamicCache(), last_only=True)
+            reasoner_cache=DecodeCache() if reasoner_cache is None else reasoner_cache, profile_mask=profile_mask)
+        out = self.run_generator(embeds, attention_mask, positions, cache=DecodeCache(), last_only=True)
         reasoner_mask = self.reasoner_mask(attention_mask, profile_mask)
         state = DecodeState(attention_mask, prompt_len, out.past_key_values, reasoner_cache,
                             latents=latents[:, -1], latent_norm=latent_norm,

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
+from .decode_cache import DecodeCache
 from .fusion import real_positions
 
 
@@ -78,7 +78,7 @@ class SFT(nn.Module):
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         out = self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
-                                 cache=DynamicCache(), last_only=True)
+                                 cache=DecodeCache(), last_only=True)
         return out.logits[:, -1], DecodeState(attention_mask, prompt_len, out.past_key_values)
 
     def step(self, state: DecodeState, tokens: torch.Tensor):

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import torch
 from transformers import DynamicCache
 
+from .decode_cache import DecodeCache
 from .flythinker import FlyThinker
 from .fusion import LatentFusion, add_latents
 from .lora_step import LeanLoRA
@@ -25,7 +26,7 @@ ADAPTERS = ("reasoner", "generator")
 
 def concat_caches(first: DynamicCache, second: DynamicCache) -> DynamicCache:
     """One cache whose batch is `first`'s rows then `second`'s rows."""
-    merged = DynamicCache()
+    merged = DecodeCache()
     for index, (a, b) in enumerate(zip(first.layers, second.layers)):
         merged.update(torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values]), index)
     return merged
