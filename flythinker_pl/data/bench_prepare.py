@@ -15,9 +15,9 @@ import time
 from ..config import DataConfig
 from ..models import tiny
 from .datamodule import load_split
-from .encode import encode_record
+from .encode import encode_records
 from .readers import SPLITS
-from .retrieval import retrieve
+from .retrieval import BM25Corpus, retrieve
 
 REVIEWS_PER_USER = 8
 
@@ -35,11 +35,12 @@ def bench_prepare(records: int = 20_000, retriever: str = "bm25", k: int = 1) ->
             loaded = load_split(cfg, split).records
             seconds["read + validate"] += time.perf_counter() - start
             start = time.perf_counter()
-            retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed) for r in loaded]
+            corpus = BM25Corpus()  # as prepare_records does: one per split
+            retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed, corpus) for r in loaded]
             seconds["retrieve"] += time.perf_counter() - start
             start = time.perf_counter()
-            for record, indices in zip(loaded, retrieved):
-                encode_record(record, [record["profile"][i] for i in indices], cfg, tokenizer, split == "train")
+            encode_records(loaded, [[r["profile"][i] for i in shown] for r, shown in zip(loaded, retrieved)], cfg,
+                           tokenizer, split == "train")
             seconds["render + tokenise"] += time.perf_counter() - start
             count += len(loaded)
     return {"records": count, **{f"{stage} records/s": round(count / s) for stage, s in seconds.items()},

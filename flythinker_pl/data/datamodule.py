@@ -13,10 +13,10 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
 from .batching import LengthBucketSampler, collate
-from .encode import encode_record
+from .encode import encode_records
 from .rationales import rationales_for_split
 from .readers import SPLITS, read_split, resolve_root
-from .retrieval import retrieve
+from .retrieval import BM25Corpus, retrieve
 from .sampling import GlobalBatchSampler, ResumableDataLoader
 from .schema import SplitReport, validate, write_skip_report
 
@@ -40,13 +40,21 @@ def split_records(cfg: DataConfig, split: str) -> tuple[list[dict], dict[str, st
     return records, rationales, loaded.report
 
 
+def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
+                    rationales: Optional[dict[str, str]] = None) -> list[dict]:
+    """Retrieval + rendering + tokenisation of a split's records (one BM25 corpus for all: each profile
+    item's terms are counted once); `retrieved` = the profile indices shown; a record's rationale
+    (`rationales` by id, data.rationales) goes before the output in its target."""
+    corpus = BM25Corpus()
+    retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed, corpus) for r in records]
+    examples = encode_records(records, [[r["profile"][i] for i in shown] for r, shown in zip(records, retrieved)],
+                              cfg, tokenizer, train, [(rationales or {}).get(r["id"]) for r in records])
+    return [{**example, "retrieved": shown[: example["items_shown"]]} for example, shown in zip(examples, retrieved)]
+
+
 def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
                    rationale: Optional[str] = None) -> dict:
-    """Retrieval + rendering + tokenisation of one record; `retrieved` = the profile indices shown;
-    `rationale` (data.rationales) goes before the output in the target."""
-    retrieved = retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)
-    example = encode_record(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, train, rationale)
-    return {**example, "retrieved": retrieved[: example["items_shown"]]}
+    return prepare_records([record], cfg, tokenizer, train, {record["id"]: rationale} if rationale is not None else None)[0]
 
 
 def pretraining_corpus(cfg: DataConfig) -> list[str]:
@@ -81,8 +89,7 @@ class PersonalisationDataModule(L.LightningDataModule):
         for split in splits:
             if split not in self.examples:
                 records, rationales, self.skip_reports[split] = split_records(self.cfg, split)
-                self.examples[split] = [prepare_record(r, self.cfg, self.tokenizer, train=split == "train",
-                                                       rationale=rationales.get(r["id"])) for r in records]
+                self.examples[split] = prepare_records(records, self.cfg, self.tokenizer, split == "train", rationales)
         if self.cfg.on_bad_record == "skip" and self.trainer is not None:
             run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
             if self.trainer.is_global_zero and run_dir:

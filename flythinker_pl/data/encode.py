@@ -20,6 +20,10 @@ tokens whose character span overlaps the history's span in the prompt string. It
 the ids: the prompt is tokenised once, with offsets. Slow (Python) tokenizers have no offsets: the
 history's tokens are then counted by tokenising the prompt's prefixes, which can be off by one
 token at either end where a merge crosses the boundary.
+
+A split is encoded in chunks (`encode_records`): each tokenizer call takes a chunk's texts at once
+(a fast tokenizer spreads them over its threads), a text is tokenised again only when it is over its
+budget (to cut it), and a history that several records show is counted once.
 """
 from __future__ import annotations
 
@@ -29,13 +33,20 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
-from .prompts import chat_prompt, history, history_span, render_profile_item, user_message, with_rationale
+from .prompts import (chat_prompt, history, history_span, render_profile_item, template_head, user_message,
+                      with_rationale)
 
 IGNORE_INDEX = -100
+CHUNK = 256  # records per batched tokenizer call
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def batch_token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """token_ids of each text, in one tokenizer call."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:
@@ -62,28 +73,39 @@ def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], b
     return text, len(kept) if text else 0, cut
 
 
+def tokens_and_span_masks(tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                          spans: list[tuple[int, int]]) -> list[tuple[list[int], np.ndarray]]:
+    """Per text: token_ids(text) and, per token, 1 if it overlaps the character span [start, end) of the text."""
+    if not tokenizer.is_fast:
+        return [_slow_tokens_and_span_mask(tokenizer, text, span) for text, span in zip(texts, spans)]
+    results = []
+    for encoding, (start, end) in zip(tokenizer(texts, add_special_tokens=False).encodings if texts else [], spans):
+        mask = np.zeros(len(encoding.ids), dtype=np.int8)
+        if end > start:
+            # the tokens holding the span's first and last characters (the fast tokenizer's offsets)
+            first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+            if first is None or last is None:  # a character no token covers (e.g. dropped whitespace)
+                offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+                mask[(offsets[:, 0] < end) & (offsets[:, 1] > start)] = 1
+            else:
+                mask[first: last + 1] = 1
+        results.append((encoding.ids, mask))
+    return results
+
+
+def _slow_tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
+                               span: tuple[int, int]) -> tuple[list[int], np.ndarray]:
+    start, end = span
+    ids = token_ids(tokenizer, text)
+    mask = np.zeros(len(ids), dtype=np.int8)
+    if end > start:
+        mask[len(token_ids(tokenizer, text[:start])): len(token_ids(tokenizer, text[:end]))] = 1
+    return ids, mask
+
+
 def tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
                          span: tuple[int, int]) -> tuple[list[int], np.ndarray]:
-    """token_ids(text) and, per token, 1 if it overlaps the character span [start, end) of `text`."""
-    start, end = span
-    if not tokenizer.is_fast:
-        ids = token_ids(tokenizer, text)
-        mask = np.zeros(len(ids), dtype=np.int8)
-        if end > start:
-            mask[len(token_ids(tokenizer, text[:start])): len(token_ids(tokenizer, text[:end]))] = 1
-        return ids, mask
-    encoding = tokenizer(text, add_special_tokens=False)
-    mask = np.zeros(len(encoding["input_ids"]), dtype=np.int8)
-    if end > start:
-        # the tokens holding the span's first and last characters (the fast tokenizer's offsets)
-        first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
-        if first is None or last is None:  # a character no token covers (e.g. dropped whitespace)
-            offsets = np.asarray(tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                                 ["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-            mask[(offsets[:, 0] < end) & (offsets[:, 1] > start)] = 1
-        else:
-            mask[first: last + 1] = 1
-    return encoding["input_ids"], mask
+    return tokens_and_span_masks(tokenizer, [text], [span])[0]
 
 
 def encode_record(record: dict, items: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
@@ -93,25 +115,65 @@ def encode_record(record: dict, items: list[dict], cfg: DataConfig, tokenizer: P
 
     `items`: the retrieved profile items, most relevant first. `rationale`: reasoning to put before
     the output in the target (chain of thought), or None."""
-    history_text, kept, profile_cut = fit_history(
-        tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)
-    query = truncate(tokenizer, record["input"], cfg.input_tokens)
-    message = user_message(cfg.task, history_text, query)
-    prompt = chat_prompt(tokenizer, message, cfg.system_prompt)
-    prompt_ids, prompt_profile_mask = tokens_and_span_mask(
-        tokenizer, prompt, history_span(tokenizer, prompt, message, history_text, cfg.system_prompt))
-    target_ids = token_ids(tokenizer, record["output"])
-    target_cut = train and len(target_ids) > cfg.target_tokens
-    response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
-    cut = {"profile": profile_cut, "input": query != record["input"], "target": target_cut}
-    if rationale is not None:
-        kept_rationale = truncate(tokenizer, rationale, cfg.rationale_tokens)
-        cut["rationale"] = kept_rationale != rationale
-        response = token_ids(tokenizer, with_rationale(kept_rationale)) + response
-    # int32 arrays, not lists of Python ints: a tenth of the memory, and cheap to share with workers
-    input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
-    profile_mask = np.zeros(len(input_ids), dtype=np.int8)
-    profile_mask[: len(prompt_ids)] = prompt_profile_mask
-    return {"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
-            "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
-            "target_tokens": len(target_ids), "cut": cut}
+    return encode_records([record], [items], cfg, tokenizer, train, [rationale])[0]
+
+
+def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
+                   train: bool, rationales: Optional[list[Optional[str]]] = None) -> list[dict]:
+    """encode_record of each record (with its items and rationale), chunk by chunk."""
+    rationales = rationales or [None] * len(records)
+    head = template_head(tokenizer, cfg.system_prompt)
+    history_tokens: dict[str, int] = {}  # history text -> token count (records that show the same items)
+    return [example for start in range(0, len(records), CHUNK) for example in _encode_chunk(
+        records[start: start + CHUNK], items[start: start + CHUNK], rationales[start: start + CHUNK],
+        cfg, tokenizer, train, head, history_tokens)]
+
+
+def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list[Optional[str]], cfg: DataConfig,
+                  tokenizer: PreTrainedTokenizerBase, train: bool, head: str, history_tokens: dict[str, int]) -> list[dict]:
+    rendered = [[render_profile_item(cfg.task, item) for item in record_items] for record_items in items]
+    histories = [history(r) for r in rendered]  # every item shown, if it fits
+    new = list(dict.fromkeys(h for h in histories if h not in history_tokens))
+    # one call for every text whose length decides a cut (and for the targets): new histories, queries,
+    # targets, rationales
+    ids = iter(batch_token_ids(tokenizer, new + [r["input"] for r in records] + [r["output"] for r in records] +
+                               [r for r in rationales if r is not None]))
+    history_tokens.update((text, len(next(ids))) for text in new)
+    queries, targets = [next(ids) for _ in records], [next(ids) for _ in records]
+    rationale_tokens = [len(next(ids)) if r is not None else 0 for r in rationales]
+
+    prompts, spans, fits = [], [], []
+    for record, items_text, whole, query_ids, rationale, n_rationale in zip(
+            records, rendered, histories, queries, rationales, rationale_tokens):
+        if history_tokens[whole] <= cfg.profile_tokens:  # what fit_history returns then, without tokenising again
+            history_text, kept, profile_cut = whole, len(items_text) if whole else 0, False
+        else:
+            history_text, kept, profile_cut = fit_history(tokenizer, items_text, cfg.profile_tokens)
+        query = record["input"] if len(query_ids) <= cfg.input_tokens else \
+            truncate(tokenizer, record["input"], cfg.input_tokens)
+        if rationale is not None and n_rationale > cfg.rationale_tokens:
+            rationale = truncate(tokenizer, rationale, cfg.rationale_tokens)
+        message = user_message(cfg.task, history_text, query)
+        prompt = chat_prompt(tokenizer, message, cfg.system_prompt)
+        prompts.append(prompt)
+        spans.append(history_span(tokenizer, prompt, message, history_text, head))
+        fits.append((kept, {"profile": profile_cut, "input": query != record["input"]}, rationale))
+    rationale_ids = iter(batch_token_ids(tokenizer, [with_rationale(r) for *_, r in fits if r is not None]))
+
+    examples = []
+    for record, given, (prompt_ids, prompt_profile_mask), target_ids, (kept, cut, rationale) in zip(
+            records, rationales, tokens_and_span_masks(tokenizer, prompts, spans), targets, fits):
+        target_cut = train and len(target_ids) > cfg.target_tokens
+        cut["target"] = target_cut
+        response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
+        if rationale is not None:
+            cut["rationale"] = rationale != given
+            response = next(rationale_ids) + response
+        # int32 arrays, not lists of Python ints: a tenth of the memory, and cheap to share with workers
+        input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
+        profile_mask = np.zeros(len(input_ids), dtype=np.int8)
+        profile_mask[: len(prompt_ids)] = prompt_profile_mask
+        examples.append({"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
+                         "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
+                         "target_tokens": len(target_ids), "cut": cut})
+    return examples

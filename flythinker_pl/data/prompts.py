@@ -58,17 +58,23 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, message: str, system_prompt:
     return f"{header}{message}\n\nResponse:\n"
 
 
-def history_span(tokenizer: PreTrainedTokenizerBase, prompt: str, message: str, history_text: str,
-                 system_prompt: Optional[str]) -> tuple[int, int]:
-    """Character span [start, end) of the history in `prompt` = chat_prompt(tokenizer, message,
-    system_prompt), where `message` = user_message(task, history_text, query).
+def template_head(tokenizer: PreTrainedTokenizerBase, system_prompt: Optional[str]) -> str:
+    """What chat_prompt(tokenizer, message, system_prompt) puts before the message: where the template
+    puts a stand-in message (so a system prompt that quotes the history cannot be mistaken for it).
+    It depends on the tokenizer and the system prompt only: find it once for a split, not per record."""
+    return chat_prompt(tokenizer, _MESSAGE_SLOT, system_prompt).partition(_MESSAGE_SLOT)[0]
 
-    The message's offset is where the template puts a stand-in message (so a system prompt that
-    quotes the history cannot be mistaken for it); a template that rewrites the message (e.g.
-    trims it) falls back to the message's last occurrence: the user turn is the last turn."""
+
+def history_span(tokenizer: PreTrainedTokenizerBase, prompt: str, message: str, history_text: str,
+                 head: str) -> tuple[int, int]:
+    """Character span [start, end) of the history in `prompt` = chat_prompt(tokenizer, message,
+    system_prompt), where `message` = user_message(task, history_text, query) and `head` =
+    template_head(tokenizer, system_prompt).
+
+    A template that rewrites the message (e.g. trims it) falls back to the message's last
+    occurrence: the user turn is the last turn."""
     if not history_text:
         return 0, 0
-    head = chat_prompt(tokenizer, _MESSAGE_SLOT, system_prompt).partition(_MESSAGE_SLOT)[0]
     start = len(head) if prompt.startswith(head) and prompt.startswith(message, len(head)) else prompt.rfind(message)
     if start < 0:
         raise DataError(f"the chat template of {tokenizer.name_or_path or type(tokenizer).__name__} changes the "
