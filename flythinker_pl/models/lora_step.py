@@ -37,7 +37,6 @@ class LeanLoRA:
         self.layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
         self.groups: Optional[tuple[str, ...]] = None  # None: each layer's active adapter
         self.active = False
-        self._stacks: dict = {}  # (layer, groups) -> stacked A, B, scales; only inside the block
 
     def __enter__(self) -> "LeanLoRA":
         if self.active:
@@ -51,7 +50,7 @@ class LeanLoRA:
     def __exit__(self, *exc) -> None:
         for layer in self.layers:
             layer.__dict__.pop("forward", None)
-        self.active, self._stacks = False, {}
+        self.active = False
 
     @contextmanager
     def rows(self, *adapters: str):
@@ -65,36 +64,40 @@ class LeanLoRA:
             self.groups = previous
 
     def _forward_of(self, layer: LoraLinear):
-        base = layer.base_layer
+        """The layer's lean forward; a new closure (and stack cache) each time the block is entered."""
+        weight, bias = layer.base_layer.weight, layer.base_layer.bias
         adapters = {name: (layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
                     for name in layer.lora_A}
+        stacks = {}  # groups -> (A^T stacked [G, d_in, r], s * B^T stacked [G, r, d_out]), read once a block
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            result = F.linear(x, base.weight, base.bias)
-            dtype, groups = result.dtype, self.groups or layer.active_adapters
-            if len(groups) == 1 or self.groups is None:  # peft's order of operations, every active adapter
-                for name in groups:
+            result = F.linear(x, weight, bias)
+            groups = self.groups
+            if groups is None or len(groups) == 1:  # peft's operations in peft's order: the same floats
+                dtype = result.dtype
+                for name in groups or layer.active_adapters:
                     if name in adapters:
                         lora_a, lora_b, scaling = adapters[name]
-                        result = result + F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b) * scaling
-                return result.to(dtype)
-            lora_a, lora_b, scales = self._stacked(layer, adapters, groups)
-            by_group = x.to(lora_a.dtype).reshape(len(groups), -1, x.shape[-1])  # [G, rows*T, d_in]
-            update = torch.bmm(torch.bmm(by_group, lora_a), lora_b) * scales  # [G, rows*T, d_out]
-            return (result + update.reshape(result.shape)).to(dtype)
+                        low_rank = F.linear(x if x.dtype == lora_a.dtype else x.to(lora_a.dtype), lora_a)
+                        result = result + F.linear(low_rank, lora_b) * scaling
+                return result if result.dtype == dtype else result.to(dtype)
+            if groups not in stacks:
+                stacks[groups] = self._stack(adapters, groups)
+            lora_a, lora_b = stacks[groups]
+            x = x if x.dtype == lora_a.dtype else x.to(lora_a.dtype)
+            low_rank = torch.bmm(x.reshape(len(groups), -1, x.shape[-1]), lora_a)  # [G, rows*T, r]
+            by_group = result.reshape(len(groups), -1, result.shape[-1])
+            return torch.baddbmm(by_group, low_rank, lora_b.to(result.dtype)).reshape(result.shape)
 
         return forward
 
-    def _stacked(self, layer, adapters, groups):
-        key = (id(layer), groups)
-        if key not in self._stacks:
-            missing = [name for name in groups if name not in adapters]
-            if missing:
-                raise ValueError(f"LoRA layer has no adapter {missing}; it has {sorted(adapters)}")
-            a, b, s = zip(*(adapters[name] for name in groups))
-            if len({t.shape for t in a}) > 1:
-                raise ValueError("batched adapters need one LoRA rank (reasoner.lora_r == generator.lora_r), "
-                                 f"got {[t.shape[0] for t in a]}")
-            scales = torch.tensor(s, dtype=a[0].dtype, device=a[0].device)[:, None, None]
-            self._stacks[key] = (torch.stack(a).mT, torch.stack(b).mT, scales)
-        return self._stacks[key]
+    @staticmethod
+    def _stack(adapters: dict, groups: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [name for name in groups if name not in adapters]
+        if missing:
+            raise ValueError(f"LoRA layer has no adapter {missing}; it has {sorted(adapters)}")
+        lora_a, lora_b, scaling = zip(*(adapters[name] for name in groups))
+        if len({a.shape for a in lora_a}) > 1:
+            raise ValueError("batched adapters need one LoRA rank (reasoner.lora_r == generator.lora_r), "
+                             f"got {[a.shape[0] for a in lora_a]}")
+        return torch.stack(lora_a).mT, torch.stack([b * s for b, s in zip(lora_b, scaling)]).mT
