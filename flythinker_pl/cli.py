@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--repeats", type=int, default=5)
     bench_train.add_argument("--out", default="bench/train.json")
     bench_decode = _with_config(kinds.add_parser("decode", help="decoding ms/token: SFT vs FlyThinker engines"))
-    bench_decode.add_argument("--new-tokens", type=int, default=32)
+    bench_decode.add_argument("--new-tokens", type=int, default=64)
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    bench_decode.add_argument("--repeats", type=int, default=3)
+    bench_decode.add_argument("--repeats", type=int, default=5)
     bench_decode.add_argument("--out", default="bench/decode.json")
     sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
                                               "then its mean/std table, per-position table and plots")

@@ -1,4 +1,4 @@
-"""The commands users type: fit, table, bench train (functional checks; nothing is timed here)."""
+"""The commands users type: fit, table, bench train/decode (functional checks; nothing is timed here)."""
 from __future__ import annotations
 
 import json
@@ -36,6 +36,18 @@ def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, cap
     assert results[0]["ratio to sft"] == 1.0
     assert all(r["tokens/s"] > 0 for r in results)
     assert "ratio to sft" in capsys.readouterr().out
+
+
+def test_bench_decode_checks_every_engine_against_its_reference(run_config, tmp_path):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--new-tokens", "4",
+                 "--batch-sizes", "1", "3", "--repeats", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results[:5]] == ["sft", "sft (peft path)", "flythinker sequential",
+                                                 "flythinker staggered", "flythinker shared"]
+    assert [r["batch"] for r in results] == [1] * 5 + [3] * 5
+    assert all(r["greedy == reference"] is True for r in results)
+    assert all(r["ms/token"] > 0 and r["prefill ms"] > 0 for r in results) and results[0]["/ sft"] == 1.0
 
 
 def test_table_without_finished_runs_is_a_clear_error(tmp_path, capsys):

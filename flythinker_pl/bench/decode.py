@@ -1,11 +1,18 @@
 """Decoding latency: SFT and FlyThinker's sequential / staggered / shared engines on the same prompts
 and lengths (EOS suppressed, so every run makes exactly --new-tokens tokens), at each batch size,
-in one process; rounds interleaved, median of repeats, warm-up not timed.
+in one process; rounds interleaved, median of repeats, warm-up not timed. `ms/token` is a decoding
+step (what a reader waits per token); the prompt pass is reported on its own (`prefill ms`, the time
+to the first token) and folded in by `ms/token with prefill`. Ratios are of medians in the same run.
 
-    flythinker bench decode -c experiments/demo.yaml [--new-tokens 32 --batch-sizes 1 16 --repeats 3]
+    flythinker bench decode -c experiments/demo.yaml [--new-tokens 64 --batch-sizes 1 16 --repeats 5]
 
 `shared` is one base model (the Generator's) carrying both adapters, so its Reasoner has the
-Generator's size; the other FlyThinker rows use the configured Reasoner.
+Generator's size; the other FlyThinker rows use the configured Reasoner. LoRA layers run the lean
+forward (decode.lora_path=lean) except in `sft (peft path)`, the same SFT model through peft's own
+forward: both SFT rows are shown so that every ratio is honest.
+
+Before timing, every variant decodes greedily at the largest batch and the bench checks that each
+engine gives the tokens of its model's sequential engine (and SFT's two paths the same tokens).
 """
 from __future__ import annotations
 
@@ -21,12 +28,13 @@ from ..decoding.generate import generate, prompts_of
 from ..models.build import build_method
 from . import synchronize, write_json
 
-VARIANTS = {  # name: (config overrides, engine)
-    "sft": (["method=sft"], "sequential"),
-    "flythinker sequential": (["method=flythinker"], "sequential"),
-    "flythinker staggered": (["method=flythinker"], "staggered"),
-    "flythinker shared": (["method=flythinker", "reasoner.shared_base=true", "reasoner.mode=lora",
-                           "generator.mode=lora"], "shared"),
+SHARED = ["method=flythinker", "reasoner.shared_base=true", "reasoner.mode=lora", "generator.mode=lora"]
+VARIANTS = {  # name: (config overrides, engine, LoRA path)
+    "sft": (["method=sft"], "sequential", "lean"),
+    "sft (peft path)": (["method=sft"], "sequential", "peft"),
+    "flythinker sequential": (["method=flythinker"], "sequential", "lean"),
+    "flythinker staggered": (["method=flythinker"], "staggered", "lean"),
+    "flythinker shared": (SHARED, "shared", "lean"),
 }
 
 
@@ -42,11 +50,13 @@ def _rows(prompts: dict, count: int) -> dict:
             "prompt_len": prompts["prompt_len"][:count], "sample_ids": prompts["sample_ids"][:count]}
 
 
-def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, batch_sizes=(1, 16),
-                 repeats: int = 3, out: str = "bench/decode.json") -> pd.DataFrame:
+def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 64, batch_sizes=(1, 16),
+                 repeats: int = 5, out: str = "bench/decode.json") -> pd.DataFrame:
+    if new_tokens < 2:
+        raise ValueError(f"--new-tokens {new_tokens}: at least 2, so that decoding steps follow the prompt pass")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, tokenizer, base = {}, None, load_config(config_path, overrides)
-    for extra, _ in VARIANTS.values():
+    for extra, _, _ in VARIANTS.values():
         if tuple(extra) not in models:
             cfg = load_config(config_path, [*overrides, *extra])
             torch.manual_seed(cfg.seed)
@@ -63,19 +73,26 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
     if len(prompts["sample_ids"]) < max(batch_sizes):
         raise ValueError(f"the val split has {len(prompts['sample_ids'])} records, fewer than batch {max(batch_sizes)}")
 
-    def run(name: str, batch_size: int) -> float:
-        extra, engine = VARIANTS[name]
-        cfg = dataclasses.replace(base.decode, engine=engine, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    def run(name: str, batch_size: int, engine: str = "", greedy: bool = False):
+        extra, variant_engine, lora_path = VARIANTS[name]
+        cfg = dataclasses.replace(base.decode, engine=engine or variant_engine, lora_path=lora_path,
+                                  min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+                                  do_sample=base.decode.do_sample and not greedy)
         rows = _rows(prompts, batch_size)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         return generate(models[tuple(extra)], rows["ids"], rows["mask"], rows["prompt_len"], rows["sample_ids"],
-                        cfg, tokenizer.eos_token_id).seconds
+                        cfg, tokenizer.eos_token_id)
+
+    def greedy_tokens(name: str, engine: str = "") -> list:
+        return run(name, max(batch_sizes), engine, greedy=True).tokens
 
     peak = {}  # GPU memory of one batch-max run with only that variant's model resident
-    for name, (extra, _) in VARIANTS.items():
+    same_tokens = {}  # greedy tokens == the reference: sequential on the same model; SFT: peft's forward
+    for name, (extra, _, _) in VARIANTS.items():
         model = models[tuple(extra)].to(device)
-        run(name, max(batch_sizes))
+        reference = greedy_tokens("sft (peft path)") if name.startswith("sft") else greedy_tokens(name, "sequential")
+        same_tokens[name] = greedy_tokens(name) == reference
         synchronize(device)
         peak[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         if device.type == "cuda":
@@ -88,17 +105,25 @@ def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 32, b
     for batch_size in batch_sizes:
         for name in VARIANTS:  # warm-up at this batch size, not timed
             run(name, batch_size)
-        seconds = {name: [] for name in VARIANTS}
+        timings = {name: [] for name in VARIANTS}
         for _ in range(repeats):  # interleaved rounds: drift hits every variant alike
             for name in VARIANTS:
-                seconds[name].append(run(name, batch_size))
-        median = {name: statistics.median(times) for name, times in seconds.items()}
-        for name, (extra, _) in VARIANTS.items():
+                timings[name].append(run(name, batch_size))
+        # per token: the steps after the prompt pass; total: prompt pass + every step, over the tokens
+        step = {name: statistics.median((g.seconds - g.prefill_seconds) / (new_tokens - 1) for g in runs)
+                for name, runs in timings.items()}
+        total = {name: statistics.median(g.seconds / new_tokens for g in runs) for name, runs in timings.items()}
+        prefill = {name: statistics.median(g.prefill_seconds for g in runs) for name, runs in timings.items()}
+        for name, (extra, _, _) in VARIANTS.items():
             results.append({
-                "method": name, "batch": batch_size, "ms/token": round(1000 * median[name] / new_tokens, 2),
-                "tokens/s": round(batch_size * new_tokens / median[name], 1),
-                "speed vs sft": round(median["sft"] / median[name], 3),
-                "speed-up vs sequential": round(median["flythinker sequential"] / median[name], 3),
+                "method": name, "batch": batch_size, "ms/token": round(1000 * step[name], 2),
+                "/ sft": round(step[name] / step["sft"], 3),
+                "/ sequential": round(step[name] / step["flythinker sequential"], 3),
+                "prefill ms": round(1000 * prefill[name], 1),
+                "ms/token with prefill": round(1000 * total[name], 2),
+                "with prefill / sft": round(total[name] / total["sft"], 3),
+                "tokens/s": round(batch_size / total[name], 1),
+                "greedy == reference": same_tokens[name],
                 "weights MB": round(weights_mb(models[tuple(extra)]), 2),
                 "peak MB (GPU)": None if peak[name] is None else round(peak[name], 1)})
     write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "new_tokens": new_tokens,

@@ -19,7 +19,8 @@ from .sampler import Sampler
 class Generation:
     tokens: list[list[int]]  # per row, the generated ids without EOS
     num_tokens: list[int]  # per row, generated ids including EOS when it came
-    seconds: float
+    seconds: float  # prefill and every step
+    prefill_seconds: float  # the prompt pass(es) alone: time to the first token's logits
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,6 +52,8 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
     start = time.perf_counter()
     try:
         logits, state = engine.prefill(input_ids, attention_mask, prompt_len, profile_mask=profile_mask)
+        synchronize(device)
+        prefill_seconds = time.perf_counter() - start
         sampler = Sampler(cfg, sample_ids, input_ids, attention_mask, eos_ids, logits.shape[-1])
         stops = torch.tensor(eos_ids, device=device)
         produced = torch.full((len(sample_ids), cfg.max_new_tokens), eos_id, dtype=torch.long, device=device)
@@ -72,7 +75,7 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
         length = next((i for i, token in enumerate(row) if token in eos_ids), len(row))
         rows.append(row[:length])
         counts.append(min(length + 1, len(row)))
-    return Generation(rows, counts, seconds)
+    return Generation(rows, counts, seconds, prefill_seconds)
 
 
 def prompts_of(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
