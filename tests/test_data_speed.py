@@ -223,3 +223,15 @@ def test_prepared_examples_equal_the_reference_on_2000_synthetic_records(synthet
         if budgets:
             assert all(any(e["cut"][key] for e in examples) for key in ("profile", "input", "rationale"))
     assert count == (2000 if not budgets else 500)
+
+
+def test_a_backend_set_to_truncate_is_called_through_the_tokenizer(tokenizer):
+    """The Rust backend is called directly only where it gives what the tokenizer's call gives."""
+    truncating = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(
+        tokenizer.backend_tokenizer.to_str()), eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    truncating.chat_template = tokenizer.chat_template
+    truncating.backend_tokenizer.enable_truncation(8)
+    cfg = fixture_cfg("abstract_generation", k=2)
+    records = load_split(cfg, "val").records
+    examples = prepare_records(records, cfg, truncating, False)  # first: the tokenizer's call lifts the truncation
+    assert_same_examples(examples, [reference_prepare(r, cfg, tokenizer, False) for r in records])
