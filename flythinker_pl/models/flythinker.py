@@ -47,13 +47,8 @@ class FlyThinker(SFT):
         return embedding_norm(self.generator.get_input_embeddings())
 
     def run_reasoner(self, input_ids, attention_mask, positions, cache=None):
-        """Final hidden states, on the Generator's device. `cache` may be a Reasoner that keeps its
-        cache elsewhere, called as cache(input_ids, attention_mask, positions) -> hidden: the Reasoner
-        then runs where its cache lives (a worker process, decoding/reasoner_process.py)."""
-        if callable(cache):
-            hidden = cache(input_ids, attention_mask, positions)
-        else:
-            hidden, cache = self.reasoner_forward(input_ids, attention_mask, positions, cache)
+        """Final hidden states, on the Generator's device."""
+        hidden, cache = self.reasoner_forward(input_ids, attention_mask, positions, cache)
         return hidden.to(self.generator_device, non_blocking=True), cache
 
     def reasoner_forward(self, input_ids, attention_mask, positions, cache=None):
@@ -102,12 +97,11 @@ class FlyThinker(SFT):
                                                     profile_mask=profile_mask)
         return self.run_generator(embeds, attention_mask, positions, logits_to_keep=logits_to_keep).logits
 
-    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None, reasoner_cache=None):
-        """`reasoner_cache`: where the Reasoner's prompt pass is kept (see run_reasoner); default a new one."""
+    def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         latent_norm = self.latent_norm()
         embeds, positions, latents, reasoner_cache = self.fused_embeds(
-            input_ids, attention_mask, prompt_len, latent_norm,
-            reasoner_cache=DecodeCache() if reasoner_cache is None else reasoner_cache, profile_mask=profile_mask)
+            input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=DecodeCache(),
+            profile_mask=profile_mask)
         out = self.run_generator(embeds, attention_mask, positions, cache=DecodeCache(), last_only=True)
         reasoner_mask = self.reasoner_mask(attention_mask, profile_mask)
         state = DecodeState(attention_mask, prompt_len, out.past_key_values, reasoner_cache,
