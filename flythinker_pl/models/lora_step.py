@@ -84,10 +84,12 @@ class LeanLoRA:
             if groups not in stacks:
                 stacks[groups] = self._stack(adapters, groups)
             lora_a, lora_b = stacks[groups]
-            x = x if x.dtype == lora_a.dtype else x.to(lora_a.dtype)
-            low_rank = torch.bmm(x.reshape(len(groups), -1, x.shape[-1]), lora_a)  # [G, rows*T, r]
-            by_group = result.reshape(len(groups), -1, result.shape[-1])
-            return torch.baddbmm(by_group, low_rank, lora_b.to(result.dtype)).reshape(result.shape)
+            count = len(groups)  # group g is rows [g*n, (g+1)*n): contiguous, so views split them
+            if x.dtype is lora_a.dtype is result.dtype:  # (`is`: dtypes are singletons; cheaper than ==)
+                low_rank = torch.bmm(x.view(count, -1, x.shape[-1]), lora_a)  # [G, n*T, r]
+                return torch.baddbmm(result.view(count, -1, result.shape[-1]), low_rank, lora_b).view(result.shape)
+            update = torch.bmm(torch.bmm(x.reshape(count, -1, x.shape[-1]).to(lora_a.dtype), lora_a), lora_b)
+            return (result + update.view(result.shape)).to(result.dtype)  # peft: add in the adapter's dtype
 
         return forward
 

@@ -57,21 +57,22 @@ class SharedBaseFlyThinker(FlyThinker):
             return super().run_generator(*args, **kwargs)
 
     def merge_caches(self, state: DecodeState) -> None:
-        """After prefill: the Generator's rows then the Reasoner's rows in one cache."""
+        """After prefill: the Generator's rows then the Reasoner's rows in one cache, and one mask
+        over both (the two read the same tokens, so their masks and positions are equal)."""
         state.generator_cache = concat_caches(state.generator_cache, state.reasoner_cache)
+        state.attention_mask = state.attention_mask.repeat(2, 1)
         state.reasoner_cache = None
 
     def batched_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
         """Both models' step as one forward of 2B rows (needs merge_caches after prefill, and the
         lean LoRA forward installed)."""
         batch = tokens.shape[0]
-        positions = state.append_token()
-        inject = self.fusion.injection_mask(torch.ones_like(positions), positions, state.prompt_len)
+        positions = state.append_token()  # [2B, 1]
+        inject = self.fusion.injection_mask(torch.ones_like(positions[:batch]), positions[:batch], state.prompt_len)
         token_embeds = self.embed(tokens[:, None])
         embeds = torch.cat([add_latents(token_embeds, state.latents[:, None], inject), token_embeds])
         with self.lora.rows("generator", "reasoner"):  # the decoder only: the LM head reads the Generator's rows
-            hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask.repeat(2, 1),
-                                   position_ids=positions.repeat(2, 1), past_key_values=state.generator_cache,
-                                   use_cache=True).last_hidden_state[:, -1]
+            hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask, position_ids=positions,
+                                   past_key_values=state.generator_cache, use_cache=True).last_hidden_state[:, -1]
         state.latents = self.fusion(hidden[batch:], state.latent_norm)
         return self.generator.get_output_embeddings()(hidden[:batch])
