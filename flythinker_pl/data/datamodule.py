@@ -54,7 +54,8 @@ def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedT
 
 def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
                    rationale: Optional[str] = None) -> dict:
-    return prepare_records([record], cfg, tokenizer, train, {record["id"]: rationale} if rationale is not None else None)[0]
+    rationales = {record["id"]: rationale} if rationale is not None else None
+    return prepare_records([record], cfg, tokenizer, train, rationales)[0]
 
 
 def pretraining_corpus(cfg: DataConfig) -> list[str]:

@@ -56,7 +56,7 @@ def _backend(tokenizer: PreTrainedTokenizerBase):
 
 def batch_token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """token_ids of each text, in one call (a fast tokenizer spreads it over its threads, and skips
-    the offsets, half of its work)."""
+    the offsets: a third of its work)."""
     backend = _backend(tokenizer)
     if backend is None:
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -77,12 +77,16 @@ def truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> 
     return ""
 
 
-def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], budget: int) -> tuple[str, int, bool]:
-    """(history text, items kept, whether anything was dropped or cut) within `budget` tokens."""
+def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], budget: int,
+                tokens: Optional[int] = None) -> tuple[str, int, bool]:
+    """(history text, items kept, whether anything was dropped or cut) within `budget` tokens.
+    `tokens`: the whole history's token count, when known (it is tokenised again only to drop or cut)."""
     kept = list(rendered_items)
-    while len(kept) > 1 and len(token_ids(tokenizer, history(kept))) > budget:
+    tokens = len(token_ids(tokenizer, history(kept))) if tokens is None else tokens
+    while len(kept) > 1 and tokens > budget:
         kept.pop()
-    text = truncate(tokenizer, history(kept), budget)
+        tokens = len(token_ids(tokenizer, history(kept)))
+    text = history(kept) if tokens <= budget else truncate(tokenizer, history(kept), budget)
     cut = len(kept) < len(rendered_items) or text != history(kept)
     return text, len(kept) if text else 0, cut
 
@@ -147,7 +151,8 @@ def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig
 
 
 def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list[Optional[str]], cfg: DataConfig,
-                  tokenizer: PreTrainedTokenizerBase, train: bool, head: str, history_tokens: dict[str, int]) -> list[dict]:
+                  tokenizer: PreTrainedTokenizerBase, train: bool, head: str,
+                  history_tokens: dict[str, int]) -> list[dict]:
     rendered = [[render_profile_item(cfg.task, item) for item in record_items] for record_items in items]
     histories = [history(r) for r in rendered]  # every item shown, if it fits
     new = list(dict.fromkeys(h for h in histories if h not in history_tokens))
@@ -160,15 +165,13 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
     rationale_tokens = [len(next(ids)) if r is not None else 0 for r in rationales]
 
     prompts, spans, fits = [], [], []
-    for record, items_text, whole, query_ids, rationale, n_rationale in zip(
+    for record, items_text, whole, query_ids, rationale, rationale_size in zip(
             records, rendered, histories, queries, rationales, rationale_tokens):
-        if history_tokens[whole] <= cfg.profile_tokens:  # what fit_history returns then, without tokenising again
-            history_text, kept, profile_cut = whole, len(items_text) if whole else 0, False
-        else:
-            history_text, kept, profile_cut = fit_history(tokenizer, items_text, cfg.profile_tokens)
+        history_text, kept, profile_cut = fit_history(tokenizer, items_text, cfg.profile_tokens,
+                                                      history_tokens[whole])
         query = record["input"] if len(query_ids) <= cfg.input_tokens else \
             truncate(tokenizer, record["input"], cfg.input_tokens)
-        if rationale is not None and n_rationale > cfg.rationale_tokens:
+        if rationale is not None and rationale_size > cfg.rationale_tokens:
             rationale = truncate(tokenizer, rationale, cfg.rationale_tokens)
         message = user_message(cfg.task, history_text, query)
         prompt = chat_prompt(tokenizer, message, cfg.system_prompt)

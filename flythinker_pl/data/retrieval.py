@@ -8,11 +8,13 @@ import math
 import random
 from collections import Counter
 from functools import lru_cache
+from itertools import count
 from typing import Optional
 
 import numpy as np
 
 RETRIEVERS = ("bm25", "recency", "random", "none")
+_NO_ENTRY = np.iinfo(np.int64).max
 
 
 def bm25_query(task: str, query: str) -> str:
@@ -30,7 +32,7 @@ def bm25_document(task: str, item: dict) -> str:
     return f'{item["summary"]} {item["content"]}'
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def _idf_by_document_frequency(corpus_size: int) -> np.ndarray:
     """rank-bm25's idf of a term in `df` of `corpus_size` documents, for every df (before its floor)."""
     return np.array([math.log(corpus_size - df + 0.5) - math.log(df + 0.5) for df in range(corpus_size + 1)])
@@ -45,16 +47,19 @@ class BM25Corpus:
     def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
         self.k1, self.b, self.epsilon = k1, b, epsilon
         self.term_ids: dict[str, int] = {}
-        self.documents: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # text -> distinct term ids (in
-        # order of first occurrence, as rank-bm25 counts them), their counts
+        self.documents: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        # scratch per term id, unset again after each profile (so a profile's terms need no sort): in
+        # how many of its documents, its first entry, its row of query term frequencies
+        self._df = self._first = self._row = np.zeros(0, dtype=np.int64)
 
     def document(self, text: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(distinct term ids in order of first occurrence, as rank-bm25 counts them; their counts; length)."""
         if text not in self.documents:
             terms = text.split()
             counts = Counter(terms)
-            ids = [self.term_ids.setdefault(term, len(self.term_ids)) for term in counts]
-            self.documents[text] = np.array(ids), np.array(list(counts.values())), len(terms)
+            self.term_ids.update(zip([t for t in counts if t not in self.term_ids], count(len(self.term_ids))))
+            self.documents[text] = (np.fromiter(map(self.term_ids.__getitem__, counts), np.int64, len(counts)),
+                                    np.fromiter(counts.values(), np.int64, len(counts)), len(terms))
         return self.documents[text]
 
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
@@ -63,25 +68,30 @@ class BM25Corpus:
         n, avgdl, doc_len = len(documents), sum(doc_len) / len(documents), np.array(doc_len)
         doc_of = np.repeat(np.arange(n), [len(i) for i in ids])
         ids, counts = np.concatenate(ids), np.concatenate(counts)
-        # the profile's distinct terms (sorted ids), where each first occurs, and in how many documents
-        terms, first, local, df = np.unique(ids, return_index=True, return_inverse=True, return_counts=True)
-        idf = _idf_by_document_frequency(n)[df]
+        entries = np.arange(len(ids))
         query_ids = np.array([self.term_ids.get(term, -1) for term in query.split()], dtype=np.int64)
-        where = np.searchsorted(terms, query_ids).clip(max=len(terms) - 1)
-        where = where[terms[where] == query_ids]  # the query's terms in the profile, in query order
-        if not len(where):  # (a term in no document adds exactly 0 to every score)
+        if len(self._df) <= len(self.term_ids):  # one spare slot at the end: id -1, a term in no document
+            size = 2 * len(self.term_ids) + 1
+            self._df, self._first, self._row = np.zeros(size, np.int64), np.full(size, _NO_ENTRY), np.full(size, -1)
+        df, first, row = self._df, self._first, self._row
+        np.add.at(df, ids, 1)
+        np.minimum.at(first, ids, entries)
+        entry_df, is_first, query_df = df[ids], first[ids] == entries, df[query_ids]
+        query_ids, query_df = query_ids[query_df > 0], query_df[query_df > 0]  # the others add exactly 0
+        row[query_ids] = np.arange(len(query_ids))  # a term's row (a repeated query term: one of its rows)
+        entry_row, query_row = row[ids], row[query_ids]
+        df[ids], first[ids], row[query_ids] = 0, _NO_ENTRY, -1
+        if not len(query_ids):
             return np.zeros(n)
-        weights = idf[where]
+        idf = _idf_by_document_frequency(n)
+        weights = idf[query_df]
         if (weights < 0).any():  # rank-bm25 floors a negative idf at epsilon * the mean idf, whose sum
-            idf_sum = float(np.cumsum(idf[np.argsort(first)])[-1])  # runs in order of first occurrence
-            weights[weights < 0] = self.epsilon * (idf_sum / len(terms))
-        row = np.full(len(terms), -1)  # a row of term frequencies per query term (a repeated term: its last)
-        row[where] = np.arange(len(where))
-        entry_row = row[local]
+            first_df = entry_df[is_first]  # runs over the terms in order of first occurrence
+            weights[weights < 0] = self.epsilon * (float(np.cumsum(idf[first_df])[-1]) / len(first_df))
         hit = entry_row >= 0
-        frequency = np.zeros((len(where), n))
+        frequency = np.zeros((len(query_ids), n))
         frequency[entry_row[hit], doc_of[hit]] = counts[hit]
-        frequency = frequency[row[where]]
+        frequency = frequency[query_row]
         term_scores = weights[:, None] * (frequency * (self.k1 + 1) /
                                           (frequency + self.k1 * (1 - self.b + self.b * doc_len / avgdl)))
         return np.cumsum(term_scores, axis=0)[-1] + 0.0  # summed term by term, as rank-bm25 does (+0.0: no -0.0)
