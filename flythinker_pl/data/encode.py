@@ -97,8 +97,10 @@ def tokens_and_span_masks(tokenizer: PreTrainedTokenizerBase, texts: list[str],
     if not tokenizer.is_fast:
         return [_slow_tokens_and_span_mask(tokenizer, text, span) for text, span in zip(texts, spans)]
     backend = _backend(tokenizer)
-    encodings = backend.encode_batch(texts, add_special_tokens=False) if backend is not None else \
-        tokenizer(texts, add_special_tokens=False).encodings if texts else []
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+    else:
+        encodings = tokenizer(texts, add_special_tokens=False).encodings if texts else []
     results = []
     for encoding, (start, end) in zip(encodings, spans):
         mask = np.zeros(len(encoding.ids), dtype=np.int8)
