@@ -13,7 +13,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span test test-all bench-train \
-	bench-decode bench-data real-data real-amazon pretrain tensorboard constraints clean
+	bench-decode bench-data gpu-check real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-21s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ bench-train: $(STAMP) ## training tokens/s: SFT vs FlyThinker (Reasoner frozen/L
 
 bench-decode: $(STAMP) ## decoding ms/token at batch 1 and 16: SFT vs FlyThinker engines, table + bench/decode.json
 	$(OFFLINE) $(FLY) bench decode -c experiments/demo.yaml --out bench/decode.json
+
+gpu-check: $(STAMP) ## every CUDA path at paper sizes (Qwen2.5 0.5B/1.5B/3B, random weights; tiny on CPU) -> bench/gpu_check.json + .md
+	$(OFFLINE) $(FLY) gpu-check --out bench/gpu_check.json
 
 bench-data: $(STAMP) ## records/s preparing 20,000 records (retrieval + rendering + tokenisation)
 	$(OFFLINE) $(PY) -m flythinker_pl.data.bench_prepare

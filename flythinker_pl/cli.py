@@ -10,6 +10,7 @@
     flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
     flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
     flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
+    flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
 """
 from __future__ import annotations
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     bench_decode.add_argument("--repeats", type=int, default=5)
     bench_decode.add_argument("--out", default="bench/decode.json")
+    gpu_check = commands.add_parser("gpu-check", help="every CUDA path at the paper's sizes (tiny ones on CPU): "
+                                                      "parity, training and decoding speed; JSON + markdown")
+    gpu_check.add_argument("--out", default="bench/gpu_check.json", help="JSON; the markdown table goes beside it")
+    gpu_check.add_argument("--sizes", choices=["paper", "tiny"], help="default: paper on CUDA, tiny on CPU")
+    gpu_check.add_argument("--only", nargs="+", choices=["parity", "train", "decode", "two_gpu", "ddp"],
+                           help="run only these sections")
     sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
                                               "then its mean/std table, per-position table and plots")
     sweep.add_argument("file", help="sweep YAML (see ablations/ and flythinker_pl/lit/sweep.py)")
@@ -166,6 +173,13 @@ def bench(args):
     print(f"written {args.out}")
 
 
+def gpu_check(args):
+    from .bench.gpu_check import gpu_check as check, markdown
+
+    print(markdown(check(args.out, args.sizes or "", args.only)))
+    print(f"written {args.out} and {Path(args.out).with_suffix('.md')}")
+
+
 def sweep(args):
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -192,7 +206,7 @@ def sweep(args):
 
 
 COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
-            "pretrain": pretrain, "bench": bench, "sweep": sweep}
+            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "sweep": sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,106 @@
+"""`flythinker gpu-check` at tiny sizes on CPU: the script behind `make gpu-check` runs every section,
+reports each one, and keeps going when one fails (the CUDA numbers themselves need a GPU)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from flythinker_pl.bench import gpu_check
+from flythinker_pl.cli import main
+
+PARITY_CHECKS = {
+    "flythinker: teacher-forced == incremental (sequential)", "flythinker: teacher-forced == incremental (staggered)",
+    "sft: teacher-forced == incremental", "flythinker: greedy tokens staggered == sequential",
+    "lambda = 0 == sft: teacher-forced logits", "lambda = 0 == sft: greedy tokens (staggered vs sft)",
+    "latents move the logits (the checks above can see a misplaced one)",
+    "shared base: teacher-forced == incremental (sequential)", "shared base: teacher-forced == incremental (shared)",
+    "shared base: greedy tokens shared == sequential", "LoRA adapters move the logits (a wrong adapter would show)"}
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert main(["gpu-check", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    environment = report["environment"]
+    assert environment["sizes"] == "tiny" and environment["date"] and environment["torch"] == torch.__version__
+    assert set(report["architectures"]) == {"tiny-3B", "tiny-0.5B", "tiny-1.5B"}
+    sections = report["sections"]
+    assert list(sections) == ["parity", "train", "decode", "two_gpu", "ddp"]
+    assert all(positive(s["seconds"]) for s in sections.values())
+
+    parity = sections["parity"]
+    assert parity["status"] == "ok", parity["rows"]
+    assert {(r["check"], r["dtype"]) for r in parity["rows"]} == {
+        (check, dtype) for check in PARITY_CHECKS for dtype in ("float32", "bfloat16")}
+    exact = [r for r in parity["rows"] if r["check"].startswith("lambda = 0")]
+    assert all(r["value"] in (0, 1) for r in exact)  # logits bit-equal, tokens all equal
+    assert parity["tolerances"] == {"cpu/float32": 1e-5, "cpu/bfloat16": 1e-1}
+
+    train = sections["train"]
+    assert train["status"] == "ok", train["rows"]
+    assert [r["variant"] for r in train["rows"]] == [
+        "sft", *(f"flythinker {size} {mode}" for size in ("0.5B", "1.5B") for mode in ("frozen", "lora", "full")),
+        "flythinker shared base"]
+    for row in train["rows"]:
+        assert positive(row["tokens/s"]) and positive(row["ms/step"]) and positive(row["weights GB"])
+        assert math.isfinite(row["loss"]) and row["peak GB"] is None  # no GPU: not measured
+    assert train["rows"][0]["time / sft"] == 1.0
+
+    decode = sections["decode"]
+    assert decode["status"] == "ok", decode["rows"]
+    assert [(r["method"], r["batch"]) for r in decode["rows"]] == [
+        (method, batch) for batch in (1, 2) for method in gpu_check.DECODE_VARIANTS]
+    for row in decode["rows"]:
+        assert positive(row["ms/token"]) and positive(row["prefill ms"]) and positive(row["tokens/s"])
+    assert all(r["/ sft"] == 1.0 for r in decode["rows"] if r["method"] == "sft")
+    assert all(positive(r["/ sequential"]) for r in decode["rows"] if r["method"].startswith("flythinker"))
+
+    assert sections["two_gpu"]["status"] == "skipped: no CUDA device"
+    assert sections["ddp"]["status"].startswith("skipped: no CUDA device")
+
+    table = out.with_suffix(".md").read_text()
+    for name, section in sections.items():
+        assert f"## {name}: {section['status']}" in table
+    assert "| flythinker staggered" in table and "tolerance:" in table
+    assert table in capsys.readouterr().out
+
+
+def test_a_failing_section_is_reported_and_the_next_one_runs(tmp_path, monkeypatch):
+    def out_of_memory(plan, device, out_of_time):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setitem(gpu_check.SECTIONS, "parity", out_of_memory)
+    out = tmp_path / "check.json"
+    gpu_check.gpu_check(str(out), "tiny", only=["parity", "two_gpu"])
+    sections = json.loads(out.read_text())["sections"]
+    assert sections["parity"]["status"] == "failed: CUDA out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert "traceback" in sections["parity"]
+    assert sections["two_gpu"]["status"] == "skipped: no CUDA device"
+    assert "## parity: failed: CUDA out of memory" in out.with_suffix(".md").read_text()
+
+
+def test_paper_architectures_are_qwen25_instruct():
+    """The values of Qwen2.5-{0.5B,1.5B,3B}-Instruct's config.json (not downloaded: written in the module)."""
+    sizes = {name: (a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"], a["num_attention_heads"],
+                    a["num_key_value_heads"]) for name, a in gpu_check.ARCHITECTURES.items()}
+    assert sizes["Qwen2.5-0.5B-Instruct"] == (896, 4864, 24, 14, 2)
+    assert sizes["Qwen2.5-1.5B-Instruct"] == (1536, 8960, 28, 12, 2)
+    assert sizes["Qwen2.5-3B-Instruct"] == (2048, 11008, 36, 16, 2)
+    paper = gpu_check.PLANS["paper"]
+    for name in (paper.generator, *paper.reasoners):
+        assert gpu_check.ARCHITECTURES[name]["vocab_size"] == 151936 and gpu_check.ARCHITECTURES[name]["tie_word_embeddings"]
+
+
+@pytest.mark.slow
+def test_ddp_section_keeps_replicas_identical_over_gloo():
+    """The NCCL section's code, over gloo on CPU: two processes, different data, identical replicas."""
+    result = gpu_check.check_ddp(gpu_check.PLANS["tiny"], torch.device("cpu"), lambda: False, backend="gloo")
+    assert result["status"] == "ok", result
+    assert result["rows"][0]["replicas identical"] and result["rows"][0]["weights changed"]
