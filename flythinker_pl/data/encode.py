@@ -77,18 +77,30 @@ def truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> 
     return ""
 
 
-def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], budget: int,
-                tokens: Optional[int] = None) -> tuple[str, int, bool]:
-    """(history text, items kept, whether anything was dropped or cut) within `budget` tokens.
-    `tokens`: the whole history's token count, when known (it is tokenised again only to drop or cut)."""
-    kept = list(rendered_items)
-    tokens = len(token_ids(tokenizer, history(kept))) if tokens is None else tokens
-    while len(kept) > 1 and tokens > budget:
-        kept.pop()
-        tokens = len(token_ids(tokenizer, history(kept)))
-    text = history(kept) if tokens <= budget else truncate(tokenizer, history(kept), budget)
-    cut = len(kept) < len(rendered_items) or text != history(kept)
-    return text, len(kept) if text else 0, cut
+def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], budget: int) -> tuple[str, int, bool]:
+    """(history text, items kept, whether anything was dropped or cut) within `budget` tokens."""
+    return fit_histories(tokenizer, [rendered_items], budget)[0]
+
+
+def fit_histories(tokenizer: PreTrainedTokenizerBase, rendered: list[list[str]], budget: int,
+                  tokens: Optional[list[int]] = None) -> list[tuple[str, int, bool]]:
+    """fit_history of each record's rendered items. `tokens`: each whole history's token count, when
+    known. Items are dropped in rounds, one tokenizer call per round for the histories still over budget."""
+    kept = [len(items) for items in rendered]
+    if tokens is None:
+        tokens = [len(ids) for ids in batch_token_ids(tokenizer, [history(items) for items in rendered])]
+    tokens = list(tokens)
+    while over := [i for i, size in enumerate(tokens) if size > budget and kept[i] > 1]:
+        for i in over:
+            kept[i] -= 1
+        for i, ids in zip(over, batch_token_ids(tokenizer, [history(rendered[i][: kept[i]]) for i in over])):
+            tokens[i] = len(ids)
+    fits = []
+    for items, n, size in zip(rendered, kept, tokens):
+        whole = history(items[:n])
+        text = whole if size <= budget else truncate(tokenizer, whole, budget)
+        fits.append((text, n if text else 0, n < len(items) or text != whole))
+    return fits
 
 
 def tokens_and_span_masks(tokenizer: PreTrainedTokenizerBase, texts: list[str],
@@ -166,11 +178,10 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
     queries, targets = [next(ids) for _ in records], [next(ids) for _ in records]
     rationale_tokens = [len(next(ids)) if r is not None else 0 for r in rationales]
 
+    fitted = fit_histories(tokenizer, rendered, cfg.profile_tokens, [history_tokens[h] for h in histories])
     prompts, spans, fits = [], [], []
-    for record, items_text, whole, query_ids, rationale, rationale_size in zip(
-            records, rendered, histories, queries, rationales, rationale_tokens):
-        history_text, kept, profile_cut = fit_history(tokenizer, items_text, cfg.profile_tokens,
-                                                      history_tokens[whole])
+    for record, (history_text, kept, profile_cut), query_ids, rationale, rationale_size in zip(
+            records, fitted, queries, rationales, rationale_tokens):
         query = record["input"] if len(query_ids) <= cfg.input_tokens else \
             truncate(tokenizer, record["input"], cfg.input_tokens)
         if rationale is not None and rationale_size > cfg.rationale_tokens:
