@@ -72,16 +72,21 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     assert table in capsys.readouterr().out
 
 
-def test_a_failing_section_is_reported_and_the_next_one_runs(tmp_path, monkeypatch):
-    def out_of_memory(plan, device, out_of_time):
+def test_failures_are_reported_and_the_rest_runs(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setitem(gpu_check.SECTIONS, "parity", out_of_memory)
+    monkeypatch.setitem(gpu_check.SECTIONS, "parity", out_of_memory)  # a whole section fails
+    monkeypatch.setattr(gpu_check, "make_shared", out_of_memory)  # one model of a section fails
     out = tmp_path / "check.json"
-    gpu_check.gpu_check(str(out), "tiny", only=["parity", "two_gpu"])
+    gpu_check.gpu_check(str(out), "tiny", only=["parity", "decode", "two_gpu"])
     sections = json.loads(out.read_text())["sections"]
-    assert sections["parity"]["status"] == "failed: CUDA out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
-    assert "traceback" in sections["parity"]
+    oom = "failed: CUDA out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert sections["parity"]["status"] == oom and "traceback" in sections["parity"]
+    decode = sections["decode"]
+    assert decode["status"] == "failed: 2 of 10 rows"
+    assert [r["status"] for r in decode["rows"] if r["method"] == "flythinker shared"] == [oom, oom]
+    assert all(positive(r["ms/token"]) for r in decode["rows"] if r["method"] != "flythinker shared")
     assert sections["two_gpu"]["status"] == "skipped: no CUDA device"
     assert "## parity: failed: CUDA out of memory" in out.with_suffix(".md").read_text()
 
@@ -95,7 +100,9 @@ def test_paper_architectures_are_qwen25_instruct():
     assert sizes["Qwen2.5-3B-Instruct"] == (2048, 11008, 36, 16, 2)
     paper = gpu_check.PLANS["paper"]
     for name in (paper.generator, *paper.reasoners):
-        assert gpu_check.ARCHITECTURES[name]["vocab_size"] == 151936 and gpu_check.ARCHITECTURES[name]["tie_word_embeddings"]
+        architecture = gpu_check.ARCHITECTURES[name]
+        assert architecture["vocab_size"] == 151936 and architecture["tie_word_embeddings"]
+        assert architecture["rope_theta"] == 1e6 and architecture["rms_norm_eps"] == 1e-6
 
 
 @pytest.mark.slow

@@ -375,7 +375,7 @@ def parity_rows(plan: Plan, device: torch.device, dtype: torch.dtype) -> list[di
 
 def check_parity(plan: Plan, device: torch.device, out_of_time: Callable[[], bool]) -> dict:
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.bfloat16, torch.float32):  # bf16 first: what runs on a GPU
         if out_of_time():
             rows.append({"check": "(all)", "dtype": str(dtype).removeprefix("torch."), "ok": False,
                          "detail": "skipped: time budget"})
@@ -475,11 +475,20 @@ DECODE_VARIANTS = {  # row: (model, engine)
 
 
 def decode_models(plan: Plan, device: torch.device, dtype) -> dict:
-    generator = make_generator(plan, dtype, device)
-    return {"sft": SFT(generator).eval(),
-            "sft fp32": SFT(make_generator(plan, torch.float32, device)).eval(),
-            "flythinker": make_flythinker(plan, plan.reasoners[0], "lora", dtype, device, generator=generator).eval(),
-            "shared": make_shared(plan, dtype, device).eval()}
+    """name -> method, or the failure that building it met (then only its rows fail)."""
+    models = {}
+    builders = {"sft": lambda: SFT(make_generator(plan, dtype, device)),
+                "flythinker": lambda: make_flythinker(plan, plan.reasoners[0], "lora", dtype, device,  # SFT's Generator
+                                                      generator=getattr(models["sft"], "generator", None)),
+                "shared": lambda: make_shared(plan, dtype, device),
+                "sft fp32": lambda: SFT(make_generator(plan, torch.float32, device))}
+    for name, build in builders.items():
+        try:
+            models[name] = build().eval()
+        except Exception as error:
+            models[name] = failure(error)
+            release(device)
+    return models
 
 
 def decode_runner(models: dict, variants: dict, device: torch.device, batch: dict, vocab: int):
@@ -515,7 +524,7 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     vocab = ARCHITECTURES[plan.generator]["vocab_size"]
     models = decode_models(plan, device, dtype)
-    weights = {name: weights_gb(model) for name, model in models.items()}
+    weights = {name: weights_gb(model) for name, model in models.items() if not isinstance(model, str)}
     rows, tokens = [], plan.decode_tokens
     for size in plan.decode_batches:
         if out_of_time():
@@ -525,7 +534,10 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
                           torch.zeros(size, 0, dtype=torch.long), vocab, seed=size, device=device)
         run = decode_runner(models, DECODE_VARIANTS, device, batch, vocab)
         status, extra = {}, {}
-        for variant in DECODE_VARIANTS:  # warm-up (not timed); the memory it takes above the weights
+        for variant, (model, _) in DECODE_VARIANTS.items():  # warm-up (not timed); memory above the weights
+            if isinstance(models[model], str):
+                status[variant] = models[model]
+                continue
             try:
                 before = reset_peak(device)
                 run(variant, tokens)
