@@ -741,7 +741,7 @@ def gpu_check(out: str = "bench/gpu_check.json", sizes: str = "", only: Optional
 
 def _table(rows: list[dict]) -> str:
     frame = pd.DataFrame(rows)
-    return frame.to_markdown(index=False, floatfmt=".4g")
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
 def markdown(report: dict) -> str:
