@@ -317,60 +317,58 @@ def greedy_row(check: str, dtype, reference: list, tokens: list, reference_logit
             "ok": bool(ok and (tolerance > 0 or not parted)), "detail": detail}
 
 
-def parity_rows(plan: Plan, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def parity_rows(plan: Plan, device: torch.device, dtype: torch.dtype):
+    """The parity checks' rows, one at a time (a failure midway keeps the rows before it)."""
     tolerance = TOLERANCE[(device.type, dtype)]
     vocab = ARCHITECTURES[plan.generator]["vocab_size"]
     count = plan.parity_batch
     lengths = [plan.parity_prompt - (plan.parity_prompt // 4) * i // max(count - 1, 1) for i in range(count)]
     response = random_tokens(torch.Generator().manual_seed(1), vocab, count, plan.parity_tokens)
     batch = sequences(plan.parity_prompt, lengths, response, vocab, seed=0, device=device)
-    rows = []
+
+    def after_prompts(tokens: list[list[int]]) -> dict:  # the same prompts, followed by `tokens`
+        return sequences(plan.parity_prompt, lengths, torch.tensor(tokens), vocab, seed=0, device=device)
 
     flythinker = make_flythinker(plan, plan.reasoners[0], "lora", dtype, device).eval()
     sft = SFT(flythinker.generator)
     reference = teacher_forced(flythinker, batch)
     for engine in ("sequential", "staggered"):
-        rows.append(logit_row(f"flythinker: teacher-forced == incremental ({engine})", dtype,
-                              relative_diff(incremental(flythinker, engine, batch), reference), tolerance))
+        yield logit_row(f"flythinker: teacher-forced == incremental ({engine})", dtype,
+                        relative_diff(incremental(flythinker, engine, batch), reference), tolerance)
     sft_reference = teacher_forced(sft, batch)
-    rows.append(logit_row("sft: teacher-forced == incremental", dtype,
-                          relative_diff(incremental(sft, "sequential", batch), sft_reference), tolerance))
+    yield logit_row("sft: teacher-forced == incremental", dtype,
+                    relative_diff(incremental(sft, "sequential", batch), sft_reference), tolerance)
     tokens = {engine: greedy(flythinker, engine, batch, plan.parity_tokens, vocab)
               for engine in ("sequential", "staggered")}
-    chain = teacher_forced(flythinker, sequences(plan.parity_prompt, lengths, torch.tensor(tokens["sequential"]),
-                                                 vocab, seed=0, device=device))
-    rows.append(greedy_row("flythinker: greedy tokens staggered == sequential", dtype, tokens["sequential"],
-                           tokens["staggered"], chain, tolerance))
+    yield greedy_row("flythinker: greedy tokens staggered == sequential", dtype, tokens["sequential"],
+                     tokens["staggered"], teacher_forced(flythinker, after_prompts(tokens["sequential"])), tolerance)
     flythinker.fusion.cfg.lam = 0.0
     try:
         without_latents = teacher_forced(flythinker, batch)
-        rows.append(logit_row("lambda = 0 == sft: teacher-forced logits", dtype,
-                              relative_diff(without_latents, sft_reference), 0.0))
-        rows.append(greedy_row("lambda = 0 == sft: greedy tokens (staggered vs sft)", dtype,
-                               greedy(sft, "sequential", batch, plan.parity_tokens, vocab),
-                               greedy(flythinker, "staggered", batch, plan.parity_tokens, vocab), None, 0.0))
+        yield logit_row("lambda = 0 == sft: teacher-forced logits", dtype,
+                        relative_diff(without_latents, sft_reference), 0.0)
+        yield greedy_row("lambda = 0 == sft: greedy tokens (staggered vs sft)", dtype,
+                         greedy(sft, "sequential", batch, plan.parity_tokens, vocab),
+                         greedy(flythinker, "staggered", batch, plan.parity_tokens, vocab), None, 0.0)
     finally:
         flythinker.fusion.cfg.lam = LAM
-    rows.append(logit_row("latents move the logits (the checks above can see a misplaced one)", dtype,
-                          relative_diff(reference, without_latents), POWER * tolerance, above=True))
+    yield logit_row("latents move the logits (the checks above can see a misplaced one)", dtype,
+                    relative_diff(reference, without_latents), POWER * tolerance, above=True)
     del flythinker, sft
     release(device)
 
     shared = make_shared(plan, dtype, device).eval()
     reference = teacher_forced(shared, batch)  # peft's forward, switching adapters between the two passes
     for engine in ("sequential", "shared"):
-        rows.append(logit_row(f"shared base: teacher-forced == incremental ({engine})", dtype,
-                              relative_diff(incremental(shared, engine, batch), reference), tolerance))
+        yield logit_row(f"shared base: teacher-forced == incremental ({engine})", dtype,
+                        relative_diff(incremental(shared, engine, batch), reference), tolerance)
     tokens = {engine: greedy(shared, engine, batch, plan.parity_tokens, vocab) for engine in ("sequential", "shared")}
-    chain = teacher_forced(shared, sequences(plan.parity_prompt, lengths, torch.tensor(tokens["sequential"]),
-                                             vocab, seed=0, device=device))
-    rows.append(greedy_row("shared base: greedy tokens shared == sequential", dtype, tokens["sequential"],
-                           tokens["shared"], chain, tolerance))
+    yield greedy_row("shared base: greedy tokens shared == sequential", dtype, tokens["sequential"],
+                     tokens["shared"], teacher_forced(shared, after_prompts(tokens["sequential"])), tolerance)
     with shared.generator.disable_adapter():
         base_only = teacher_forced(shared, batch)
-    rows.append(logit_row("LoRA adapters move the logits (a wrong adapter would show)", dtype,
-                          relative_diff(reference, base_only), POWER * tolerance, above=True))
-    return rows
+    yield logit_row("LoRA adapters move the logits (a wrong adapter would show)", dtype,
+                    relative_diff(reference, base_only), POWER * tolerance, above=True)
 
 
 def check_parity(plan: Plan, device: torch.device, out_of_time: Callable[[], bool]) -> dict:
@@ -381,7 +379,8 @@ def check_parity(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
                          "detail": "skipped: time budget"})
             continue
         try:
-            rows += parity_rows(plan, device, dtype)
+            for row in parity_rows(plan, device, dtype):
+                rows.append(row)
         except Exception as error:  # one dtype's failure leaves the other's rows
             rows.append({"check": "(all)", "dtype": str(dtype).removeprefix("torch."), "ok": False,
                          "detail": failure(error)})
