@@ -91,25 +91,27 @@ def _config(args):
 
 
 def run(args):
+    cfg = _config(args)[0]  # checked before the heavy imports: a typo fails in a blink
     from .lit.evaluate import runs_table
     from .lit.run import run_experiment
 
-    run_dir = run_experiment(_config(args)[0])
+    run_dir = run_experiment(cfg)
     print(runs_table([run_dir]).T.to_markdown(floatfmt=".4g"))
     print(f"Run: {run_dir}")
 
 
 def fit(args):
+    cfg = _config(args)[0]
     from .lit.run import fit as fit_run
 
-    cfg = _config(args)[0]
     print(f"Run: {fit_run(cfg)}\nTensorBoard: tensorboard --logdir {cfg.logging.root_dir}")
 
 
 def predict(args):
+    cfg, ckpt_path = _config(args)
     from .lit.run import predict as predict_run
 
-    print(f"Predictions: {predict_run(*_config(args))}")
+    print(f"Predictions: {predict_run(cfg, ckpt_path)}")
 
 
 def evaluate(args):
@@ -138,10 +140,10 @@ def table(args):
 
 
 def data(args):
+    cfg = _config(args)[0]
     from .data import inspect
     from .lit.run import build
 
-    cfg = _config(args)[0]
     _, _, tokenizer = build(cfg)
     if args.view == "stats":
         print(inspect.stats(cfg.data, tokenizer))
@@ -153,9 +155,9 @@ def data(args):
 
 
 def pretrain(args):
+    cfg = _config(args)[0]
     from .lit.run import build
 
-    cfg = _config(args)[0]
     build(cfg)
     print(f"Backbones cached under {cfg.logging.cache_dir}")
 

@@ -80,3 +80,18 @@ def test_data_stats_and_show_include_the_rationales_a_cot_run_trains_on(run_conf
     assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "0"]) == 0
     shown = capsys.readouterr().out
     assert "----- rationale" in shown and "in that order" in shown  # the oracle's wording
+
+
+def test_config_errors_come_before_any_heavy_import():
+    """A typo'd key fails at once: no torch, Lightning or transformers is imported before the check."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from flythinker_pl.cli import main\n"
+              "for command in ('run', 'fit', 'predict', 'data stats', 'pretrain'):\n"
+              "    assert main([*command.split(), '-c', 'experiments/demo.yaml', 'fusion.lamm=1']) == 2\n"
+              "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
+              "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=DEBUG_CONFIG.parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("unknown config key 'fusion.lamm'") == 5
