@@ -5,19 +5,19 @@ All engines compute the same function (method.step); they differ only in schedul
               Coconut, and Static, whose Reasoner reads the prompt once and never steps)
   staggered   the Reasoner reads token k (producing the latent for step k+1) while the Generator
               reads token k with the latent of step k: a side CUDA stream on one GPU, each model
-              on its own device when placed on two, a worker thread on CPU
+              on its own device when placed on two, the Reasoner in a worker process on CPU
+              (reasoner_process.py; a thread contends for the GIL and measured slower than sequential)
   shared      one base model with two LoRA adapters: both steps are ONE batched forward with the
               adapter chosen per row, so the weights are read once per token
 """
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from ..models.baselines import StaticFlyThinker
 from ..models.flythinker import FlyThinker
 from ..models.shared import SharedBaseFlyThinker
+from .reasoner_process import reasoner_process
 
 
 class Sequential:
@@ -38,16 +38,20 @@ class Staggered(Sequential):
     def __init__(self, method: FlyThinker):
         super().__init__(method)
         generator_device, reasoner_device = method.generator_device, method.reasoner_device
-        self.stream = self.pool = None
+        self.stream = self.worker = None
         self.reasoner_on_cpu = reasoner_device.type == "cpu"
+        self.in_process = generator_device.type == "cpu" and self.reasoner_on_cpu
+        self.threads = torch.get_num_threads()
         if generator_device.type == "cuda" and generator_device == reasoner_device:
             self.stream = torch.cuda.Stream(generator_device)
-        elif generator_device.type == "cpu" and self.reasoner_on_cpu:
-            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner")
         # else: two devices, each with its own queue; only the order of launches matters (step)
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         logits, state = super().prefill(input_ids, attention_mask, prompt_len, profile_mask)
+        if self.in_process:  # the prompt pass ran here, on every thread; the worker steps from its cache
+            self.worker = reasoner_process(self.method)
+            self.worker.start(state)
+            torch.set_num_threads(1)  # while stepping, each process has a core (the worker steps with 1)
         if self.stream is not None:  # the side stream will read (then free) this main-stream memory
             for layer in state.reasoner_cache.layers:
                 layer.keys.record_stream(self.stream)
@@ -65,10 +69,10 @@ class Staggered(Sequential):
             logits = method.generator_step(state, tokens, positions)
             main.wait_stream(self.stream)
             next_latents.record_stream(main)
-        elif self.pool is not None:
-            future = self.pool.submit(_in_this_threads_modes(method.reasoner_step), state, tokens)
+        elif self.worker is not None:
+            self.worker.start_step(tokens)
             logits = method.generator_step(state, tokens, positions)
-            next_latents = future.result()
+            next_latents = method.latent_of(self.worker.step_result(), state)
         elif self.reasoner_on_cpu:  # a CPU Reasoner blocks Python: queue the GPU's step first
             logits = method.generator_step(state, tokens, positions)
             next_latents = method.reasoner_step(state, tokens)
@@ -79,9 +83,8 @@ class Staggered(Sequential):
         state.latents = next_latents
         return logits
 
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown()
+    def close(self):  # the worker stays up for the next batch (reasoner_process.py)
+        torch.set_num_threads(self.threads)
 
 
 class Shared(Sequential):
@@ -101,19 +104,6 @@ class Shared(Sequential):
 
     def step(self, state, tokens):
         return self.method.batched_step(state, tokens)
-
-
-def _in_this_threads_modes(fn):
-    """`fn` to run in a worker thread under the caller's grad mode and CPU autocast, which are
-    thread-local: without this the worker would record autograd graphs or skip bf16."""
-    grad, autocast = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
-    dtype = torch.get_autocast_dtype("cpu")
-
-    def run(*args):
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            return fn(*args)
-
-    return run
 
 
 def make_engine(method, name: str) -> Sequential:
