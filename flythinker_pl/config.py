@@ -155,9 +155,10 @@ class DecodeConfig:
     """One sampler for every method; defaults follow the paper (temperature 0.8, top-p 0.95) and
     add nothing hidden (the official HF paths silently used top-k 20 and repetition penalty 1.05)."""
 
-    # FlyThinker: auto (two models: staggered on GPU, sequential on CPU, where a worker thread measured
-    # slower; one base with two adapters: shared) | sequential (the reference) | staggered | shared.
-    # Single-model methods always decode plainly.
+    # FlyThinker: auto | sequential (the reference) | staggered | shared. auto picks what bench decode
+    # measured fastest and logs its pick: one base with two adapters -> shared (sequential on the peft
+    # LoRA path); a GPU -> staggered (side stream); CPU with >= 2 threads -> staggered (the Reasoner
+    # steps in a worker process); 1 thread -> sequential. Single-model methods always decode plainly.
     engine: str = "auto"
     do_sample: bool = True  # false = greedy
     temperature: float = 0.8

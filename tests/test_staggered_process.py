@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import signal
 import subprocess
 import sys
@@ -200,3 +201,19 @@ def test_worker_exits_when_its_parent_dies():
         assert wait_until_gone(child)
     finally:
         parent.kill()
+
+
+def test_auto_picks_and_logs_the_engine(method, caplog):
+    threads = torch.get_num_threads()
+    engines._log_once.cache_clear()
+    try:
+        torch.set_num_threads(2)  # CPU with 2 threads: the Reasoner steps in its own process
+        with caplog.at_level(logging.INFO, logger="flythinker_pl.decoding.engines"):
+            assert isinstance(engines.make_engine(method, "auto"), engines.Staggered)
+            engines.make_engine(method, "auto")
+        assert [r.getMessage() for r in caplog.records if "engine=auto" in r.getMessage()] == \
+            [f"decode.engine=auto chose staggered: {engines.auto_engine(method)[1]}"]  # once
+        torch.set_num_threads(1)
+        assert engines.auto_engine(method)[0] == "sequential"
+    finally:
+        torch.set_num_threads(threads)

@@ -9,15 +9,21 @@ All engines compute the same function (method.step); they differ only in schedul
               (reasoner_process.py; a thread contends for the GIL and measured slower than sequential)
   shared      one base model with two LoRA adapters: both steps are ONE batched forward with the
               adapter chosen per row, so the weights are read once per token
+  auto        what bench decode measured fastest on such a device (auto_engine), logged once
 """
 from __future__ import annotations
+
+import functools
+import logging
 
 import torch
 
 from ..models.baselines import StaticFlyThinker
 from ..models.flythinker import FlyThinker
 from ..models.shared import SharedBaseFlyThinker
-from .reasoner_process import reasoner_process
+from .reasoner_process import fits_in_shared_memory, reasoner_process
+
+log = logging.getLogger(__name__)
 
 
 class Sequential:
@@ -109,9 +115,9 @@ class Shared(Sequential):
 def make_engine(method, name: str) -> Sequential:
     if not isinstance(method, FlyThinker) or isinstance(method, StaticFlyThinker):
         return Sequential(method)  # one model stepping: nothing to overlap
-    if name == "auto":  # overlap where it pays: on CPU a worker thread measured slower (bench decode)
-        on_gpu = method.generator_device.type == "cuda" or method.reasoner_device.type == "cuda"
-        name = "shared" if isinstance(method, SharedBaseFlyThinker) else "staggered" if on_gpu else "sequential"
+    if name == "auto":
+        name, why = auto_engine(method)
+        _log_once(f"decode.engine=auto chose {name}: {why}")
     if name == "shared":
         if not isinstance(method, SharedBaseFlyThinker):
             raise ValueError("decode.engine=shared needs reasoner.shared_base=true (one base model, two adapters)")
@@ -122,3 +128,26 @@ def make_engine(method, name: str) -> Sequential:
                              "adapter): use decode.engine=shared, or sequential")
         return Staggered(method)
     return Sequential(method)
+
+
+def auto_engine(method: FlyThinker) -> tuple[str, str]:
+    """The engine that measured fastest on such a device (flythinker bench decode), and why. A rule
+    from those figures, not a timing at run time: decoding must not depend on a noisy measurement."""
+    if isinstance(method, SharedBaseFlyThinker):
+        if method.lora.active:
+            return "shared", "one base model with two adapters: both steps are one batched forward"
+        return "sequential", "one base model with two adapters on peft's LoRA path, which cannot batch them"
+    if "cuda" in (method.generator_device.type, method.reasoner_device.type):
+        return "staggered", "on GPU the Reasoner's step overlaps the Generator's (side stream or its own device)"
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return "sequential", "CPU with 1 thread: two processes stepping side by side would share one core"
+    if not fits_in_shared_memory(method.reasoner):
+        return "sequential", "the Reasoner's weights do not fit in /dev/shm, which its worker process would share"
+    return "staggered", (f"CPU with {threads} threads: the Reasoner steps in its own process beside the "
+                         "Generator, one thread each (bench decode on 2 cores: 0.7-0.85 of sequential's step)")
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    log.info(message)

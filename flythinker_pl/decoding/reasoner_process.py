@@ -24,6 +24,7 @@ Decoding only: the child runs under no_grad (no graph crosses a process) and the
 """
 from __future__ import annotations
 
+import shutil
 import signal
 import traceback
 import weakref
@@ -94,6 +95,16 @@ def _instance_forwards(module: nn.Module) -> dict:
     They are closures over the parent's objects, so the module travels without them and the child
     installs its own."""
     return {m: vars(m)["forward"] for m in module.modules() if "forward" in vars(m)}
+
+
+def fits_in_shared_memory(module: nn.Module) -> bool:
+    """Whether the module's weights fit in /dev/shm, where torch shares memory (Docker's default is 64 MB)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:  # none to measure (not Linux): let torch try
+        return True
+    tensors = chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if not t.is_shared()) <= free
 
 
 def _signature(module: nn.Module):
