@@ -28,7 +28,9 @@ SUMMARY_COLUMNS = ["method", "global_step", "val/loss_before", "val/loss", "test
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", help="experiment YAML (see experiments/)")
+    parser.add_argument("-c", "--config", action="append",
+                        help="experiment YAML (see experiments/); several -c merge in order, later wins "
+                             "(-c experiments/demo.yaml -c experiments/debug/tiny.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. fusion.lam=1.0")
     return parser
 

@@ -323,10 +323,13 @@ def _read_yaml(path: Path) -> list[tuple[Path, DictConfig]]:
     return [layer for name in bases for layer in _read_yaml(path.parent / name)] + [(path, node)]
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
-    """Schema defaults <- YAML file (after its `base:` files) <- dotlist overrides, validated."""
+def load_config(path: Optional[str | Path | list] = None, overrides: list[str] = ()) -> Config:
+    """Schema defaults <- YAML file(s) in order, later winning, each after its `base:` files <-
+    dotlist overrides, validated. The experiment is named after the first file (e.g.
+    [experiments/demo.yaml, experiments/debug/tiny.yaml] is the demo, shrunk)."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     merged = OmegaConf.structured(Config)
-    for source, node in _read_yaml(Path(path)) if path is not None else []:
+    for source, node in (item for file in paths for item in _read_yaml(Path(file))):
         try:
             merged = OmegaConf.merge(merged, node)
         except OmegaConfBaseException as err:
@@ -337,7 +340,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         raise _explain(err, "command-line override") from None
     cfg: Config = OmegaConf.to_object(merged)
     if not cfg.logging.experiment:
-        cfg.logging.experiment = Path(path).stem if path else "default"
+        cfg.logging.experiment = Path(paths[0]).stem if paths else "default"
     _check_choices(cfg)
     return cfg
 

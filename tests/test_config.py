@@ -84,3 +84,16 @@ def test_every_shipped_config_is_valid(path):
             and not path.rpartition("/")[2].startswith("_"):
         task, method_file = path.split("/")[1], path.rpartition("/")[2]
         assert cfg.data.task == task and cfg.logging.experiment == f"{task}_{method_file[:-5]}"
+
+
+def test_several_config_files_merge_in_order_later_wins():
+    from flythinker_pl.cli import _config, build_parser
+
+    demo, tiny = ROOT / "experiments" / "demo.yaml", ROOT / "experiments" / "debug" / "tiny.yaml"
+    args = build_parser().parse_args(["fit", "-c", str(demo), "-c", str(tiny), "fusion.lam=2.0"])
+    cfg, _ = _config(args)
+    assert cfg.logging.experiment == "demo"  # named after the first file: the demo, shrunk
+    assert cfg.generator.name == "tiny-64" and cfg.trainer.max_steps == 6  # from tiny.yaml, the later file
+    assert cfg.data.retriever == "bm25" and cfg.fusion.dims == "pad"  # demo keys tiny.yaml leaves alone
+    assert cfg.fusion.lam == 2.0  # overrides after every file
+    assert load_config([tiny, demo]).generator.name == "tiny-128"  # the order decides

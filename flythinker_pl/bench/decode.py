@@ -50,7 +50,7 @@ def _rows(prompts: dict, count: int) -> dict:
             "prompt_len": prompts["prompt_len"][:count], "sample_ids": prompts["sample_ids"][:count]}
 
 
-def bench_decode(config_path: str, overrides: list[str], new_tokens: int = 64, batch_sizes=(1, 16),
+def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens: int = 64, batch_sizes=(1, 16),
                  repeats: int = 5, out: str = "bench/decode.json") -> pd.DataFrame:
     if new_tokens < 2:
         raise ValueError(f"--new-tokens {new_tokens}: at least 2, so that decoding steps follow the prompt pass")

@@ -41,7 +41,7 @@ def _train_steps(method, optimizer, batches, device) -> float:
     return time.perf_counter() - start
 
 
-def bench_train(config_path: str, overrides: list[str], batches: int = 4, repeats: int = 5,
+def bench_train(config_path: str | list[str], overrides: list[str], batches: int = 4, repeats: int = 5,
                 out: str = "bench/train.json") -> pd.DataFrame:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     configs: dict[str, Config] = {name: load_config(config_path, [*overrides, *extra])
