@@ -178,6 +178,17 @@ def weights_gb(module: torch.nn.Module) -> float:
 
 # ---------------------------------------------------------------- timing, memory, inputs
 
+def train_steps(method, optimizer, batch: dict, count: int, device: torch.device) -> torch.Tensor:
+    """`count` optimiser steps on one batch, bf16 autocast on CUDA (train.precision=auto); the last loss."""
+    for _ in range(count):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = method_loss(method, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def timed(device: torch.device, fn: Callable):
     """(fn(), seconds). CUDA: events on the current stream around all that fn queues, after a synchronize
     (so nothing earlier is counted); the end event is waited for. CPU: perf_counter."""
@@ -416,17 +427,8 @@ def train_one(plan: Plan, device: torch.device, reasoner: str, mode: str, batch:
     weights = weights_gb(method)
     reset_peak(device)
 
-    def steps(count: int) -> torch.Tensor:
-        for _ in range(count):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, _ = method_loss(method, batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    steps(1)  # warm-up: kernels, allocator, optimiser state
-    loss, seconds = timed(device, lambda: steps(plan.train_steps))
+    train_steps(method, optimizer, batch, 1, device)  # warm-up: kernels, allocator, optimiser state
+    loss, seconds = timed(device, lambda: train_steps(method, optimizer, batch, plan.train_steps, device))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
     tokens = int(batch["attention_mask"].sum()) * plan.train_steps
@@ -629,7 +631,6 @@ def check_ddp(plan: Plan, device: torch.device, out_of_time: Callable[[], bool],
 
 def _ddp_worker(rank: int, world_size: int, backend: str, port: int, plan_fields: dict, scratch: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     plan = Plan(**{**plan_fields, "reasoners": tuple(plan_fields["reasoners"]),
@@ -641,41 +642,39 @@ def _ddp_worker(rank: int, world_size: int, backend: str, port: int, plan_fields
         torch.set_num_threads(1)
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
-        # every rank builds the same weights (seeded by name); DDP also broadcasts rank 0's
-        method = make_flythinker(plan, plan.reasoners[0], "lora", torch.float32, device).train()
-        model = DistributedDataParallel(method, device_ids=[rank] if device.type == "cuda" else None)
-        trainable = [p for p in method.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-        vocab = ARCHITECTURES[plan.generator]["vocab_size"]
-        response = random_tokens(torch.Generator().manual_seed(10 + rank), vocab, plan.train_batch,
-                                 plan.train_response)
-        batch = sequences(plan.train_prompt, [plan.train_prompt] * plan.train_batch, response, vocab,
-                          seed=20 + rank, device=device)  # each rank its own data
-
-        def checksum() -> torch.Tensor:
-            return torch.stack([p.detach().double().sum() for p in trainable])
-
-        def steps(count: int) -> None:
-            for _ in range(count):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss, _ = method_loss(model, batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-        start = checksum()
-        steps(1)
-        _, seconds = timed(device, lambda: steps(plan.train_steps))
-        sums = checksum()
-        gathered = [torch.zeros_like(sums) for _ in range(world_size)]
-        dist.all_gather(gathered, sums)
+        result = _ddp_train(plan, device, rank, world_size)
         if rank == 0:
-            Path(scratch, "ddp.json").write_text(json.dumps({
-                "check": "DDP replicas after training", "ms/step": 1000 * seconds / plan.train_steps,
-                "replicas identical": all(torch.equal(gathered[0], other) for other in gathered[1:]),
-                "weights changed": not torch.equal(start, sums), "steps": plan.train_steps + 1}))
-    finally:
+            Path(scratch, "ddp.json").write_text(json.dumps(result))
+    finally:  # after _ddp_train returned: DDP's reducer must die before its process group, or exit can hang
         dist.destroy_process_group()
+
+
+def _ddp_train(plan: Plan, device: torch.device, rank: int, world_size: int) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    # every rank builds the same weights (seeded by name); DDP also broadcasts rank 0's
+    method = make_flythinker(plan, plan.reasoners[0], "lora", torch.float32, device).train()
+    model = DistributedDataParallel(method, device_ids=[rank] if device.type == "cuda" else None)
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    vocab = ARCHITECTURES[plan.generator]["vocab_size"]
+    response = random_tokens(torch.Generator().manual_seed(10 + rank), vocab, plan.train_batch, plan.train_response)
+    batch = sequences(plan.train_prompt, [plan.train_prompt] * plan.train_batch, response, vocab,
+                      seed=20 + rank, device=device)  # each rank its own data
+
+    def checksum() -> torch.Tensor:
+        return torch.stack([p.detach().double().sum() for p in trainable])
+
+    start = checksum()
+    train_steps(model, optimizer, batch, 1, device)
+    _, seconds = timed(device, lambda: train_steps(model, optimizer, batch, plan.train_steps, device))
+    sums = checksum()
+    gathered = [torch.zeros_like(sums) for _ in range(world_size)]
+    dist.all_gather(gathered, sums)
+    return {"check": "DDP replicas after training", "ms/step": 1000 * seconds / plan.train_steps,
+            "replicas identical": all(torch.equal(gathered[0], other) for other in gathered[1:]),
+            "weights changed": not torch.equal(start, sums), "steps": plan.train_steps + 1}
 
 
 # ---------------------------------------------------------------- the command
