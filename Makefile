@@ -12,7 +12,7 @@ WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span test test-all bench-train \
+.PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span test test-slow test-all bench-train \
 	bench-decode bench-data gpu-check real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
@@ -57,6 +57,9 @@ ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/r
 
 test: install ## fast test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest -q
+
+test-slow: install ## only the slow tests: multi-process (DDP, torchrun, kill/resume) and long runs
+	$(OFFLINE) $(PY) -m pytest -q -m slow
 
 test-all: install ## every test, including slow end-to-end ones
 	$(OFFLINE) $(PY) -m pytest -q -m ""

@@ -79,6 +79,7 @@ def test_run_dir_records_config_and_commit(run_config):
     assert list(run_dir.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 @pytest.mark.parametrize("method", ["sft", "flythinker"])
 def test_a_few_hundred_steps_lower_validation_loss_clearly(run_config, method):
     cfg = run_config(f"method={method}", "trainer.max_steps=200", "trainer.val_check_interval=200",

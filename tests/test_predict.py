@@ -53,6 +53,7 @@ def _predict_cli(cfg, devices: int, experiment: str):
     return read_jsonl(next((Path(cfg.logging.root_dir) / experiment).glob("version_*/predictions.jsonl")))
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_two_process_ddp_predictions_equal_single_process(run_config):
     cfg = run_config()
     fit(run_config("trainer.max_steps=1", "trainer.val_check_interval=1"))  # builds the cached backbones once

@@ -351,6 +351,7 @@ def two_ranks(settings, tmp_path_factory) -> tuple[dict, Path]:
     return metrics_of(root), next((root / "tiny").glob("version_*"))
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_two_process_ddp_reaches_the_validation_loss_of_one_process(one_rank, two_ranks, settings):
     """Both see the same global batches in the same order (GlobalBatchSampler), start from the same
     weights and validate on the same records, token-weighted across ranks. What remains differs
@@ -371,6 +372,7 @@ def test_two_process_ddp_reaches_the_validation_loss_of_one_process(one_rank, tw
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 10}]
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_a_sigkilled_fit_rerun_with_the_same_command_ends_as_if_never_interrupted(one_rank, settings, tmp_path):
     command = fit_command(settings, tmp_path, *ONE_RANK)
     run_dir = tmp_path / "tiny" / "version_0"
@@ -396,6 +398,7 @@ def test_a_sigkilled_fit_rerun_with_the_same_command_ends_as_if_never_interrupte
     assert {k: resumed[k] for k in validation} == validation  # bit for bit: same weights, order, optimiser state
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_torchrun_ranks_share_one_run_dir_even_when_one_starts_late(two_ranks, settings, tmp_path):
     """Rank 1 starts only once rank 0 has created version_0 (the old race, where rank 1 then chose
     version_1); torchrun's DDP is the same computation as Lightning's launcher's."""

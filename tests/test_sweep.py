@@ -58,6 +58,7 @@ def file_stamps(run_dir: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sweep, run_config, tmp_path,
                                                                        monkeypatch, one_thread):
     path = write_sweep(tmp_path / "interrupted")
@@ -241,6 +242,7 @@ def test_a_multi_process_sweep_without_torchrun_or_srun_is_refused_before_any_ru
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_a_sweep_under_torchrun_runs_each_point_once_on_both_ranks(write_sweep, tmp_path):
     """Every rank runs the sweep; rank 0 chooses each point's run dir for both and alone writes the results."""
     path = write_sweep(tmp_path, seeds=[0], points=[{"label": "sft", "overrides": ["method=sft"]}])
