@@ -2,7 +2,8 @@
 and lengths (EOS suppressed, so every run makes exactly --new-tokens tokens), at each batch size,
 in one process; rounds interleaved, median of repeats, warm-up not timed. `ms/token` is a decoding
 step (what a reader waits per token); the prompt pass is reported on its own (`prefill ms`, the time
-to the first token) and folded in by `ms/token with prefill`. Ratios are of medians in the same run.
+to the first token) and folded in by `ms/token with prefill`. A ratio is the median over rounds of
+the ratio within a round (the two runs seconds apart, on the same machine state).
 
     flythinker bench decode -c experiments/demo.yaml [--new-tokens 64 --batch-sizes 1 16 --repeats 5]
 
@@ -110,19 +111,22 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
             for name in VARIANTS:
                 timings[name].append(run(name, batch_size))
         # per token: the steps after the prompt pass; total: prompt pass + every step, over the tokens
-        step = {name: statistics.median((g.seconds - g.prefill_seconds) / (new_tokens - 1) for g in runs)
+        step = {name: [(g.seconds - g.prefill_seconds) / (new_tokens - 1) for g in runs]
                 for name, runs in timings.items()}
-        total = {name: statistics.median(g.seconds / new_tokens for g in runs) for name, runs in timings.items()}
-        prefill = {name: statistics.median(g.prefill_seconds for g in runs) for name, runs in timings.items()}
+        total = {name: [g.seconds / new_tokens for g in runs] for name, runs in timings.items()}
+
+        def ratio(times: dict, name: str, reference: str) -> float:
+            """Median over rounds of the ratio within a round: runs seconds apart share the machine's state."""
+            return round(statistics.median(a / b for a, b in zip(times[name], times[reference])), 3)
+
         for name, (extra, _, _) in VARIANTS.items():
             results.append({
-                "method": name, "batch": batch_size, "ms/token": round(1000 * step[name], 2),
-                "/ sft": round(step[name] / step["sft"], 3),
-                "/ sequential": round(step[name] / step["flythinker sequential"], 3),
-                "prefill ms": round(1000 * prefill[name], 1),
-                "ms/token with prefill": round(1000 * total[name], 2),
-                "with prefill / sft": round(total[name] / total["sft"], 3),
-                "tokens/s": round(batch_size / total[name], 1),
+                "method": name, "batch": batch_size, "ms/token": round(1000 * statistics.median(step[name]), 2),
+                "/ sft": ratio(step, name, "sft"), "/ sequential": ratio(step, name, "flythinker sequential"),
+                "prefill ms": round(1000 * statistics.median(g.prefill_seconds for g in timings[name]), 1),
+                "ms/token with prefill": round(1000 * statistics.median(total[name]), 2),
+                "with prefill / sft": ratio(total, name, "sft"),
+                "tokens/s": round(batch_size / statistics.median(total[name]), 1),
                 "greedy == reference": same_tokens[name],
                 "weights MB": round(weights_mb(models[tuple(extra)]), 2),
                 "peak MB (GPU)": None if peak[name] is None else round(peak[name], 1)})
