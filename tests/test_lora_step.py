@@ -97,6 +97,9 @@ def test_layers_peft_treats_differently_keep_peft_forward(two_adapters):
     with LeanLoRA(two_adapters) as lean:
         installed = ["forward" in vars(layer) for layer in lean.layers]
     assert installed[0] is False and all(installed[1:])
+    with LeanLoRA(two_adapters) as lean, pytest.raises(ValueError, match="every LoRA layer on the lean forward"):
+        with lean.rows("generator", "reasoner"):  # peft's forward there would ignore the rows
+            pass
 
 
 def test_rows_need_one_rank(tokenizer):

@@ -57,6 +57,10 @@ class LeanLoRA:
         """Rows split into len(adapters) equal groups, group g through adapters[g]."""
         if not self.active:
             raise RuntimeError("LeanLoRA.rows needs the lean forward installed (`with lean:`)")
+        if len(adapters) > 1 and not all("forward" in vars(layer) for layer in self.layers):
+            raise ValueError("per-row adapters need every LoRA layer on the lean forward; some are merged, "
+                             "disabled, DoRA or in training mode with dropout (peft's forward would apply one "
+                             "adapter to every row)")
         previous, self.groups = self.groups, adapters
         try:
             yield
