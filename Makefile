@@ -55,7 +55,7 @@ ablate-lambda: install ## fusion.lam in {0,0.2,0.5,1,2,5} (+ inference-time lamb
 ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/results/span/
 	$(OFFLINE) $(FLY) sweep ablations/span.yaml
 
-test: install ## fast test suite (what CI runs)
+test: install ## fast test suite (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q
 
 test-slow: install ## only the slow tests: multi-process (DDP, torchrun, kill/resume) and long runs
