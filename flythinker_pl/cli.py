@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(commands.add_parser("run", help="train, decode and evaluate one experiment (reuses what is done)"))
     _with_config(commands.add_parser("fit", help="train one run"))
     _with_config(commands.add_parser("predict", help="decode decode.split into predictions.jsonl "
-                                                     "(ckpt_path=RUN/checkpoints/last.ckpt)"))
+                                                     "(ckpt_path=RUN/checkpoints/last.ckpt, or none: zero-shot)"))
     evaluate = commands.add_parser("evaluate", help="score predictions into their run dirs; one comparison table")
     evaluate.add_argument("paths", nargs="+", help="predictions.jsonl files, run dirs or experiment dirs; "
                                                    "key=value items override eval settings (eval.segment_width=25)")
@@ -111,6 +111,13 @@ def fit(args):
 
 def predict(args):
     cfg, ckpt_path = _config(args)
+    if ckpt_path is None:  # decoding untrained weights by accident would be scored like a result
+        raise ConfigError("flythinker predict decodes trained weights: give ckpt_path=RUN/checkpoints/last.ckpt, "
+                          "or ckpt_path=none to decode the weights as loaded (zero-shot)")
+    if ckpt_path.lower() == "none":
+        ckpt_path = None
+    elif not Path(ckpt_path).is_file():  # before any model is built or run folder made
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     from .lit.run import predict as predict_run
 
     print(f"Predictions: {predict_run(cfg, ckpt_path)}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
@@ -95,3 +96,15 @@ def test_config_errors_come_before_any_heavy_import():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=DEBUG_CONFIG.parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("unknown config key 'fusion.lamm'") == 5
+
+
+def test_predict_needs_a_checkpoint_or_an_explicit_zero_shot(run_config, capsys):
+    args = [*overrides(run_config), "decode.max_new_tokens=2", "decode.split=val"]
+    root = Path(run_config().logging.root_dir)
+    assert main(["predict", "-c", str(DEBUG_CONFIG), *args]) == 2
+    assert "ckpt_path=none" in capsys.readouterr().err
+    assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "ckpt_path=missing/last.ckpt"]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+    assert not root.exists() or not any(root.rglob("version_*"))  # nothing built, no folder left behind
+    assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "ckpt_path=none"]) == 0  # zero-shot, asked for
+    assert list(root.rglob("predictions.jsonl"))

@@ -44,7 +44,7 @@ def _predict_cli(cfg, devices: int, experiment: str):
             f"data.synthetic_dir={cfg.data.synthetic_dir}", f"logging.cache_dir={cfg.logging.cache_dir}",
             f"logging.root_dir={cfg.logging.root_dir}", f"logging.experiment={experiment}",
             f"trainer.devices={devices}", "trainer.strategy=" + ("ddp" if devices > 1 else "auto"),
-            "decode.max_new_tokens=5", "decode.batch_size=1", "decode.do_sample=true"]
+            "decode.max_new_tokens=5", "decode.batch_size=1", "decode.do_sample=true", "ckpt_path=none"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
