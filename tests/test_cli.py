@@ -108,3 +108,12 @@ def test_predict_needs_a_checkpoint_or_an_explicit_zero_shot(run_config, capsys)
     assert not root.exists() or not any(root.rglob("version_*"))  # nothing built, no folder left behind
     assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "ckpt_path=none"]) == 0  # zero-shot, asked for
     assert list(root.rglob("predictions.jsonl"))
+
+
+def test_a_hub_id_offline_is_one_error_line_naming_the_key_and_the_fix(run_config, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *overrides(run_config), "reasoner.name=Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    stderr = capsys.readouterr().err  # (may also hold the Generator preset's pretraining bar)
+    [error] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and error.startswith("error: reasoner.name='Qwen/Qwen2.5-0.5B-Instruct'")
+    assert "HF_HUB_OFFLINE=1" in error and "local path" in error

@@ -2,6 +2,9 @@
 put into its training mode (frozen | lora | full) with peft."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -21,11 +24,28 @@ def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, c
     return name
 
 
+@contextmanager
+def explained(key: str, location: str):
+    """A model that cannot be loaded: one ConfigError naming the key and the fix, not transformers'
+    traceback (offline, a hub id fails with a generic OSError after the network lookup is skipped)."""
+    try:
+        yield
+    except OSError as err:
+        if Path(location).exists():
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        fix = ("HF_HUB_OFFLINE=1 is set (every make target sets it), so only local files load: pass a local "
+               "path (a folder saved with save_pretrained or downloaded with `hf download`), or unset "
+               "HF_HUB_OFFLINE where a network exists") if offline else f"the hub said: {str(err).splitlines()[0]}"
+        raise ConfigError(f"{key}={location!r} is neither a local folder nor a loadable hub model: {fix}") from None
+
+
 def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerBase:
     """The Generator's tokenizer for a run config, without loading any weights."""
     g = cfg.generator
-    return AutoTokenizer.from_pretrained(resolve(g.name, corpus, g.pretrain_steps, g.pretrain_seed,
-                                                 cfg.logging.cache_dir))
+    location = resolve(g.name, corpus, g.pretrain_steps, g.pretrain_seed, cfg.logging.cache_dir)
+    with explained("generator.name", location):
+        return AutoTokenizer.from_pretrained(location)
 
 
 def load(location: str, dtype: Optional[torch.dtype] = None,

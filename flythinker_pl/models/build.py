@@ -18,10 +18,11 @@ from .shared import SharedBaseFlyThinker
 SFT_METHODS = ("sft", "nonpers", "rag", "cot")  # the Generator alone; they differ in data and prompts only
 
 
-def _load(cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool, random_init_seed=None):
+def _load(key: str, cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool, random_init_seed=None):
     location = backbones.resolve(cfg_backbone.name, corpus, cfg_backbone.pretrain_steps,
                                  cfg_backbone.pretrain_seed, cache_dir)
-    model, tokenizer = backbones.load(location, random_init_seed=random_init_seed)
+    with backbones.explained(f"{key}.name", location):
+        model, tokenizer = backbones.load(location, random_init_seed=random_init_seed)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
@@ -30,7 +31,7 @@ def _load(cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool, random_
 def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """`corpus` is called only when a tiny preset must be built (tokenizer + pretraining)."""
     checkpointing = cfg.train.gradient_checkpointing
-    generator, tokenizer = _load(cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
+    generator, tokenizer = _load("generator", cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
     generator_dim = backbones.hidden_size(generator)
     generator = backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
     if cfg.method in SFT_METHODS:
@@ -58,7 +59,7 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
         fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion)
         return SharedBaseFlyThinker(generator, fusion), tokenizer
     random_init_seed = cfg.seed if cfg.reasoner.init == "random" else None
-    reasoner_lm, reasoner_tokenizer = _load(cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing,
+    reasoner_lm, reasoner_tokenizer = _load("reasoner", cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing,
                                             random_init_seed)
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
     fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion)
