@@ -61,7 +61,8 @@ def test_rerunning_an_interrupted_run_resumes_from_last_ckpt(run_config):
     assert start.start_step == 2  # from last.ckpt (saved at the step-2 validation)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 6
-    assert "val/loss_before" not in metrics  # measured once, by the original (now resumed) run
+    before = json.loads((run_dir / "metrics_before.json").read_text())  # measured once, before the interruption
+    assert metrics["val/loss_before"] == before["val/loss"]  # kept through the resume
 
     fresh = fit(cfg)  # a finished run is not resumed: the same command starts a new version
     assert fresh.name == "version_1"

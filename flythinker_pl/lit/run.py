@@ -126,6 +126,9 @@ def build(cfg: Config):
     return module, datamodule, tokenizer
 
 
+BEFORE_TRAINING = "metrics_before.json"  # a fresh run's validation before training: a resumed run keeps it
+
+
 def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
     """Run `work()` with the run dir (and resume point) exported for DDP ranks started inside it."""
     launched_here = RUN_DIR_ENV not in os.environ
@@ -155,9 +158,13 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         trainer.logger.log_hyperparams(hparams)  # hparams.yaml now; the HPARAMS tab entry at the end
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from}")
-    initial = {}
+    initial, before = {}, run_dir / BEFORE_TRAINING
     if resume_from is None:
         initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        if trainer.is_global_zero and cfg.trainer.max_steps != 0:  # for metrics.json after a resume
+            before.write_text(json.dumps(initial, indent=2) + "\n")
+    elif before.exists():
+        initial = json.loads(before.read_text())
     if cfg.trainer.max_steps != 0:
         initial = {f"{k}_before": v for k, v in initial.items()}
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
