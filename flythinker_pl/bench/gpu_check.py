@@ -54,14 +54,13 @@ from ..config import BackboneConfig, DecodeConfig, FusionConfig, ReasonerConfig
 from ..data.encode import IGNORE_INDEX
 from ..decoding.engines import make_engine
 from ..decoding.generate import generate
-from ..lit.module import method_loss
 from ..models.backbones import decoder_of, lora_config, set_mode
 from ..models.flythinker import FlyThinker
 from ..models.fusion import LatentFusion
 from ..models.lora_step import LeanLoRA
 from ..models.sft import SFT
 from ..models.shared import SharedBaseFlyThinker
-from . import write_json
+from . import optimizer_steps, write_json
 
 # Qwen2.5-{0.5B,1.5B,3B}-Instruct, from their config.json (model_type qwen2); sliding window off.
 QWEN25 = dict(vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
@@ -177,17 +176,6 @@ def weights_gb(module: torch.nn.Module) -> float:
 
 
 # ---------------------------------------------------------------- timing, memory, inputs
-
-def train_steps(method, optimizer, batch: dict, count: int, device: torch.device) -> torch.Tensor:
-    """`count` optimiser steps on one batch, bf16 autocast on CUDA (train.precision=auto); the last loss."""
-    for _ in range(count):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = method_loss(method, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
-
 
 def timed(device: torch.device, fn: Callable):
     """(fn(), seconds). CUDA: events on the current stream around all that fn queues, after a synchronize
@@ -427,8 +415,8 @@ def train_one(plan: Plan, device: torch.device, reasoner: str, mode: str, batch:
     weights = weights_gb(method)
     reset_peak(device)
 
-    train_steps(method, optimizer, batch, 1, device)  # warm-up: kernels, allocator, optimiser state
-    loss, seconds = timed(device, lambda: train_steps(method, optimizer, batch, plan.train_steps, device))
+    optimizer_steps(method, optimizer, [batch], device)  # warm-up: kernels, allocator, optimiser state
+    loss, seconds = timed(device, lambda: optimizer_steps(method, optimizer, [batch] * plan.train_steps, device))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
     tokens = int(batch["attention_mask"].sum()) * plan.train_steps
@@ -667,8 +655,8 @@ def _ddp_train(plan: Plan, device: torch.device, rank: int, world_size: int) -> 
         return torch.stack([p.detach().double().sum() for p in trainable])
 
     start = checksum()
-    train_steps(model, optimizer, batch, 1, device)
-    _, seconds = timed(device, lambda: train_steps(model, optimizer, batch, plan.train_steps, device))
+    optimizer_steps(model, optimizer, [batch], device)
+    _, seconds = timed(device, lambda: optimizer_steps(model, optimizer, [batch] * plan.train_steps, device))
     sums = checksum()
     gathered = [torch.zeros_like(sums) for _ in range(world_size)]
     dist.all_gather(gathered, sums)

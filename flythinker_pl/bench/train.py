@@ -14,9 +14,8 @@ import torch
 
 from ..config import Config, load_config
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
-from ..lit.module import method_loss
 from ..models.build import build_method
-from . import synchronize, write_json
+from . import optimizer_steps, synchronize, write_json
 
 VARIANTS = {
     "sft": ["method=sft"],
@@ -31,12 +30,7 @@ def _train_steps(method, optimizer, batches, device) -> float:
     """Seconds for one optimiser step per batch (forward, backward, update)."""
     synchronize(device)
     start = time.perf_counter()
-    for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = method_loss(method, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    optimizer_steps(method, optimizer, batches, device)
     synchronize(device)
     return time.perf_counter() - start
 

@@ -36,7 +36,7 @@ class SharedBaseFlyThinker(FlyThinker):
     def __init__(self, peft_model, fusion: LatentFusion):
         super().__init__(peft_model, peft_model.get_base_model().base_model, fusion, reasoner_frozen=False)
         self.generator.set_requires_grad(list(ADAPTERS), True)
-        self.lora = LeanLoRA(peft_model)  # installed by the decoding engine (`with method.lora:`)
+        self.lora = LeanLoRA(peft_model)  # installed by generate() while decoding (decode.lora_path=lean)
 
     def _use(self, adapter: str):
         """A context in which the base model runs `adapter`."""
