@@ -17,8 +17,9 @@ from typing import Callable
 import torch
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from ..console import progress
 
 # Sizes for the Reasoner-size ablation (0.5B/1.5B/3B in the paper -> 64/128/256 here).
 PRESETS = {
@@ -30,6 +31,7 @@ PRESETS = {
                      intermediate_size=1024),
 }
 VOCAB_SIZE = 2000
+PRETRAIN_FORMAT = "eos"  # in the cache key: documents end with EOS (earlier builds separated them with PAD)
 EOS, PAD, IM_START = "<|im_end|>", "<|endoftext|>", "<|im_start|>"
 # ChatML, as Qwen2.5-Instruct uses, without Qwen's default system prompt.
 CHAT_TEMPLATE = (
@@ -76,10 +78,14 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
     """Next-token pretraining on the corpus, packed into blocks; returns the loss per step."""
     ids = []
     for text in corpus:
-        ids.extend(tokenizer(text)["input_ids"] + [tokenizer.pad_token_id])  # document separator
+        # Each document ends with EOS, as an instruct model's turns end with it: the preset knows how
+        # to stop before fine-tuning, so fine-tuned outputs end where their references end.
+        ids.extend(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
+    if len(ids) < 2:
+        raise ValueError("the pretraining corpus (the training split's queries and outputs) is empty: "
+                         "give data with training records, or a hub model / local path instead of a tiny preset")
+    block_size = min(block_size, len(ids))  # a corpus shorter than one block is one block
     blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
-    if len(blocks) == 0:
-        raise ValueError(f"pretraining corpus has {len(ids)} tokens, fewer than one block of {block_size}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -87,14 +93,13 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     model.train()
     losses = []
-    for _ in (bar := tqdm(range(steps), desc=f"pretrain {model.config.hidden_size}d", leave=False)):
+    for _ in progress(range(steps), steps, f"pretrain {model.config.hidden_size}d"):
         batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step(), schedule.step(), optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
 
@@ -108,7 +113,7 @@ def ensure_pretrained(preset: str, corpus: Callable[[], list[str]], steps: int, 
     texts = corpus()
     root = Path(cache_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    key = f"{preset}-corpus{fingerprint(texts)}-vocab{VOCAB_SIZE}-steps{steps}-seed{seed}"
+    key = f"{preset}-corpus{fingerprint(texts)}-vocab{VOCAB_SIZE}-steps{steps}-seed{seed}-{PRETRAIN_FORMAT}"
     target = root / "tiny" / key
     with FileLock(str(root / f"{key}.lock")):
         if (target / "config.json").exists():
