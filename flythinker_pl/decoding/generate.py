@@ -19,6 +19,7 @@ from .sampler import Sampler
 class Generation:
     tokens: list[list[int]]  # per row, the generated ids without EOS
     num_tokens: list[int]  # per row, generated ids including EOS when it came
+    ended: list[bool]  # per row, whether EOS came (else max_new_tokens cut it)
     seconds: float  # prefill and every step
     prefill_seconds: float  # the prompt pass(es) alone: time to the first token's logits
 
@@ -70,12 +71,13 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
     synchronize(device)
     seconds = time.perf_counter() - start
 
-    rows, counts = [], []
+    rows, counts, ended = [], [], []
     for row in produced[:, : step + 1].tolist():
         length = next((i for i, token in enumerate(row) if token in eos_ids), len(row))
         rows.append(row[:length])
         counts.append(min(length + 1, len(row)))
-    return Generation(rows, counts, seconds, prefill_seconds)
+        ended.append(length < len(row))
+    return Generation(rows, counts, ended, seconds, prefill_seconds)
 
 
 def prompts_of(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -104,7 +104,7 @@ class MethodModule(L.LightningModule):
             records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt), "prediction": prediction,
                             **({"rationale": rationale} if self.writes_rationale else {}),
                             "reference": batch["reference"][row], "prompt_tokens": len(prompt),
-                            "new_tokens": result.num_tokens[row], **timing})
+                            "new_tokens": result.num_tokens[row], "ended_by_eos": result.ended[row], **timing})
         return records
 
     def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
