@@ -111,7 +111,8 @@ def test_position_eval_files_plot_and_tables(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(files.csv), frame.reset_index(drop=True))
     assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     axes = plot_position_eval(frame).axes
-    assert len(axes) == 4 and all(len(axis.lines) == 2 for axis in axes)  # 3 metrics + counts, 2 runs
+    labelled = [[line.get_label() for line in axis.lines if not line.get_label().startswith("_")] for axis in axes]
+    assert labelled == [["sft", "flythinker"]] * 4  # 3 metrics + counts, 2 runs
     table = segment_table(frame)
     assert list(table.index) == ["0-50", "50-100", "100-150", "150-200"]
     assert list(table.columns[:2]) == ["bleu (sft)", "bleu (flythinker)"]

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Optional
 
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
+from matplotlib.lines import Line2D
 
 from .metrics import METRICS
 
 CSV_NAME, PNG_NAME = "position_eval.csv", "position_eval.png"
-METRIC_LABELS = {"bleu": "BLEU (0-100)", "rouge1": "ROUGE-1 F", "rougeL": "ROUGE-L F", "meteor": "METEOR"}
+METRIC_LABELS = {"bleu": "BLEU (0-100)", "rouge1": "ROUGE-1 F1 (0-1)", "rougeL": "ROUGE-L F1 (0-1)",
+                 "meteor": "METEOR (0-1)"}
+PANEL_LABELS = {**METRIC_LABELS, "samples": "samples reaching window"}
+MIN_SAMPLES = 10  # windows scored over fewer samples are drawn hollow: a mean of 1-2 outputs is noise
 
 
 def comparison_table(scores_by_run: Mapping[str, Mapping]) -> pd.DataFrame:
@@ -37,38 +41,93 @@ def segment_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def plot_position_eval(frame: pd.DataFrame) -> Figure:
+def _lines(frame: pd.DataFrame) -> list[tuple[Optional[str], pd.DataFrame]]:
+    """The frame's lines: one per `label` (else per `run`), or one unlabelled line."""
+    key = next((column for column in ("label", "run") if column in frame), None)
+    return [(None, frame)] if key is None else list(frame.groupby(key, sort=False))
+
+
+def position_label(frame: pd.DataFrame) -> str:
+    """The x label, with the unit the windows were cut in (the `unit` column; absent in old CSVs)."""
+    units = sorted(set(frame["unit"].dropna())) if "unit" in frame else []
+    return f"position in output ({', '.join(units)})" if units else "position in output"
+
+
+def _draw(axis, frame: pd.DataFrame, panel: str, min_samples: int) -> None:
+    """One panel: a metric (or "samples") per window centre, one line per run; windows scored over
+    fewer than `min_samples` samples get hollow markers."""
+    for label, rows in _lines(frame):
+        rows = rows.drop_duplicates("segment_start") if panel == "samples" else rows[rows["metric"] == panel]
+        x = ((rows["segment_start"] + rows["segment_end"]) / 2).to_numpy()
+        y = rows["count" if panel == "samples" else "value"].to_numpy()
+        few = (rows["count"] < min_samples).to_numpy()
+        (line,) = axis.plot(x, y, marker="o", markevery=list(~few), label=label)
+        axis.plot(x[few], y[few], linestyle="none", marker="o", markerfacecolor="none", color=line.get_color())
+    if panel == "samples":
+        axis.axhline(min_samples, color="grey", linestyle=":", linewidth=1)
+    axis.set(xlabel=position_label(frame), ylabel=PANEL_LABELS[panel])
+    axis.grid(alpha=0.3)
+
+
+def _legend(axis, frame: pd.DataFrame, min_samples: int) -> None:
+    """The runs' lines, and what a hollow marker means where one is drawn."""
+    handles, _ = axis.get_legend_handles_labels()
+    if (frame["count"] < min_samples).any():
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="grey",
+                              label=f"fewer than {min_samples} samples"))
+    if handles:
+        axis.legend(handles=handles, fontsize=8)
+
+
+def _panels(frame: pd.DataFrame) -> list[str]:
+    return [name for name in METRICS if name in set(frame["metric"])] + ["samples"]
+
+
+def plot_position_eval(frame: pd.DataFrame, title: str = "", min_samples: int = MIN_SAMPLES) -> Figure:
     """Metric vs window, one subplot per metric and one for the samples reaching each window; one
-    line per run (frames from several runs carry a `run` column)."""
-    frame = frame if "run" in frame else frame.assign(run="run")
-    metrics = [name for name in METRICS if name in set(frame["metric"])]
-    figure = Figure(figsize=(3.4 * (len(metrics) + 1), 3.2), layout="constrained")
-    axes = figure.subplots(1, len(metrics) + 1, squeeze=False)[0]
-    for run, rows in frame.groupby("run", sort=False):
-        centres = (rows["segment_start"] + rows["segment_end"]) / 2
-        for axis, name in zip(axes, metrics):
-            selected = rows["metric"] == name
-            axis.plot(centres[selected], rows.loc[selected, "value"], marker="o", label=run)
-        counts = rows.drop_duplicates("segment_start")
-        axes[-1].plot((counts["segment_start"] + counts["segment_end"]) / 2, counts["count"], marker="o", label=run)
-    for axis, title in zip(axes, [METRIC_LABELS[name] for name in metrics] + ["samples reaching window"]):
-        axis.set(title=title, xlabel="position (window centre)")
-        axis.grid(alpha=0.3)
-    axes[0].legend()
+    line per `label` (else `run`) when the frame has several runs."""
+    panels = _panels(frame)
+    figure = Figure(figsize=(3.6 * len(panels), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, panel in zip(axes, panels):
+        _draw(axis, frame, panel, min_samples)
+    _legend(axes[0], frame, min_samples)
+    if title:
+        figure.suptitle(title)
     return figure
+
+
+def position_panels(frame: pd.DataFrame, title: str = "", min_samples: int = MIN_SAMPLES) -> dict[str, Figure]:
+    """The same panels as separate figures, by panel name ("bleu", ..., "samples"): TensorBoard
+    shows each image at a fixed size, where a strip of five would read as a thumbnail."""
+    figures = {}
+    for panel in _panels(frame):
+        figure = Figure(figsize=(6, 4), layout="constrained")
+        axis = figure.subplots()
+        _draw(axis, frame, panel, min_samples)
+        _legend(axis, frame, min_samples)
+        axis.set_title(f"{title}: {PANEL_LABELS[panel]}" if title else PANEL_LABELS[panel], fontsize=10)
+        figures[panel] = figure
+    return figures
+
+
+def log_position_panels(writer, tag: str, frame: pd.DataFrame, title: str = "", step: Optional[int] = None) -> None:
+    """Each panel as its own TensorBoard image, `<tag>/<panel>` (writer: a SummaryWriter)."""
+    for panel, figure in position_panels(frame, title).items():
+        writer.add_figure(f"{tag}/{panel}", figure, step, close=False)
 
 
 class PositionEvalFiles(NamedTuple):
     csv: Path
     png: Path
-    figure: Figure  # e.g. for TensorBoard: logger.experiment.add_figure("position_eval", figure)
+    figure: Figure
 
 
-def save_position_eval(frame: pd.DataFrame, out_dir: str | Path) -> PositionEvalFiles:
-    """Write position_eval.csv and position_eval.png into out_dir."""
+def save_position_eval(frame: pd.DataFrame, out_dir: str | Path, title: str = "") -> PositionEvalFiles:
+    """Write position_eval.csv and position_eval.png (all panels in one strip) into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure = plot_position_eval(frame)
+    figure = plot_position_eval(frame, title)
     frame.to_csv(out_dir / CSV_NAME, index=False)
     figure.savefig(out_dir / PNG_NAME, dpi=120)
     return PositionEvalFiles(out_dir / CSV_NAME, out_dir / PNG_NAME, figure)

@@ -15,7 +15,7 @@ import pandas as pd
 from .metrics import METRICS, score_texts
 
 UNITS = ("words", "tokens")
-COLUMNS = ["segment_start", "segment_end", "metric", "value", "count"]
+COLUMNS = ["segment_start", "segment_end", "metric", "value", "count", "unit"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class TextUnits:
     """How text is cut into units and a window of units turned back into text."""
     split: Callable[[str], Sequence]
     join: Callable[[Sequence], str]
+    name: str = "words"  # one of UNITS: the plots' axis unit
 
 
 def text_units(unit: str = "words", tokenizer: Optional[Any] = None) -> TextUnits:
@@ -33,7 +34,7 @@ def text_units(unit: str = "words", tokenizer: Optional[Any] = None) -> TextUnit
     if unit == "tokens":
         if tokenizer is None:
             raise ValueError("segment_unit='tokens' needs the Generator's tokenizer")
-        return TextUnits(lambda text: tokenizer.encode(text, add_special_tokens=False), tokenizer.decode)
+        return TextUnits(lambda text: tokenizer.encode(text, add_special_tokens=False), tokenizer.decode, unit)
     raise ValueError(f"segment_unit must be one of {UNITS}, got {unit!r}")
 
 
@@ -45,7 +46,8 @@ def windows(width: int, max_len: int) -> list[tuple[int, int]]:
 
 def position_scores(predictions: Sequence[str], references: Sequence[str], width: int = 50,
                     max_len: int = 300, units: TextUnits = text_units()) -> pd.DataFrame:
-    """Tidy frame, one row per (window, metric): segment_start, segment_end, metric, value, count.
+    """Tidy frame, one row per (window, metric): segment_start, segment_end, metric, value, count,
+    unit (words | tokens).
     Windows no reference reaches are left out; METEOR rows are absent when WordNet is."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -58,5 +60,6 @@ def position_scores(predictions: Sequence[str], references: Sequence[str], width
             break
         scores = score_texts([units.join(predicted[i][start:end]) for i in reaching],
                              [units.join(referenced[i][start:end]) for i in reaching])
-        rows += [(start, end, name, scores[name], len(reaching)) for name in METRICS if scores[name] is not None]
+        rows += [(start, end, name, scores[name], len(reaching), units.name)
+                 for name in METRICS if scores[name] is not None]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -2,7 +2,7 @@
 
 - `Throughput`        perf/train_tokens_per_s, perf/peak_memory_mb
 - `PositionEval`      every N validations: decode validation records, log position_eval/<metric>
-                      and position_eval/<metric>@<start>-<end> and the plot (image position_eval/plot)
+                      and position_eval/<metric>@<start>-<end> and the plot (images position_eval/plot/<panel>)
 - `GenerationSamples` at the end: prompt, reference and output as text (generation_samples/<i>),
                       for methods with a Reasoner also the same model's output with lambda = 0
 - `LambdaSweep`       at the end: validation loss at each inference-time lambda
@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 from ..config import REASONER_METHODS, Config, ConfigError
 from ..decoding.generate import synchronize
 from ..evaluation.metrics import METRICS
-from ..evaluation.report import plot_position_eval
+from ..evaluation.report import log_position_panels
 from ..evaluation.segments import position_scores, text_units
 from ..evaluation.torchmetric import TextGenerationScores
 
@@ -206,9 +206,10 @@ class PositionEval(Callback):
     """Every `every_n_validations` validations of a fit: decode the first `num_samples` validation
     records (each rank its share), score them overall and per position window (evaluation/
     segments.py windows), log `position_eval/<metric>` and `position_eval/<metric>@<start>-<end>`,
-    and the window plot as the TensorBoard image `position_eval/plot`."""
+    and the window plot as TensorBoard images `position_eval/plot/<panel>` (bleu, ..., samples),
+    one panel each: a strip of panels would read as a thumbnail there."""
 
-    IMAGE_TAG = "position_eval/plot"
+    IMAGE_TAG = "position_eval/plot"  # + "/<panel>"; position_eval/<metric> are the scalars' tags
 
     def __init__(self, every_n_validations: int, num_samples: int, segment_width: int = 50,
                  segment_max: int = 300, segment_unit: str = "words"):
@@ -239,8 +240,8 @@ class PositionEval(Callback):
         pl_module.log_dict(logged, sync_dist=False)
         writer = tensorboard(trainer)
         if writer is not None and len(windows):
-            figure = plot_position_eval(windows.assign(run=f"step {trainer.global_step}"))
-            writer.add_figure(self.IMAGE_TAG, figure, trainer.global_step, close=False)
+            log_position_panels(writer, self.IMAGE_TAG, windows, f"validation, step {trainer.global_step}",
+                                trainer.global_step)
 
     def state_dict(self) -> dict:  # a resumed fit keeps counting validations where it stopped
         return {"validations": self.validations}

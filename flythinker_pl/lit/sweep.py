@@ -44,7 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import Config, ConfigError, load_config
 from ..evaluation.metrics import METRICS
-from ..evaluation.report import CSV_NAME, PNG_NAME, plot_position_eval, segment_table
+from ..evaluation.report import CSV_NAME, METRIC_LABELS, PNG_NAME, plot_position_eval, segment_table
 from .evaluate import EVAL_CONFIG, eval_yaml
 from .launch import external_launch
 from .run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, same_settings
@@ -56,6 +56,9 @@ SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/
                    "perf/train_tokens_per_s", "perf/peak_memory_mb", "decode/ms_per_token",
                    "decode/seconds_per_sample"]
 LAMBDA_SWEEP = "lambda_sweep/val_loss@"  # + inference-time lambda, logged by the lambda-sweep callback
+UNITS = {"val/loss": "nats/token", "perf/train_tokens_per_s": "tokens/s", "perf/peak_memory_mb": "MiB",
+         "decode/ms_per_token": "ms/token", "decode/seconds_per_sample": "s/sample"}
+SPREAD_NOTE = "mean ± sample std over seeds (no bar: one seed)"
 
 
 class SweepError(ConfigError):
@@ -346,18 +349,33 @@ def segments_markdown(segments: pd.DataFrame) -> str:
 
 
 def segments_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """Position-window scores per point, mean over its seeds, in report.plot_position_eval's layout
-    (the point label in `run`)."""
-    frames = [pd.read_csv(Path(run_dir) / CSV_NAME).assign(run=point)
-              for point, run_dir in zip(runs["point"], runs["run_dir"]) if (Path(run_dir) / CSV_NAME).exists()]
+    """Position-window scores per point, mean over its seeds, in report.plot_position_eval's layout:
+    the point in `run`, the plots' line label in `label` ("<point>, seed 0" or "<point>, mean of 2 seeds")."""
+    frames = [pd.read_csv(Path(run_dir) / CSV_NAME).assign(run=point, seed=seed)
+              for point, seed, run_dir in zip(runs["point"], runs["seed"], runs["run_dir"])
+              if (Path(run_dir) / CSV_NAME).exists()]
     if not frames:
         return pd.DataFrame()
-    keys = ["run", "segment_start", "segment_end", "metric"]
-    return pd.concat(frames).groupby(keys, sort=False, as_index=False)[["value", "count"]].mean()
+    frame = pd.concat(frames)
+    seeds = frame.groupby("run", sort=False)["seed"].unique()
+    keys = ["run", "segment_start", "segment_end", "metric", *(["unit"] if "unit" in frame else [])]
+    frame = frame.groupby(keys, sort=False, as_index=False, dropna=False)[["value", "count"]].mean()
+    labels = {point: f"{point}, seed {s[0]}" if len(s) == 1 else f"{point}, mean of {len(s)} seeds"
+              for point, s in seeds.items()}
+    return frame.assign(label=frame["run"].map(labels))
+
+
+def metric_label(metric: str) -> str:
+    """An axis label with the metric's scale or unit: "test BLEU (0-100)", "val/loss (nats/token)"."""
+    split, _, name = metric.rpartition("/")
+    if name in METRIC_LABELS:
+        return f"{split} {METRIC_LABELS[name]}"
+    return f"{metric} ({UNITS[metric]})" if metric in UNITS else metric
 
 
 def _errorbar(axis, x, table: pd.DataFrame, metric: str, **style) -> None:
-    axis.errorbar(x, table[metric], yerr=table[f"{metric}_std"].fillna(0), capsize=3, **style)
+    """Mean with its sample std over seeds; a point of one seed has no std and so no bar."""
+    axis.errorbar(x, table[metric], yerr=table[f"{metric}_std"], capsize=3, **style)
 
 
 def _metric_axes(table: pd.DataFrame, width: float, height: float = 3.4) -> tuple[Figure, list]:
@@ -372,19 +390,22 @@ def _metric_axes(table: pd.DataFrame, width: float, height: float = 3.4) -> tupl
 
 
 def plot_metrics(table: pd.DataFrame) -> Figure:
-    """Every summary metric per point (mean, std over seeds as error bars)."""
+    """Every summary metric per point (mean, std over seeds as error bars); ticks "<point> (n=<seeds>)"."""
     figure, panels = _metric_axes(table, max(3.2, 0.5 * len(table) + 1.5), 3.8)
+    ticks = [f"{point} (n={n})" for point, n in zip(table.index, table["n_seeds"])]
     for metric, axis in panels:
         _errorbar(axis, range(len(table)), table, metric, fmt="o")
-        axis.set_xticks(range(len(table)), table.index, rotation=35, ha="right", fontsize=8)
-        axis.set(title=metric)
+        axis.set_xticks(range(len(table)), ticks, rotation=35, ha="right", fontsize=8)
+        axis.set(title=metric, ylabel=metric_label(metric))
         axis.grid(alpha=0.3)
+    figure.suptitle(SPREAD_NOTE, fontsize=9)
     return figure
 
 
 def plot_versus(table: pd.DataFrame, key: str, grid_keys: list[str]) -> Figure:
     """Every summary metric against one numeric grid key: a line per combination of the other grid
-    keys, std error bars; points without the key (references such as SFT) as dashed lines."""
+    keys, std error bars; points without the key (references such as SFT) as dashed lines with
+    their std as a band."""
     others = [k for k in grid_keys if k != key]
     on_axis, references = table[table[key].notna()], table[table[key].isna()]
     lines = on_axis.groupby(others, sort=False, dropna=False) if others else [((), on_axis)]
@@ -396,23 +417,30 @@ def plot_versus(table: pd.DataFrame, key: str, grid_keys: list[str]) -> Figure:
             _errorbar(axis, rows[key].astype(float), rows, metric, marker="o", label=label or None)
         for (label, row), colour in zip(references.iterrows(), itertools.cycle(["grey", "black", "brown"])):
             axis.axhline(row[metric], linestyle="--", color=colour, label=label)
-        axis.set(title=metric, xlabel=key)
+            spread = row[f"{metric}_std"]
+            if pd.notna(spread):
+                axis.axhspan(row[metric] - spread, row[metric] + spread, color=colour, alpha=0.12, linewidth=0)
+        axis.set(title=metric, xlabel=key, ylabel=metric_label(metric))
         axis.grid(alpha=0.3)
     if others or len(references):
         panels[0][1].legend(fontsize=8)
+    figure.suptitle(SPREAD_NOTE, fontsize=9)
     return figure
 
 
 def plot_lambda_sweep(table: pd.DataFrame) -> Figure:
-    """Validation loss against the inference-time lambda, one line per point that swept it."""
+    """Validation loss against the inference-time lambda, one line per point that swept it (std
+    over seeds as error bars)."""
     lams = swept_lambdas(table)
     columns = list(lams)
     figure = Figure(figsize=(4.5, 3.4), layout="constrained")
     axis = figure.subplots()
     for label, row in table[table[columns].notna().any(axis=1)].iterrows():
-        spread = row[[f"{c}_std" for c in columns]].astype(float).fillna(0)
-        axis.errorbar(list(lams.values()), row[columns].astype(float), yerr=spread, marker="o", capsize=3, label=label)
-    axis.set(title="val/loss vs lambda at inference", xlabel="inference lambda", ylabel="val/loss")
+        spread = row[[f"{c}_std" for c in columns]].astype(float)
+        axis.errorbar(list(lams.values()), row[columns].astype(float), yerr=spread, marker="o", capsize=3,
+                      label=f"{label} (n={int(row['n_seeds'])})")
+    axis.set(title="val/loss vs lambda at inference", xlabel="fusion lambda at inference",
+             ylabel=metric_label("val/loss"))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return figure
@@ -443,5 +471,6 @@ def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
         segments.to_csv(out_dir / "segments.csv")
         (out_dir / "segments.md").write_text("Per position window, mean over seeds (count = samples whose "
                                              f"reference reaches it)\n\n{segments_markdown(segments)}\n")
-        plot_position_eval(frame).savefig(out_dir / PNG_NAME, dpi=120)
+        title = f"sweep {sweep.name}: mean over seeds per window"
+        plot_position_eval(frame, title).savefig(out_dir / PNG_NAME, dpi=120)
     return table, segments
