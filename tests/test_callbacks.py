@@ -59,7 +59,8 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
     assert metrics["lambda_sweep/val_loss@0"] != metrics["val/loss"]
     assert kept.module.method.fusion.cfg.lam == 0.5  # restored after the sweep
 
-    assert PositionEval.IMAGE_TAG in accumulator.Tags()["images"]
+    panels = {f"{PositionEval.IMAGE_TAG}/{panel}" for panel in ("bleu", "rouge1", "rougeL", "meteor", "samples")}
+    assert panels == set(accumulator.Tags()["images"])  # one image per panel, no tag shared with a scalar
     text_tag = f"{GenerationSamples.TAG}/0/text_summary"
     assert accumulator.Tags()["tensors"].count(text_tag) == 1
     sample = accumulator.Tensors(text_tag)[0].tensor_proto.string_val[0].decode()
@@ -69,7 +70,8 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
 
     metric_tags, hparams = hparams_of(accumulator)
     assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "lambda_sweep/val_loss@0"} <= metric_tags
-    assert hparams["fusion/lam"].number_value == 0.5 and hparams["method"].string_value == "flythinker"
+    assert hparams["Run/fusion.lam"].number_value == 0.5 and hparams["Run/method"].string_value == "flythinker"
+    assert hparams["fusion/norm"].string_value == "table_mean" and "fusion/lam" not in hparams  # once, first
     # the HPARAMS tab shows each metric's last value: the run's final one
     assert accumulator.Scalars("val/loss")[-1].value == pytest.approx(metrics["val/loss"])
 

@@ -5,9 +5,19 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.cli import main
-from flythinker_pl.lit.run import run_experiment
+from flythinker_pl.lit.run import KEY_SETTINGS, run_experiment
+
+
+def hparams_tab(events: EventAccumulator) -> tuple[list[str], list[str], dict]:
+    """What TensorBoard's HPARAMS tab shows of a run: columns (as it sorts them), metrics, values."""
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    return (sorted(h.name for h in experiment.hparam_infos), [m.name.tag for m in experiment.metric_infos],
+            dict(session.session_start_info.hparams))
 
 
 def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
@@ -17,11 +27,21 @@ def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/bleu_ci_low"} <= set(metrics)
     assert metrics["test/count"] == 10
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["test/eos_share"] == pytest.approx(sum(p["ended_by_eos"] for p in predictions) / 10)
+    assert all(p["ended_by_eos"] == (p["new_tokens"] < 8) for p in predictions if p["new_tokens"] < 8)
+    assert metrics["test/words"] == pytest.approx(sum(len(p["prediction"].split()) for p in predictions) / 10)
     assert metrics["decode/ms_per_token"] > 0 and metrics["decode/seconds_per_sample"] > 0
     for name in ("predictions.jsonl", "position_eval.csv", "position_eval.png"):
         assert (run_dir / name).exists()
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    assert "position_eval" in events.Tags()["images"]
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {"position_eval/test/bleu", "position_eval/test/samples"} <= set(events.Tags()["images"])
+    columns, tab_metrics, values = hparams_tab(events)
+    assert columns[: len(KEY_SETTINGS)] == sorted(f"Run/{key}" for key in KEY_SETTINGS)  # what defines the run first
+    assert values["Run/method"].string_value == cfg.method and values["Run/seed"].number_value == cfg.seed
+    assert {"val/loss", "test/bleu", "test/bleu_ci_low", "test/meteor", "test/eos_share"} <= set(tab_metrics)
+    for name in ("test/bleu", "test/rougeL", "test/eos_share", "val/loss"):  # the values the tab reads
+        assert events.Scalars(name)[-1].value == pytest.approx(metrics[name], rel=1e-6)
 
     stamps = {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()}
     assert run_experiment(cfg) == run_dir  # no new version, nothing recomputed

@@ -1,5 +1,5 @@
 """Scoring predictions into their run dirs: metrics.json (merged), position_eval.csv/.png and the
-plot as a TensorBoard image; several runs also get one comparison table and plot."""
+plot's panels as TensorBoard images; several runs also get one comparison table and plot."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from ..config import EvalConfig, load_config
+from ..evaluation.metrics import METRICS
 from ..evaluation.predictions import evaluate_predictions
-from ..evaluation.report import CSV_NAME, comparison_table, save_position_eval, segment_table
+from ..evaluation.report import CSV_NAME, comparison_table, log_position_panels, save_position_eval, segment_table
 from .rundirs import holding
 
 
@@ -36,6 +37,24 @@ def run_name(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}"
 
 
+def run_method(run_dir: Path) -> Optional[str]:
+    """The method behind a run dir's scores: metrics.json's, else its saved config's."""
+    metrics = run_dir / "metrics.json"
+    method = json.loads(metrics.read_text()).get("method") if metrics.exists() else None
+    for name in ("config.yaml", "predictions.config.yaml"):
+        if method is None and (run_dir / name).exists():
+            method = OmegaConf.load(run_dir / name).get("method")
+    return method
+
+
+def run_labels(run_dirs: list[Path]) -> dict[str, str]:
+    """Plot labels by run name: the method where no other run has it, else "method (run name)"."""
+    methods = {run_name(run_dir): run_method(run_dir) for run_dir in run_dirs}
+    shared = list(methods.values())
+    return {name: name if method is None else method if shared.count(method) == 1 else f"{method} ({name})"
+            for name, method in methods.items()}
+
+
 def _tokenizer_of(run_cfg):
     """The Generator tokenizer of the run that made the predictions (for eval.segment_unit=tokens)."""
     from ..data.datamodule import pretraining_corpus
@@ -55,6 +74,33 @@ def decode_cost(predictions: Path) -> dict:
             "seconds_per_sample": float((rows["batch_seconds"] / rows["batch_size"]).mean())}
 
 
+def output_stats(predictions: Path) -> dict:
+    """How outputs ended and how long they are beside their references: the share that ended by EOS
+    (the rest were cut at decode.max_new_tokens; absent for predictions made elsewhere) and the
+    mean length in words of predictions and references."""
+    rows = pd.read_json(predictions, lines=True, dtype=False).drop_duplicates("id")
+    words = {"words": float(rows["prediction"].fillna("").str.split().str.len().mean()),
+             "reference_words": float(rows["reference"].str.split().str.len().mean())}
+    return ({"eos_share": float(rows["ended_by_eos"].mean())} if "ended_by_eos" in rows else {}) | words
+
+
+def score_names(split: str) -> list[str]:
+    """The metrics.json keys scoring a decoded split: generation metrics with their intervals, how
+    outputs ended and their length, decoding cost."""
+    scores = [f"{name}{side}" for name in METRICS for side in ("", "_ci_low", "_ci_high")]
+    return [f"{split}/{name}" for name in [*scores, "eos_share", "words", "reference_words"]] + \
+        ["decode/ms_per_token", "decode/seconds_per_sample"]
+
+
+def log_scores(run_dir: Path, metrics: dict, split: str) -> None:
+    """The split's scores as TensorBoard scalars at the run's last step, where the HPARAMS tab
+    (run.log_hparams) reads them."""
+    with SummaryWriter(str(run_dir)) as writer:
+        for name in score_names(split):
+            if isinstance(metrics.get(name), (int, float)):
+                writer.add_scalar(name, metrics[name], metrics.get("global_step", 0))
+
+
 def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
     saved = predictions.with_suffix(".config.yaml")  # absent for predictions made elsewhere
     run_cfg = load_config(saved) if saved.exists() else None
@@ -64,15 +110,18 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     overall, segments = evaluate_predictions(predictions, cfg.segment_width, cfg.segment_max, cfg.segment_unit,
                                              tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed)
     run_dir = predictions.parent
-    files = save_position_eval(segments, run_dir)
-    with SummaryWriter(str(run_dir)) as writer:
-        writer.add_figure("position_eval", files.figure, close=False)
     split = run_cfg.decode.split if run_cfg else "test"
+    title = f"{run_cfg.method} ({run_name(run_dir)})" if run_cfg else run_name(run_dir)
+    title += f", {split} split"
+    save_position_eval(segments, run_dir, title)
+    with SummaryWriter(str(run_dir)) as writer:  # one image per panel: a strip of five reads as a thumbnail
+        log_position_panels(writer, f"position_eval/{split}", segments, title)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    metrics.update({f"{split}/{name}": value for name, value in overall.items()})
+    metrics.update({f"{split}/{name}": value for name, value in (overall | output_stats(predictions)).items()})
     metrics.update({f"decode/{name}": value for name, value in decode_cost(predictions).items()})
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    log_scores(run_dir, metrics, split)
     (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg))
     return overall, segments
 
@@ -80,15 +129,17 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
 def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
                   out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(comparison table, segment scores of every run). With several runs and `out_dir`, the
-    combined position_eval.csv/.png (one line per run) are written there too."""
-    scores, frames = {}, []
+    combined position_eval.csv/.png (one line per run, labelled by method) are written there too."""
+    scores, frames, run_dirs = {}, [], []
     for path in paths:
         predictions = predictions_file(path)
         overall, segments = evaluate_run(predictions, cfg)
+        run_dirs.append(predictions.parent)
         name = run_name(predictions.parent)
         scores[name] = overall
         frames.append(segments.assign(run=name))
     combined = pd.concat(frames, ignore_index=True)
+    combined["label"] = combined["run"].map(run_labels(run_dirs))
     if out_dir is not None and len(frames) > 1:
         save_position_eval(combined, out_dir)
     return comparison_table(scores), combined
@@ -108,16 +159,53 @@ def runs_table(paths: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+def _scored_split(row: pd.Series) -> Optional[str]:
+    return next((key.split("/")[0] for key in row.index if key.endswith("/bleu") and pd.notna(row[key])), None)
+
+
+def _with_interval(row: pd.Series, key: str, digits: int) -> Optional[str]:
+    if pd.isna(row.get(key)):
+        return None
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    value = f"{row[key]:.{digits}f}"
+    return value if pd.isna(low) or pd.isna(high) else f"{value} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """runs_table as a result reads: one row per run, rounded, generation metrics with their 95%
+    bootstrap intervals, the share of outputs that ended by EOS and their length beside the
+    references'. A column no run has is left out; a cell a run lacks is blank."""
+    def summary(row: pd.Series) -> dict:
+        def number(key: str, spec: str) -> Optional[str]:
+            return format(row[key], spec) if pd.notna(row.get(key)) else None
+
+        split = _scored_split(row) or "test"
+        loss, before = number("val/loss", ".3f"), number("val/loss_before", ".3f")
+        words, reference = number(f"{split}/words", ".0f"), number(f"{split}/reference_words", ".0f")
+        return {"method": row.get("method"), "steps": row.get("global_step"),
+                "val loss": f"{before} -> {loss}" if before and loss else loss,
+                **{f"{split} {name}": _with_interval(row, f"{split}/{key}", digits) for name, key, digits in
+                   [("BLEU", "bleu", 2), ("ROUGE-1", "rouge1", 3), ("ROUGE-L", "rougeL", 3), ("METEOR", "meteor", 3)]},
+                "ended by EOS": number(f"{split}/eos_share", ".0%"),
+                "words (reference)": f"{words} ({reference})" if words else None,
+                "ms/token": number("decode/ms_per_token", ".1f")}
+
+    table = pd.DataFrame([summary(row) for _, row in runs.iterrows()], index=runs.index)
+    return table.dropna(axis=1, how="all").fillna("")
+
+
 def runs_segments(paths: list[str | Path], out_dir: Optional[str | Path] = None) -> pd.DataFrame:
     """The runs' position_eval.csv side by side (segment_table layout); with `out_dir`, also the
-    combined CSV and plot (one line per run)."""
-    frames = []
+    combined CSV and plot (one line per run, labelled by method)."""
+    frames, run_dirs = [], []
     for path in paths:
         run_dir = finished_run_dir(path)
         if not (run_dir / CSV_NAME).exists():
             raise FileNotFoundError(f"{run_dir}: no {CSV_NAME} (run `flythinker evaluate` or `flythinker run`)")
+        run_dirs.append(run_dir)
         frames.append(pd.read_csv(run_dir / CSV_NAME).assign(run=run_name(run_dir)))
     combined = pd.concat(frames, ignore_index=True)
+    combined["label"] = combined["run"].map(run_labels(run_dirs))
     if out_dir is not None:
         save_position_eval(combined, out_dir)
     return segment_table(combined)
