@@ -16,16 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .console import silence_known_noise
 from .data.schema import DataError
-
-# What `flythinker table` prints by default; every key stays in each run's metrics.json.
-SUMMARY_COLUMNS = ["method", "global_step", "val/loss_before", "val/loss", "test/bleu", "test/rouge1",
-                   "test/rougeL", "test/meteor"]
-
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", action="append",
@@ -50,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="where the combined position_eval.csv/.png of several runs go")
     table = commands.add_parser("table", help="compare finished runs from their run dirs (nothing is recomputed)")
     table.add_argument("runs", nargs="+", help="run dirs or experiment dirs (newest finished version)")
-    table.add_argument("--all", action="store_true", help="every metrics.json key, not just the summary")
+    table.add_argument("--all", action="store_true", help="every metrics.json key (one column per run), "
+                                                          "not just the summary")
     table.add_argument("--segments", action="store_true", help="also the position-segment table")
     table.add_argument("--plot", help="write the runs' combined position_eval.csv/.png into this directory")
     data = commands.add_parser("data", help="inspect a config's data: stats per split, or one prompt")
@@ -94,12 +92,12 @@ def _config(args):
 
 def run(args):
     cfg = _config(args)[0]  # checked before the heavy imports: a typo fails in a blink
-    from .lit.evaluate import runs_table
+    from .lit.evaluate import runs_table, summary_table
     from .lit.run import run_experiment
 
     run_dir = run_experiment(cfg)
-    print(runs_table([run_dir]).T.to_markdown(floatfmt=".4g"))
-    print(f"Run: {run_dir}")
+    print(summary_table(runs_table([run_dir])).T.to_markdown())
+    print(f"Run: {run_dir} (every number in its metrics.json)")
 
 
 def fit(args):
@@ -135,10 +133,10 @@ def evaluate(args):
 
 
 def table(args):
-    from .lit.evaluate import runs_segments, runs_table
+    from .lit.evaluate import runs_segments, runs_table, summary_table
 
-    summary = runs_table(args.runs)
-    print((summary if args.all else summary[[c for c in SUMMARY_COLUMNS if c in summary]]).to_markdown(floatfmt=".4g"))
+    runs = runs_table(args.runs)
+    print(runs.T.to_markdown(floatfmt=".4g") if args.all else summary_table(runs).to_markdown())
     if args.segments or args.plot:
         segments = runs_segments(args.runs, args.plot)
         if args.segments:
@@ -220,6 +218,26 @@ COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "t
             "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "sweep": sweep}
 
 
+# Commands whose rerun continues: training resumes from the run's last checkpoint, finished stages are reused.
+RESUMABLE = ("run", "fit", "sweep")
+_signals: list[int] = []
+
+
+def _on_sigint(signum, frame):
+    _signals.append(signum)  # Lightning turns the KeyboardInterrupt into sys.exit(1): remember why
+    raise KeyboardInterrupt
+
+
+def _interrupted(command: str, signum: int) -> int:
+    if command in RESUMABLE:
+        print(f"\ninterrupted ({signal.Signals(signum).name}): rerun the same command to continue; training "
+              "resumes from the run's checkpoints/last.ckpt (saved at every validation) and finished stages are "
+              "reused", file=sys.stderr)
+    else:
+        print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # argparse fills `overrides` at the first positional chunk; key=value items placed among the
@@ -230,11 +248,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
         args.overrides = [*args.overrides, *unknown]
+    silence_known_noise()
+    _signals.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         COMMANDS[args.command](args)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted(args.command, signal.SIGINT)
+    except SystemExit as err:
+        # Lightning's SIGTERMException (scancel, a pre-empting scheduler) is a SystemExit; matched by
+        # name, as importing Lightning here would slow every config error
+        if type(err).__name__ == "SIGTERMException":
+            return _interrupted(args.command, signal.SIGTERM)
+        if _signals:
+            return _interrupted(args.command, _signals[-1])
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 

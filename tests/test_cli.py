@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 from flythinker_pl.cli import main
@@ -18,13 +22,63 @@ def overrides(run_config):
 
 def test_fit_then_table(run_config, capsys):
     args = overrides(run_config)
-    assert main(["fit", "-c", str(DEBUG_CONFIG), *args]) == 0
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *args, "trainer.enable_progress_bar=true"]) == 0
+    log = capsys.readouterr().out  # not a terminal: progress as lines, no bars redrawn with \r
+    assert "train step 2/2, loss" in log and "validation at step 0: val/loss" in log and "\r" not in log
     assert main(["fit", "-c", str(DEBUG_CONFIG), *args, "method=sft", "logging.experiment=tiny_sft"]) == 0
     root = run_config().logging.root_dir
     capsys.readouterr()
     assert main(["table", f"{root}/tiny", f"{root}/tiny_sft"]) == 0
     table = capsys.readouterr().out
-    assert "| run" in table and "flythinker" in table and "sft" in table and "val/loss_before" in table
+    assert "| run" in table and "flythinker" in table and "sft" in table
+    assert "val loss" in table and " -> " in table  # before -> after training, rounded
+    assert main(["table", f"{root}/tiny", "--all"]) == 0
+    assert "val/loss_before" in capsys.readouterr().out
+    checkpoint = f"{root}/tiny/version_0/checkpoints/last.ckpt"
+    assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "trainer.enable_progress_bar=true",
+                 f"ckpt_path={checkpoint}"]) == 0
+    assert "decoding batch 1/1" in capsys.readouterr().out  # 10 test records, decode.batch_size 16
+
+
+def test_a_failed_fit_leaves_no_version_folder(run_config, monkeypatch, capsys):
+    import lightning as L
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("some data file")
+
+    monkeypatch.setattr(L.Trainer, "validate", broken)
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *overrides(run_config)]) == 2
+    root = Path(run_config().logging.root_dir)
+    assert not root.exists() or not any(root.rglob("version_*"))
+
+
+def test_interrupts_say_that_rerunning_continues(monkeypatch, capsys):
+    import flythinker_pl.cli as cli
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def terminated(args):
+        raise SIGTERMException
+
+    monkeypatch.setitem(cli.COMMANDS, "fit", interrupted)
+    assert main(["fit", "-c", str(DEBUG_CONFIG)]) == 130
+    assert "interrupted (SIGINT): rerun the same command to continue" in capsys.readouterr().err
+    monkeypatch.setitem(cli.COMMANDS, "run", terminated)
+    assert main(["run", "-c", str(DEBUG_CONFIG)]) == 143
+    assert "interrupted (SIGTERM): rerun the same command" in capsys.readouterr().err
+
+    def like_lightning(args):  # Ctrl-C inside a Trainer: Lightning shuts down, then sys.exit(1)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setitem(cli.COMMANDS, "fit", like_lightning)
+    assert main(["fit", "-c", str(DEBUG_CONFIG)]) == 130
+    assert "rerun the same command to continue" in capsys.readouterr().err
 
 
 def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, capsys):

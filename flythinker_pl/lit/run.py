@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +20,9 @@ from ..config import Config, load_config, to_yaml
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .callbacks import run_callbacks
-from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs
+from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
 from .launch import agree_across_ranks
+from .logs import progress_bar
 from .module import MethodModule
 from .rundirs import version_number, versions
 from .writer import PredictionWriter
@@ -30,8 +31,43 @@ from .writer import PredictionWriter
 RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
 # What each stage's outputs do not depend on: changing these reuses the stage instead of redoing it.
 NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
-# A frozen Reasoner is kept in eval mode on purpose (FlyThinker.train).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+# The settings that define a run. TensorBoard's HPARAMS tab sorts columns by name (those that differ
+# between runs first): these go under "Run/", which sorts before every lower-case config group.
+KEY_SETTINGS = ("method", "generator.name", "generator.mode", "reasoner.name", "reasoner.mode", "fusion.lam",
+                "fusion.span", "seed", "data.task", "data.setting")
+
+
+def tensorboard_hparams(cfg: Config) -> dict[str, object]:
+    """The config as HPARAMS columns: KEY_SETTINGS as "Run/<key>", then every other key as
+    "<group>/<key>"; values TensorBoard cannot show (lists, None) as text."""
+    config = OmegaConf.to_container(OmegaConf.structured(cfg))
+    first = {f"Run/{path}": OmegaConf.select(OmegaConf.create(config), path) for path in KEY_SETTINGS}
+
+    def flat(node: dict, prefix: str):
+        for name, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{name}/")
+            elif f"Run/{prefix.replace('/', '.')}{name}" not in first:
+                yield f"{prefix}{name}", value
+
+    columns = first | dict(flat(config, ""))
+    return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for name, value in columns.items()}
+
+
+def log_hparams(logger: TensorBoardLogger, cfg: Config, numbers: dict[str, float], step: int) -> None:
+    """TensorBoard's HPARAMS entry: the config beside the run's numbers, which are logged as scalars at
+    `step` (the tab shows each metric's last value). The decoded split's scores are named as columns
+    now; `flythinker run`/`evaluate` log their values later (evaluate.log_scores)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.log_metrics(numbers, step)
+    columns = dict.fromkeys([*numbers, *score_names(cfg.decode.split)], 0.0)
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(tensorboard_hparams(cfg), columns):
+        writer.add_summary(summary, step)
 
 
 def precision(cfg: Config) -> str:
@@ -106,10 +142,11 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer
                                version=version_number(run_dir), default_hp_metric=False)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    progress = [progress_bar()] if cfg.trainer.enable_progress_bar else []
     return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
-                     logger=logger,
-                     callbacks=[checkpoint, LearningRateMonitor("step"), *run_callbacks(cfg), *callbacks],
+                     logger=logger, enable_model_summary=False,  # _fit prints the parameter counts
+                     callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
                      default_root_dir=str(run_dir),
                      # no_grad, not inference_mode: metric states touched by the validation before
                      # fit must stay updatable by fit's own validation loops
@@ -130,11 +167,20 @@ BEFORE_TRAINING = "metrics_before.json"  # a fresh run's validation before train
 
 
 def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
-    """Run `work()` with the run dir (and resume point) exported for DDP ranks started inside it."""
-    launched_here = RUN_DIR_ENV not in os.environ
+    """Run `work()` with the run dir (and resume point) exported for DDP ranks started inside it. A
+    run dir this call made is removed again if `work` fails before it holds a checkpoint or
+    predictions: a failed command leaves no empty version behind."""
+    launched_here, existed = RUN_DIR_ENV not in os.environ, run_dir.exists()
     os.environ.update({RUN_DIR_ENV: str(run_dir), RESUME_ENV: resume_from or ""})
     try:
         return work()
+    except BaseException:
+        if launched_here and not existed and not any(run_dir.rglob("*.ckpt")) and \
+                not any(run_dir.glob("*.jsonl")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()  # the experiment dir, if this run made it
+        raise
     finally:
         if launched_here:
             del os.environ[RUN_DIR_ENV], os.environ[RESUME_ENV]
@@ -150,12 +196,14 @@ def fit(cfg: Config, callbacks: list = ()) -> Path:
 def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list) -> Path:
     module, datamodule, _ = build(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks)
-    hparams = OmegaConf.to_container(OmegaConf.structured(cfg))
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         (run_dir / "git_commit.txt").write_text(git_commit() + "\n")
-        trainer.logger.log_hyperparams(hparams)  # hparams.yaml now; the HPARAMS tab entry at the end
+        trainer.logger.log_hyperparams(OmegaConf.to_container(OmegaConf.structured(cfg)))  # hparams.yaml
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        print(f"{cfg.method}: {trainable / 1e6:.3g} M of {sum(p.numel() for p in module.parameters()) / 1e6:.3g} M "
+              f"parameters trainable; run dir {run_dir}")
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from}")
     initial, before = {}, run_dir / BEFORE_TRAINING
@@ -173,10 +221,9 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "train/loss"}
         results = {"method": cfg.method, "global_step": trainer.global_step, **initial, **final}
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        # TensorBoard's HPARAMS tab: the config beside the run's numbers, written at the last step so
-        # that each scalar series ends on the value the tab shows
-        numbers = {k: v for k, v in results.items() if isinstance(v, float)}
-        trainer.logger.log_hyperparams(hparams, numbers, step=trainer.global_step)
+        # written at the last step, so that each scalar series ends on the value the tab shows
+        log_hparams(trainer.logger, cfg, {k: v for k, v in results.items() if isinstance(v, float)},
+                    trainer.global_step)
         trainer.logger.finalize("success")  # the Trainer closed its event file: flush the new one
     return run_dir
 
