@@ -34,9 +34,10 @@ DEMO_RUNS := lightning_logs/demo_sft lightning_logs/demo
 demo: install ## main job on the embedded default: tiny backbones, SFT + FlyThinker trained, decoded, scored
 	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml
 	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
-	@echo; echo "Validation loss before/after training; test-split generation metrics:"
+	@echo; echo "SFT vs FlyThinker: validation loss before -> after training; test split scored with 95% bootstrap"
+	@echo "intervals; 'ended by EOS': outputs that stopped by themselves (the rest hit decode.max_new_tokens)."
 	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --plot lightning_logs/demo_comparison
-	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir lightning_logs"
+	@echo "TensorBoard: make tensorboard (every run, its samples, plots and HPARAMS)"
 
 position-eval: install ## SFT vs FlyThinker per output position (trains or reuses the demo runs), CSV + PNG
 	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml
