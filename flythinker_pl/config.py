@@ -103,7 +103,7 @@ class DataConfig:
     system_prompt: Optional[str] = None  # None keeps the chat template's own default
     profile_tokens: int = 1250  # token budgets, as in the paper: the rendered history (retrieved items),
     input_tokens: int = 300  # the query,
-    target_tokens: int = 1000  # the target: training only; evaluation keeps the full reference
+    target_tokens: int = 1000  # the target (for the loss, in every split; the scored reference stays whole)
     batch_size: int = 8
     eval_batch_size: int = 8
     length_buckets: bool = False  # training batches of similar lengths (less padding), still shuffled

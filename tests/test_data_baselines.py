@@ -39,13 +39,12 @@ def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
     return fit_history(tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)[0]
 
 
-def previous_encoding(record: dict, cfg: DataConfig, tokenizer, train: bool) -> list[int]:
+def previous_encoding(record: dict, cfg: DataConfig, tokenizer) -> list[int]:
     """The ids as encoded before profile_mask existed: prompt string tokenised, then the target."""
     message = user_message(cfg.task, history_of(record, cfg, tokenizer),
                            truncate(tokenizer, record["input"], cfg.input_tokens))
     target = token_ids(tokenizer, record["output"])
-    target = target[: cfg.target_tokens] if train and len(target) > cfg.target_tokens else \
-        target + [tokenizer.eos_token_id]
+    target = target[: cfg.target_tokens] if len(target) > cfg.target_tokens else target + [tokenizer.eos_token_id]
     return token_ids(tokenizer, chat_prompt(tokenizer, message, cfg.system_prompt)) + target
 
 
@@ -77,8 +76,8 @@ def test_profile_mask_marks_exactly_the_history_and_leaves_the_ids_unchanged(tok
     cfg = fixture_cfg(task, setting, retriever="recency", k=2, **budgets)
     for split in SPLITS:
         for record in load_split(cfg, split).records:
-            example = prepare_record(record, cfg, tokenizer, train=split == "train")
-            assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer, split == "train")
+            example = prepare_record(record, cfg, tokenizer)
+            assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer)
             assert_marks_the_history(example, history_of(record, cfg, tokenizer), tokenizer)
 
 
@@ -93,8 +92,8 @@ def test_profile_mask_finds_the_user_turn_even_when_the_system_prompt_quotes_the
         history_text = history_of(record, cfg, tokenizer)
         # the whole user message twice in the prompt: only the user turn's history is the history
         cfg.system_prompt = user_message(cfg.task, history_text, record["input"])
-        example = prepare_record(record, cfg, tokenizer, train=False)
-        assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer, False)
+        example = prepare_record(record, cfg, tokenizer)
+        assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer)
         assert_marks_the_history(example, history_text, tokenizer, quoted_elsewhere=True)
         prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
         first_marked = int(np.flatnonzero(example["profile_mask"])[0])
@@ -135,8 +134,8 @@ def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_to
     assert not slow.is_fast
     cfg = synthetic_cfg(synthetic_dir, k=2, **ROOMY)
     for record in load_split(cfg, "val").records[:4]:
-        fast_example = prepare_record(record, cfg, tokenizer, train=False)
-        slow_example = prepare_record(record, cfg, slow, train=False)
+        fast_example = prepare_record(record, cfg, tokenizer)
+        slow_example = prepare_record(record, cfg, slow)
         assert slow_example["input_ids"].tolist() == fast_example["input_ids"].tolist()
         fast_marked, slow_marked = (np.flatnonzero(e["profile_mask"]) for e in (fast_example, slow_example))
         assert len(slow_marked) and (np.diff(slow_marked) == 1).all()
@@ -159,9 +158,9 @@ def test_span_ends_on_characters_no_token_covers_fall_back_to_offsets():
 def test_collate_left_pads_the_profile_mask_like_the_ids(tokenizer, synthetic_dir):
     cfg = synthetic_cfg(synthetic_dir, k=2, profile_tokens=40, input_tokens=30, target_tokens=20)
     records = load_split(cfg, "train").records[:3]
-    examples = [prepare_record(r, cfg, tokenizer, train=True) for r in records]
+    examples = [prepare_record(r, cfg, tokenizer) for r in records]
     examples[1] = prepare_record(records[1], synthetic_cfg(synthetic_dir, retriever="none", target_tokens=5),
-                                 tokenizer, train=True)  # shorter, with no history
+                                 tokenizer)  # shorter, with no history
     batch = collate(examples, pad_id=tokenizer.pad_token_id)
     assert batch["profile_mask"].dtype == batch["input_ids"].dtype
     assert batch["profile_mask"].shape == batch["input_ids"].shape
@@ -202,15 +201,14 @@ RATIONALE = ("The user opens with a story, praises the sound first and always en
              "expect warm words about the build and a grumble about the price.")
 
 
-@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("rationale_tokens,target_tokens", [(10_000, 10_000), (12, 25)])
-def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer, synthetic_dir, train,
+def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer, synthetic_dir,
                                                                       rationale_tokens, target_tokens):
     cfg = synthetic_cfg(synthetic_dir, profile_tokens=200, input_tokens=200, target_tokens=target_tokens,
                         rationale_tokens=rationale_tokens)
     record = load_split(cfg, "train").records[0]
-    plain = encode_record(record, record["profile"][:1], cfg, tokenizer, train)
-    cot = encode_record(record, record["profile"][:1], cfg, tokenizer, train, rationale=RATIONALE)
+    plain = encode_record(record, record["profile"][:1], cfg, tokenizer)
+    cot = encode_record(record, record["profile"][:1], cfg, tokenizer, rationale=RATIONALE)
     assert cot["input_ids"][: cot["prompt_len"]].tolist() == plain["input_ids"][: plain["prompt_len"]].tolist()
     assert cot["profile_mask"].tolist()[: cot["prompt_len"]] == plain["profile_mask"].tolist()[: plain["prompt_len"]]
     assert cot["reference"] == record["output"] and cot["target_tokens"] == plain["target_tokens"]
@@ -221,9 +219,9 @@ def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer,
     target = cot["input_ids"][cot["prompt_len"]:].tolist()
     plain_target = plain["input_ids"][plain["prompt_len"]:].tolist()
     assert target[-len(plain_target):] == plain_target  # the output keeps its own budget (and EOS rule)
-    output_cut = train and plain["target_tokens"] > target_tokens
+    output_cut = plain["target_tokens"] > target_tokens
     assert len(plain_target) == (target_tokens if output_cut else plain["target_tokens"] + 1)  # + EOS
-    assert cot["cut"]["target"] == output_cut == (train and target_tokens < 100)
+    assert cot["cut"]["target"] == output_cut == (target_tokens < 100)
     # the pieces tokenise as the whole text does, so generated text splits where training put the marker
     assert target[: len(target) - len(plain_target)] == token_ids(tokenizer, with_rationale(kept_rationale))
     text = tokenizer.decode(target, skip_special_tokens=True)

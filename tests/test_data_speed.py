@@ -93,7 +93,7 @@ def _tokens_and_span_mask(tokenizer, text: str, span: tuple[int, int]) -> tuple[
     return encoding["input_ids"], mask
 
 
-def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer, train: bool,
+def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer,
                      rationale: Optional[str] = None) -> dict:
     history_text, kept, profile_cut = _fit_history(
         tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)
@@ -103,7 +103,7 @@ def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer
     prompt_ids, prompt_profile_mask = _tokens_and_span_mask(
         tokenizer, prompt, _history_span(prompt, message, history_text, tokenizer, cfg.system_prompt))
     target_ids = _ids(tokenizer, record["output"])
-    target_cut = train and len(target_ids) > cfg.target_tokens
+    target_cut = len(target_ids) > cfg.target_tokens
     response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
     cut = {"profile": profile_cut, "input": query != record["input"], "target": target_cut}
     if rationale is not None:
@@ -118,9 +118,9 @@ def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer
             "target_tokens": len(target_ids), "cut": cut}
 
 
-def reference_prepare(record: dict, cfg: DataConfig, tokenizer, train: bool, rationale: Optional[str] = None) -> dict:
+def reference_prepare(record: dict, cfg: DataConfig, tokenizer, rationale: Optional[str] = None) -> dict:
     retrieved = reference_retrieve(record, cfg) if record["profile"] and cfg.k > 0 else []
-    example = reference_encode(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, train, rationale)
+    example = reference_encode(record, [record["profile"][i] for i in retrieved], cfg, tokenizer, rationale)
     return {**example, "retrieved": retrieved[: example["items_shown"]]}
 
 
@@ -179,9 +179,9 @@ def test_prepared_examples_equal_the_reference_on_every_fixture(tokenizer, task,
     cfg = fixture_cfg(task, setting, **budgets)
     for split in SPLITS:
         records = load_split(cfg, split).records
-        expected = [reference_prepare(r, cfg, tokenizer, split == "train") for r in records]
-        assert_same_examples(prepare_records(records, cfg, tokenizer, split == "train"), expected)
-        assert_same_examples([prepare_record(r, cfg, tokenizer, split == "train") for r in records], expected)
+        expected = [reference_prepare(r, cfg, tokenizer) for r in records]
+        assert_same_examples(prepare_records(records, cfg, tokenizer), expected)
+        assert_same_examples([prepare_record(r, cfg, tokenizer) for r in records], expected)
 
 
 def test_prepared_examples_equal_the_reference_with_a_slow_tokenizer(tokenizer):
@@ -191,8 +191,8 @@ def test_prepared_examples_equal_the_reference_with_a_slow_tokenizer(tokenizer):
         cfg = fixture_cfg("product_review", **budgets)
         records = load_split(cfg, "train").records
         rationales = {r["id"]: f"The user {r['id']} keeps it short and friendly, always." for r in records[::2]}
-        expected = [reference_prepare(r, cfg, slow, True, rationales.get(r["id"])) for r in records]
-        assert_same_examples(prepare_records(records, cfg, slow, True, rationales), expected)
+        expected = [reference_prepare(r, cfg, slow, rationales.get(r["id"])) for r in records]
+        assert_same_examples(prepare_records(records, cfg, slow, rationales), expected)
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +217,8 @@ def test_prepared_examples_equal_the_reference_on_2000_synthetic_records(synthet
         else:
             rationales = {}
         count += len(records)
-        expected = [reference_prepare(r, cfg, tokenizer, split == "train", rationales.get(r["id"])) for r in records]
-        examples = prepare_records(records, cfg, tokenizer, split == "train", rationales)
+        expected = [reference_prepare(r, cfg, tokenizer, rationales.get(r["id"])) for r in records]
+        examples = prepare_records(records, cfg, tokenizer, rationales)
         assert_same_examples(examples, expected)
         if budgets:
             assert all(any(e["cut"][key] for e in examples) for key in ("profile", "input", "rationale"))
@@ -233,5 +233,5 @@ def test_a_backend_set_to_truncate_is_called_through_the_tokenizer(tokenizer):
     truncating.backend_tokenizer.enable_truncation(8)
     cfg = fixture_cfg("abstract_generation", k=2)
     records = load_split(cfg, "val").records
-    examples = prepare_records(records, cfg, truncating, False)  # first: the tokenizer's call lifts the truncation
-    assert_same_examples(examples, [reference_prepare(r, cfg, tokenizer, False) for r in records])
+    examples = prepare_records(records, cfg, truncating)  # first: the tokenizer's call lifts the truncation
+    assert_same_examples(examples, [reference_prepare(r, cfg, tokenizer) for r in records])

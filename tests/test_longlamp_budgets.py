@@ -1,5 +1,5 @@
 """Token budgets: never exceeded after re-tokenisation, whole items dropped before any cut, the
-chat template's tail intact, targets cut for training only and references always whole."""
+chat template's tail intact, targets cut in every split (for the loss) and references always whole."""
 from __future__ import annotations
 
 import pytest
@@ -49,7 +49,7 @@ def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer
     for split in ("train", "test"):
         for record in load_split(cfg, split).records:
             items = [record["profile"][i] for i in retrieve(record, task, "bm25", 3)]
-            example = encode_record(record, items, cfg, tokenizer, train=split == "train")
+            example = encode_record(record, items, cfg, tokenizer)
             ids, prompt_len = example["input_ids"].tolist(), example["prompt_len"]
             history_text, _, _ = fit_history(tokenizer, [render_profile_item(task, i) for i in items], profile_tokens)
             query = truncate(tokenizer, record["input"], input_tokens)
@@ -61,9 +61,9 @@ def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer
             assert prompt.endswith(TAIL) and ids[prompt_len - len(tail):prompt_len] == tail
             response = ids[prompt_len:]
             full = token_ids(tokenizer, record["output"])
-            if split == "train" and len(full) > target_tokens:  # cut for training, without EOS
+            if len(full) > target_tokens:  # cut in every split (the loss's budget), without EOS
                 assert response == full[:target_tokens] and example["cut"]["target"]
-            else:  # whole, + EOS; evaluation targets are never cut
+            else:  # whole, + EOS
                 assert response == full + [tokenizer.eos_token_id]
             assert example["reference"] == record["output"]
 
@@ -71,7 +71,7 @@ def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer
 def test_long_fields_hit_the_budgets_and_are_reported(tokenizer, synthetic_dir):
     cfg = DataConfig(path=str(synthetic_dir), k=2, profile_tokens=64, input_tokens=16, target_tokens=32)
     record = load_split(cfg, "train").records[0]
-    example = encode_record(record, record["profile"][:2], cfg, tokenizer, train=True)
+    example = encode_record(record, record["profile"][:2], cfg, tokenizer)
     assert example["cut"] == {"profile": True, "input": True, "target": True}
     assert example["items_shown"] == 1 and len(example["input_ids"]) - example["prompt_len"] == 32
 

@@ -65,7 +65,7 @@ EXPECTED_MESSAGE = {
 def test_rendered_prompt_is_the_longlamp_template_character_for_character(tokenizer, task, k, system_prompt):
     cfg = fixture_cfg(task, retriever="recency", k=k, system_prompt=system_prompt, **ROOMY)
     record = load_split(cfg, "train").records[0]
-    example = prepare_record(record, cfg, tokenizer, train=True)
+    example = prepare_record(record, cfg, tokenizer)
     system = f"<|im_start|>system\n{system_prompt}<|im_end|>\n" if system_prompt else ""
     expected = f"{system}<|im_start|>user\n{EXPECTED_MESSAGE[task, k]}<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.decode(example["input_ids"][: example["prompt_len"]]) == expected
@@ -77,7 +77,7 @@ def test_without_a_chat_template_the_plain_template_is_used(tokenizer):
                                 pad_token="<|endoftext|>")
     assert not plain.chat_template
     cfg = fixture_cfg("topic_writing", retriever="recency", k=2, **ROOMY)
-    example = prepare_record(load_split(cfg, "train").records[0], cfg, plain, train=False)
+    example = prepare_record(load_split(cfg, "train").records[0], cfg, plain)
     assert plain.decode(example["input_ids"][: example["prompt_len"]]) == \
         EXPECTED_MESSAGE["topic_writing", 2] + "\n\nResponse:\n"
 
@@ -86,7 +86,7 @@ def test_an_empty_profile_gives_a_prompt_without_history(tokenizer):
     cfg = fixture_cfg("topic_writing", k=3)
     record = load_split(cfg, "train").records[1]
     assert record["profile"] == []
-    example = prepare_record(record, cfg, tokenizer, train=True)
+    example = prepare_record(record, cfg, tokenizer)
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     assert prompt == chat_prompt(tokenizer, record["input"], None)
     assert example["retrieved"] == []

@@ -42,7 +42,7 @@ def bench_prepare(records: int = 20_000, retriever: str = "bm25", k: int = 1) ->
             seconds["retrieve"] += time.perf_counter() - start
             start = time.perf_counter()
             encode_records(loaded, [[r["profile"][i] for i in shown] for r, shown in zip(loaded, retrieved)], cfg,
-                           tokenizer, split == "train")
+                           tokenizer)
             seconds["render + tokenise"] += time.perf_counter() - start
             count += len(loaded)
     return {"records": count, **{f"{stage} records/s": round(count / s) for stage, s in seconds.items()},

@@ -18,7 +18,7 @@ from .rationales import rationales_for_split
 from .readers import SPLITS, read_split, resolve_root
 from .retrieval import BM25Corpus, retrieve
 from .sampling import GlobalBatchSampler, ResumableDataLoader
-from .schema import SplitReport, validate, write_skip_report
+from .schema import SplitReport, require_records, validate, write_skip_report
 
 
 @dataclass
@@ -34,13 +34,15 @@ def load_split(cfg: DataConfig, split: str) -> Split:
 
 def split_records(cfg: DataConfig, split: str) -> tuple[list[dict], dict[str, str], SplitReport]:
     """A split's records to encode, their rationales by id (data.rationales; else {}) and what was
-    left out (invalid records; training records without a rationale under on_bad_record=skip)."""
+    left out (invalid records; training records without a rationale under on_bad_record=skip).
+    A split with no record left is a DataError naming its file."""
     loaded = load_split(cfg, split)
     records, rationales = rationales_for_split(cfg, split, loaded.records, loaded.report)
+    require_records(records, loaded.report, split)
     return records, rationales, loaded.report
 
 
-def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
+def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
                     rationales: Optional[dict[str, str]] = None) -> list[dict]:
     """Retrieval + rendering + tokenisation of a split's records (one BM25 corpus for all: each profile
     item's terms are counted once); `retrieved` = the profile indices shown; a record's rationale
@@ -48,14 +50,14 @@ def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedT
     corpus = BM25Corpus()
     retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed, corpus) for r in records]
     examples = encode_records(records, [[r["profile"][i] for i in shown] for r, shown in zip(records, retrieved)],
-                              cfg, tokenizer, train, [(rationales or {}).get(r["id"]) for r in records])
+                              cfg, tokenizer, [(rationales or {}).get(r["id"]) for r in records])
     return [{**example, "retrieved": shown[: example["items_shown"]]} for example, shown in zip(examples, retrieved)]
 
 
-def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, train: bool,
+def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
                    rationale: Optional[str] = None) -> dict:
     rationales = {record["id"]: rationale} if rationale is not None else None
-    return prepare_records([record], cfg, tokenizer, train, rationales)[0]
+    return prepare_records([record], cfg, tokenizer, rationales)[0]
 
 
 def pretraining_corpus(cfg: DataConfig) -> list[str]:
@@ -69,7 +71,8 @@ class PersonalisationDataModule(L.LightningDataModule):
 
     Each split is read, validated, retrieved and encoded once (the first `setup` that needs it),
     then reused by every epoch. With `on_bad_record=skip`, `skip_reports` holds what was left out;
-    `setup` writes it to the Trainer's log dir (the run dir) as data_skipped.json."""
+    `setup` adds it to data_skipped.json in the Trainer's log dir (the run dir), beside the splits
+    that other stages of the run wrote there."""
 
     STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
@@ -90,7 +93,7 @@ class PersonalisationDataModule(L.LightningDataModule):
         for split in splits:
             if split not in self.examples:
                 records, rationales, self.skip_reports[split] = split_records(self.cfg, split)
-                self.examples[split] = prepare_records(records, self.cfg, self.tokenizer, split == "train", rationales)
+                self.examples[split] = prepare_records(records, self.cfg, self.tokenizer, rationales)
         if self.cfg.on_bad_record == "skip" and self.trainer is not None:
             run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
             if self.trainer.is_global_zero and run_dir:

@@ -5,9 +5,10 @@ Budgets (`data.profile_tokens / input_tokens / target_tokens`, the paper's 1250 
     are dropped from the least relevant end first; if the most relevant item alone is too long, it
     is truncated.
   * input: the record's query.
-  * target: training only, and then without EOS (the model must not learn to stop where the
-    budget cut the text). Evaluation examples keep the whole target; `reference` is always the
-    untruncated output.
+  * target: in every split, and then without EOS (the model must not learn to stop where the
+    budget cut the text). Evaluation examples are cut too: their loss is a teacher-forced pass,
+    and an uncut 200k-word output would not fit in memory. `reference` (the text decoding is
+    scored against) is always the untruncated output.
   * rationale (`data.rationale_tokens`, when a record has one: data.rationales): the target becomes
     RATIONALE_PREFIX + rationale + RESPONSE_MARKER + output; the rationale is cut to its budget in
     every split (the model is trained, and validated, on producing at most that much reasoning).
@@ -144,28 +145,28 @@ def tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
 
 
 def encode_record(record: dict, items: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                  train: bool, rationale: Optional[str] = None) -> dict:
+                  rationale: Optional[str] = None) -> dict:
     """Prompt ids + target ids (+ EOS when the target is whole), the prompt's profile_mask (0 on the
     target), and what the budgets did.
 
     `items`: the retrieved profile items, most relevant first. `rationale`: reasoning to put before
     the output in the target (chain of thought), or None."""
-    return encode_records([record], [items], cfg, tokenizer, train, [rationale])[0]
+    return encode_records([record], [items], cfg, tokenizer, [rationale])[0]
 
 
 def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                   train: bool, rationales: Optional[list[Optional[str]]] = None) -> list[dict]:
+                   rationales: Optional[list[Optional[str]]] = None) -> list[dict]:
     """encode_record of each record (with its items and rationale), chunk by chunk."""
     rationales = rationales or [None] * len(records)
     head = template_head(tokenizer, cfg.system_prompt)
     history_tokens: dict[str, int] = {}  # history text -> token count (records that show the same items)
     return [example for start in range(0, len(records), CHUNK) for example in _encode_chunk(
         records[start: start + CHUNK], items[start: start + CHUNK], rationales[start: start + CHUNK],
-        cfg, tokenizer, train, head, history_tokens)]
+        cfg, tokenizer, head, history_tokens)]
 
 
 def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list[Optional[str]], cfg: DataConfig,
-                  tokenizer: PreTrainedTokenizerBase, train: bool, head: str,
+                  tokenizer: PreTrainedTokenizerBase, head: str,
                   history_tokens: dict[str, int]) -> list[dict]:
     rendered = [[render_profile_item(cfg.task, item) for item in record_items] for record_items in items]
     histories = [history(r) for r in rendered]  # every item shown, if it fits
@@ -196,7 +197,7 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
     examples = []
     for record, given, (prompt_ids, prompt_profile_mask), target_ids, (kept, cut, rationale) in zip(
             records, rationales, tokens_and_span_masks(tokenizer, prompts, spans), targets, fits):
-        target_cut = train and len(target_ids) > cfg.target_tokens
+        target_cut = len(target_ids) > cfg.target_tokens
         cut["target"] = target_cut
         response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
         if rationale is not None:

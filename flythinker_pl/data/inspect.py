@@ -23,8 +23,7 @@ def _percentiles(values: list[int]) -> str:
 
 def split_stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str) -> dict:
     records, rationales, report = split_records(cfg, split)
-    examples = [prepare_record(r, cfg, tokenizer, train=split == "train", rationale=rationales.get(r["id"]))
-                for r in records]
+    examples = [prepare_record(r, cfg, tokenizer, rationale=rationales.get(r["id"])) for r in records]
     profile_sizes = [len(r["profile"]) for r in records] or [0]
     rationale_rows = {"with a rationale": sum(r["id"] in rationales for r in records),
                       f"hit rationale budget ({cfg.rationale_tokens})": sum(e["cut"].get("rationale", False)
@@ -48,7 +47,8 @@ def split_stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str)
 
 def stats(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     """A table, one column per split: records, users, profile sizes, prompt / target token lengths
-    (percentiles) and how many records hit each budget (targets are cut in train only)."""
+    (percentiles, before the target budget) and how many records hit each budget (a target over
+    its budget is cut in every split; the scored reference stays whole)."""
     table = pd.DataFrame({split: split_stats(cfg, tokenizer, split) for split in SPLITS})
     header = (f"{cfg.task}_{cfg.setting}: retriever={cfg.retriever} k={cfg.k}, budgets (tokens) "
               f"profile={cfg.profile_tokens} input={cfg.input_tokens} target={cfg.target_tokens}")
@@ -61,7 +61,7 @@ def show(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str, index:
     if not 0 <= index < len(records):
         raise IndexError(f"{split} has {len(records)} valid records; --index must be in 0..{len(records) - 1}")
     record = records[index]
-    example = prepare_record(record, cfg, tokenizer, train=split == "train", rationale=rationales.get(record["id"]))
+    example = prepare_record(record, cfg, tokenizer, rationale=rationales.get(record["id"]))
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     cut = ", ".join(name for name, hit in example["cut"].items() if hit) or "nothing"
     return (f"{split}[{index}] id={record['id']} user={record[TASKS[cfg.task].user_key]}\n"

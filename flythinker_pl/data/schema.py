@@ -2,7 +2,8 @@
 
 A record is {<user key>, "input", "output", "profile": [item, ...]} (+ an optional "id"); profile
 items carry the task's keys (REFERENCE.md). A bad record raises `RecordError` (file, record index,
-id, field), or with `on_bad_record=skip` is left out and counted in a `SplitReport`.
+id, field), or with `on_bad_record=skip` is left out and counted in a `SplitReport`. A split with
+no record to use (an empty file, or every record left out) is a `DataError` naming its file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()  # warnings logged: each stage (a tiny preset's corpus, fit, predict) reads a split again
 
 TEXT = (str,)
 NUMBER_OR_TEXT = (int, float, str)
@@ -147,15 +149,41 @@ def validate(rows: list, task: str, split: str, source: str, on_bad_record: str)
         records.append({**row, "id": record_id})
     if report.skipped:
         reasons = ", ".join(f"{r}: {n}" for r, n in report.to_dict()["reasons"].items())
-        log.warning("%s: skipped %d of %d records of %s (%s); details in %s", split, len(report.skipped),
-                    report.read, source, reasons, SKIP_REPORT)
+        first = report.skipped[0]
+        warn_once(f"{split}: skipped {len(report.skipped)} of {report.read} records of {source} ({reasons}); the "
+                  f"first: record {first.index}, field '{first.field}': {first.detail}; a run keeps the counts and "
+                  f"the first {EXAMPLES_KEPT} in <run dir>/{SKIP_REPORT}")
+    require_records(records, report, split)
     return records, report
 
 
+def warn_once(message: str) -> None:
+    """Log a warning the first time this process sees it (a split is read again by each stage)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def require_records(records: list[dict], report: SplitReport, split: str) -> None:
+    """A split with no record left to use is an error, not an empty epoch."""
+    if records:
+        return
+    if not report.read:
+        raise DataError(f"{report.source}: the {split} split holds no records (an empty file or an empty list): "
+                        "put its records there, or point the split at the file that holds them")
+    reasons = ", ".join(f"{r}: {n}" for r, n in report.to_dict()["reasons"].items())
+    raise DataError(f"{report.source}: the {split} split has no usable record: all {report.read} were left out "
+                    f"({reasons}); fix them (data.on_bad_record=error stops at the first, naming it) or point "
+                    "the split at another file")
+
+
 def write_skip_report(reports: dict[str, SplitReport], run_dir: str | Path) -> Path:
-    """`<run_dir>/data_skipped.json`: per split, counts per reason and the first few problems."""
+    """`<run_dir>/data_skipped.json`: per split, counts per reason and the first few problems. Splits
+    already in the file (another stage of the run: fit wrote train and val, predict adds test) are
+    kept; a split written again replaces its entry."""
     path = Path(run_dir) / SKIP_REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({split: r.to_dict() for split, r in reports.items()}, indent=2,
-                               ensure_ascii=False) + "\n")
+    written = json.loads(path.read_text()) if path.exists() else {}
+    written.update({split: r.to_dict() for split, r in reports.items()})
+    path.write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
     return path
