@@ -19,6 +19,7 @@ import logging
 import torch
 
 from ..models.baselines import StaticFlyThinker
+from ..models.devices import AsyncCopy
 from ..models.flythinker import FlyThinker
 from ..models.shared import SharedBaseFlyThinker
 from .reasoner_process import fits_in_shared_memory, reasoner_process
@@ -79,9 +80,13 @@ class Staggered(Sequential):
             self.worker.start_step(tokens)
             logits = method.generator_step(state, tokens, positions)
             next_latents = method.latent_of(self.worker.step_result(), state)
-        elif self.reasoner_on_cpu:  # a CPU Reasoner blocks Python: queue the GPU's step first
+        elif self.reasoner_on_cpu:  # a CPU Reasoner blocks Python: queue the GPU's step first, and
+            # before it the Reasoner's inputs' copies, so that waiting for them does not wait for the step
+            inputs = (tokens[:, None], state.reasoner_mask, state.reasoner_position())
+            inputs = [AsyncCopy(x, method.reasoner_device) for x in inputs]
             logits = method.generator_step(state, tokens, positions)
-            next_latents = method.reasoner_step(state, tokens)
+            hidden, _ = method.reasoner_forward(*(copy.wait() for copy in inputs), state.reasoner_cache)
+            next_latents = method.latent_of(hidden[:, -1], state)
         else:  # two GPUs: launch both forwards before any copy between them (a copy joins the queues)
             hidden = method.reasoner_hidden_step(state, tokens)
             logits = method.generator_step(state, tokens, positions)

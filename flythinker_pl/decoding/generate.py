@@ -37,6 +37,8 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
     """Decode a left-padded batch of prompts; a row stops at the first of `eos_ids` (Qwen's
     instruct models stop on two). `profile_mask` (prompt layout) marks the user's history, for a
     Reasoner that must not see it."""
+    if cfg.max_new_tokens < 1:  # the config checks catch this; callers of the API get the same message
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be >= 1: generate() samples at least one token")
     eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
     lean = getattr(method, "lora", None) or LeanLoRA(method)  # the shared base keeps its own (per-row adapters)
     with lean if cfg.lora_path == "lean" else nullcontext():

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .decode_cache import DecodeCache
+from .devices import to_device
 from .fusion import LatentFusion, add_latents, embedding_norm, real_positions, shift_right
 from .sft import SFT, DecodeState
 
@@ -49,16 +50,16 @@ class FlyThinker(SFT):
     def run_reasoner(self, input_ids, attention_mask, positions, cache=None):
         """Final hidden states, on the Generator's device."""
         hidden, cache = self.reasoner_forward(input_ids, attention_mask, positions, cache)
-        return hidden.to(self.generator_device, non_blocking=True), cache
+        return to_device(hidden, self.generator_device), cache
 
     def reasoner_forward(self, input_ids, attention_mask, positions, cache=None):
         """Final hidden states on the Reasoner's own device. When it sits on a device of its own
         (decode.reasoner_device), only tokens go there and only hidden states come back."""
         device = self.reasoner_device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.reasoner_frozen):
-            out = self.reasoner(input_ids=input_ids.to(device, non_blocking=True),
-                                attention_mask=attention_mask.to(device, non_blocking=True),
-                                position_ids=positions.to(device, non_blocking=True),
+            out = self.reasoner(input_ids=to_device(input_ids, device),
+                                attention_mask=to_device(attention_mask, device),
+                                position_ids=to_device(positions, device),
                                 past_key_values=cache, use_cache=cache is not None)
         return out.last_hidden_state, out.past_key_values
 
@@ -69,7 +70,7 @@ class FlyThinker(SFT):
         if profile_mask is None:
             raise ValueError("reasoner.sees_profile=false hides the user's history from the Reasoner, so the "
                              "batch needs `profile_mask` (1 on the history's prompt tokens); none was given")
-        return attention_mask.masked_fill(profile_mask.to(attention_mask.device).bool(), 0)
+        return attention_mask.masked_fill(to_device(profile_mask, attention_mask.device).bool(), 0)
 
     def reasoner_latents(self, input_ids, attention_mask, profile_mask, latent_norm, reasoner_cache=None):
         """lam * P(r_j) of every position j (no shift; zero where the Reasoner may not look), and its cache."""
@@ -129,7 +130,7 @@ class FlyThinker(SFT):
         return hidden[:, -1]
 
     def latent_of(self, hidden: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        return self.fusion(hidden.to(self.generator_device, non_blocking=True), state.latent_norm)
+        return self.fusion(to_device(hidden, self.generator_device), state.latent_norm)
 
     def step(self, state: DecodeState, tokens: torch.Tensor):
         positions = state.append_token()
