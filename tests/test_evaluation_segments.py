@@ -88,7 +88,9 @@ def test_evaluate_predictions_file(tmp_path):
                                           n_bootstrap=30, seed=0)
     unique = rows[:8] + rows[-1:]
     predictions, references = [r["prediction"] or "" for r in unique], [r["reference"] for r in unique]
-    assert overall == metrics.score_texts(predictions, references, n_bootstrap=30, seed=0)
+    assert overall == metrics.score_texts(predictions, references, n_bootstrap=30, seed=0, bertscore_model="")
+    assert overall["empty"] == 1 and overall["bertscore"] is None and "eval.bertscore_model" in \
+        overall["bertscore_unavailable"]  # reported unavailable when no model is given
     pd.testing.assert_frame_equal(frame, position_scores(predictions, references, 50, 300))
 
 

@@ -2,7 +2,8 @@
 
 Depends on nothing else in flythinker_pl (a tokenizer for token-based segments is passed in). The
 modules are imported one by one, so that `python -m flythinker_pl.evaluation.wordnet` stays light:
-  metrics      score_texts (BLEU, ROUGE-1, ROUGE-L, METEOR, seeded bootstrap), word_tokens
+  metrics      score_texts (BLEU, ROUGE-1, ROUGE-L, METEOR, optional BERTScore, seeded bootstrap, empty
+               predictions counted, kept or dropped by LongLaMP's rule), word_tokens
   segments     position_scores, text_units
   predictions  evaluate_predictions, read_predictions (predictions.jsonl)
   torchmetric  TextGenerationScores (validation, strings gathered across DDP ranks)

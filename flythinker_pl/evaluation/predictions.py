@@ -7,7 +7,7 @@ from typing import Any, Hashable, Iterable, Optional
 
 import pandas as pd
 
-from .metrics import score_texts
+from .metrics import longlamp_rows, score_texts
 from .segments import position_scores, text_units
 
 REQUIRED_KEYS = ("id", "prediction", "reference")
@@ -41,10 +41,15 @@ def read_predictions(path: str | Path) -> list[tuple[Hashable, str, str]]:
 
 def evaluate_predictions(path: str | Path, segment_width: int = 50, segment_max: int = 300,
                          segment_unit: str = "words", tokenizer: Optional[Any] = None,
-                         n_bootstrap: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """(overall scores as metrics.score_texts gives them, position-segment frame)."""
+                         n_bootstrap: int = 0, seed: int = 0, empty: str = "keep", bertscore_model: str = "",
+                         bertscore_layer: Optional[int] = None) -> tuple[dict, pd.DataFrame]:
+    """(overall scores as metrics.score_texts gives them, BERTScore included, position-segment
+    frame). With empty="drop", the segments are scored over the rows LongLaMP's rule keeps too."""
     _, predictions, references = zip(*read_predictions(path))
-    overall = score_texts(predictions, references, n_bootstrap=n_bootstrap, seed=seed)
+    overall = score_texts(predictions, references, n_bootstrap=n_bootstrap, seed=seed, empty=empty,
+                          bertscore_model=bertscore_model, bertscore_layer=bertscore_layer)
+    if empty == "drop":
+        predictions, references = longlamp_rows(predictions, references)
     segments = position_scores(predictions, references, segment_width, segment_max,
                                text_units(segment_unit, tokenizer))
     return overall, segments

@@ -18,11 +18,17 @@ MIN_SAMPLES = 10  # windows scored over fewer samples are drawn hollow: a mean o
 
 
 def comparison_table(scores_by_run: Mapping[str, Mapping]) -> pd.DataFrame:
-    """One row per run: count, the metrics, then any bootstrap interval columns. Print it with
-    `.to_markdown(floatfmt=".4f")`."""
+    """One row per run: count, empty predictions where any run has some (and those dropped, under
+    eval.empty=drop), the metrics (BERTScore where scored), then any bootstrap interval columns.
+    Print it with `.to_markdown(floatfmt=".4f")`."""
     table = pd.DataFrame.from_dict(scores_by_run, orient="index")
-    intervals = [f"{name}_ci_{side}" for name in METRICS for side in ("low", "high")]
-    columns = [column for column in ("count", *METRICS, *intervals) if column in table]
+    if "bertscore" in table and table["bertscore"].isna().all():  # no model given: nothing to show
+        table = table.drop(columns="bertscore")
+    if "empty" in table and not table["empty"].fillna(0).any():
+        table = table.drop(columns="empty")
+    metrics = [*METRICS, "bertscore"]
+    intervals = [f"{name}_ci_{side}" for name in metrics for side in ("low", "high")]
+    columns = [column for column in ("count", "empty", "dropped", *metrics, *intervals) if column in table]
     return table[columns].rename_axis("run")
 
 
