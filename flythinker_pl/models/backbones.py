@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -84,10 +84,31 @@ def lora_config(cfg: BackboneConfig, task_type: Optional[str]) -> LoraConfig:
                       target_modules=list(cfg.lora_targets), task_type=task_type)
 
 
-def set_mode(model: nn.Module, cfg: BackboneConfig, adapter_name: str, task_type: Optional[str]) -> nn.Module:
-    """frozen: no gradients; full: every weight trains; lora: peft adapter `adapter_name` only."""
+def check_lora_targets(model: nn.Module, cfg: BackboneConfig, key: str) -> None:
+    """Every name in lora_targets must name layers of this model: peft adapts the names it finds and
+    skips the rest silently (Llama-style names on Phi-3, whose attention is one qkv_proj, would leave
+    only o_proj and down_proj adapted)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [target for target in cfg.lora_targets if target not in names]
+    if missing:
+        head = getattr(model, "get_output_embeddings", lambda: None)()
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, nn.Linear) and module is not head and "lora_" not in name}
+                        - {"base_layer"})
+        raise ConfigError(f"{key}.lora_targets names {missing}, which {type(model).__name__} does not have; its "
+                          f"linear layers are {linear}: set e.g. {key}.lora_targets=[{','.join(linear)}]")
+
+
+def set_mode(model: nn.Module, cfg: BackboneConfig, adapter_name: str, task_type: Optional[str],
+             trainable_tokens: Sequence[int] = ()) -> nn.Module:
+    """frozen: no gradients; full: every weight trains; lora: peft adapter `adapter_name` only, plus
+    the embedding rows of `trainable_tokens` (new tokens, e.g. Coconut's markers) through peft's
+    trainable tokens."""
     if cfg.mode == "lora":
-        return get_peft_model(model, lora_config(cfg, task_type), adapter_name=adapter_name)
+        check_lora_targets(model, cfg, adapter_name)
+        config = lora_config(cfg, task_type)
+        config.trainable_token_indices = list(trainable_tokens) or None
+        return get_peft_model(model, config, adapter_name=adapter_name)
     model.requires_grad_(cfg.mode == "full")
     return model
 

@@ -6,7 +6,9 @@ inside `with self.lora:` (the lean LoRA forward, lora_step.py), picks adapters w
 and runs both steps as ONE batched forward over [Generator rows; Reasoner rows]: the base weights
 are read once per token and both adapters' updates are one batched matmul per layer. The prompt
 still takes two passes, Reasoner then Generator: the Generator's prompt inputs carry the
-Reasoner's latents of that same prompt.
+Reasoner's latents of that same prompt. The batched step runs the decoder, then the LM head on the
+Generator's rows with the family's logit post-processing (families.head_logits; build refuses a
+family whose forward it cannot reproduce).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from .decode_cache import DecodeCache
+from .families import head_logits
 from .flythinker import FlyThinker
 from .fusion import LatentFusion, add_latents
 from .lora_step import LeanLoRA
@@ -75,4 +78,4 @@ class SharedBaseFlyThinker(FlyThinker):
             hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask, position_ids=positions,
                                    past_key_values=state.generator_cache, use_cache=True).last_hidden_state[:, -1]
         state.latents = self.fusion(hidden[batch:], state.latent_norm)
-        return self.generator.get_output_embeddings()(hidden[:batch])
+        return head_logits(self.generator.get_base_model(), hidden[:batch])  # with the family's post-processing

@@ -1,0 +1,238 @@
+"""Every backbone family users pass (issue 15), as tiny random models built from each family's config
+class (as peft's test-suite does), saved to local folders and built by build_method like a run's
+models. Per family: teacher-forced == incremental logits in every engine, greedy decoding == the
+argmax chain in every engine, lambda = 0 == SFT exactly, and latents added in the space the decoder
+layers see. A shared base is supported for every family listed. Refused at build time, with tested
+errors: a shared base on a family whose logits the LM-head path cannot reproduce (a patched Llama),
+LoRA target names a family lacks (Phi-3's fused projections), vision-language checkpoints (Gemma 3 4B+).
+
+Post-processing is set strong (the tiny models' logits have std ~0.15), so a path that skips a
+softcap, logits_scaling or logit_scale fails the logit comparisons; sliding windows are shorter
+than the sequences, so the sliding-attention masks run; LoRA B matrices are random and nonzero.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, CohereConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
+                          GraniteConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, Phi3Config, Qwen2Config,
+                          Qwen3Config)
+
+from flythinker_pl.config import ConfigError, load_config
+from flythinker_pl.decoding.engines import make_engine
+from flythinker_pl.decoding.generate import generate
+from flythinker_pl.models.build import build_method
+from flythinker_pl.models.families import head_logits
+from flythinker_pl.models.fusion import real_positions
+from flythinker_pl.models.lora_step import LeanLoRA
+from flythinker_pl.models.sft import SFT
+
+from test_decoding import GREEDY, PROMPTS, argmax_chain_matches, prompt_batch
+from test_flythinker_math import RESPONSE_LEN, batch
+from test_lora_step import randomise_lora
+
+WINDOW = 6  # sliding window, shorter than prompt + response
+FAMILIES = {  # config class, what the family has beyond Llama (strong enough to matter)
+    "llama": (LlamaConfig, {}),
+    "mistral": (MistralConfig, dict(sliding_window=WINDOW)),
+    "qwen2": (Qwen2Config, {}),
+    "qwen3": (Qwen3Config, dict(head_dim=16)),
+    "gemma2": (Gemma2Config, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+                                  final_logit_softcapping=0.3, attn_logit_softcapping=2.0)),
+    "gemma3": (Gemma3TextConfig, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+                                      final_logit_softcapping=0.3,
+                                      layer_types=["sliding_attention", "full_attention"])),
+    "phi3": (Phi3Config, {}),
+    "granite": (GraniteConfig, dict(embedding_multiplier=6.0, logits_scaling=4.0, residual_multiplier=0.5,
+                                    attention_multiplier=0.2)),
+    "cohere": (CohereConfig, dict(logit_scale=4.0)),
+}
+POST_PROCESSED = {"gemma2", "gemma3", "granite", "cohere"}
+LORA_TARGETS = {"phi3": "[qkv_proj,o_proj,gate_up_proj,down_proj]"}  # fused projections
+ENGINES = {"sft": ["sequential"], "flythinker": ["sequential", "staggered"], "shared": ["sequential", "shared"]}
+LAM = 4.0  # as in test_decoding: large enough that latents change the logits visibly
+SAMPLED = dataclasses.replace(GREEDY, do_sample=True, temperature=1.3, top_p=0.9, seed=7)
+
+
+def family_config(family: str, hidden: int, tokenizer):
+    config_class, extra = FAMILIES[family]
+    return config_class(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=256,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                        bos_token_id=None, **extra)
+
+
+def save_family(directory, family: str, hidden: int, tokenizer, seed: int, config=None) -> str:
+    torch.manual_seed(seed)
+    path = directory / f"{family}-{hidden}"
+    AutoModelForCausalLM.from_config(config or family_config(family, hidden, tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def family_folders(name: str, directory, tokenizer) -> tuple[str, str, str]:
+    """(family name, generator folder (d=64), reasoner folder (d=32))."""
+    return (name, save_family(directory, name, 64, tokenizer, seed=1),
+            save_family(directory, name, 32, tokenizer, seed=2))
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory, tokenizer):
+    return family_folders(request.param, tmp_path_factory.mktemp(request.param), tokenizer)
+
+
+def build(family, kind: str, lam: float = LAM, **fusion):
+    """kind: sft | flythinker | shared, LoRA on both models with random, distinct, nonzero adapters."""
+    name, generator, reasoner = family
+    overrides = [f"generator.name={generator}", f"reasoner.name={reasoner}", "generator.mode=lora",
+                 "reasoner.mode=lora", f"fusion.lam={lam}", *(f"fusion.{k}={v}" for k, v in fusion.items())]
+    if name in LORA_TARGETS:
+        overrides += [f"generator.lora_targets={LORA_TARGETS[name]}", f"reasoner.lora_targets={LORA_TARGETS[name]}"]
+    overrides += {"sft": ["method=sft"], "flythinker": [], "shared": ["reasoner.shared_base=true"]}[kind]
+    method, _ = build_method(load_config(None, overrides), corpus=None)
+    randomise_lora(method)
+    return method.eval()
+
+
+@torch.no_grad()
+def engine_logits(method, engine_name: str, ids, mask, prompt_len) -> torch.Tensor:
+    """Prefill on the prompts, then step through the response, in `engine_name`, under the LoRA path
+    generate() uses (the lean forward): the next-token logits of every response position."""
+    prompt_width = ids.shape[1] - RESPONSE_LEN  # left padding puts every prompt end at this column
+    lean = getattr(method, "lora", None) or LeanLoRA(method)
+    with lean:
+        engine = make_engine(method, engine_name)
+        try:
+            logits, state = engine.prefill(ids[:, :prompt_width], mask[:, :prompt_width], prompt_len)
+            steps = [logits] + [engine.step(state, ids[:, prompt_width + k]) for k in range(RESPONSE_LEN - 1)]
+        finally:
+            engine.close()
+    return torch.stack(steps, dim=1)
+
+
+@pytest.mark.parametrize("kind", list(ENGINES))
+@torch.no_grad()
+def test_teacher_forced_equals_incremental_in_every_engine(family, tokenizer, kind):
+    method = build(family, kind)
+    ids, mask, prompt_len = batch(tokenizer)
+    full = method(ids, mask, prompt_len)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+    for engine in ENGINES[kind]:
+        torch.testing.assert_close(engine_logits(method, engine, ids, mask, prompt_len), full, atol=2e-5, rtol=1e-4,
+                                   msg=lambda m: f"{family[0]} {kind} {engine}: {m}")
+
+
+@torch.no_grad()
+def test_logit_post_processing_is_reproduced_where_it_matters(family, tokenizer):
+    """head_logits (the shared engine's LM-head path) == the model's forward; for the post-processing
+    families, the bare LM head is far from it (so the engine tests above have teeth)."""
+    model = build(family, "shared").generator.get_base_model()
+    ids = torch.tensor([PROMPTS[1]])
+    hidden = model.base_model(input_ids=ids).last_hidden_state
+    expected = model(input_ids=ids).logits
+    torch.testing.assert_close(head_logits(model, hidden), expected, atol=1e-6, rtol=1e-6)
+    bare_gap = float((model.get_output_embeddings()(hidden) - expected).abs().max())
+    assert (bare_gap > 1e-2) == (family[0] in POST_PROCESSED), bare_gap
+
+
+@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+def test_greedy_is_the_argmax_chain_and_sampling_agrees_in_every_engine(family, tokenizer, kind):
+    method = build(family, kind)
+    prompts = prompt_batch(tokenizer)
+    greedy, sampled = {}, {}
+    for engine in ENGINES[kind]:
+        greedy[engine] = generate(method, *prompts, dataclasses.replace(GREEDY, engine=engine), eos_ids=-1).tokens
+        sampled[engine] = generate(method, *prompts, dataclasses.replace(SAMPLED, engine=engine), eos_ids=-1).tokens
+        for prompt, generated in zip(PROMPTS, greedy[engine]):
+            argmax_chain_matches(method, prompt, generated, eos_id=-1)
+    assert len({str(tokens) for tokens in greedy.values()}) == 1
+    assert len({str(tokens) for tokens in sampled.values()}) == 1  # sampling reads logit values, not just order
+
+
+@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+@torch.no_grad()
+def test_lambda_zero_is_sft_exactly(family, tokenizer, kind):
+    method = build(family, kind, lam=0.0)
+    ids, mask, prompt_len = batch(tokenizer)
+    logits = method(ids, mask, prompt_len)  # (the shared base leaves its `generator` adapter active)
+    sft = SFT(method.generator)
+    assert torch.equal(logits, sft(ids, mask, prompt_len))
+    prompts = prompt_batch(tokenizer)
+    sft_tokens = generate(sft, *prompts, GREEDY, eos_ids=-1).tokens
+    for engine in ENGINES[kind]:
+        assert generate(method, *prompts, dataclasses.replace(GREEDY, engine=engine), eos_ids=-1).tokens == sft_tokens
+    method.fusion.cfg.lam = LAM  # and the latents do change the logits, so the comparison has teeth
+    assert (method(ids, mask, prompt_len) - logits).abs().max() > 1e-3
+
+
+def first_layer_inputs(generator, run) -> torch.Tensor:
+    """The hidden states the Generator's first decoder layer receives while `run()` runs."""
+    captured = []
+    layer = generator.get_base_model().base_model.layers[0]
+    handle = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@pytest.mark.parametrize("norm", ["table_mean", "none"])
+@torch.no_grad()
+def test_latents_are_added_in_the_space_the_decoder_layers_see(family, tokenizer, norm):
+    """Independently of fusion.py: the first layer reads e(x_j) + lam * pad(r_{j-1}), where e(x) and the
+    table's mean norm c are measured at that layer's input from the model's own forward on token ids
+    (Gemma's sqrt(d) and Granite's embedding_multiplier included), and r = c h / ||h|| (or h)."""
+    method = build(family, "flythinker", norm=norm)
+    ids, mask, prompt_len = batch(tokenizer)
+    generator, positions = method.generator, real_positions(mask)
+    tokens = first_layer_inputs(generator, lambda: generator(input_ids=ids, attention_mask=mask,
+                                                             position_ids=positions))
+    vocab = torch.arange(len(tokenizer))[None]
+    table_norm = first_layer_inputs(generator, lambda: generator(input_ids=vocab)).norm(dim=-1).mean()
+    hidden = method.reasoner(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    latents = table_norm * hidden / hidden.norm(dim=-1, keepdim=True) if norm == "table_mean" else hidden
+    latents = torch.nn.functional.pad(latents, (0, tokens.shape[-1] - hidden.shape[-1]))
+    inject = (mask.bool() & (positions >= 1))[..., None]
+    expected = tokens + torch.where(inject, LAM * torch.nn.functional.pad(latents[:, :-1], (0, 0, 1, 0)), 0.0)
+    fused = first_layer_inputs(generator, lambda: method(ids, mask, prompt_len))
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_base_refuses_a_family_whose_logits_it_cannot_reproduce(tmp_path, tokenizer, monkeypatch):
+    family = family_folders("llama", tmp_path, tokenizer)
+    forward = LlamaForCausalLM.forward
+
+    def biased_forward(self, *args, **kwargs):  # a made-up family: logits scaled and shifted in its forward
+        out = forward(self, *args, **kwargs)
+        out.logits = out.logits * 2.0 + 0.5
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", biased_forward)
+    with pytest.raises(ConfigError, match=r"does not reproduce LlamaForCausalLM.forward .*reasoner.shared_base=false"):
+        build(family, "shared")
+    build(family, "flythinker")  # two models run the model's own forward: still fine
+
+
+def test_lora_targets_a_family_lacks_are_refused_with_its_layer_names(tmp_path, tokenizer):
+    """Phi-3 fuses q/k/v and gate/up: peft would adapt only o_proj and down_proj of the default targets."""
+    _, generator, reasoner = family_folders("phi3", tmp_path, tokenizer)
+    cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={reasoner}", "generator.mode=lora"])
+    with pytest.raises(ConfigError, match=r"generator.lora_targets names \['q_proj', 'k_proj', 'v_proj', 'gate_proj', "
+                                          r"'up_proj'\].*\[down_proj,gate_up_proj,o_proj,qkv_proj\]"):
+        build_method(cfg, corpus=None)
+
+
+def test_a_vision_language_checkpoint_is_refused(tmp_path, tokenizer):
+    """Gemma 3 from 4B up loads as Gemma3ForConditionalGeneration: its text model beside a vision tower."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    vocab = len(tokenizer)
+    config = Gemma3Config(text_config=family_config("gemma3", 64, tokenizer).to_dict(), vision_config=vision,
+                          mm_tokens_per_image=4, image_token_id=vocab - 1, boi_token_id=vocab - 2,
+                          eoi_token_id=vocab - 3)
+    path = save_family(tmp_path, "gemma3-vision", 64, tokenizer, seed=0, config=config)
+    cfg = load_config(None, [f"generator.name={path}", "method=sft"])
+    with pytest.raises(ConfigError, match=r"Gemma3ForConditionalGeneration, a vision-language model.*text-only"):
+        build_method(cfg, corpus=None)
