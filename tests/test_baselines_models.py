@@ -150,8 +150,8 @@ def test_coconut_without_thoughts_is_sft(make_flythinker, tokenizer):
     decoded = [generate(method, ids, mask, batch["prompt_len"], ["a", "b", "c"], GREEDY, eos_ids=-1).tokens
                for method in (Coconut(generator, 0), SFT(generator))]
     assert decoded[0] == decoded[1]
-    assert generate(Coconut(generator, 2), ids, mask, batch["prompt_len"], ["a", "b", "c"], GREEDY,
-                    eos_ids=-1).tokens != decoded[1]  # thoughts change the output, so the test has teeth
+    thinking = Coconut(generator, 2)(*args)  # thoughts change the logits, so the test has teeth
+    assert not torch.allclose(scored_logits(thinking, batch)[0], scored_logits(sft_logits, batch)[0], atol=1e-3)
 
 
 @torch.no_grad()
@@ -169,11 +169,14 @@ def test_coconut_teacher_forced_equals_incremental(make_flythinker, tokenizer):
         assert chain[0, len(prompt) - 1:-1].argmax(-1).tolist() == generated
 
 
-def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker, tokenizer):
-    """k+2 Generator passes (prompt, k thoughts, response); thoughts keep their autograd graph and
-    have the embedding norm; the response starts at position P + k."""
+@pytest.mark.parametrize("norm", ["none", "table_mean"])
+def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker, tokenizer, norm):
+    """k+1 Generator passes (the prompt; thoughts 1..k-1; thought k with the response, as in the
+    official forward); thoughts keep their autograd graph; norm=none feeds the previous pass's
+    final-norm hidden state back unchanged, table_mean at the embedding norm; the response starts
+    at position P + k."""
     k = 3
-    coconut = Coconut(make_flythinker().generator, k).train()
+    coconut = Coconut(make_flythinker().generator, k, norm=norm).train()
     calls = []
 
     def record(_module, _args, kwargs):
@@ -182,20 +185,32 @@ def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker
             embeds.retain_grad()
         calls.append((embeds, kwargs["position_ids"]))
 
+    def final_hidden(_module, _args, output):
+        finals.append(output.hidden_states[-1][:, -1:] if output.hidden_states else None)
+
+    finals = []
     coconut.generator.register_forward_pre_hook(record, with_kwargs=True)
+    coconut.generator.register_forward_hook(final_hidden)
     batch = training_batch(tokenizer)
     loss, _ = response_loss(coconut(batch["input_ids"], batch["attention_mask"], batch["prompt_len"]),
                             batch["labels"])
     loss.backward()
-    assert len(calls) == k + 2
-    norm = coconut.generator.get_input_embeddings().weight.detach().norm(dim=-1).mean()
-    for thought, position in calls[1:-1]:
-        assert thought.grad_fn is not None and thought.grad.abs().sum() > 0  # not detached, and it matters
-        torch.testing.assert_close(thought.norm(dim=-1), torch.full((3, 1), float(norm)))
+    assert len(calls) == k + 1
+    assert [embeds.shape[1] for embeds, _ in calls[1:-1]] == [1] * (k - 1)
+    norm_of_table = coconut.generator.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+    for (inputs, _), hidden in zip(calls[1:], finals[:-1]):
+        thought = inputs[:, :1]
+        assert thought.grad_fn is not None and inputs.grad[:, :1].abs().sum() > 0  # not detached, and it matters
+        if norm == "none":
+            torch.testing.assert_close(thought, hidden, atol=0, rtol=0)
+        else:
+            torch.testing.assert_close(thought.norm(dim=-1), torch.full((3, 1), float(norm_of_table)))
+    assert norm == "table_mean" or not torch.allclose(calls[1][0][:, 0].norm(dim=-1), norm_of_table)
     _, response_positions = calls[-1]
     response_width = max(RESPONSE_LENGTHS)
     for row, (p, r) in enumerate(zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)):
-        assert response_positions[row, response_width - r:].tolist() == list(range(p + k, p + k + r))
+        # the last thought (position P + k - 1), then the response; shorter rows are right-padded
+        assert response_positions[row, : 1 + r].tolist() == list(range(p + k - 1, p + k + r))
 
 
 # --- the Reasoner without the user's history ----------------------------------------------------

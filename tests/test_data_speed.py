@@ -16,7 +16,7 @@ from flythinker_pl.data import synthetic
 from flythinker_pl.data.datamodule import load_split, prepare_record, prepare_records
 from flythinker_pl.data.prompts import (_MESSAGE_SLOT, chat_prompt, history, render_profile_item, user_message,
                                         with_rationale)
-from flythinker_pl.data.rationales import rationales_for_split
+from flythinker_pl.data.rationales import rationale_steps, rationales_for_split
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import BM25Corpus, bm25_document, bm25_query
 from flythinker_pl.models import tiny
@@ -106,16 +106,22 @@ def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer
     target_cut = len(target_ids) > cfg.target_tokens
     response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
     cut = {"profile": profile_cut, "input": query != record["input"], "target": target_cut}
+    reasoning = {}
     if rationale is not None:
         kept_rationale = _truncate(tokenizer, rationale, cfg.rationale_tokens)
         cut["rationale"] = kept_rationale != rationale
-        response = _ids(tokenizer, with_rationale(kept_rationale)) + response
+        rationale_part = _ids(tokenizer, with_rationale(kept_rationale))
+        response = rationale_part + response
+        steps = [_ids(tokenizer, step) for step in rationale_steps(kept_rationale)]
+        reasoning = {"rationale_len": len(rationale_part),
+                     "step_ids": np.asarray([token for step in steps for token in step], dtype=np.int32),
+                     "step_lengths": np.asarray(list(map(len, steps)), dtype=np.int32)}
     input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
     profile_mask = np.zeros(len(input_ids), dtype=np.int8)
     profile_mask[: len(prompt_ids)] = prompt_profile_mask
     return {"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
             "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
-            "target_tokens": len(target_ids), "cut": cut}
+            "target_tokens": len(target_ids), "cut": cut, **reasoning}
 
 
 def reference_prepare(record: dict, cfg: DataConfig, tokenizer, rationale: Optional[str] = None) -> dict:

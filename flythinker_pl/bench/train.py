@@ -1,5 +1,5 @@
 """Training throughput: tokens/s of SFT, FlyThinker (Reasoner frozen, LoRA, full) and Coconut
-(k = 0, 1, 2, 4 continuous thoughts: k+2 sequential Generator passes) on the same batches in one
+(k = 0, 1, 2, 4 continuous thoughts: k+1 sequential Generator passes) on the same batches in one
 process, rounds interleaved, median of repeats, ratio to SFT.
 
     flythinker bench train -c experiments/demo.yaml [--batches 4 --repeats 5 --out bench/train.json]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .encode import IGNORE_INDEX
@@ -15,7 +16,8 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     ignored; profile_mask is 1 on the prompt tokens that render the user's history, else 0 (only
     when every example has one: hand-built examples may not, and then the batch has no such key
     rather than a mask that hides nothing); `ids` and the untruncated `reference` travel with
-    every batch."""
+    every batch, and the rationale's steps (rationale_len, step_ids, step_lengths) with batches of
+    chain-of-thought examples."""
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -34,6 +36,11 @@ def collate(examples: list[dict], pad_id: int) -> dict:
              "reference": [e["reference"] for e in examples]}
     if all("profile_mask" in e for e in examples):
         batch["profile_mask"] = profile_mask
+    if any("step_ids" in e for e in examples):  # chain-of-thought examples, for Coconut's curriculum
+        none = np.zeros(0, dtype=np.int32)  # an evaluation record without a rationale
+        batch["rationale_len"] = torch.tensor([e.get("rationale_len", 0) for e in examples])
+        batch["step_ids"] = [e.get("step_ids", none) for e in examples]  # ragged: one array per row
+        batch["step_lengths"] = [e.get("step_lengths", none) for e in examples]
     return batch
 
 

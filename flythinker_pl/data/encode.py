@@ -12,6 +12,8 @@ Budgets (`data.profile_tokens / input_tokens / target_tokens`, the paper's 1250 
   * rationale (`data.rationale_tokens`, when a record has one: data.rationales): the target becomes
     RATIONALE_PREFIX + rationale + RESPONSE_MARKER + output; the rationale is cut to its budget in
     every split (the model is trained, and validated, on producing at most that much reasoning).
+    Such an example also holds the rationale's steps, each tokenised alone (`rationale_len`,
+    `step_ids`, `step_lengths`), for Coconut's curriculum.
 The chat template is applied around the budgeted message, so its tail (the assistant header) is
 never cut. Truncation is by tokens and checked after re-tokenisation: a cut text never exceeds its
 budget when it is tokenised again.
@@ -36,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import DataConfig
 from .prompts import (chat_prompt, history, history_span, render_profile_item, template_head, user_message,
                       with_rationale)
+from .rationales import rationale_steps
 
 IGNORE_INDEX = -100
 CHUNK = 256  # records per batched tokenizer call
@@ -193,6 +196,9 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
         spans.append(history_span(tokenizer, prompt, message, history_text, head))
         fits.append((kept, {"profile": profile_cut, "input": query != record["input"]}, rationale))
     rationale_ids = iter(batch_token_ids(tokenizer, [with_rationale(r) for *_, r in fits if r is not None]))
+    steps = [rationale_steps(r) for *_, r in fits if r is not None]
+    step_ids = iter(batch_token_ids(tokenizer, [step for record_steps in steps for step in record_steps]))
+    step_counts = iter(map(len, steps))
 
     examples = []
     for record, given, (prompt_ids, prompt_profile_mask), target_ids, (kept, cut, rationale) in zip(
@@ -200,14 +206,26 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
         target_cut = len(target_ids) > cfg.target_tokens
         cut["target"] = target_cut
         response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
+        reasoning = {}
         if rationale is not None:
             cut["rationale"] = rationale != given
-            response = next(rationale_ids) + response
+            rationale_part = next(rationale_ids)
+            response = rationale_part + response
+            reasoning = rationale_fields(len(rationale_part), [next(step_ids) for _ in range(next(step_counts))])
         # int32 arrays, not lists of Python ints: a tenth of the memory, and cheap to share with workers
         input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
         profile_mask = np.zeros(len(input_ids), dtype=np.int8)
         profile_mask[: len(prompt_ids)] = prompt_profile_mask
         examples.append({"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
                          "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
-                         "target_tokens": len(target_ids), "cut": cut})
+                         "target_tokens": len(target_ids), "cut": cut, **reasoning})
     return examples
+
+
+def rationale_fields(rationale_len: int, step_ids: list[list[int]]) -> dict:
+    """What Coconut's curriculum (data/curriculum.py) needs of a chain-of-thought example: how many
+    target tokens precede the response (prefix + rationale + marker) and the rationale's steps,
+    each tokenised alone (concatenated, and their lengths)."""
+    return {"rationale_len": rationale_len,
+            "step_ids": np.asarray([token for step in step_ids for token in step], dtype=np.int32),
+            "step_lengths": np.asarray([len(step) for step in step_ids], dtype=np.int32)}

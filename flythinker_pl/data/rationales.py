@@ -6,6 +6,9 @@ reasoning the model writes before its response.
   * "oracle": the synthetic data set's latent truth (users.jsonl beside the split directories),
     written per user as plain sentences that say what the user's history shows.
 
+A rationale's reasoning steps (`rationale_steps`: its sentences and lines) are what Coconut's
+curriculum replaces by continuous thoughts, one step per stage (data/curriculum.py).
+
 A training record without a rationale is a bad record: `on_bad_record=error` stops, naming the
 records file and id; `skip` leaves it out and counts it in the split's skip report. Evaluation
 splits keep every record (every method must be scored on the same records): those without a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from ..config import DataConfig
@@ -27,6 +31,17 @@ ORACLE = "oracle"
 USERS_FILE = "users.jsonl"  # data/synthetic.py writes each user's latent truth here
 ARC_WORDS = {"rising": "grows warmer towards the end", "falling": "grows harsher towards the end",
              "steady": "keeps a steady tone"}
+
+
+# Before the whitespace that follows a sentence's end, and before every line break.
+STEP_BREAK = re.compile(r"(?<=[.!?])(?=\s)|(?<=\S)(?=\n)")
+
+
+def rationale_steps(rationale: str) -> list[str]:
+    """The reasoning steps of a rationale: its sentences and lines, each keeping the whitespace
+    before it, so that "".join(steps) == rationale and a byte-level BPE tokenises the steps one by
+    one as it tokenises the whole (its pre-tokeniser splits there too)."""
+    return [step for step in STEP_BREAK.split(rationale) if step]
 
 
 class RationaleFileError(DataError):

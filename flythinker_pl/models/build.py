@@ -7,8 +7,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..config import Config, ConfigError
-from . import backbones
-from .baselines import Coconut, StaticFlyThinker
+from . import backbones, families
+from .baselines import StaticFlyThinker
+from .coconut_setup import build_coconut
 from .flythinker import FlyThinker
 from .fusion import LatentFusion
 from .sft import SFT
@@ -23,6 +24,7 @@ def _load(key: str, cfg_backbone, corpus, cache_dir, gradient_checkpointing: boo
                                  cfg_backbone.pretrain_seed, cache_dir)
     with backbones.explained(f"{key}.name", location):
         model, tokenizer = backbones.load(location, random_init_seed=random_init_seed)
+    families.check_text_only(model, key, cfg_backbone.name)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
@@ -33,14 +35,12 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
     checkpointing = cfg.train.gradient_checkpointing
     generator, tokenizer = _load("generator", cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
     generator_dim = backbones.hidden_size(generator)
+    multiplier = families.embedding_multiplier(generator)
+    if cfg.method == "coconut":  # its markers and warm start come before the training mode
+        return build_coconut(cfg, generator, tokenizer), tokenizer
     generator = backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
     if cfg.method in SFT_METHODS:
         return SFT(generator), tokenizer
-    if cfg.method == "coconut":
-        if checkpointing:  # the checkpointed layers drop the KV cache that links the passes
-            raise ConfigError("method=coconut runs the prompt, its thoughts and the response as passes sharing "
-                              "one KV cache, which train.gradient_checkpointing disables: set it to false")
-        return Coconut(generator, cfg.coconut.k, cfg.fusion.eps), tokenizer
 
     if cfg.reasoner.shared_base:
         if cfg.method != "flythinker":
@@ -52,17 +52,16 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
         if checkpointing:  # recomputation in backward would run with whichever adapter is active then
             raise ConfigError("reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward "
                               "pass would recompute the Reasoner's layers with the Generator's adapter")
-        if getattr(generator.config, "final_logit_softcapping", None):
-            raise ConfigError("reasoner.shared_base=true computes logits from the LM head directly, without "
-                              f"{generator.config.model_type}'s final logit softcapping; use two models")
+        families.check_head_logits(generator.get_base_model(), "reasoner.shared_base")
+        backbones.check_lora_targets(generator, cfg.reasoner, "reasoner")
         generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
-        fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion)
+        fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion, multiplier)
         return SharedBaseFlyThinker(generator, fusion), tokenizer
     random_init_seed = cfg.seed if cfg.reasoner.init == "random" else None
     reasoner_lm, reasoner_tokenizer = _load("reasoner", cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing,
                                             random_init_seed)
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
-    fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion)
+    fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion, multiplier)
     reasoner = backbones.set_mode(backbones.decoder_of(reasoner_lm), cfg.reasoner, "reasoner", task_type=None)
     method_class = StaticFlyThinker if cfg.method == "static" else FlyThinker
     return method_class(generator, reasoner, fusion, reasoner_frozen=cfg.reasoner.mode == "frozen",
