@@ -11,6 +11,7 @@
     flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
     flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
     flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
+    flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
 """
 from __future__ import annotations
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_check.add_argument("--sizes", choices=["paper", "tiny"], help="default: paper on CUDA, tiny on CPU")
     gpu_check.add_argument("--only", nargs="+", choices=["parity", "train", "decode", "two_gpu", "ddp"],
                            help="run only these sections")
+    memory = _with_config(commands.add_parser("memory", help="per-rank GiB of parameters, gradients and AdamW "
+                                                             "state: DDP vs FSDP (nothing is loaded)"))
+    memory.add_argument("--ranks", type=int, nargs="+", help="FSDP world sizes (default: the config's "
+                                                             "trainer.devices x trainer.num_nodes, and 8)")
     sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
                                               "then its mean/std table, per-position table and plots")
     sweep.add_argument("file", help="sweep YAML (see ablations/ and flythinker_pl/lit/sweep.py)")
@@ -96,15 +101,24 @@ def run(args):
     from .lit.run import run_experiment
 
     run_dir = run_experiment(cfg)
-    print(summary_table(runs_table([run_dir])).T.to_markdown())
-    print(f"Run: {run_dir} (every number in its metrics.json)")
+    if _rank_zero():
+        print(summary_table(runs_table([run_dir])).T.to_markdown())
+        print(f"Run: {run_dir} (every number in its metrics.json)")
+
+
+def _rank_zero() -> bool:
+    """Whether this process prints results (the other ranks of a multi-process launch run the same command)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def fit(args):
     cfg = _config(args)[0]
     from .lit.run import fit as fit_run
 
-    print(f"Run: {fit_run(cfg)}\nTensorBoard: tensorboard --logdir {cfg.logging.root_dir}")
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # installed beside this Python, maybe not on PATH
+    print(f"Run: {fit_run(cfg)}\nTensorBoard: {tensorboard} --logdir {cfg.logging.root_dir}")
 
 
 def predict(args):
@@ -189,6 +203,19 @@ def gpu_check(args):
     print(f"written {args.out} and {Path(args.out).with_suffix('.md')}")
 
 
+def memory(args):
+    cfg = _config(args)[0]
+    from .bench.memory import per_rank
+
+    world = cfg.trainer.devices * cfg.trainer.num_nodes if isinstance(cfg.trainer.devices, int) else 1
+    table = per_rank(cfg, args.ranks or sorted({world, 8}))
+    counts = table.attrs["counts"]
+    print(f"{cfg.method}: {counts.total / 1e9:.3g} B parameters, {counts.trainable / 1e9:.3g} B trainable "
+          f"(generator.mode={cfg.generator.mode}, reasoner.mode={cfg.reasoner.mode}); per rank, "
+          "activations and the CUDA context not included:")
+    print(table.to_markdown(index=False))
+
+
 def sweep(args):
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -215,7 +242,7 @@ def sweep(args):
 
 
 COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
-            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "sweep": sweep}
+            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "memory": memory, "sweep": sweep}
 
 
 # Commands whose rerun continues: training resumes from the run's last checkpoint, finished stages are reused.

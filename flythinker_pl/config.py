@@ -22,7 +22,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 #               (trained on data.rationales + response)
 #   static      one-shot latent reasoning: the Reasoner's latent of the last prompt position is
 #               added at every response position (needs fusion.span=response)
-#   coconut     coconut.k continuous thoughts (fed-back, rescaled hidden states) after the prompt
+#   coconut     coconut.k continuous thoughts (fed-back last hidden states) after the prompt, optionally
+#               with the official curriculum over data.rationales (coconut.curriculum)
 METHODS = ("flythinker", "sft", "nonpers", "rag", "cot", "static", "coconut")
 REASONER_METHODS = ("flythinker", "static")  # the methods with a Reasoner (reasoner.* and fusion.* apply)
 
@@ -58,7 +59,35 @@ class ReasonerConfig(BackboneConfig):
 
 @dataclass
 class CoconutConfig:
-    k: int = 2  # continuous thoughts between the prompt and the response; k=0 is SFT
+    """Coconut (facebookresearch/coconut; README "Baselines and controls" states the recipe and k)."""
+
+    # Continuous thoughts between the prompt and the response when decoding, and in training without
+    # the curriculum; k=0 is SFT. With the curriculum it must be max_latent_stage x c_thought.
+    k: int = 2
+    # none: the final-norm hidden state fed back raw (official) | table_mean: rescaled to the mean row
+    # norm of E_G, as FlyThinker's latents (a labelled variant)
+    norm: str = "none"
+    eps: float = 1e-6  # table_mean only: floor on ||h|| in the rescale
+    # <|start-latent|> before and <|end-latent|> after the thoughts (the official layout); the three
+    # tokens (and <|latent|>) join the vocabulary, their embeddings (and LM-head rows) copied from
+    # `marker_init`, text that is one existing token (official: "<<"); under LoRA peft trains their rows.
+    markers: bool = False
+    marker_init: str = "<<"
+    # Warm start from a method=cot run: its run dir, its experiment dir (the newest finished run) or a
+    # .ckpt file; "" = from the backbone. The official GSM8K recipe starts from a CoT checkpoint.
+    init_from: str = ""
+    # The official curriculum (data.rationales split into steps, data/curriculum.py): stage
+    # s = first_stage + step // steps_per_stage replaces the first s steps of the rationale by
+    # s x c_thought thoughts; beyond max_latent_stage every step goes and the thoughts stay at
+    # max_latent_stage x c_thought (pad_latent_to_max; else capped at the record's step count).
+    curriculum: bool = False
+    c_thought: int = 1
+    max_latent_stage: int = 2
+    steps_per_stage: int = 40  # the official epochs_per_stage, in optimiser steps
+    first_stage: int = 1  # 0 trains stage 0 (plain CoT) here; 1 starts from a CoT run (init_from), as on GSM8K
+    pad_latent_to_max: bool = True
+    uniform_prob: float = 0.0  # chance that a training record takes a random stage in 0..its step count
+    reset_optimizer: bool = True  # fresh optimiser state at every stage change
 
 
 @dataclass
@@ -137,7 +166,7 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = "auto"
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto | ddp | fsdp (sharded: lit/sharding.py) | any other Lightning strategy name
     num_nodes: int = 1
     max_steps: int = 300  # 0 = no training (zero-shot: validated and decoded with the loaded weights)
     max_epochs: int = -1
@@ -179,13 +208,20 @@ class DecodeConfig:
 
 @dataclass
 class EvalConfig:
-    """Scoring of predictions: BLEU (0-100), ROUGE-1/L F and METEOR (0-1), overall and per position window."""
+    """Scoring of predictions: BLEU (0-100), ROUGE-1/L F and METEOR (0-1), overall and per position window;
+    BERTScore F1 (0-1) overall, with a model."""
 
     segment_width: int = 50  # position windows [0, w), [w, 2w), ... of the output
     segment_max: int = 300  # windows stop here
     segment_unit: str = "words"  # words | tokens (the Generator tokenizer's)
     n_bootstrap: int = 1000  # seeded 95% bootstrap interval per metric; 0 = off
     bootstrap_seed: int = 0
+    # keep: an empty prediction stays and scores 0 (stricter) | drop: LongLaMP's rule, rows whose
+    # prediction or reference is empty are left out. Either way metrics.json counts them (`empty`).
+    empty: str = "keep"
+    # BERTScore F1 with this model: a local folder or hub id (e.g. roberta-large); "" = reported unavailable
+    bertscore_model: str = ""
+    bertscore_layer: Optional[int] = None  # its hidden layer (bert-score's default for roberta-large: 17); None = last
 
 
 @dataclass
@@ -229,6 +265,7 @@ CHOICES = {
     "reasoner.mode": ("frozen", "lora", "full"),
     "reasoner.init": ("pretrained", "random"),
     "fusion.norm": ("table_mean", "none"),
+    "coconut.norm": ("none", "table_mean"),
     "fusion.dims": ("pad", "linear"),
     "fusion.span": ("global", "response", "prompt"),
     "data.task": ("product_review", "abstract_generation", "topic_writing"),
@@ -240,6 +277,7 @@ CHOICES = {
     "decode.lora_path": ("lean", "peft"),
     "decode.split": ("train", "val", "test"),
     "eval.segment_unit": ("words", "tokens"),
+    "eval.empty": ("keep", "drop"),
 }
 
 
@@ -264,17 +302,51 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: bad value for '{key}': {reason}")
 
 
+def _coconut_checks(cfg: Config) -> list[tuple[bool, str]]:
+    coconut = cfg.coconut
+    checks = [(coconut.k >= 0, f"coconut.k={coconut.k} must be >= 0"),
+              (coconut.eps > 0, f"coconut.eps={coconut.eps} must be > 0")]
+    if not (cfg.method == "coconut" and coconut.curriculum):
+        return checks + [(not coconut.init_from or cfg.method == "coconut",
+                          f"coconut.init_from warm-starts method=coconut (got method={cfg.method})")]
+    final_stage = coconut.first_stage + (cfg.trainer.max_steps - 1) // max(coconut.steps_per_stage, 1)
+    return checks + [
+        (coconut.c_thought >= 1 and coconut.max_latent_stage >= 1 and coconut.steps_per_stage >= 1,
+         "coconut.c_thought, coconut.max_latent_stage and coconut.steps_per_stage must be >= 1"),
+        (coconut.first_stage >= 0 and 0 <= coconut.uniform_prob <= 1,
+         "coconut.first_stage must be >= 0 and coconut.uniform_prob in [0, 1]"),
+        (bool(cfg.data.rationales),
+         "coconut.curriculum=true replaces the reasoning steps of data.rationales by thoughts: set "
+         "data.rationales=oracle (synthetic data) or a JSON-lines file of {id, rationale}"),
+        (coconut.k == coconut.max_latent_stage * coconut.c_thought,
+         f"coconut.curriculum=true ends with coconut.max_latent_stage x coconut.c_thought = "
+         f"{coconut.max_latent_stage * coconut.c_thought} thoughts, which decoding uses: set coconut.k to that "
+         f"(got {coconut.k})"),
+        (cfg.trainer.max_steps > 0 and final_stage > coconut.max_latent_stage,
+         f"coconut.curriculum=true must train past its last latent stage ({coconut.max_latent_stage}), so that "
+         "the final model writes the response with no rationale left: with coconut.first_stage="
+         f"{coconut.first_stage} and coconut.steps_per_stage={coconut.steps_per_stage}, trainer.max_steps="
+         f"{cfg.trainer.max_steps} ends at stage {final_stage}"),
+        (coconut.first_stage == 0 or bool(coconut.init_from),
+         f"coconut.first_stage={coconut.first_stage} skips stage 0 (plain CoT) because a method=cot run "
+         "was trained already: name it in coconut.init_from, or set coconut.first_stage=0"),
+    ]
+
+
 def _check_choices(cfg: Config) -> None:
     node = OmegaConf.structured(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(node, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    coconut_curriculum = cfg.method == "coconut" and cfg.coconut.curriculum
     checks = [
         (cfg.fusion.lam >= 0, f"fusion.lam={cfg.fusion.lam} must be >= 0"),
         (cfg.fusion.eps > 0, f"fusion.eps={cfg.fusion.eps} must be > 0"),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
+        (cfg.eval.bertscore_layer is None or cfg.eval.bertscore_layer >= 0,
+         f"eval.bertscore_layer={cfg.eval.bertscore_layer} must be >= 0 (0 = the embeddings) or null (the last layer)"),
         (not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
          "decode.reasoner_device places a separate Reasoner: it needs method=flythinker or static without "
          "reasoner.shared_base"),
@@ -288,13 +360,13 @@ def _check_choices(cfg: Config) -> None:
         (cfg.method != "cot" or bool(cfg.data.rationales),
          "method=cot trains on rationale + response: set data.rationales=oracle (synthetic data) or a "
          "JSON-lines file of {id, rationale}"),
-        (cfg.method == "cot" or not cfg.data.rationales,
-         f"data.rationales puts a rationale before the response in the targets: only method=cot writes and "
-         f"splits one (got method={cfg.method})"),
+        (cfg.method == "cot" or not cfg.data.rationales or coconut_curriculum,
+         f"data.rationales puts a rationale before the response in the targets (coconut.curriculum=true "
+         f"replaces it step by step): only method=cot writes and splits one (got method={cfg.method})"),
         (cfg.method != "static" or cfg.fusion.span == "response",
          "method=static adds the prompt's one latent at every response position: set fusion.span=response "
          f"(got {cfg.fusion.span})"),
-        (cfg.coconut.k >= 0, f"coconut.k={cfg.coconut.k} must be >= 0"),
+        *_coconut_checks(cfg),
         (cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
          f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})"),
         (cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,
@@ -306,6 +378,10 @@ def _check_choices(cfg: Config) -> None:
         (not cfg.callbacks.lambda_sweep or cfg.method in REASONER_METHODS,
          f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)} "
          f"(got method={cfg.method})"),
+        (not cfg.trainer.strategy.startswith(("deepspeed_stage_3", "fsdp_")),
+         f"trainer.strategy={cfg.trainer.strategy} releases the Generator's embedding table outside its forward, "
+         "where the latent rescale reads it (the official code's ZeRO-3 run injected nothing): use "
+         "trainer.strategy=fsdp (FSDP2 through Lightning; parameters sharded as under ZeRO-3, the rescale exact)"),
         (all(lam >= 0 for lam in cfg.callbacks.lambda_sweep),
          f"callbacks.lambda_sweep={cfg.callbacks.lambda_sweep}: every lambda must be >= 0"),
     ]

@@ -36,6 +36,9 @@ def silence_known_noise() -> None:
     # a frozen Reasoner is kept in eval mode on purpose (FlyThinker.train)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
                             module="lightning.pytorch.loops.fit_loop")
+    # val/loss and val/ppl come from a MeanMetric that already combined the ranks (MethodModule)
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/(loss|ppl)', \.\.\., sync_dist",
+                            module="lightning.pytorch.trainer.connectors.logger_connector.result")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in target.filters):

@@ -6,6 +6,8 @@
 - `GenerationSamples` at the end: prompt, reference and output as text (generation_samples/<i>),
                       for methods with a Reasoner also the same model's output with lambda = 0
 - `LambdaSweep`       at the end: validation loss at each inference-time lambda
+- `CoconutCurriculum` (lit/curriculum.py, with coconut.curriculum=true): the stage's batches, an
+                      optimiser reset per stage, coconut/stage and coconut/val_loss@stage<s>
 
 DDP: a callback that runs forward passes either runs them on every rank over that rank's share of
 the data and meets the others in one collective (`PositionEval`: all_gather of the texts,
@@ -31,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from ..config import REASONER_METHODS, Config, ConfigError
@@ -39,6 +42,7 @@ from ..evaluation.metrics import METRICS
 from ..evaluation.report import log_position_panels
 from ..evaluation.segments import position_scores, text_units
 from ..evaluation.torchmetric import TextGenerationScores
+from .curriculum import CoconutCurriculum
 
 
 # ---- helpers shared by the callbacks -------------------------------------------------------------
@@ -316,12 +320,19 @@ def run_callbacks(cfg: Config) -> list[Callback]:
     callbacks: list[Callback] = []
     if knobs.throughput:
         callbacks.append(Throughput())
-    if knobs.position_eval_every:
-        callbacks.append(PositionEval(knobs.position_eval_every, knobs.position_eval_samples,
-                                      cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit))
-    if knobs.samples:
-        callbacks.append(GenerationSamples(knobs.samples, cfg.method))
+    decoding = knobs.position_eval_every or knobs.samples
+    if decoding and cfg.trainer.strategy == "fsdp":  # decoding needs whole models; each rank holds a shard
+        rank_zero_info("trainer.strategy=fsdp: callbacks.samples and callbacks.position_eval_every are off "
+                       "(decoding needs whole models); `flythinker run`/`predict` decode the exported weights")
+    elif decoding:
+        if knobs.position_eval_every:
+            callbacks.append(PositionEval(knobs.position_eval_every, knobs.position_eval_samples,
+                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit))
+        if knobs.samples:
+            callbacks.append(GenerationSamples(knobs.samples, cfg.method))
     if knobs.lambda_sweep:
         callbacks.append(LambdaSweep(knobs.lambda_sweep))
+    if cfg.method == "coconut" and cfg.coconut.curriculum:  # not a knob: the training recipe itself
+        callbacks.append(CoconutCurriculum(cfg.coconut, cfg.data.seed))
     return callbacks
 

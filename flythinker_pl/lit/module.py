@@ -31,8 +31,9 @@ def scored_width(labels: torch.Tensor) -> int:
 
 def method_loss(method: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """One teacher-forced pass of any method and its response loss: the one LM-head policy."""
+    per_row = {"thoughts": batch["thoughts"]} if "thoughts" in batch else {}  # Coconut's curriculum
     logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
-                    profile_mask=batch.get("profile_mask"), logits_to_keep=scored_width(batch["labels"]))
+                    profile_mask=batch.get("profile_mask"), logits_to_keep=scored_width(batch["labels"]), **per_row)
     return response_loss(logits, batch["labels"])
 
 
@@ -57,6 +58,13 @@ class MethodModule(L.LightningModule):
         self.tokenizer, self.decode_cfg = tokenizer, decode_cfg  # for predict_step
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        """trainer.strategy=fsdp: shard the method across the data-parallel mesh (lit/sharding.py)."""
+        if self.device_mesh is not None:
+            from .sharding import shard
+
+            self.method = shard(self.method, self.device_mesh["data_parallel"], str(self.trainer.precision))
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return method_loss(self.method, batch)

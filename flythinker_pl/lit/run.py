@@ -137,13 +137,35 @@ def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
     return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
-def build_trainer(cfg: Config, run_dir: Path, callbacks: list = ()) -> L.Trainer:
+def lightning_strategy(cfg: Config, decoding: bool = False):
+    """Lightning's strategy. trainer.strategy=fsdp shards training (lit/sharding.py); decoding then
+    runs on whole models (each rank decodes its share of the records, as under DDP)."""
+    if cfg.trainer.strategy != "fsdp":
+        return cfg.trainer.strategy
+    if decoding:
+        return "auto"
+    from .sharding import ShardedDataParallel
+
+    return ShardedDataParallel()
+
+
+def trained_weights(run_dir: Path) -> Path:
+    """The checkpoint `predict` decodes a trained run with: last.ckpt, or under trainer.strategy=fsdp
+    (a sharded last.ckpt/ directory) the weights exported from it at the end of fit."""
+    from .sharding import EXPORT_NAME
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return run_dir / "checkpoints" / EXPORT_NAME if last.is_dir() else last
+
+
+def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bool = False) -> L.Trainer:
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
                                version=version_number(run_dir), default_hp_metric=False)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     progress = [progress_bar()] if cfg.trainer.enable_progress_bar else []
-    return L.Trainer(**dataclasses.asdict(cfg.trainer), precision=precision(cfg),
+    return L.Trainer(**{**dataclasses.asdict(cfg.trainer), "strategy": lightning_strategy(cfg, decoding)},
+                     precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
                      logger=logger, enable_model_summary=False,  # _fit prints the parameter counts
                      callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
@@ -216,6 +238,12 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
     if cfg.trainer.max_steps != 0:
         initial = {f"{k}_before": v for k, v in initial.items()}
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        if cfg.trainer.strategy == "fsdp":
+            from .sharding import EXPORT_NAME, export_weights
+
+            if trainer.is_global_zero:
+                export_weights(run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / EXPORT_NAME)
+            trainer.strategy.barrier("fsdp_export")  # the other ranks decode it next (flythinker run)
     # else zero-shot: the validation above is the run's result, and no checkpoint is written
     if trainer.is_global_zero:
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "train/loss"}
@@ -244,7 +272,7 @@ def predict(cfg: Config, ckpt_path: Optional[str] = None, run_dir: Optional[Path
 
     def work():
         module, datamodule, _ = build(cfg)
-        trainer = build_trainer(cfg, run_dir, [PredictionWriter(output)])
+        trainer = build_trainer(cfg, run_dir, [PredictionWriter(output)], decoding=True)
         settings = output.with_suffix(".config.yaml")
         if trainer.is_global_zero:  # written only once the predictions are complete (below), so
             settings.unlink(missing_ok=True)  # an interrupted decode never passes for a finished one
@@ -263,7 +291,7 @@ def run_experiment(cfg: Config) -> Path:
     predictions = run_dir / cfg.decode.output
     if not (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)):
         trained = cfg.trainer.max_steps != 0  # zero-shot runs decode the loaded weights
-        predict(cfg, str(run_dir / "checkpoints" / "last.ckpt") if trained else None, run_dir)
+        predict(cfg, str(trained_weights(run_dir)) if trained else None, run_dir)
     scored = run_dir / EVAL_CONFIG
     if rank_zero_only.rank == 0 and not (scored.exists() and scored.read_text() == eval_yaml(cfg.eval)
                                          and scored.stat().st_mtime >= predictions.stat().st_mtime):

@@ -7,12 +7,20 @@ The math of DESIGN.md section 4, for token ids x_0..x_{L-1} and Generator embedd
 P is `pad` (zero-pad d_R -> d_G) or `linear` (learned projection). Injected positions are real
 (non-pad) tokens with real position >= 1 that the span allows: global (all), response (>= P),
 prompt (< P), P = prompt length. Pad positions and the first real token never get a latent.
+
+e_G(x) is the input embedding as the decoder layers see it: Gemma's sqrt(d) scale is inside its
+embedding module (so in e_G and in c); Granite's forward multiplies `inputs_embeds`, latent included,
+by embedding_multiplier m after we pass them. With table_mean, c and the latent are both taken
+before m, so the decoder sees m e(x) + lam * P(r) with ||r|| = m c, the mean norm of its own table:
+nothing to do. A raw latent (norm = none) is divided by m, so that the decoder sees lam * P(h) itself
+(DESIGN.md 4: latents live in the space the decoder layers see).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError, FusionConfig
 
@@ -31,8 +39,24 @@ def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
             f"The Generator's embedding weight has shape {tuple(weight.shape)}, not (vocab, "
             f"{embedding.embedding_dim}): it is sharded or released (ZeRO-3/FSDP). The latent rescale "
             "needs the full table; gather it (e.g. FSDP summon_full_params) or use fusion.norm=none.")
-    scale = getattr(embedding, "embed_scale", 1.0)
-    return weight.detach().float().norm(dim=-1).mean() * float(scale)
+    scale = float(getattr(embedding, "embed_scale", 1.0))
+    if isinstance(weight, DTensor):  # this rank's rows of a sharded table (trainer.strategy=fsdp, outside
+        return _sharded_mean_row_norm(weight) * scale  # the forward that gathers it)
+    return weight.detach().float().norm(dim=-1).mean() * scale
+
+
+def _sharded_mean_row_norm(weight: DTensor) -> torch.Tensor:
+    """The whole table's mean row norm from the ranks' sums of row norms and row counts, never from
+    this rank's rows alone (shards can be uneven)."""
+    if weight.device_mesh.ndim != 1 or not all(p.is_shard(0) or p.is_replicate() for p in weight.placements):
+        raise RuntimeError(f"the latent rescale reads a row-sharded table on a 1-D mesh; this one is placed "
+                           f"{weight.placements} on {weight.device_mesh}")
+    if all(p.is_replicate() for p in weight.placements):
+        return weight.to_local().detach().float().norm(dim=-1).mean()
+    norms = weight.to_local().detach().float().norm(dim=-1)
+    totals = torch.stack([norms.sum(), torch.tensor(float(len(norms)), device=norms.device)])
+    torch.distributed.all_reduce(totals, group=weight.device_mesh.get_group())
+    return totals[0] / totals[1]
 
 
 def rescale(hidden: torch.Tensor, target_norm: torch.Tensor, eps: float) -> torch.Tensor:
@@ -43,7 +67,7 @@ def rescale(hidden: torch.Tensor, target_norm: torch.Tensor, eps: float) -> torc
 
 
 class LatentFusion(nn.Module):
-    def __init__(self, reasoner_dim: int, generator_dim: int, cfg: FusionConfig):
+    def __init__(self, reasoner_dim: int, generator_dim: int, cfg: FusionConfig, embedding_multiplier: float = 1.0):
         super().__init__()
         if cfg.dims == "pad" and reasoner_dim > generator_dim:
             raise ConfigError(
@@ -51,6 +75,7 @@ class LatentFusion(nn.Module):
                 f"embedding, so it needs d_R ({reasoner_dim}) <= d_G ({generator_dim}). Set "
                 "fusion.dims=linear (learned projection) or choose a smaller Reasoner.")
         self.cfg = cfg
+        self.embedding_multiplier = embedding_multiplier  # families.embedding_multiplier of the Generator
         self.pad_dims = generator_dim - reasoner_dim
         self.project = None
         if cfg.dims == "linear":
@@ -64,6 +89,8 @@ class LatentFusion(nn.Module):
         hidden = reasoner_hidden.float()
         if self.cfg.norm == "table_mean":
             hidden = rescale(hidden, target_norm, self.cfg.eps)
+        elif self.embedding_multiplier != 1.0:  # the forward will multiply it back
+            hidden = hidden / self.embedding_multiplier
         if self.project is not None:
             projected = self.project(hidden.to(self.project.weight.dtype))
         else:
