@@ -56,8 +56,8 @@ ablate-lambda: install ## fusion.lam in {0,0.2,0.5,1,2,5} (+ inference-time lamb
 ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/results/span/
 	$(OFFLINE) $(FLY) sweep ablations/span.yaml
 
-test: install ## fast test suite (CI runs it, then test-slow)
-	$(OFFLINE) $(PY) -m pytest -q
+test: install ## fast test suite on both cores (CI runs it, then test-slow)
+	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: install ## only the slow tests: multi-process (DDP, torchrun, kill/resume) and long runs
 	$(OFFLINE) $(PY) -m pytest -q -m slow

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# `make test` runs two pytest-xdist workers, one per core: one thread each, or they fight for the cores
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 from flythinker_pl.config import FusionConfig, load_config  # noqa: E402
 from flythinker_pl.data import synthetic  # noqa: E402
