@@ -44,7 +44,7 @@ position-eval: install ## SFT vs FlyThinker per output position (trains or reuse
 	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
 	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --segments --plot lightning_logs/position_eval
 
-baselines: install ## every method (nonpers, rag, sft, cot, static, coconut, flythinker, 2 controls) -> ablations/results/baselines/
+baselines: install ## every method (nonpers, rag, sft, cot, static, coconut + its official recipe, flythinker, 2 controls) -> ablations/results/baselines/
 	$(OFFLINE) $(FLY) sweep ablations/baselines.yaml
 
 ablate-reasoner-size: install ## Reasoner tiny-64/128/256 vs SFT: metrics, per position, tokens/s, memory -> ablations/results/reasoner_size/
