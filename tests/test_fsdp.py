@@ -100,7 +100,8 @@ SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_v
 DDP = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp", *SHORT]
 FSDP = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp", *SHORT]
 MODES = {"lora+frozen": ["generator.mode=lora", "reasoner.mode=frozen"],
-         "full+full": ["generator.mode=full", "reasoner.mode=full"]}
+         "full+full": ["generator.mode=full", "reasoner.mode=full"],  # clipped at train.grad_clip=1 too
+         "lora+lora, accumulate 2": ["generator.mode=lora", "reasoner.mode=lora", "train.accumulate=2"]}
 
 
 @pytest.fixture(scope="module")
