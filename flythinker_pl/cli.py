@@ -128,6 +128,10 @@ def predict(args):
                           "or ckpt_path=none to decode the weights as loaded (zero-shot)")
     if ckpt_path.lower() == "none":
         ckpt_path = None
+    elif Path(ckpt_path).is_dir():  # a sharded checkpoint (trainer.strategy=fsdp): one file per rank
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} is a sharded (FSDP) checkpoint folder; decode "
+                                f"{Path(ckpt_path).parent / 'weights.ckpt'}, the weights exported from it at the "
+                                "end of fit")
     elif not Path(ckpt_path).is_file():  # before any model is built or run folder made
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     from .lit.run import predict as predict_run

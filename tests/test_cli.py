@@ -159,6 +159,10 @@ def test_predict_needs_a_checkpoint_or_an_explicit_zero_shot(run_config, capsys)
     assert "ckpt_path=none" in capsys.readouterr().err
     assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "ckpt_path=missing/last.ckpt"]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
+    sharded = Path(run_config().logging.root_dir).parent / "fsdp" / "checkpoints" / "last.ckpt"
+    sharded.mkdir(parents=True)  # what trainer.strategy=fsdp saves: a folder of one file per rank
+    assert main(["predict", "-c", str(DEBUG_CONFIG), *args, f"ckpt_path={sharded}"]) == 2
+    assert "sharded (FSDP) checkpoint folder" in capsys.readouterr().err
     assert not root.exists() or not any(root.rglob("version_*"))  # nothing built, no folder left behind
     assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "ckpt_path=none"]) == 0  # zero-shot, asked for
     assert list(root.rglob("predictions.jsonl"))
