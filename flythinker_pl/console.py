@@ -51,6 +51,11 @@ def on_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def line_due(done: int, total: int) -> bool:
+    """Whether a progress line is due after `done` of `total` (every tenth, and at the end)."""
+    return done % max(1, total // LINES_PER_STAGE) == 0 or done == total
+
+
 def progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     """tqdm on a terminal, else a line every tenth of `total`."""
     if on_terminal():
@@ -58,8 +63,8 @@ def progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
 
         yield from tqdm(items, total=total, desc=desc, leave=False)
         return
-    every, start = max(1, total // LINES_PER_STAGE), time.perf_counter()
+    start = time.perf_counter()
     for done, item in enumerate(items, 1):
         yield item
-        if done % every == 0 or done == total:
+        if line_due(done, total):
             print(f"{desc}: {done}/{total} ({time.perf_counter() - start:.0f} s)", flush=True)

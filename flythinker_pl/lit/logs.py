@@ -5,7 +5,8 @@ import time
 
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
-from ..console import LINES_PER_STAGE, on_terminal
+from ..console import line_due, on_terminal
+
 
 class LineProgress(ProgressBar):
     """Lightning progress as plain lines: training every tenth of max_steps (with the loss), each
@@ -31,7 +32,7 @@ class LineProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
         step = trainer.global_step
-        if step != self._last_step and (step % max(1, total // LINES_PER_STAGE) == 0 or step == total):
+        if step != self._last_step and line_due(step, total):
             self._last_step = step
             loss = trainer.callback_metrics.get("train/loss")
             self._line(f"train step {step}/{total}" + (f", loss {float(loss):.4f}" if loss is not None else ""))
@@ -48,7 +49,7 @@ class LineProgress(ProgressBar):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         total = int(trainer.num_predict_batches[dataloader_idx])
-        if (batch_idx + 1) % max(1, total // LINES_PER_STAGE) == 0 or batch_idx + 1 == total:
+        if line_due(batch_idx + 1, total):
             self._line(f"decoding batch {batch_idx + 1}/{total}")
 
 
