@@ -42,17 +42,16 @@ KEY_SETTINGS = ("method", "generator.name", "generator.mode", "reasoner.name", "
 def tensorboard_hparams(cfg: Config) -> dict[str, object]:
     """The config as HPARAMS columns: KEY_SETTINGS as "Run/<key>", then every other key as
     "<group>/<key>"; values TensorBoard cannot show (lists, None) as text."""
-    config = OmegaConf.to_container(OmegaConf.structured(cfg))
-    first = {f"Run/{path}": OmegaConf.select(OmegaConf.create(config), path) for path in KEY_SETTINGS}
-
-    def flat(node: dict, prefix: str):
+    def flat(node: dict, prefix: str = ""):
         for name, value in node.items():
             if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{name}/")
-            elif f"Run/{prefix.replace('/', '.')}{name}" not in first:
+                yield from flat(value, f"{prefix}{name}.")
+            else:
                 yield f"{prefix}{name}", value
 
-    columns = first | dict(flat(config, ""))
+    settings = dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg))))
+    columns = {f"Run/{path}": settings.pop(path) for path in KEY_SETTINGS} | \
+        {path.replace(".", "/"): value for path, value in settings.items()}
     return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
             for name, value in columns.items()}
 
