@@ -51,11 +51,10 @@ def _sharded_mean_row_norm(weight: DTensor) -> torch.Tensor:
     if weight.device_mesh.ndim != 1 or not all(p.is_shard(0) or p.is_replicate() for p in weight.placements):
         raise RuntimeError(f"the latent rescale reads a row-sharded table on a 1-D mesh; this one is placed "
                            f"{weight.placements} on {weight.device_mesh}")
-    if all(p.is_replicate() for p in weight.placements):
-        return weight.to_local().detach().float().norm(dim=-1).mean()
     norms = weight.to_local().detach().float().norm(dim=-1)
     totals = torch.stack([norms.sum(), torch.tensor(float(len(norms)), device=norms.device)])
-    torch.distributed.all_reduce(totals, group=weight.device_mesh.get_group())
+    if any(p.is_shard() for p in weight.placements):  # replicated: this rank's rows are the table
+        torch.distributed.all_reduce(totals, group=weight.device_mesh.get_group())
     return totals[0] / totals[1]
 
 
