@@ -25,6 +25,7 @@ from .config import ConfigError, load_config
 from .console import silence_known_noise
 from .data.schema import DataError
 
+
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", action="append",
                         help="experiment YAML (see experiments/); several -c merge in order, later wins "
@@ -209,20 +210,18 @@ def gpu_check(args):
 
 def memory(args):
     cfg = _config(args)[0]
-    from .bench.memory import per_rank
+    from .bench.memory import method_counts, per_rank
+    from .lit.run import precision
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes if isinstance(cfg.trainer.devices, int) else 1
-    table = per_rank(cfg, args.ranks or sorted({world, 8}))
-    counts = table.attrs["counts"]
+    counts = method_counts(cfg)
     print(f"{cfg.method}: {counts.total / 1e9:.3g} B parameters, {counts.trainable / 1e9:.3g} B trainable "
           f"(generator.mode={cfg.generator.mode}, reasoner.mode={cfg.reasoner.mode}); per rank, "
           "activations and the CUDA context not included:")
-    print(table.to_markdown(index=False))
+    print(per_rank(counts, precision(cfg), args.ranks or sorted({world, 8})).to_markdown(index=False))
 
 
 def sweep(args):
-    from lightning.pytorch.utilities import rank_zero_only
-
     from .lit.sweep import aggregate, load_sweep, plan, run_sweep
 
     spec = load_sweep(args.file, args.overrides)
@@ -236,7 +235,7 @@ def sweep(args):
         aggregate(spec, args.out)
     else:
         run_sweep(spec, args.out)
-        if rank_zero_only.rank != 0:  # launched by torchrun/srun: rank 0 prints the results
+        if not _rank_zero():  # launched by torchrun/srun: rank 0 prints the results
             return
     out = Path(args.out or spec.results_dir)
     print((out / "table.md").read_text())

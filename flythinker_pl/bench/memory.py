@@ -18,7 +18,6 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
 from ..config import Config
-from ..lit.run import precision
 from ..lit.sharding import decoder_layer_types
 from ..models import backbones, tiny
 from ..models.build import SFT_METHODS
@@ -70,11 +69,10 @@ def method_counts(cfg: Config) -> Counts:
     return counts + backbone_counts(cfg.reasoner, "reasoner.name", reasoner=True)
 
 
-def per_rank(cfg: Config, ranks: list[int]) -> pd.DataFrame:
-    """GiB per rank for DDP (any number of ranks) and FSDP at each of `ranks`."""
-    counts = method_counts(cfg)
-    weight = 2 if precision(cfg) in ("bf16-true", "16-true") else 4
-    gathered = 2 if precision(cfg).startswith(("bf16", "16")) else 4
+def per_rank(counts: Counts, precision: str, ranks: list[int]) -> pd.DataFrame:
+    """GiB per rank for DDP (any number of ranks) and FSDP at each of `ranks`, under a Lightning precision."""
+    weight = 2 if precision in ("bf16-true", "16-true") else 4
+    gathered = 2 if precision.startswith(("bf16", "16")) else 4
     whole = {"parameters": counts.total * weight, "gradients": counts.trainable * weight,
              "AdamW moments": counts.trainable * 2 * weight}
     rows = [{"strategy": "ddp", "ranks": "any", **whole, "gathered layer": 0}]
@@ -84,5 +82,4 @@ def per_rank(cfg: Config, ranks: list[int]) -> pd.DataFrame:
     table["total"] = table[[*whole, "gathered layer"]].sum(axis=1)
     for column in [*whole, "gathered layer", "total"]:
         table[column] = (table[column] / GIB).round(2)
-    table.attrs["counts"] = counts
     return table.rename(columns={c: f"{c} GiB" for c in [*whole, "gathered layer", "total"]})
