@@ -122,6 +122,10 @@ class SplitReport:
     def kept(self) -> int:
         return self.read - len(self.skipped)
 
+    def reasons(self) -> str:
+        """The skip counts per reason, as one line ("missing_field: 2, bad_type: 1")."""
+        return ", ".join(f"{reason}: {count}" for reason, count in Counter(e.reason for e in self.skipped).items())
+
     def to_dict(self) -> dict:
         return {"source": self.source, "read": self.read, "kept": self.kept, "skipped": len(self.skipped),
                 "reasons": dict(Counter(e.reason for e in self.skipped)),
@@ -148,11 +152,10 @@ def validate(rows: list, task: str, split: str, source: str, on_bad_record: str)
         first_index_of[record_id] = index
         records.append({**row, "id": record_id})
     if report.skipped:
-        reasons = ", ".join(f"{r}: {n}" for r, n in report.to_dict()["reasons"].items())
         first = report.skipped[0]
-        warn_once(f"{split}: skipped {len(report.skipped)} of {report.read} records of {source} ({reasons}); the "
-                  f"first: record {first.index}, field '{first.field}': {first.detail}; a run keeps the counts and "
-                  f"the first {EXAMPLES_KEPT} in <run dir>/{SKIP_REPORT}")
+        warn_once(f"{split}: skipped {len(report.skipped)} of {report.read} records of {source} "
+                  f"({report.reasons()}); the first: record {first.index}, field '{first.field}': {first.detail}; "
+                  f"a run keeps the counts and the first {EXAMPLES_KEPT} in <run dir>/{SKIP_REPORT}")
     require_records(records, report, split)
     return records, report
 
@@ -171,9 +174,8 @@ def require_records(records: list[dict], report: SplitReport, split: str) -> Non
     if not report.read:
         raise DataError(f"{report.source}: the {split} split holds no records (an empty file or an empty list): "
                         "put its records there, or point the split at the file that holds them")
-    reasons = ", ".join(f"{r}: {n}" for r, n in report.to_dict()["reasons"].items())
     raise DataError(f"{report.source}: the {split} split has no usable record: all {report.read} were left out "
-                    f"({reasons}); fix them (data.on_bad_record=error stops at the first, naming it) or point "
+                    f"({report.reasons()}); fix them (data.on_bad_record=error stops at the first, naming it) or point "
                     "the split at another file")
 
 
