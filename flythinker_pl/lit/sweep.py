@@ -12,6 +12,7 @@ A sweep file (ablations/<name>.yaml)::
     points:                          # extra points, e.g. references, also run once per seed
       - {label: sft, overrides: [method=sft]}
       - {label: cot, config: ../experiments/product_review/cot.yaml, seeds: [0]}   # own config / seeds
+    reference: method=sft            # optional: gaps of every other point vs its reference (lit/gaps.py)
 
 A run's config is base <- `overrides` <- the point's settings <- `seed`, in experiment
 `ablation_<name>/<label>,seed=<seed>` (so runs land in <logging.root_dir>/ablation_<name>/...).
@@ -23,7 +24,10 @@ Results (default <this file's dir>/results/<name>/): table.csv/.md (one row per 
 sample std over seeds of SUMMARY_METRICS and any lambda_sweep/ columns, n_seeds), runs.csv (one
 row per run), segments.csv/.md (position windows, mean over seeds), position_eval.png (one line
 per point), metrics.png (every metric per point), metrics_vs_<key>.png for every numeric grid key and
-lambda_sweep.png (val/loss vs inference-time lambda) where runs logged it.
+lambda_sweep.png (val/loss vs inference-time lambda) where runs logged it. With `reference`:
+gaps.csv/.md + gaps.png (each point minus its reference, paired 95% bootstrap intervals, training
+cost ratio), segment_gaps.csv/.md + .png (BLEU gap per position window) and, when the points vary
+over two grid keys, gap_heatmap.png.
 """
 from __future__ import annotations
 
@@ -46,10 +50,12 @@ from ..config import Config, ConfigError, load_config
 from ..evaluation.metrics import METRICS
 from ..evaluation.report import CSV_NAME, METRIC_LABELS, PNG_NAME, plot_position_eval, segment_table
 from .evaluate import EVAL_CONFIG, eval_yaml
+from .gaps import (gap_table, gaps_markdown, heatmap_keys, plot_gaps, plot_heatmaps, plot_segment_gaps,
+                   references, segment_gaps)
 from .launch import external_launch
 from .run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, same_settings
 
-SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points")
+SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference")
 POINT_KEYS = ("label", "overrides", "config", "seeds")
 OWNED_KEYS = ("seed", "logging.experiment")  # set per run by the sweep itself
 SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor",
@@ -88,6 +94,7 @@ class Sweep:
     grid_keys: list[str]
     points: list[Point]
     runs: list[Run]  # point-major: every seed of the first point, then of the next
+    reference: dict[str, str] = field(default_factory=dict)  # point label -> its reference's label
 
     @property
     def results_dir(self) -> Path:
@@ -215,7 +222,19 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
                                     f"logging.experiment=ablation_{name}/{_slug(point.label)},seed={seed}"],
                                    f"point '{point.label}'"))
             for point in points for seed in point.seeds or seeds]
-    return Sweep(path, name, list(grid or {}), points, runs)
+    return Sweep(path, name, list(grid or {}), points, runs, _references(path, node.get("reference"), runs))
+
+
+def _references(path: Path, reference: Any, runs: list[Run]) -> dict[str, str]:
+    """{point: its reference point} for the sweep's `reference: key=value` (lit/gaps.py)."""
+    if reference is None:
+        return {}
+    key = _override_key(reference, f"{path}: reference")
+    value = OmegaConf.select(OmegaConf.from_dotlist([reference]), key)
+    configs = {run.point.label: OmegaConf.structured(run.config) for run in runs}
+    if not any(OmegaConf.select(node, key) == value for node in configs.values()):
+        raise SweepError(f"{path}: reference: no point has {reference}")
+    return references(configs, {run.point.label: run.point.settings for run in runs}, key, value)
 
 
 def _load(path: Path, base: Path, overrides: list[str], where: str) -> Config:
@@ -473,4 +492,29 @@ def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
                                              f"reference reaches it)\n\n{segments_markdown(segments)}\n")
         title = f"sweep {sweep.name}: mean over seeds per window"
         plot_position_eval(frame, title).savefig(out_dir / PNG_NAME, dpi=120)
+    if sweep.reference:
+        write_gaps(sweep, runs, table, segments, out_dir)
     return table, segments
+
+
+def write_gaps(sweep: Sweep, runs: pd.DataFrame, table: pd.DataFrame, segments: pd.DataFrame, out_dir: Path) -> None:
+    """gaps.csv/.md/.png, segment_gaps.csv/.md/.png and gap_heatmap.png (lit/gaps.py) of the finished runs."""
+    finished = set(runs["point"])
+    reference_of = {p: r for p, r in sweep.reference.items() if p in finished and r in finished}
+    gaps = gap_table(runs, reference_of, sweep.runs[0].config.decode.output)
+    if gaps.empty:
+        return
+    gaps = gaps.join(table[[k for k in sweep.grid_keys if k in table]])
+    gaps.to_csv(out_dir / "gaps.csv")
+    (out_dir / "gaps.md").write_text("Each point minus its reference (paired 95% bootstrap over the test records; "
+                                     f"mean over the seeds both ran)\n\n{gaps_markdown(gaps)}\n")
+    plot_gaps(gaps).savefig(out_dir / "gaps.png", dpi=120)
+    keys = heatmap_keys(gaps, sweep.grid_keys)
+    if keys:
+        plot_heatmaps(gaps, *keys).savefig(out_dir / "gap_heatmap.png", dpi=120)
+    if len(segments):
+        by_window = segment_gaps(segments, reference_of)
+        by_window.to_csv(out_dir / "segment_gaps.csv")
+        (out_dir / "segment_gaps.md").write_text("BLEU of each point minus its reference's per position window "
+                                                 f"(mean over seeds)\n\n{by_window.to_markdown(floatfmt='+.2f')}\n")
+        plot_segment_gaps(by_window).savefig(out_dir / "segment_gaps.png", dpi=120)
