@@ -24,8 +24,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 #               added at every response position (needs fusion.span=response)
 #   coconut     coconut.k continuous thoughts (fed-back last hidden states) after the prompt, optionally
 #               with the official curriculum over data.rationales (coconut.curriculum)
-METHODS = ("flythinker", "sft", "nonpers", "rag", "cot", "static", "coconut")
-REASONER_METHODS = ("flythinker", "static")  # the methods with a Reasoner (reasoner.* and fusion.* apply)
+#   flythinker_recurrent  the dependency ablation: FlyThinker whose Reasoner also reads its own previous
+#               latent at response positions (recurrent.*), so it trains with sequential passes
+METHODS = ("flythinker", "sft", "nonpers", "rag", "cot", "static", "coconut", "flythinker_recurrent")
+# the methods with a Reasoner (reasoner.* and fusion.* apply)
+REASONER_METHODS = ("flythinker", "static", "flythinker_recurrent")
 
 
 @dataclass
@@ -100,12 +103,35 @@ class FusionConfig:
 
 
 @dataclass
+class RecurrentConfig:
+    """method=flythinker_recurrent (models/recurrent.py): at response positions j >= P the Reasoner reads
+    e_R(x_j) + mu * r_{j-1}, r_{j-1} its own final hidden state at j-1 rescaled to the mean row norm of its
+    own embedding table. The Generator's input is FlyThinker's."""
+
+    mu: float = 1.0  # weight of the fed-back latent; 0 = FlyThinker exactly (same function)
+    # The Reasoner's training passes. 0 = exact: the prompt in one pass, then the response token by token
+    # through its KV cache, graph kept (one forward per response token; decoding's computation).
+    # w >= 1 = truncated: w + 1 parallel passes, pass 0 without feedback (FlyThinker's Reasoner), pass p
+    # fed pass p-1's states; exact on the prompt and the first w response tokens (so the losses of the
+    # first w + 2 response tokens), the recurrence w hops deep beyond. Decoding is always exact.
+    window: int = 0
+
+
+@dataclass
 class SyntheticConfig:
     """The embedded default data set: synthetic reviewers with latent, learnable preferences."""
 
+    # reviews: product reviews written from each user's latent persona (data/synthetic.py) |
+    # rule: short reviews whose verdict follows a per-user rule over two item attributes, to be
+    # inferred from the history (data/synthetic_rule.py: the "thinking should pay" benchmark)
+    kind: str = "reviews"
     num_users: int = 120
-    reviews_per_user: int = 8
+    reviews_per_user: int = 8  # items per user's history (kind=rule too)
     seed: int = 0
+    # reviews only: passes over the user's aspects per review: 1 = ~250-token reviews (the default
+    # set, unchanged), 2 ~500, 4 ~1,000; the tone arc and aspect order span the whole text
+    rounds: int = 1
+    hint: bool = False  # rule only: the query states the user's latent rule attribute (the oracle)
 
 
 @dataclass
@@ -198,6 +224,7 @@ class DecodeConfig:
     max_new_tokens: int = 1536
     seed: int = 0  # each sample draws from its own stream seeded by (seed, id): batch-independent
     split: str = "test"  # what `flythinker predict` decodes
+    max_records: Optional[int] = None  # decode (and score) only the split's first N records; None = all
     batch_size: int = 16
     output: str = "predictions.jsonl"  # written in the run dir
     reasoner_device: str = ""  # e.g. cuda:1 to decode with the Reasoner on its own GPU; "" = with the Generator
@@ -209,7 +236,7 @@ class DecodeConfig:
 @dataclass
 class EvalConfig:
     """Scoring of predictions: BLEU (0-100), ROUGE-1/L F and METEOR (0-1), overall and per position window;
-    BERTScore F1 (0-1) overall, with a model."""
+    BERTScore F1 (0-1) overall, with a model; answer accuracy (0-1) overall, with answer_pattern."""
 
     segment_width: int = 50  # position windows [0, w), [w, 2w), ... of the output
     segment_max: int = 300  # windows stop here
@@ -222,6 +249,11 @@ class EvalConfig:
     # BERTScore F1 with this model: a local folder or hub id (e.g. roberta-large); "" = reported unavailable
     bertscore_model: str = ""
     bertscore_layer: Optional[int] = None  # its hidden layer (bert-score's default for roberta-large: 17); None = last
+    # answer_accuracy: a regex with one capture group (e.g. data/synthetic_rule.py's
+    # "Verdict: (keeper|sending it back)"); a row is right when its prediction's first match captures
+    # what its reference's does. No match in the prediction = wrong; rows whose reference has none are
+    # left out and counted (answer_missing_reference). "" = off
+    answer_pattern: str = ""
 
 
 @dataclass
@@ -250,6 +282,7 @@ class Config:
     reasoner: ReasonerConfig = field(default_factory=ReasonerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
+    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -272,6 +305,7 @@ CHOICES = {
     "data.setting": ("user", "temporal"),
     "data.retriever": ("bm25", "recency", "random", "none"),
     "data.on_bad_record": ("error", "skip"),
+    "data.synthetic.kind": ("reviews", "rule"),
     "train.schedule": ("cosine", "linear", "constant"),
     "decode.engine": ("auto", "sequential", "staggered", "shared"),
     "decode.lora_path": ("lean", "peft"),
@@ -333,6 +367,24 @@ def _coconut_checks(cfg: Config) -> list[tuple[bool, str]]:
     ]
 
 
+def _recurrent_checks(cfg: Config) -> list[tuple[bool, str]]:
+    recurrent, on = cfg.recurrent, cfg.method == "flythinker_recurrent"
+    return [
+        (recurrent.mu >= 0, f"recurrent.mu={recurrent.mu} must be >= 0"),
+        (recurrent.window >= 0, f"recurrent.window={recurrent.window} must be >= 0 (0 = exact)"),
+        (not on or not cfg.reasoner.shared_base,
+         "method=flythinker_recurrent needs a Reasoner of its own: reasoner.shared_base=true is not supported"),
+        (not on or cfg.reasoner.sees_profile,
+         "method=flythinker_recurrent does not support reasoner.sees_profile=false"),
+        (not on or cfg.fusion.span != "prompt",
+         "method=flythinker_recurrent feeds the Reasoner's latents back at response positions, whose latents "
+         "fusion.span=prompt never injects: use fusion.span=global or response"),
+        (not on or recurrent.window > 0 or not cfg.train.gradient_checkpointing,
+         "recurrent.window=0 (exact) steps the Reasoner through its KV cache in training, which "
+         "train.gradient_checkpointing disables: set recurrent.window >= 1 or turn checkpointing off"),
+    ]
+
+
 def _check_choices(cfg: Config) -> None:
     node = OmegaConf.structured(cfg)
     for key, allowed in CHOICES.items():
@@ -343,8 +395,15 @@ def _check_choices(cfg: Config) -> None:
     checks = [
         (cfg.fusion.lam >= 0, f"fusion.lam={cfg.fusion.lam} must be >= 0"),
         (cfg.fusion.eps > 0, f"fusion.eps={cfg.fusion.eps} must be > 0"),
+        (cfg.data.synthetic.rounds >= 1, f"data.synthetic.rounds={cfg.data.synthetic.rounds} must be >= 1"),
+        (cfg.data.synthetic.rounds == 1 or cfg.data.synthetic.kind == "reviews",
+         "data.synthetic.rounds lengthens the persona reviews: it needs data.synthetic.kind=reviews"),
+        (not cfg.data.synthetic.hint or cfg.data.synthetic.kind == "rule",
+         "data.synthetic.hint states the user's rule in the query: it needs data.synthetic.kind=rule"),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
+        (cfg.decode.max_records is None or cfg.decode.max_records >= 1,
+         f"decode.max_records={cfg.decode.max_records} must be >= 1 (or null: every record)"),
         (cfg.eval.bertscore_layer is None or cfg.eval.bertscore_layer >= 0,
          f"eval.bertscore_layer={cfg.eval.bertscore_layer} must be >= 0 (0 = the embeddings) or null (the last layer)"),
         (not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
@@ -367,6 +426,7 @@ def _check_choices(cfg: Config) -> None:
          "method=static adds the prompt's one latent at every response position: set fusion.span=response "
          f"(got {cfg.fusion.span})"),
         *_coconut_checks(cfg),
+        *_recurrent_checks(cfg),
         (cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
          f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})"),
         (cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,

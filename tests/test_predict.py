@@ -1,6 +1,7 @@
 """Lightning predict: predictions.jsonl with every id once, the same under 2-process CPU DDP."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,6 +38,10 @@ def test_predict_from_checkpoint_writes_every_test_id_once(run_config):
         assert 1 <= record["new_tokens"] <= 6 and record["ms_per_token"] > 0
     assert (run_dir / "predictions.config.yaml").exists()
     assert not list(run_dir.glob("predictions.rank*.jsonl"))  # shards merged and removed
+
+    few = predict(dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, max_records=4)),
+                  str(run_dir / "checkpoints" / "last.ckpt"))
+    assert [r["id"] for r in read_jsonl(few)] == [r["id"] for r in expected[:4]]  # decode.max_records: the first 4
 
 
 def _predict_cli(cfg, devices: int, experiment: str):

@@ -2,7 +2,7 @@
 LightningDataModule that batches them for fit / validate / test / predict."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -61,7 +61,11 @@ def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizer
 
 
 def pretraining_corpus(cfg: DataConfig) -> list[str]:
-    """Text for the tiny presets' tokenizer and pretraining: training queries and outputs only."""
+    """Text for the tiny presets' tokenizer and pretraining: training queries and outputs only.
+    Longer synthetic reviews (data.synthetic.rounds > 1) take the default set's, so that every length
+    shares one backbone (and its cache): a length ablation then varies the data alone."""
+    if cfg.synthetic.rounds > 1 and not (cfg.path or cfg.files or cfg.hub):
+        cfg = replace(cfg, synthetic=replace(cfg.synthetic, rounds=1))
     return [text for record in load_split(cfg, "train").records for text in (record["input"], record["output"])]
 
 
@@ -77,10 +81,11 @@ class PersonalisationDataModule(L.LightningDataModule):
     STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
     def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, predict_split: str = "test",
-                 predict_batch_size: Optional[int] = None):
+                 predict_batch_size: Optional[int] = None, predict_records: Optional[int] = None):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.predict_split, self.predict_batch_size = predict_split, predict_batch_size or cfg.eval_batch_size
+        self.predict_records = predict_records  # decode.max_records: the split's first N; None = all
         self.examples: dict[str, list[dict]] = {}
         self.skip_reports: dict[str, SplitReport] = {}
 
@@ -102,10 +107,11 @@ class PersonalisationDataModule(L.LightningDataModule):
     def write_skip_report(self, run_dir: str | Path) -> Path:
         return write_skip_report(self.skip_reports, run_dir)
 
-    def _loader(self, split: str, batch_size: int, sampler: Optional[GlobalBatchSampler] = None) -> DataLoader:
+    def _loader(self, examples: list[dict], batch_size: int,
+                sampler: Optional[GlobalBatchSampler] = None) -> DataLoader:
         """In order, or (training) in the sampler's order, resumable mid-epoch."""
         loader = DataLoader if sampler is None else ResumableDataLoader
-        return loader(self.examples[split], batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
+        return loader(examples, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
                       collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
 
     def train_dataloader(self):
@@ -117,13 +123,13 @@ class PersonalisationDataModule(L.LightningDataModule):
                                           self.cfg.bucket_chunk_batches, self.cfg.seed)
         else:
             sampler = GlobalBatchSampler(len(examples), batch_size, self.cfg.seed)
-        return self._loader("train", batch_size, sampler)
+        return self._loader(examples, batch_size, sampler)
 
     def val_dataloader(self):
-        return self._loader("val", self.cfg.eval_batch_size)
+        return self._loader(self.examples["val"], self.cfg.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader("test", self.cfg.eval_batch_size)
+        return self._loader(self.examples["test"], self.cfg.eval_batch_size)
 
     def predict_dataloader(self):
-        return self._loader(self.predict_split, self.predict_batch_size)
+        return self._loader(self.examples[self.predict_split][: self.predict_records], self.predict_batch_size)

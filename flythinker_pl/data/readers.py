@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import DataConfig
-from . import synthetic
+from . import synthetic, synthetic_rule
 from .schema import DataError, Unreadable
 
 SPLITS = ("train", "val", "test")
@@ -146,8 +146,10 @@ def resolve_root(cfg: DataConfig) -> Path:
         return Path(cfg.path).expanduser()
     if cfg.task != "product_review":
         raise DataError(f"the synthetic data set is product_review only; set data.path for data.task={cfg.task}")
-    return synthetic.generate(cfg.synthetic_dir, cfg.synthetic.num_users, cfg.synthetic.reviews_per_user,
-                              cfg.synthetic.seed)
+    made = cfg.synthetic
+    if made.kind == "rule":
+        return synthetic_rule.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.hint)
+    return synthetic.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.rounds)
 
 
 def read_split(cfg: DataConfig, split: str) -> tuple[str, list]:

@@ -8,8 +8,12 @@ product description, summary) does not reveal:
   * a habitual opening and sign-off.
 So a non-personalised model can predict the rating-driven gist but not the words, the aspect
 order or the ending; the later a segment, the more it depends on the user (position-dependent).
-Everything is deterministic in (num_users, reviews_per_user, seed); the latent truth per user is
-written next to the records as `users.jsonl`.
+`rounds` > 1 makes every review (targets and history alike) about `rounds` times longer by walking
+the aspects again ("Moving on, coming back to the sound: ..."), with the arc spanning the whole
+text and a "taking stock" line in the user's words after each pass, so the user keeps mattering to
+the end rather than the tail being generic filler.
+Everything is deterministic in (num_users, reviews_per_user, seed, rounds); the latent truth per
+user is written next to the records as `users.jsonl`.
 """
 from __future__ import annotations
 
@@ -99,6 +103,13 @@ EXTRA_SENTENCES = {
     0: ["I keep reaching for my old gear instead.", "That part really let me down.",
         "My bandmates noticed the problem right away."],
 }
+# Later passes open each aspect's section with a second look, so a pass is not a copy of the first.
+REVISIT_SENTENCES = {
+    1: ["Weeks later the {part} still holds up, {i} {pos}.", "A second look only confirms it: {i} {pos}.",
+        "With more hours on it, it has grown on me, {i} {pos} now."],
+    0: ["Weeks later the {part} is showing its age, {i} {neg}.", "A second look only confirms it: {i} {neg}.",
+        "With more hours on it, it has worn on me, {i} {neg} now."],
+}
 SUMMARIES = {5: ["Love it", "Great buy", "Five stars"], 4: ["Very good", "Pretty good", "Happy with it"],
              3: ["It is okay", "Decent", "Mixed feelings"], 2: ["Not great", "Meh", "Expected more"],
              1: ["Avoid", "Terrible", "Returned it"]}
@@ -144,7 +155,11 @@ def _is_positive(persona: Persona, rating: int, position: float, rng: random.Ran
     return int(score > 0)
 
 
-def write_review(persona: Persona, product: dict, rating: int, rng: random.Random) -> str:
+def write_review(persona: Persona, product: dict, rating: int, rng: random.Random, rounds: int = 1) -> str:
+    """Opener, overall verdict, `rounds` passes over the user's aspects, closing verdict, sign-off.
+
+    The arc's position runs over every section of every pass. rounds=1 draws from `rng` in exactly
+    the order it always has, so the default data set stays byte-identical."""
     words = dict(i=None, pos=None, neg=None, part=None)
 
     def fill(template: str) -> str:
@@ -154,12 +169,22 @@ def write_review(persona: Persona, product: dict, rating: int, rng: random.Rando
 
     parts = [persona.opener.format(product=product["name"]) + "."]
     parts.append(fill("Overall I would call it {i} {pos}." if rating >= 3 else "Overall I would call it {i} {neg}."))
-    for index, aspect in enumerate(persona.aspects):
-        positive = _is_positive(persona, rating, index / max(1, len(persona.aspects) - 1), rng)
-        section = [fill(t) for t in rng.sample(SENTENCES[(aspect, positive)], 2)]
-        section += rng.sample(EXTRA_SENTENCES[positive], persona.sentences_per_aspect - 2)
-        connector = persona.connectors[index % len(persona.connectors)]
-        parts.append(connector + f" about the {aspect}: " + " ".join(section))
+    sections = rounds * len(persona.aspects)
+    for round_ in range(rounds):
+        tones = []
+        for index, aspect in enumerate(persona.aspects):
+            at = round_ * len(persona.aspects) + index
+            positive = _is_positive(persona, rating, at / max(1, sections - 1), rng)
+            tones.append(positive)
+            revisit = [fill(rng.choice(REVISIT_SENTENCES[positive]))] if round_ else []
+            section = revisit + [fill(t) for t in rng.sample(SENTENCES[(aspect, positive)], 2)]
+            section += rng.sample(EXTRA_SENTENCES[positive], persona.sentences_per_aspect - len(section))
+            connector = persona.connectors[at % len(persona.connectors)]
+            about = "coming back to" if round_ else "about"
+            parts.append(connector + f" {about} the {aspect}: " + " ".join(section))
+        if round_ < rounds - 1:  # a pass ends with the user's own verdict so far
+            parts.append(fill("Taking stock so far: {i} {pos}." if 2 * sum(tones) >= len(tones)
+                              else "Taking stock so far: {i} {neg}."))
     parts.append(fill("All things considered, {i} {pos} gear." if rating >= 3
                       else "All things considered, {i} {neg} gear."))
     parts.append(persona.signoff)
@@ -174,7 +199,7 @@ def make_product(rng: random.Random) -> dict:
             "description": f"The {brand} {model} is a {category} with {features[0]} and {features[1]}."}
 
 
-def make_user_items(persona: Persona, count: int, rng: random.Random) -> list[dict]:
+def make_user_items(persona: Persona, count: int, rng: random.Random, rounds: int = 1) -> list[dict]:
     """A user's reviews in chronological order, as LongLaMP profile items (+ time)."""
     items, time = [], 1_300_000_000 + rng.randint(0, 10_000_000)
     for _ in range(count):
@@ -182,34 +207,39 @@ def make_user_items(persona: Persona, count: int, rng: random.Random) -> list[di
         rating = min(5, max(1, round(rng.gauss(persona.mean_rating, 0.9))))
         items.append({"overall": float(rating), "summary": rng.choice(SUMMARIES[rating]),
                       "description": product["description"],
-                      "reviewText": write_review(persona, product, rating, rng),
+                      "reviewText": write_review(persona, product, rating, rng, rounds),
                       "unixReviewTime": time})
         time += rng.randint(86_400, 90 * 86_400)
     return items
 
 
-def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 8, seed: int = 0) -> Path:
+def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 8, seed: int = 0,
+             rounds: int = 1) -> Path:
     """Write `<out_dir>/product_review_{user,temporal}/{train,val,test}.jsonl` and `users.jsonl`.
 
-    Returns the directory; reuses it when it already holds a complete set for these arguments.
+    Returns the directory (`users{N}-reviews{R}-seed{S}`, plus `-rounds{k}` for rounds > 1); reuses
+    it when it already holds a complete set for these arguments.
     """
     if reviews_per_user < 4:
         raise ValueError("reviews_per_user must be >= 4 (temporal needs train, val and test items per user)")
-    out = Path(out_dir).expanduser() / f"users{num_users}-reviews{reviews_per_user}-seed{seed}"
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1 (got {rounds})")
+    name = f"users{num_users}-reviews{reviews_per_user}-seed{seed}" + (f"-rounds{rounds}" if rounds > 1 else "")
+    out = Path(out_dir).expanduser() / name
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):  # several processes (DDP ranks) may ask at once: one writes
         if not (out / "COMPLETE").exists():
-            _write(out, num_users, reviews_per_user, seed)
+            _write(out, num_users, reviews_per_user, seed, rounds)
     return out
 
 
-def _write(out: Path, num_users: int, reviews_per_user: int, seed: int) -> None:
+def _write(out: Path, num_users: int, reviews_per_user: int, seed: int, rounds: int) -> None:
     personas, users = [], {}
     for index in range(num_users):
         rng = random.Random(f"user-{seed}-{index}")
         persona = make_persona(rng, f"U{index:05d}")
         personas.append(persona)
-        users[persona.user_id] = make_user_items(persona, reviews_per_user, rng)
+        users[persona.user_id] = make_user_items(persona, reviews_per_user, rng, rounds)
     for setting in ("user", "temporal"):
         folder = out / f"product_review_{setting}"
         folder.mkdir(parents=True, exist_ok=True)

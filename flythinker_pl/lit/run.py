@@ -179,7 +179,8 @@ def build(cfg: Config):
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
     datamodule = PersonalisationDataModule(cfg.data, tokenizer, predict_split=cfg.decode.split,
-                                           predict_batch_size=cfg.decode.batch_size)
+                                           predict_batch_size=cfg.decode.batch_size,
+                                           predict_records=cfg.decode.max_records)
     module = MethodModule(method, cfg.train, tokenizer, cfg.decode, writes_rationale=cfg.method == "cot")
     return module, datamodule, tokenizer
 
