@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `make test` runs two pytest-xdist workers, one per core: one thread each, or they fight for the cores
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-from flythinker_pl.config import FusionConfig, load_config  # noqa: E402
+from flythinker_pl.config import BackboneConfig, FusionConfig, ReasonerConfig, load_config  # noqa: E402
 from flythinker_pl.data import synthetic  # noqa: E402
 from flythinker_pl.models import tiny  # noqa: E402
-from flythinker_pl.models.backbones import decoder_of  # noqa: E402
+from flythinker_pl.models.backbones import decoder_of, set_mode  # noqa: E402
 from flythinker_pl.models.flythinker import FlyThinker  # noqa: E402
 from flythinker_pl.models.fusion import LatentFusion  # noqa: E402
 
@@ -59,6 +59,21 @@ def make_flythinker(tokenizer):
         return FlyThinker(generator, reasoner, LatentFusion(reasoner_dim, generator_dim, fusion_cfg), reasoner_frozen)
 
     return make
+
+
+def random_lora_backbones(tokenizer):
+    """(Generator d=64, Reasoner decoder d=32), LoRA on both, every lora_B random, nonzero and distinct
+    (B = 0 would hide a wrong adapter)."""
+    generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=1), BackboneConfig(mode="lora"), "generator",
+                         "CAUSAL_LM")
+    reasoner = set_mode(decoder_of(tiny.build_model(sizes(32), tokenizer, seed=2)), ReasonerConfig(mode="lora"),
+                        "reasoner", None)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in [*generator.named_parameters(), *reasoner.named_parameters()]:
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    return generator, reasoner
 
 
 def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

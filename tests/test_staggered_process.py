@@ -14,16 +14,14 @@ import time
 import pytest
 import torch
 
-from flythinker_pl.config import BackboneConfig, DecodeConfig, FusionConfig, ReasonerConfig
+from flythinker_pl.config import DecodeConfig, FusionConfig
 from flythinker_pl.decoding import engines
 from flythinker_pl.decoding.generate import generate
 from flythinker_pl.decoding.reasoner_process import reasoner_process
-from flythinker_pl.models import tiny
-from flythinker_pl.models.backbones import decoder_of, set_mode
 from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.fusion import LatentFusion
 
-from conftest import left_padded, sizes
+from conftest import left_padded, random_lora_backbones
 
 PROMPTS = [[5, 9, 13, 21, 8, 40, 41], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
 PROFILE = [[0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]]  # the "history"
@@ -36,15 +34,7 @@ SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, max_new_token
 def method(tokenizer):
     """FlyThinker with LoRA on both models, every lora_B random, nonzero and distinct; lam large
     enough that the latents steer greedy choices."""
-    generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=1), BackboneConfig(mode="lora"), "generator",
-                         "CAUSAL_LM")
-    reasoner = set_mode(decoder_of(tiny.build_model(sizes(32), tokenizer, seed=2)), ReasonerConfig(mode="lora"),
-                        "reasoner", None)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in [*generator.named_parameters(), *reasoner.named_parameters()]:
-            if "lora_B" in name:
-                param.normal_(0, 0.1)
+    generator, reasoner = random_lora_backbones(tokenizer)
     model = FlyThinker(generator, reasoner, LatentFusion(32, 64, FusionConfig(lam=4.0)), reasoner_frozen=False)
     yield model.eval()
     reasoner_process(model).close()

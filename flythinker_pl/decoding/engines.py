@@ -6,7 +6,8 @@ All engines compute the same function (method.step); they differ only in schedul
   staggered   the Reasoner reads token k (producing the latent for step k+1) while the Generator
               reads token k with the latent of step k: a side CUDA stream on one GPU, each model
               on its own device when placed on two, the Reasoner in a worker process on CPU
-              (reasoner_process.py; a thread contends for the GIL and measured slower than sequential)
+              (reasoner_process.py; a thread contends for the GIL and measured slower than sequential).
+              A recurrent Reasoner (flythinker_recurrent) too: its feedback stays inside its own step
   shared      one base model with two LoRA adapters: both steps are ONE batched forward with the
               adapter chosen per row, so the weights are read once per token
   auto        what bench decode measured fastest on such a device (auto_engine), logged once
@@ -21,6 +22,7 @@ import torch
 from ..models.baselines import StaticFlyThinker
 from ..models.devices import AsyncCopy
 from ..models.flythinker import FlyThinker
+from ..models.recurrent import RecurrentCache
 from ..models.shared import SharedBaseFlyThinker
 from .reasoner_process import fits_in_shared_memory, reasoner_process
 
@@ -63,6 +65,8 @@ class Staggered(Sequential):
             for layer in state.reasoner_cache.layers:
                 layer.keys.record_stream(self.stream)
                 layer.values.record_stream(self.stream)
+            if isinstance(state.reasoner_cache, RecurrentCache):  # a recurrent Reasoner's next input
+                state.reasoner_cache.last_hidden.record_stream(self.stream)
         return logits, state
 
     def step(self, state, tokens):

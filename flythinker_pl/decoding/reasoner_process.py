@@ -5,7 +5,8 @@ Python-bound ops), so the Reasoner steps in a child process: per step the parent
 tokens (a few bytes over a pipe) and runs the Generator's step while the child extends the
 Reasoner's KV cache and mask and sends back its final hidden state; the latent is made in the
 parent (fusion lives there). The prompt pass stays in the parent, the very prefill of sequential
-decoding on every thread, and the Reasoner's cache then moves to the child (`start`): a prompt pass
+decoding on every thread, and the Reasoner's cache then moves to the child (`start`; a recurrent
+Reasoner's RecurrentCache with its last hidden state and feedback, models/recurrent.py): a prompt pass
 in the child measured slower, on one thread, and slower still on two beside the parent's idle ones.
 
 Weights are not copied: the Reasoner's parameters and buffers are moved to shared memory and the
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..models.decode_cache import DecodeCache
 from ..models.lora_step import LeanLoRA
+from ..models.recurrent import RecurrentCache, recurrent_step
 from ..models.sft import DecodeState
 
 
@@ -67,19 +69,24 @@ def _serve(conn) -> None:
                 reasoner, reply = args[0], None
                 lean = LeanLoRA(reasoner)
             elif kind == "start":  # a decode: the Reasoner's mask and cache after the prompt
-                mask, layers, autocast, lean_forward = args
+                mask, layers, autocast, lean_forward, recurrence = args
                 state = DecodeState(_unpack(*mask), None, None, DecodeCache())
+                if recurrence is not None:  # a recurrent Reasoner: its feedback and last hidden state too
+                    state.reasoner_cache = RecurrentCache(recurrence[0])
+                    state.reasoner_cache.last_hidden = _unpack(*recurrence[1])
                 for index, (keys, values) in enumerate(layers):
                     state.reasoner_cache.update(_unpack(*keys), _unpack(*values), index)
                 if lean_forward != lean.active:  # the LoRA path the parent decodes with (decode.lora_path)
                     lean.__enter__() if lean_forward else lean.__exit__()
                 reply = None
             else:  # step: the newest token of each row
-                positions = state.append_token()
+                positions, tokens, cache = state.append_token(), torch.tensor(args[0])[:, None], state.reasoner_cache
                 with torch.no_grad(), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
-                    hidden = reasoner(input_ids=torch.tensor(args[0])[:, None], position_ids=positions,
-                                      attention_mask=state.attention_mask, past_key_values=state.reasoner_cache,
-                                      use_cache=True).last_hidden_state
+                    if isinstance(cache, RecurrentCache):
+                        hidden = recurrent_step(reasoner, tokens, state.attention_mask, positions, cache)
+                    else:
+                        hidden = reasoner(input_ids=tokens, position_ids=positions, attention_mask=state.attention_mask,
+                                          past_key_values=cache, use_cache=True).last_hidden_state
                 reply = _pack(hidden[:, -1])
             message = ("ok", reply)
         except Exception:  # reported to the parent, which raises it; the worker stays usable
@@ -152,9 +159,11 @@ class ReasonerProcess:
     def start(self, state: DecodeState) -> None:
         """Hand the Reasoner's cache after the prompt over to the child, which steps from there
         (under the parent's CPU autocast)."""
-        layers = [(_pack(layer.keys), _pack(layer.values)) for layer in state.reasoner_cache.layers]
+        cache = state.reasoner_cache
+        layers = [(_pack(layer.keys), _pack(layer.values)) for layer in cache.layers]
         autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
-        self._send("start", _pack(state.reasoner_mask), layers, autocast, self.lean)
+        recurrence = (cache.feedback, _pack(cache.last_hidden)) if isinstance(cache, RecurrentCache) else None
+        self._send("start", _pack(state.reasoner_mask), layers, autocast, self.lean, recurrence)
         self._receive()
         state.reasoner_cache = None  # the child's now
 

@@ -12,6 +12,7 @@ from .baselines import StaticFlyThinker
 from .coconut_setup import build_coconut
 from .flythinker import FlyThinker
 from .fusion import LatentFusion
+from .recurrent import RecurrentFlyThinker
 from .sft import SFT
 from .shared import SharedBaseFlyThinker
 
@@ -63,6 +64,9 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Modul
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
     fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion, multiplier)
     reasoner = backbones.set_mode(backbones.decoder_of(reasoner_lm), cfg.reasoner, "reasoner", task_type=None)
+    kwargs = dict(reasoner_frozen=cfg.reasoner.mode == "frozen", reasoner_sees_profile=cfg.reasoner.sees_profile)
+    if cfg.method == "flythinker_recurrent":
+        return RecurrentFlyThinker(generator, reasoner, fusion, mu=cfg.recurrent.mu, window=cfg.recurrent.window,
+                                   **kwargs), tokenizer
     method_class = StaticFlyThinker if cfg.method == "static" else FlyThinker
-    return method_class(generator, reasoner, fusion, reasoner_frozen=cfg.reasoner.mode == "frozen",
-                        reasoner_sees_profile=cfg.reasoner.sees_profile), tokenizer
+    return method_class(generator, reasoner, fusion, **kwargs), tokenizer

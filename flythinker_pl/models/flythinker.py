@@ -101,7 +101,7 @@ class FlyThinker(SFT):
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         latent_norm = self.latent_norm()
         embeds, positions, latents, reasoner_cache = self.fused_embeds(
-            input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=DecodeCache(),
+            input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=self.reasoner_decode_cache(),
             profile_mask=profile_mask)
         out = self.run_generator(embeds, attention_mask, positions, cache=DecodeCache(), last_only=True)
         reasoner_mask = self.reasoner_mask(attention_mask, profile_mask)
@@ -109,6 +109,10 @@ class FlyThinker(SFT):
                             latents=latents[:, -1], latent_norm=latent_norm,
                             reasoner_attention_mask=None if reasoner_mask is attention_mask else reasoner_mask)
         return out.logits[:, -1], state
+
+    def reasoner_decode_cache(self):
+        """The Reasoner's decoding state, empty (a subclass may keep more than keys and values)."""
+        return DecodeCache()
 
     def generator_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor):
         """The Generator reads `tokens` plus the latent of the token before them."""
