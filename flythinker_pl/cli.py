@@ -13,6 +13,7 @@
     flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
     flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
+    flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
 """
 from __future__ import annotations
 
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
     sweep.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs only")
     sweep.add_argument("--out", help="results directory (default: results/<name>/ beside the sweep file)")
+    probe = commands.add_parser("probe", help="linear probes from each run's Reasoner and Generator hidden states "
+                                              "to the users' latent attributes, per response position")
+    probe.add_argument("runs", nargs="+", help="run dirs or experiment dirs (newest finished version)")
+    probe.add_argument("--out", help="where probe.csv/.md, probe_vs_position.png and pca.png go "
+                                     "(default: <first run dir>/probe)")
+    probe.add_argument("--held-out", nargs="+", default=["val", "test"], choices=["val", "test"],
+                       help="the splits whose users score the probes (never the training users)")
+    probe.add_argument("--color-by", default="arc", help="the attribute that colours pca.png")
+    probe.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of held-out users (0: none)")
+    probe.add_argument("--train-records-per-user", type=int, default=4,
+                       help="each training user's first N records fit the probes (0: all)")
     return parser
 
 
@@ -238,14 +250,23 @@ def sweep(args):
         if not _rank_zero():  # launched by torchrun/srun: rank 0 prints the results
             return
     out = Path(args.out or spec.results_dir)
-    print((out / "table.md").read_text())
-    if (out / "segments.md").exists():
-        print((out / "segments.md").read_text())
+    for table in ("table.md", "segments.md", "gaps.md", "segment_gaps.md"):
+        if (out / table).exists():
+            print((out / table).read_text())
     print(f"Results: {out}/ (table.csv, runs.csv, segments.csv, *.png)")
 
 
+def probe(args):
+    from .probe.run import print_summary, probe_runs
+
+    frame, out = probe_runs(args.runs, args.out, tuple(args.held_out), args.color_by, args.n_bootstrap,
+                            train_per_user=args.train_records_per_user or None)
+    print_summary(frame, out)
+
+
 COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
-            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "memory": memory, "sweep": sweep}
+            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "memory": memory, "sweep": sweep,
+            "probe": probe}
 
 
 # Commands whose rerun continues: training resumes from the run's last checkpoint, finished stages are reused.
