@@ -186,3 +186,58 @@ def test_metric_under_two_process_ddp_equals_single_process(tmp_path):
                        start_method="fork")
     for rank in range(2):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(expected, abs=1e-9)
+
+
+VERDICT = r"Verdict: (keeper|sending it back)"  # data/synthetic_rule.py's answer pattern
+
+
+def test_answer_accuracy_on_a_hand_example(monkeypatch):
+    monkeypatch.setattr(metrics, "wordnet_unavailable_reason", lambda: "skipped for speed")
+    predictions = ["Nice. Verdict: keeper.",                                   # right
+                   "Meh. Verdict: keeper. Verdict: sending it back.",          # wrong: the first match counts
+                   "Nice. Verdict: sending it back.",                          # right
+                   "Nice, no verdict.",                                        # wrong: no answer
+                   "Verdict: keeper."]                                         # not counted: reference has none
+    references = ["Verdict: keeper.", "Verdict: sending it back.", "x. Verdict: sending it back.",
+                  "Verdict: keeper.", "A reference without one."]
+    scores = metrics.score_texts(predictions, references, answer_pattern=VERDICT)
+    assert scores["answer_accuracy"] == 2 / 4
+    assert scores["answer_missing_reference"] == 1 and scores["answer_missing_prediction"] == 1
+    assert scores["count"] == 5  # the generation metrics still score every row
+
+
+def test_answer_accuracy_interval_uses_the_shared_resamples(monkeypatch):
+    monkeypatch.setattr(metrics, "wordnet_unavailable_reason", lambda: "skipped for speed")
+    references = [f"Review {i}. Verdict: {'keeper' if i % 2 else 'sending it back'}." for i in range(40)]
+    predictions = [f"Review {i}. Verdict: keeper." for i in range(40)]
+    scores = metrics.score_texts(predictions, references, n_bootstrap=200, seed=1, answer_pattern=VERDICT)
+    assert scores["answer_accuracy"] == 0.5
+    assert scores["answer_accuracy_ci_low"] < 0.5 < scores["answer_accuracy_ci_high"]
+    without = metrics.score_texts(predictions, references, n_bootstrap=200, seed=1)
+    assert {k: v for k, v in scores.items() if not k.startswith("answer_")} == without  # the rest is unchanged
+    # the interval is the accuracy over the same resampled rows the other metrics use
+    rows = np.random.default_rng(1).integers(0, 40, size=(200, 40))
+    replicates = (rows % 2 == 1).mean(1)
+    assert scores["answer_accuracy_ci_low"] == pytest.approx(np.percentile(replicates, 2.5))
+
+
+def test_answer_accuracy_is_off_without_a_pattern_and_checks_its_groups(pairs, monkeypatch):
+    monkeypatch.setattr(metrics, "wordnet_unavailable_reason", lambda: "skipped for speed")
+    assert not any(key.startswith("answer_") for key in metrics.score_texts(*pairs, n_bootstrap=10))
+    unavailable = metrics.score_texts(["Verdict: keeper."], ["no verdict"], n_bootstrap=10, answer_pattern=VERDICT)
+    assert unavailable["answer_accuracy"] is None and "answer_accuracy_ci_low" not in unavailable
+    assert "no reference matches" in unavailable["answer_accuracy_unavailable"]
+    with pytest.raises(ValueError, match="exactly 1"):
+        metrics.score_texts(["a"], ["a"], answer_pattern=r"Verdict: \w+")
+
+
+def test_summary_table_shows_answer_accuracy_where_scored():
+    import pandas as pd
+
+    from flythinker_pl.lit.evaluate import summary_table
+
+    runs = pd.DataFrame({"method": ["sft", "flythinker"], "test/bleu": [10.0, 11.0],
+                         "test/answer_accuracy": [0.5, 0.75], "test/answer_accuracy_ci_low": [0.4, 0.6],
+                         "test/answer_accuracy_ci_high": [0.6, 0.85]}, index=["a", "b"])
+    assert summary_table(runs).loc["b", "test answer acc."] == "0.750 [0.600, 0.850]"
+    assert "test answer acc." not in summary_table(runs[["method", "test/bleu"]])

@@ -118,3 +118,28 @@ def test_a_reference_no_point_has_is_an_error_naming_it(tmp_path):
     path.write_text(yaml.safe_dump({"base": str(DEBUG_CONFIG), "grid": {"fusion.lam": [0.5]}, "reference": "method=sft"}))
     with pytest.raises(SweepError, match="reference: no point has method=sft"):
         load_sweep(path)
+
+
+def test_the_answer_accuracy_gap_counts_rows_whose_reference_has_an_answer(tmp_path):
+    refs = ["good. Verdict: keep."] * 6 + ["Verdict: return."] * 6 + ["no answer here"] * 4
+    point = ["Verdict: keep."] * 6 + ["Verdict: return."] * 6 + ["x"] * 4  # 12 of 12 right
+    reference = ["Verdict: keep."] * 6 + ["Verdict: keep."] * 6 + ["y"] * 4  # 6 of 12 right
+    rows = []
+    for name, predictions in (("point", point), ("ref", reference)):
+        write_predictions(tmp_path / name, predictions, refs)
+        rows.append({"point": name, "seed": 0, "run_dir": str(tmp_path / name)})
+    table = gap_table(pd.DataFrame(rows), {"point": "ref"}, answer_pattern=r"Verdict: (\w+)\.")
+    assert table.loc["point", "answer_accuracy_gap"] == pytest.approx(0.5)
+    assert 0 < table.loc["point", "answer_accuracy_ci_low"] <= 0.5 <= table.loc["point", "answer_accuracy_ci_high"]
+
+
+def test_a_label_reference_is_everyones_and_an_unknown_label_is_an_error(tmp_path):
+    spec = {"base": str(DEBUG_CONFIG), "points": [{"label": "sft", "overrides": ["method=sft"]},
+                                                  {"label": "oracle", "overrides": ["method=sft"]},
+                                                  {"label": "fly", "overrides": []}], "reference": "sft"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_sweep(path).reference == {"oracle": "sft", "fly": "sft"}
+    path.write_text(yaml.safe_dump({**spec, "reference": "sfT"}))
+    with pytest.raises(SweepError, match="no point is labelled 'sfT'"):
+        load_sweep(path)

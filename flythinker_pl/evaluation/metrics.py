@@ -4,11 +4,14 @@ Scales: BLEU is sacrebleu's corpus score, 0-100 (as the paper reports it); ROUGE
 METEOR and BERTScore F1 are means over samples, 0-1 (as rouge-score, nltk and bert-score give
 them). Empty predictions: by default (empty="keep") an empty prediction scores 0 on every metric;
 empty="drop" applies LongLaMP's rule instead (`longlamp_rows`). Either way `empty` counts them.
+Answer accuracy (0-1, with a pattern): the share of rows whose prediction's first match of the
+pattern captures what its reference's first match does.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections import defaultdict
 from typing import Optional, Sequence
 
@@ -142,9 +145,36 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str,
     return f1, None
 
 
+def first_answer(pattern: re.Pattern, text: str) -> Optional[str]:
+    match = pattern.search(text)
+    return match.group(1) if match else None
+
+
+def answer_scores(predictions: Sequence[str], references: Sequence[str], pattern: str) -> tuple[dict, dict]:
+    """({answer_accuracy, answer_missing_reference, answer_missing_prediction}, {answer_accuracy:
+    per-row (correct, reference has an answer)} for the bootstrap). A prediction without an answer
+    is wrong (and counted in answer_missing_prediction); a row whose reference has none is left out
+    of the accuracy (and counted in answer_missing_reference)."""
+    compiled = re.compile(pattern)
+    if compiled.groups != 1:
+        raise ValueError(f"eval.answer_pattern={pattern!r} has {compiled.groups} capture groups; it needs exactly 1")
+    truths = [first_answer(compiled, reference) for reference in references]
+    answers = [first_answer(compiled, prediction) for prediction in predictions]
+    has_reference = np.array([truth is not None for truth in truths], dtype=float)
+    correct = np.array([truth is not None and answer == truth for answer, truth in zip(answers, truths)], dtype=float)
+    scores = {"answer_missing_reference": int(len(truths) - has_reference.sum()),
+              "answer_missing_prediction": sum(truth is not None and answer is None
+                                               for answer, truth in zip(answers, truths))}
+    if not has_reference.any():
+        return scores | {"answer_accuracy": None,
+                         "answer_accuracy_unavailable": f"no reference matches eval.answer_pattern={pattern!r}"}, {}
+    accuracy = float(correct.sum() / has_reference.sum())
+    return scores | {"answer_accuracy": accuracy}, {"answer_accuracy": (correct, has_reference)}
+
+
 def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstrap: int = 0,
                 seed: int = 0, empty: str = "keep", bertscore_model: Optional[str] = None,
-                bertscore_layer: Optional[int] = None) -> dict:
+                bertscore_layer: Optional[int] = None, answer_pattern: str = "") -> dict:
     """{count, empty, bleu, rouge1, rougeL, meteor} (+ `<metric>_ci_low/_high`, a seeded 95%
     percentile bootstrap interval, when n_bootstrap > 0).
 
@@ -152,7 +182,9 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
     row; empty="drop" scores `longlamp_rows` (LongLaMP-exact), `count` the rows kept and `dropped`
     the rest. Without WordNet or the punkt parameters, `meteor` is None and `meteor_unavailable`
     says why; the other metrics still run. `bertscore` (F1) is added when `bertscore_model` is not
-    None: "" or a model that cannot be loaded reports it unavailable the same way."""
+    None: "" or a model that cannot be loaded reports it unavailable the same way. With an
+    `answer_pattern` (a regex, one capture group), `answer_scores` are added over the same rows,
+    their interval on the same resamples."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if empty not in EMPTY_RULES:
@@ -178,20 +210,30 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
     for name, reason in unavailable.items():
         if reason is not None:
             scores.update({name: None, f"{name}_unavailable": reason})
+    ratios = {}
+    if answer_pattern:
+        answers, ratios = answer_scores(predictions, references, answer_pattern)
+        scores.update(answers)
     if n_bootstrap > 0:
-        scores.update(bootstrap_intervals(bleu_statistics(predictions, references), per_sample, n_bootstrap, seed))
+        scores.update(bootstrap_intervals(bleu_statistics(predictions, references), per_sample, n_bootstrap, seed,
+                                          ratios))
     return scores
 
 
 def bootstrap_intervals(bleu_stats: np.ndarray, per_sample: dict[str, np.ndarray], n_bootstrap: int,
-                        seed: int) -> dict[str, float]:
+                        seed: int, ratios: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None) -> dict[str, float]:
     """95% percentile intervals over n_bootstrap resamples of the samples (the same resamples for
-    every metric); BLEU is rescored as a corpus on each resample."""
+    every metric); BLEU is rescored as a corpus on each resample. `ratios`: metrics over a subset
+    of the rows (answer accuracy), per row (numerator, denominator), rescored as sum / sum; a
+    resample with no row of the subset is left out of their interval."""
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, len(bleu_stats), size=(n_bootstrap, len(bleu_stats)))
     replicates = {"bleu": np.array([_BLEU._compute_score_from_stats(bleu_stats[rows].sum(0).tolist()).score
                                     for rows in resamples]),
                   **{name: values[resamples].mean(1) for name, values in per_sample.items()}}
+    for name, (numerator, denominator) in (ratios or {}).items():
+        totals = denominator[resamples].sum(1)
+        replicates[name] = numerator[resamples].sum(1)[totals > 0] / totals[totals > 0]
     intervals = {}
     for name, values in replicates.items():
         low, high = np.percentile(values, [2.5, 97.5])

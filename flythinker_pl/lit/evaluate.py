@@ -18,6 +18,7 @@ from .rundirs import holding
 
 
 EVAL_CONFIG = "eval_config.yaml"  # the eval settings behind a run dir's scores
+ANSWER = ("answer_accuracy", "answer_missing_reference", "answer_missing_prediction")  # with eval.answer_pattern
 
 
 def eval_yaml(cfg: EvalConfig) -> str:
@@ -85,9 +86,9 @@ def output_stats(predictions: Path) -> dict:
 
 
 def score_names(split: str) -> list[str]:
-    """The metrics.json keys scoring a decoded split: generation metrics with their intervals, the
-    empty predictions, how outputs ended and their length, decoding cost."""
-    scores = [f"{name}{side}" for name in [*METRICS, "bertscore"] for side in ("", "_ci_low", "_ci_high")]
+    """The metrics.json keys scoring a decoded split: generation metrics (and answer accuracy) with
+    their intervals, the empty predictions, how outputs ended and their length, decoding cost."""
+    scores = [f"{name}{side}" for name in [*METRICS, "bertscore", ANSWER[0]] for side in ("", "_ci_low", "_ci_high")]
     return [f"{split}/{name}" for name in [*scores, "empty", "eos_share", "words", "reference_words"]] + \
         ["decode/ms_per_token", "decode/seconds_per_sample"]
 
@@ -109,7 +110,7 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     tokenizer = _tokenizer_of(run_cfg) if cfg.segment_unit == "tokens" else None
     overall, segments = evaluate_predictions(predictions, cfg.segment_width, cfg.segment_max, cfg.segment_unit,
                                              tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed, cfg.empty,
-                                             cfg.bertscore_model, cfg.bertscore_layer)
+                                             cfg.bertscore_model, cfg.bertscore_layer, cfg.answer_pattern)
     run_dir = predictions.parent
     split = run_cfg.decode.split if run_cfg else "test"
     title = f"{run_cfg.method} ({run_name(run_dir)})" if run_cfg else run_name(run_dir)
@@ -119,7 +120,7 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
         log_position_panels(writer, f"position_eval/{split}", segments, title)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    replaced = {f"{split}/{name}{suffix}" for name in ("count", "empty", "dropped", *METRICS, "bertscore")
+    replaced = {f"{split}/{name}{suffix}" for name in ("count", "empty", "dropped", *METRICS, "bertscore", *ANSWER)
                 for suffix in ("", "_ci_low", "_ci_high", "_unavailable")}  # a rescore leaves no stale key
     metrics = {key: value for key, value in metrics.items() if key not in replaced}
     metrics.update({f"{split}/{name}": value for name, value in (overall | output_stats(predictions)).items()})
@@ -176,9 +177,9 @@ def _with_interval(row: pd.Series, key: str, digits: int) -> Optional[str]:
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs_table as a result reads: one row per run, rounded, generation metrics with their 95%
-    bootstrap intervals, the empty predictions (where there are any; "dropped" under
-    eval.empty=drop), the share of outputs that ended by EOS and their length beside the
+    """runs_table as a result reads: one row per run, rounded, generation metrics (and answer
+    accuracy, with eval.answer_pattern) with their 95% bootstrap intervals, the empty predictions
+    (where there are any; "dropped" under eval.empty=drop), the share of outputs that ended by EOS and their length beside the
     references'. A column no run has is left out; a cell a run lacks is blank."""
     def summary(row: pd.Series) -> dict:
         def number(key: str, spec: str) -> Optional[str]:
@@ -194,7 +195,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "val loss": f"{before} -> {loss}" if before and loss else loss,
                 **{f"{split} {name}": _with_interval(row, f"{split}/{key}", digits) for name, key, digits in
                    [("BLEU", "bleu", 2), ("ROUGE-1", "rouge1", 3), ("ROUGE-L", "rougeL", 3), ("METEOR", "meteor", 3),
-                    ("BERTScore", "bertscore", 3)]},
+                    ("BERTScore", "bertscore", 3), ("answer acc.", ANSWER[0], 3)]},
                 "empty": empty,
                 "ended by EOS": number(f"{split}/eos_share", ".0%"),
                 "words (reference)": f"{words} ({reference})" if words else None,

@@ -22,10 +22,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from ..evaluation.metrics import _BLEU, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
+from ..evaluation.metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
 from ..evaluation.predictions import read_predictions
 
-GAP_METRICS = ("bleu", "rouge1", "rougeL", "meteor")
+GAP_METRICS = ("bleu", "rouge1", "rougeL", "meteor", "answer_accuracy")
 N_RESAMPLES = 1000
 COST = "perf/train_tokens_per_s"
 
@@ -46,12 +46,19 @@ def references(configs: dict[str, DictConfig], settings: dict[str, dict], key: s
 
 
 @lru_cache(maxsize=64)
-def _sample_scores(predictions_path: str) -> tuple[tuple, np.ndarray, dict[str, np.ndarray]]:
-    """(ids, BLEU statistics per sample, per-sample ROUGE/METEOR) of one predictions file."""
+def _sample_scores(predictions_path: str, answer_pattern: str = "") -> tuple[tuple, np.ndarray, dict[str, np.ndarray]]:
+    """(ids, BLEU statistics per sample, per-sample ROUGE/METEOR and answer correctness) of one
+    predictions file. Answer accuracy is over the rows whose reference has an answer: those rows'
+    correctness, NaN elsewhere."""
     ids, predictions, references_ = zip(*read_predictions(predictions_path))
     per_sample = rouge_f(predictions, references_)
     if meteor_unavailable_reason() is None:
         per_sample["meteor"] = meteor(predictions, references_)
+    if answer_pattern:
+        _, rows = answer_scores(predictions, references_, answer_pattern)
+        if rows:
+            correct, has_reference = rows["answer_accuracy"]
+            per_sample["answer_accuracy"] = np.where(has_reference > 0, correct, np.nan)
     return ids, bleu_statistics(predictions, references_), per_sample
 
 
@@ -59,22 +66,23 @@ def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.array([_BLEU._compute_score_from_stats(stats[r].sum(0).tolist()).score for r in rows])
 
 
-def _replicates(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str) -> dict[str, np.ndarray]:
+def _replicates(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str,
+                answer_pattern: str) -> dict[str, np.ndarray]:
     """Per metric: [point's score - reference's] on the full set (index 0) then on every resample."""
-    ids, stats, per_sample = _sample_scores(str(Path(run_dir) / prediction_file))
-    other_ids, other_stats, other_per_sample = _sample_scores(str(Path(other_dir) / prediction_file))
+    ids, stats, per_sample = _sample_scores(str(Path(run_dir) / prediction_file), answer_pattern)
+    other_ids, other_stats, other_per_sample = _sample_scores(str(Path(other_dir) / prediction_file), answer_pattern)
     if ids != other_ids:
         raise ValueError(f"{run_dir} and its reference {other_dir} decoded different records: a paired gap "
                          "needs the same test set")
     rows = np.vstack([np.arange(len(ids)), resamples])
     gaps = {"bleu": _corpus_bleu(stats, rows) - _corpus_bleu(other_stats, rows)}
     for name in set(per_sample) & set(other_per_sample):
-        gaps[name] = per_sample[name][rows].mean(1) - other_per_sample[name][rows].mean(1)
+        gaps[name] = np.nanmean(per_sample[name][rows], 1) - np.nanmean(other_per_sample[name][rows], 1)
     return gaps
 
 
 def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file: str = "predictions.jsonl",
-              seed: int = 0) -> pd.DataFrame:
+              answer_pattern: str = "", seed: int = 0) -> pd.DataFrame:
     """One row per point with a reference: `<metric>_gap`, its `_ci_low/_ci_high`, `_seed_std`,
     `train_cost_x` and the seeds paired."""
     rows = []
@@ -85,7 +93,8 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
             (m, t) for m in [mine.iloc[0]] for t in [theirs.iloc[0]]]  # no shared seed: first runs
         count = len(_sample_scores(str(Path(pairs[0][0]["run_dir"]) / prediction_file))[0])
         resamples = np.random.default_rng(seed).integers(0, count, size=(N_RESAMPLES, count))
-        per_seed = [_replicates(m["run_dir"], t["run_dir"], resamples, prediction_file) for m, t in pairs]
+        per_seed = [_replicates(m["run_dir"], t["run_dir"], resamples, prediction_file, answer_pattern)
+                    for m, t in pairs]
         row = {"point": point, "reference": reference, "seeds": ",".join(str(m["seed"]) for m, _ in pairs)}
         for metric in GAP_METRICS:
             if not all(metric in gaps for gaps in per_seed):
@@ -107,7 +116,7 @@ def gaps_markdown(table: pd.DataFrame) -> str:
     cells = pd.DataFrame(index=table.index)
     cells["reference"] = table["reference"]
     for metric in (m for m in GAP_METRICS if f"{m}_gap" in table):
-        digits = 2 if metric == "bleu" else 3
+        digits = 2 if metric == "bleu" else 3  # BLEU 0-100, the others 0-1
         columns = [f"{metric}_gap", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_seed_std"]
         cells[f"{metric} gap"] = [f"{g:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
                                   + ("" if pd.isna(sd) else f" sd {sd:.{digits}f}")

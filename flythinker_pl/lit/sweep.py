@@ -12,7 +12,8 @@ A sweep file (ablations/<name>.yaml)::
     points:                          # extra points, e.g. references, also run once per seed
       - {label: sft, overrides: [method=sft]}
       - {label: cot, config: ../experiments/product_review/cot.yaml, seeds: [0]}   # own config / seeds
-    reference: method=sft            # optional: gaps of every other point vs its reference (lit/gaps.py)
+    reference: method=sft            # optional: gaps of every other point vs its reference (lit/gaps.py);
+                                     #   a label (reference: sft) is everyone's reference
 
 A run's config is base <- `overrides` <- the point's settings <- `seed`, in experiment
 `ablation_<name>/<label>,seed=<seed>` (so runs land in <logging.root_dir>/ablation_<name>/...).
@@ -226,9 +227,15 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
 
 
 def _references(path: Path, reference: Any, runs: list[Run]) -> dict[str, str]:
-    """{point: its reference point} for the sweep's `reference: key=value` (lit/gaps.py)."""
+    """{point: its reference point} for the sweep's `reference`: a point's label (everyone's reference)
+    or `key=value` (per point, lit/gaps.py)."""
     if reference is None:
         return {}
+    labels = list(dict.fromkeys(run.point.label for run in runs))
+    if isinstance(reference, str) and "=" not in reference:
+        if reference not in labels:
+            raise SweepError(f"{path}: reference: no point is labelled {reference!r} (points: {', '.join(labels)})")
+        return {label: reference for label in labels if label != reference}
     key = _override_key(reference, f"{path}: reference")
     value = OmegaConf.select(OmegaConf.from_dotlist([reference]), key)
     configs = {run.point.label: OmegaConf.structured(run.config) for run in runs}
@@ -501,7 +508,8 @@ def write_gaps(sweep: Sweep, runs: pd.DataFrame, table: pd.DataFrame, segments: 
     """gaps.csv/.md/.png, segment_gaps.csv/.md/.png and gap_heatmap.png (lit/gaps.py) of the finished runs."""
     finished = set(runs["point"])
     reference_of = {p: r for p, r in sweep.reference.items() if p in finished and r in finished}
-    gaps = gap_table(runs, reference_of, sweep.runs[0].config.decode.output)
+    first = sweep.runs[0].config
+    gaps = gap_table(runs, reference_of, first.decode.output, first.eval.answer_pattern)
     if gaps.empty:
         return
     gaps = gaps.join(table[[k for k in sweep.grid_keys if k in table]])
