@@ -12,7 +12,8 @@ WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span test test-slow test-all bench-train \
+.PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
+	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all bench-train \
 	bench-decode bench-data gpu-check real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
@@ -55,6 +56,29 @@ ablate-lambda: install ## fusion.lam in {0,0.2,0.5,1,2,5} (+ inference-time lamb
 
 ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/results/span/
 	$(OFFLINE) $(FLY) sweep ablations/span.yaml
+
+# The paper's open questions (README "Open questions"): each writes ablations/results/<name>/, gaps.md included.
+ablate-length: install ## targets of ~250/500/1000 tokens: SFT vs FlyThinker vs static latent, gap per position window
+	$(OFFLINE) $(FLY) sweep ablations/length.yaml
+
+ablate-dependency: install ## flythinker_recurrent (the Reasoner reads its own last latent): quality and cost vs FlyThinker
+	$(OFFLINE) $(FLY) sweep ablations/dependency.yaml
+
+PROBE_RUNS := "lightning_logs/ablation_probe/sft,seed=0" "lightning_logs/ablation_probe/flythinker,seed=0" \
+	"lightning_logs/ablation_probe/control_random_reasoner,seed=0"
+
+probe: install ## what the latents know: linear probes to each user attribute per response position, held-out users
+	$(OFFLINE) $(FLY) sweep ablations/probe.yaml
+	$(OFFLINE) $(FLY) probe $(PROBE_RUNS) --out ablations/results/probe
+
+ablate-history: install ## retrieved items k x profile budget, SFT vs FlyThinker -> gap heatmap
+	$(OFFLINE) $(FLY) sweep ablations/history.yaml
+
+ablate-scale-grid: install ## Reasoner size x Generator size: FlyThinker - SFT gap and training cost heatmaps
+	$(OFFLINE) $(FLY) sweep ablations/scale_grid.yaml
+
+ablate-thinking: install ## a rule inferred from the history: SFT, FlyThinker, controls and the oracle, answer accuracy
+	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml
 
 test: install ## fast test suite on both cores (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile
