@@ -524,5 +524,6 @@ def write_gaps(sweep: Sweep, runs: pd.DataFrame, table: pd.DataFrame, segments: 
         by_window = segment_gaps(segments, reference_of)
         by_window.to_csv(out_dir / "segment_gaps.csv")
         (out_dir / "segment_gaps.md").write_text("BLEU of each point minus its reference's per position window "
-                                                 f"(mean over seeds)\n\n{by_window.to_markdown(floatfmt='+.2f')}\n")
+                                                 f"(mean over seeds; blank: a window one of them does not reach)\n\n"
+                                                 f"{by_window.map(lambda v: '' if pd.isna(v) else f'{v:+.2f}').to_markdown(disable_numparse=True)}\n")
         plot_segment_gaps(by_window).savefig(out_dir / "segment_gaps.png", dpi=120)
