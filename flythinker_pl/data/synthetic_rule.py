@@ -2,22 +2,26 @@
 follows a per-user rule that has to be inferred from the history, in the LongLaMP product_review schema.
 
 Every item states two binary attributes in its description (wireless or wired, metal or plastic
-body) and every review ends with a verdict, "Verdict: keeper." or "Verdict: sending it back."
-(ANSWER_PATTERN extracts it). A user keeps an item iff (wireless XOR metal) == their parity, a
-latent bit: "exactly one of the two" or "both or neither". So:
-  * the verdict is 50/50 and independent of either attribute alone, of the rating and of the
-    summary: the query alone gives chance;
-  * any one history item reveals the parity (its two attributes XOR its verdict), so the verdict of
-    the query is a parity of five facts spread over two texts: the query's two attributes and one
-    history item's two attributes and verdict, bound to that item (or, where the history happens to
-    hold an item with the query's two attributes, that item's verdict: a two-attribute lookup).
-Attributes are drawn independently per item and the history is never filtered by the query: a
-per-user balanced set, or a history without the query's look-alikes, lets the history's verdict
-counts alone predict the query's (the other items hold one fewer of its verdict), which a tiny SFT
-learns perfectly.
-With hint=true (the oracle) the query also states the parity in words, so the Generator only has
-to combine three facts, all in the query. Each user also opens their reviews with their own phrase
-(a style a model can copy from the history in one step, the contrast to the verdict).
+body; each a fair coin) and every review restates them, then ends with a verdict, "Verdict: keeper."
+or "Verdict: sending it back." (ANSWER_PATTERN extracts it). Each user insists on one of the four
+attribute values (their latent `keeps`, as many users of each in every split): an item is kept iff
+it has that value. So:
+  * over users, neither attribute, the rating nor the summary says anything about the verdict: the
+    query alone gives chance (0.5);
+  * the history has to be read as evidence: which of the four hypotheses its items' attributes and
+    verdicts leave (comparing each item's verdict with both of its attributes, across items), then
+    applied to the query's attributes. An item that shares the query's two attributes gives its
+    verdict away (a two-attribute lookup); one that shares a single attribute does not.
+With hint=true (the oracle) the query also names the value ("This reviewer keeps only metal
+gear."), so the Generator only has to check the query's attributes for it.
+Why not a parity (keep iff wireless XOR metal equals a user bit, which no single history item leaves
+ambiguous): even told the bit, a tiny Generator stays at chance after 400 steps (a three-way
+interaction has no lower-order signal for SGD to follow). Why items are drawn independently and the
+history is never filtered by the query: a per-user balanced set, or a history without the query's
+look-alikes, lets the history's verdict counts alone predict the query's verdict (the other items
+hold one fewer of it), which a tiny SFT learns perfectly.
+Each user also opens their reviews with their own phrase (a style a model can copy from the
+history in one step, the contrast to the verdict).
 Deterministic in (num_users, items_per_user, seed); the latent truth is written as `users.jsonl`.
 """
 from __future__ import annotations
@@ -36,8 +40,8 @@ ANSWER_PATTERN = r"Verdict: (keeper|sending it back)"  # eval.answer_pattern for
 VERDICTS = {True: "Verdict: keeper.", False: "Verdict: sending it back."}
 CONNECTION = {True: "wireless", False: "wired"}
 BODY = {True: "metal", False: "plastic"}
-HINTS = {1: "This reviewer keeps gear when exactly one of wireless and metal body holds.",
-         0: "This reviewer keeps gear when both or neither of wireless and metal body hold."}
+VALUES = ("wireless", "wired", "metal", "plastic")  # what a user may insist on
+HINT = "This reviewer keeps only {keeps} gear."
 
 CATEGORIES = ["headset", "microphone", "tuner", "amplifier", "looper pedal", "keyboard", "speaker",
               "in-ear monitor"]
@@ -55,26 +59,25 @@ class Rule:
     """A user's latent truth: what the history has to reveal."""
 
     user_id: str
-    parity: int  # keep iff (wireless XOR metal) == parity: 1 "exactly one", 0 "both or neither"
+    keeps: str  # one of VALUES: an item is kept iff it has it
     opener: str
     mean_rating: float
 
 
-def keeps(parity: int, wireless: bool, metal: bool) -> bool:
-    return (wireless != metal) == bool(parity)
+def kept(keeps: str, wireless: bool, metal: bool) -> bool:
+    return keeps in (CONNECTION[wireless], BODY[metal])
 
 
 def make_item(rule: Rule, wireless: bool, metal: bool, rng: random.Random) -> dict:
     """A profile item (+ its latent attributes): a ~14-word description and a ~10-word review that
-    restates the attributes just before the verdict (the generated text holds two of the three facts
-    the verdict needs right before it; the third, the parity, is the history's or the hint's)."""
+    restates the attributes just before the verdict (what the verdict is checked against)."""
     name = f"{rng.choice(BRANDS)} {rng.choice('ABCDEFGHJK')}{rng.randint(10, 99)} {rng.choice(CATEGORIES)}"
     rating = min(5, max(1, round(rng.gauss(rule.mean_rating, 1.0))))
     connection, body = CONNECTION[wireless], BODY[metal]
     return {"overall": float(rating), "summary": SUMMARIES[rating],
             "description": f"The {name} is {connection} with a {body} body and {rng.choice(FEATURES)}.",
             "reviewText": f"{rule.opener}: {connection}, {body} body, {TONE[rating]}. "
-                          f"{VERDICTS[keeps(rule.parity, wireless, metal)]}",
+                          f"{VERDICTS[kept(rule.keeps, wireless, metal)]}",
             "wireless": wireless, "metal": metal}
 
 
@@ -93,7 +96,7 @@ def _record(rules: dict[str, Rule], hint: bool, user_id: str, index: int, target
     """make_record, + the hint in the query."""
     record = make_record("product_review", user_id, index, target, profile)
     if hint:
-        record["input"] += " " + HINTS[rules[user_id].parity]
+        record["input"] += " " + HINT.format(keeps=rules[user_id].keeps)
     return record
 
 
@@ -101,7 +104,7 @@ def generate(out_dir: str | Path, num_users: int = 120, items_per_user: int = 8,
              hint: bool = False) -> Path:
     """Write `<out_dir>/rule-users{N}-items{R}-seed{S}[-hint]/product_review_{user,temporal}/
     {train,val,test}.jsonl` and `users.jsonl`; reuses a complete set. hint=true differs only in the
-    queries, which state the user's parity."""
+    queries, which name the value the user insists on."""
     if items_per_user < 4:
         raise ValueError("items_per_user must be >= 4 (temporal needs train, val and test items per user)")
     out = Path(out_dir).expanduser() / f"rule-users{num_users}-items{items_per_user}-seed{seed}{'-hint' * hint}"
@@ -112,20 +115,21 @@ def generate(out_dir: str | Path, num_users: int = 120, items_per_user: int = 8,
     return out
 
 
-def balanced_parities(user_ids: list[str], seed: int) -> dict[str, int]:
-    """Each user's parity, alternating within each split of the user setting, so that train, val
-    and test each hold (nearly) as many users of either parity: no split can be solved by the
-    majority parity."""
+def balanced_values(user_ids: list[str], seed: int) -> dict[str, str]:
+    """The value each user insists on, in turn within each split of the user setting, so that train,
+    val and test each hold (nearly) as many users of every value: no split is solved by the most
+    common one."""
     splits = split_users({user: [None] for user in user_ids}, "user", seed, lambda user, *_: user)
-    return {user: position % 2 for members in splits.values() for position, user in enumerate(members)}
+    return {user: VALUES[position % len(VALUES)]
+            for members in splits.values() for position, user in enumerate(members)}
 
 
 def _write(out: Path, num_users: int, items_per_user: int, seed: int, hint: bool) -> None:
     user_ids = [f"U{index:05d}" for index in range(num_users)]
-    parities, rules, users = balanced_parities(user_ids, seed), {}, {}
+    values, rules, users = balanced_values(user_ids, seed), {}, {}
     for index, user_id in enumerate(user_ids):
         rng = random.Random(f"rule-{seed}-{index}")
-        rule = Rule(user_id, parities[user_id], opener=rng.choice(OPENERS), mean_rating=rng.uniform(2.0, 4.8))
+        rule = Rule(user_id, values[user_id], opener=rng.choice(OPENERS), mean_rating=rng.uniform(2.0, 4.8))
         rules[user_id] = rule
         users[user_id] = make_user_items(rule, items_per_user, rng)
     make = lambda *args: _record(rules, hint, *args)  # noqa: E731 (split_users' MakeRecord)

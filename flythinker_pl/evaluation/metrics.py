@@ -220,8 +220,8 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
     return scores
 
 
-def bootstrap_intervals(bleu_stats: np.ndarray, per_sample: dict[str, np.ndarray], n_bootstrap: int,
-                        seed: int, ratios: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None) -> dict[str, float]:
+def bootstrap_intervals(bleu_stats: np.ndarray, per_sample: dict[str, np.ndarray], n_bootstrap: int, seed: int,
+                        ratios: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None) -> dict[str, float]:
     """95% percentile intervals over n_bootstrap resamples of the samples (the same resamples for
     every metric); BLEU is rescored as a corpus on each resample. `ratios`: metrics over a subset
     of the rows (answer accuracy), per row (numerator, denominator), rescored as sum / sum; a

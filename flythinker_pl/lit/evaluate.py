@@ -179,8 +179,8 @@ def _with_interval(row: pd.Series, key: str, digits: int) -> Optional[str]:
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """runs_table as a result reads: one row per run, rounded, generation metrics (and answer
     accuracy, with eval.answer_pattern) with their 95% bootstrap intervals, the empty predictions
-    (where there are any; "dropped" under eval.empty=drop), the share of outputs that ended by EOS and their length beside the
-    references'. A column no run has is left out; a cell a run lacks is blank."""
+    (where there are any; "dropped" under eval.empty=drop), the share of outputs that ended by EOS
+    and their length beside the references'. A column no run has is left out; a cell a run lacks is blank."""
     def summary(row: pd.Series) -> dict:
         def number(key: str, spec: str) -> Optional[str]:
             return format(row[key], spec) if pd.notna(row.get(key)) else None
