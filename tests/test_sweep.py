@@ -187,9 +187,11 @@ def test_aggregate_takes_mean_and_sample_std_over_seeds_from_run_dirs(write_swee
 
 
 def test_summary_without_grid_keys_keeps_point_order():
-    runs = pd.DataFrame({"point": ["b", "a", "b"], "seed": [0, 0, 1], "val/loss": [1.0, 5.0, 2.0]})
+    runs = pd.DataFrame({"point": ["b", "a", "b"], "seed": [0, 0, 1], "val/loss": [1.0, 5.0, 2.0],
+                         "test/answer_accuracy": [0.5, 0.9, 0.7]})  # eval.answer_pattern runs
     table = summary_table(runs)
     assert table.index.tolist() == ["b", "a"] and table["val/loss"].tolist() == [1.5, 5.0]
+    assert table["test/answer_accuracy"].tolist() == pytest.approx([0.6, 0.9])
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "ablations").glob("*.yaml") if not p.name.startswith("_")),

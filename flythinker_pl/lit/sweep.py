@@ -59,7 +59,7 @@ from .run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, sam
 SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference")
 POINT_KEYS = ("label", "overrides", "config", "seeds")
 OWNED_KEYS = ("seed", "logging.experiment")  # set per run by the sweep itself
-SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor",
+SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/answer_accuracy",
                    "perf/train_tokens_per_s", "perf/peak_memory_mb", "decode/ms_per_token",
                    "decode/seconds_per_sample"]
 LAMBDA_SWEEP = "lambda_sweep/val_loss@"  # + inference-time lambda, logged by the lambda-sweep callback
