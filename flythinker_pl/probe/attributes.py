@@ -29,7 +29,7 @@ ATTRIBUTES = {
     "signoff": (("signoff",), lambda p: p["signoff"]),  # the last words of every review
     "mean_rating": (("mean_rating",), lambda p: _rating_band(p["mean_rating"])),  # <3 / 3-4 / >=4
     "praise_word": (("positive_words",), lambda p: min(p["positive_words"])),  # vocabulary
-    "parity": (("parity",), lambda p: str(p["parity"])),  # data.synthetic.kind=rule: the verdict's rule
+    "keeps": (("keeps",), lambda p: p["keeps"]),  # data.synthetic.kind=rule: the value the verdict follows
 }
 
 
