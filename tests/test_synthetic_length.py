@@ -134,13 +134,17 @@ def test_the_checks_fail_on_a_review_padded_with_generic_text(sets):
         assert found["late_sections"] == 0 and found["density_ratio"] < 0.7  # ... but loses the user
 
 
-def test_every_length_pretrains_on_the_default_sets_corpus(tmp_path):
-    """One backbone (and one cache entry) for every data.synthetic.rounds: the lengths differ in data alone."""
+def test_every_length_pretrains_on_its_own_long_reviews(tmp_path):
+    """The tiny presets learn where a text ends from pretraining: each length pretrains on its own set."""
     from flythinker_pl.config import DataConfig, SyntheticConfig
-    from flythinker_pl.data.datamodule import pretraining_corpus
+    from flythinker_pl.data.datamodule import load_split, pretraining_corpus
 
-    def corpus(rounds: int) -> list[str]:
-        return pretraining_corpus(DataConfig(synthetic_dir=str(tmp_path),
-                                             synthetic=SyntheticConfig(num_users=6, reviews_per_user=4, rounds=rounds)))
+    def data(rounds: int) -> DataConfig:
+        return DataConfig(synthetic_dir=str(tmp_path),
+                          synthetic=SyntheticConfig(num_users=6, reviews_per_user=4, rounds=rounds))
 
-    assert corpus(4) == corpus(1) and corpus(2) == corpus(1)
+    for rounds in (1, 4):
+        outputs = {record["output"] for record in load_split(data(rounds), "train").records}
+        assert outputs and outputs <= set(pretraining_corpus(data(rounds)))
+    longest = {rounds: max(map(len, pretraining_corpus(data(rounds)))) for rounds in (1, 4)}
+    assert longest[4] > 3 * longest[1]
