@@ -105,3 +105,11 @@ def test_data_without_users_file_is_a_clear_error(tmp_path, synthetic_dir):
     cfg = load_config(DEBUG_CONFIG, [f"data.files.{split}={path}" for split, path in files.items()])
     with pytest.raises(DataError, match="users.jsonl"):
         personas_file(cfg, tmp_path)
+
+
+def test_the_rule_tasks_latent_truth_gives_every_user_the_value_they_keep(tmp_path):
+    from flythinker_pl.data import synthetic_rule
+    made = synthetic_rule.generate(tmp_path, num_users=8, items_per_user=4, seed=0)
+    labels = user_labels(made / "users.jsonl")
+    assert set(labels) == {"keeps", "opener", "mean_rating"}
+    assert set(labels["keeps"].values()) <= set(synthetic_rule.VALUES) and len(labels["keeps"]) == 8
