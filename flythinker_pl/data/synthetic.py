@@ -22,11 +22,12 @@ import random
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable, Iterable
 
 from filelock import FileLock
 
 from .schema import make_record
-from .splits import split_users
+from .splits import MakeRecord, split_users
 
 CATEGORIES = {
     "guitar strings": ["tone", "winding", "coating", "ball ends"],
@@ -225,12 +226,31 @@ def generate(out_dir: str | Path, num_users: int = 120, reviews_per_user: int = 
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1 (got {rounds})")
     name = f"users{num_users}-reviews{reviews_per_user}-seed{seed}" + (f"-rounds{rounds}" if rounds > 1 else "")
-    out = Path(out_dir).expanduser() / name
+    return write_once(Path(out_dir).expanduser() / name, lambda out: _write(out, num_users, reviews_per_user, seed,
+                                                                           rounds))
+
+
+def write_once(out: Path, write: Callable[[Path], None]) -> Path:
+    """`out`, written by `write(out)` unless it already holds a complete set (its COMPLETE file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):  # several processes (DDP ranks) may ask at once: one writes
         if not (out / "COMPLETE").exists():
-            _write(out, num_users, reviews_per_user, seed, rounds)
+            write(out)
     return out
+
+
+def write_set(out: Path, users: dict[str, list[dict]], seed: int, make: MakeRecord, truths: Iterable) -> None:
+    """Both settings' splits of the users' items, their latent truths (dataclasses) as users.jsonl,
+    and the COMPLETE marker last."""
+    for setting in ("user", "temporal"):
+        folder = out / f"product_review_{setting}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, records in split_users(users, setting, seed, make).items():
+            with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(out / "users.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(asdict(truth)) + "\n" for truth in truths)
+    (out / "COMPLETE").write_text("")
 
 
 def _write(out: Path, num_users: int, reviews_per_user: int, seed: int, rounds: int) -> None:
@@ -240,12 +260,4 @@ def _write(out: Path, num_users: int, reviews_per_user: int, seed: int, rounds: 
         persona = make_persona(rng, f"U{index:05d}")
         personas.append(persona)
         users[persona.user_id] = make_user_items(persona, reviews_per_user, rng, rounds)
-    for setting in ("user", "temporal"):
-        folder = out / f"product_review_{setting}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, records in split_users(users, setting, seed, partial(make_record, "product_review")).items():
-            with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(out / "users.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(asdict(p)) + "\n" for p in personas)
-    (out / "COMPLETE").write_text("")
+    write_set(out, users, seed, partial(make_record, "product_review"), personas)

@@ -26,15 +26,14 @@ Deterministic in (num_users, items_per_user, seed); the latent truth is written 
 """
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-
-from filelock import FileLock
 
 from .schema import make_record
 from .splits import split_users
+from .synthetic import write_once, write_set
 
 ANSWER_PATTERN = r"Verdict: (keeper|sending it back)"  # eval.answer_pattern for this benchmark
 VERDICTS = {True: "Verdict: keeper.", False: "Verdict: sending it back."}
@@ -108,11 +107,7 @@ def generate(out_dir: str | Path, num_users: int = 120, items_per_user: int = 8,
     if items_per_user < 4:
         raise ValueError("items_per_user must be >= 4 (temporal needs train, val and test items per user)")
     out = Path(out_dir).expanduser() / f"rule-users{num_users}-items{items_per_user}-seed{seed}{'-hint' * hint}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):  # several processes (DDP ranks) may ask at once: one writes
-        if not (out / "COMPLETE").exists():
-            _write(out, num_users, items_per_user, seed, hint)
-    return out
+    return write_once(out, lambda out: _write(out, num_users, items_per_user, seed, hint))
 
 
 def balanced_values(user_ids: list[str], seed: int) -> dict[str, str]:
@@ -132,13 +127,4 @@ def _write(out: Path, num_users: int, items_per_user: int, seed: int, hint: bool
         rule = Rule(user_id, values[user_id], opener=rng.choice(OPENERS), mean_rating=rng.uniform(2.0, 4.8))
         rules[user_id] = rule
         users[user_id] = make_user_items(rule, items_per_user, rng)
-    make = lambda *args: _record(rules, hint, *args)  # noqa: E731 (split_users' MakeRecord)
-    for setting in ("user", "temporal"):
-        folder = out / f"product_review_{setting}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, records in split_users(users, setting, seed, make).items():
-            with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(out / "users.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(asdict(rule)) + "\n" for rule in rules.values())
-    (out / "COMPLETE").write_text("")
+    write_set(out, users, seed, partial(_record, rules, hint), rules.values())
