@@ -91,7 +91,7 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
         pairs = [(mine_row, theirs[theirs["seed"] == mine_row["seed"]]) for _, mine_row in mine.iterrows()]
         pairs = [(m, t.iloc[0]) for m, t in pairs if len(t)] or [
             (m, t) for m in [mine.iloc[0]] for t in [theirs.iloc[0]]]  # no shared seed: first runs
-        count = len(_sample_scores(str(Path(pairs[0][0]["run_dir"]) / prediction_file))[0])
+        count = len(_sample_scores(str(Path(pairs[0][0]["run_dir"]) / prediction_file), answer_pattern)[0])
         resamples = np.random.default_rng(seed).integers(0, count, size=(N_RESAMPLES, count))
         per_seed = [_replicates(m["run_dir"], t["run_dir"], resamples, prediction_file, answer_pattern)
                     for m, t in pairs]
