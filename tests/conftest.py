@@ -45,6 +45,18 @@ def sizes(hidden: int, layers: int = 2) -> dict:
                 intermediate_size=2 * hidden)
 
 
+def save_tiny_model(tmp_path: Path, name: str, hidden: int, tokenizer, seed: int = 0) -> str:
+    """A tiny model + tokenizer saved as a local folder, which generator.name / reasoner.name accept."""
+    path = tmp_path / name
+    tiny.build_model(sizes(hidden), tokenizer, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def no_corpus():
+    raise AssertionError("a local model needs no corpus")
+
+
 @pytest.fixture
 def make_flythinker(tokenizer):
     """FlyThinker from random tiny models: make_flythinker(d_R, d_G, **fusion options)."""

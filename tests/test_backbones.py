@@ -10,22 +10,11 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.sft import SFT
 
-from conftest import sizes
-
-
-def save(tmp_path, name, hidden, tokenizer):
-    path = tmp_path / name
-    tiny.build_model(sizes(hidden), tokenizer, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def no_corpus():
-    raise AssertionError("a local model needs no corpus")
+from conftest import no_corpus, save_tiny_model
 
 
 def test_local_paths_build_flythinker_and_sft(tmp_path, tokenizer):
-    generator, reasoner = save(tmp_path, "gen", 64, tokenizer), save(tmp_path, "rea", 32, tokenizer)
+    generator, reasoner = save_tiny_model(tmp_path, "gen", 64, tokenizer), save_tiny_model(tmp_path, "rea", 32, tokenizer)
     cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={reasoner}", "reasoner.mode=lora"])
     method, loaded_tokenizer = build_method(cfg, corpus=no_corpus)
     assert isinstance(method, FlyThinker) and method.fusion.pad_dims == 32
@@ -36,13 +25,13 @@ def test_local_paths_build_flythinker_and_sft(tmp_path, tokenizer):
 
 
 def test_mismatched_tokenizers_and_oversized_pad_reasoner_fail_fast(tmp_path, tokenizer, corpus):
-    generator = save(tmp_path, "gen", 64, tokenizer)
+    generator = save_tiny_model(tmp_path, "gen", 64, tokenizer)
     stranger = tiny.train_tokenizer(corpus[:5], vocab_size=300)
-    other = save(tmp_path, "other", 32, stranger)
+    other = save_tiny_model(tmp_path, "other", 32, stranger)
     cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={other}"])
     with pytest.raises(ConfigError, match="different tokenizers"):
         build_method(cfg, corpus=no_corpus)
-    big = save(tmp_path, "big", 128, tokenizer)
+    big = save_tiny_model(tmp_path, "big", 128, tokenizer)
     cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={big}"])
     with pytest.raises(ConfigError, match="fusion.dims=linear"):
         build_method(cfg, corpus=no_corpus)

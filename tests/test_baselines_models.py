@@ -12,7 +12,6 @@ from flythinker_pl.config import ConfigError, DecodeConfig, load_config
 from flythinker_pl.decoding.engines import Sequential, make_engine
 from flythinker_pl.decoding.generate import generate, prompts_of
 from flythinker_pl.lit.module import response_loss
-from flythinker_pl.models import tiny
 from flythinker_pl.models.baselines import Coconut, StaticFlyThinker
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
@@ -20,7 +19,7 @@ from flythinker_pl.models.fusion import real_positions
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.sft import SFT
 
-from conftest import left_padded, sizes
+from conftest import left_padded, no_corpus, save_tiny_model
 
 PROMPT_LENGTHS = [5, 9, 7]
 RESPONSE_LENGTHS = [6, 3, 4]  # differing, so responses end the rows at different prompt columns
@@ -282,21 +281,10 @@ def _seeing(model):
 
 # --- building: method mapping and the random Reasoner --------------------------------------------
 
-def save(tmp_path, name, hidden, tokenizer, seed=0):
-    path = tmp_path / name
-    tiny.build_model(sizes(hidden), tokenizer, seed=seed).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def no_corpus():
-    raise AssertionError("a local model needs no corpus")
-
-
 @pytest.fixture
 def local_models(tmp_path, tokenizer):
-    return [f"generator.name={save(tmp_path, 'gen', 64, tokenizer)}",
-            f"reasoner.name={save(tmp_path, 'rea', 32, tokenizer, seed=5)}"]
+    return [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
+            f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}"]
 
 
 def test_every_method_builds_its_module(local_models):

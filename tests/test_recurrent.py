@@ -13,14 +13,13 @@ from flythinker_pl.decoding.engines import Staggered, make_engine
 from flythinker_pl.decoding.generate import generate
 from flythinker_pl.decoding.reasoner_process import reasoner_process
 from flythinker_pl.lit.module import response_loss
-from flythinker_pl.models import tiny
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.fusion import LatentFusion, real_positions
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.recurrent import RecurrentFlyThinker
 
-from conftest import left_padded, random_lora_backbones, sizes
+from conftest import left_padded, no_corpus, random_lora_backbones, save_tiny_model
 
 PROMPT_LENGTHS = [5, 9, 7, 2]
 # differing: rows enter their responses at different columns, the last while still padded in others' responses
@@ -197,20 +196,9 @@ def test_every_engine_decodes_the_teacher_forced_recurrence(decoding_method, tok
 
 # --- building and config ---------------------------------------------------------------------------
 
-def save(tmp_path, name, hidden, tokenizer, seed=0):
-    path = tmp_path / name
-    tiny.build_model(sizes(hidden), tokenizer, seed=seed).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def no_corpus():
-    raise AssertionError("a local model needs no corpus")
-
-
 def test_build_and_config(tmp_path, tokenizer):
-    local = [f"generator.name={save(tmp_path, 'gen', 64, tokenizer)}",
-             f"reasoner.name={save(tmp_path, 'rea', 32, tokenizer, seed=5)}", "method=flythinker_recurrent"]
+    local = [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
+             f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}", "method=flythinker_recurrent"]
     method, _ = build_method(load_config(None, [*local, "recurrent.mu=0.5", "recurrent.window=2"]), corpus=no_corpus)
     assert type(method) is RecurrentFlyThinker and (method.mu, method.window) == (0.5, 2)
     assert load_config(None, local).recurrent.window == 0  # exact by default
