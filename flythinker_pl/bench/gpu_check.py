@@ -85,11 +85,12 @@ LORA_B_STD = 0.02  # peft starts B at 0, which would hide an adapter dispatched 
 PAD_ID = 0
 # Parity: max |logits - reference| / max |reference logits|, over every row, position and vocabulary entry.
 # fp32 differs only by kernel choice (a prompt pass vs one-token steps; TF32 stays off); bf16 by rounding
-# at every op: measured on CPU, 0.005 (tiny), 0.02 (Qwen2.5-0.5B architecture), 0.044 (3B). A misplaced
+# at every op: measured on CPU, 0.005 (tiny), 0.02 (Qwen2.5-0.5B architecture), 0.044 (3B); on an H200,
+# 0.046-0.11 at 3B (the prompt pass and one-token steps take different attention kernels). A misplaced
 # latent or a wrong adapter moves logits by 0.4 (tiny) to 1.1 (0.5B) of their scale: the "... move the
 # logits" rows check that the effects the tolerance must catch exceed it POWER times.
 TOLERANCE = {("cpu", torch.float32): 1e-5, ("cuda", torch.float32): 1e-4,
-             ("cpu", torch.bfloat16): 1e-1, ("cuda", torch.bfloat16): 1e-1}
+             ("cpu", torch.bfloat16): 1e-1, ("cuda", torch.bfloat16): 1.5e-1}
 POWER = 3
 
 
@@ -672,7 +673,7 @@ SECTIONS = {"parity": check_parity, "train": check_train, "decode": check_decode
 
 
 def environment(device: torch.device, sizes: str) -> dict:
-    from ..lit.run import git_commit
+    from ..lit.rundirs import git_commit
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sizes": sizes, "device": name,

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +23,7 @@ from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
 from .launch import agree_across_ranks
 from .logs import progress_bar
 from .module import MethodModule
-from .rundirs import version_number, versions
+from .rundirs import git_commit, version_number, versions
 from .writer import PredictionWriter
 
 # Set by the launching process so that every DDP rank uses the same run dir and resume point.
@@ -74,16 +73,6 @@ def precision(cfg: Config) -> str:
         return cfg.train.precision
     on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     return "bf16-mixed" if on_gpu else "32-true"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
-        return commit.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
 
 
 def run_dirs(cfg: Config) -> list[Path]:

@@ -1,6 +1,7 @@
-"""Run directories: `<root>/<experiment>/version_N/`, found by number."""
+"""Run directories: `<root>/<experiment>/version_N/`, found by number, and the commit they record."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 
@@ -23,3 +24,13 @@ def holding(path: str | Path, filename: str, missing: str) -> Path:
     if not with_file:
         raise FileNotFoundError(f"{path}: {missing}")
     return with_file[-1]
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return commit.strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
