@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "trainer.devices x trainer.num_nodes, and 8)")
     sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
                                               "then its mean/std table, per-position table and plots")
-    sweep.add_argument("file", help="sweep YAML (see ablations/ and flythinker_pl/lit/sweep.py)")
+    sweep.add_argument("file", help="sweep YAML (see ablations/ and the README's 'Ablations (sweeps)')")
     sweep.add_argument("overrides", nargs="*", help="dotlist overrides for every point, after the file's")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
     sweep.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs only")
@@ -234,7 +234,8 @@ def memory(args):
 
 
 def sweep(args):
-    from .lit.sweep import aggregate, load_sweep, plan, run_sweep
+    from .sweep.runs import aggregate, plan, run_sweep
+    from .sweep.spec import load_sweep
 
     spec = load_sweep(args.file, args.overrides)
     if args.dry_run:

@@ -1,4 +1,4 @@
-"""Sweep `reference:` gaps (lit/gaps.py): which point is whose reference, paired bootstrap gaps
+"""Sweep `reference:` gaps (evaluation/gaps.py): which point is whose reference, paired bootstrap gaps
 whose interval excludes zero only when the difference is real, and the files a sweep writes."""
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from flythinker_pl.lit.gaps import gap_table, references, segment_gaps
-from flythinker_pl.lit.sweep import SweepError, aggregate, load_sweep
+from flythinker_pl.evaluation.gaps import gap_table, segment_gaps
+from flythinker_pl.sweep.runs import aggregate
+from flythinker_pl.sweep.spec import SweepError, load_sweep, references
 
 from conftest import DEBUG_CONFIG
 from test_sweep import fake_run

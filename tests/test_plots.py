@@ -14,7 +14,8 @@ from flythinker_pl.evaluation.report import (CSV_NAME, MIN_SAMPLES, plot_positio
                                              save_position_eval)
 from flythinker_pl.evaluation.segments import TextUnits, position_scores
 from flythinker_pl.lit.evaluate import evaluate_run, run_labels, runs_segments
-from flythinker_pl.lit.sweep import plot_lambda_sweep, plot_metrics, plot_versus, segments_frame, summary_table
+from flythinker_pl.evaluation.sweep_report import (plot_lambda_sweep, plot_metrics, plot_versus, segments_frame,
+                                                   summary_table)
 
 PANELS = ["bleu", "rouge1", "rougeL", "samples"]
 

@@ -16,9 +16,11 @@ import yaml
 
 from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
-from flythinker_pl.lit import sweep as sweep_module
 from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
-from flythinker_pl.lit.sweep import SweepError, aggregate, load_sweep, plan, run_sweep, summary_table
+from flythinker_pl.evaluation.sweep_report import summary_table
+from flythinker_pl.sweep import runs as sweep_module
+from flythinker_pl.sweep.runs import aggregate, plan, run_sweep
+from flythinker_pl.sweep.spec import SweepError, load_sweep
 
 from conftest import DEBUG_CONFIG, ROOT
 

@@ -1,9 +1,6 @@
-"""Gaps against a sweep's reference (sweep key `reference: method=sft`): every other point's score
-minus its reference's, with a 95% paired bootstrap interval over the test records.
-
-A point's reference is the point whose runs have `key=value` (e.g. method=sft) and whose own grid
-settings (other than `key`) all equal the point's: an `sft` point that sets no grid key is everyone's
-reference, one that sets generator.name=tiny-64 is the reference of the tiny-64 Generator's points.
+"""Gaps against a reference (a sweep's `reference: method=sft`): every other point's score minus its
+reference's, with a 95% paired bootstrap interval over the test records. Which point is whose reference
+is the sweep's business (sweep/spec.py); this module takes the runs and that mapping.
 
 Paired: both runs decoded the same test records, so one resample of the records scores both, and
 the interval is that of the difference (far tighter than two overlapping intervals). With several
@@ -15,34 +12,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
 
-from ..evaluation.metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
+from .metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
 from ..evaluation.predictions import read_predictions
 
 GAP_METRICS = ("bleu", "rouge1", "rougeL", "meteor", "answer_accuracy")
 N_RESAMPLES = 1000
 COST = "perf/train_tokens_per_s"
-
-
-def references(configs: dict[str, DictConfig], settings: dict[str, dict], key: str, value: Any) -> dict[str, str]:
-    """{point label: its reference's label} for every point that has one. `configs`: each point's
-    run config; `settings`: each point's grid settings."""
-    candidates = [label for label, node in configs.items() if OmegaConf.select(node, key) == value]
-    found = {}
-    for label, node in configs.items():
-        if label in candidates:
-            continue
-        matching = [(len(settings[c]), c) for c in candidates
-                    if all(OmegaConf.select(node, k) == v for k, v in settings[c].items() if k != key)]
-        if matching:
-            found[label] = max(matching)[1]  # the most specific reference
-    return found
 
 
 @lru_cache(maxsize=64)
