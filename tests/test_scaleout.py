@@ -12,10 +12,12 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -34,7 +36,7 @@ from flythinker_pl.config import load_config, to_yaml
 from flythinker_pl.data.batching import LengthBucketSampler
 from flythinker_pl.data.sampling import GlobalBatchSampler, ResumableDataLoader
 from flythinker_pl.lit.launch import AtomicCheckpointIO, agree_across_ranks, external_launch
-from flythinker_pl.lit.run import build, choose_run_dir
+from flythinker_pl.lit.run import build, build_trainer, choose_run_dir
 
 from conftest import DEBUG_CONFIG, ROOT
 
@@ -238,6 +240,13 @@ def test_lightning_saves_and_resumes_through_the_atomic_writer(tmp_path):
     assert resumed.global_step == 3
 
 
+@pytest.mark.parametrize("ranks", [ONE_RANK, TWO_RANKS], ids=["one_rank", "ddp"])
+def test_the_frameworks_trainer_saves_through_the_atomic_writer(run_config, tmp_path, ranks):
+    """(A kill mid-save: test_a_kill_during_a_checkpoint_write_leaves_the_previous_last_ckpt_whole.)"""
+    trainer = build_trainer(run_config(*ranks), tmp_path / "tiny" / "version_0")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
 # ---- the SLURM / torchrun templates: valid bash that launches the CLI with existing keys ----
 
 def launches(script: str, tmp_path: Path, *args: str, **env: str) -> list[list[str]]:
@@ -418,3 +427,84 @@ def test_torchrun_ranks_share_one_run_dir_even_when_one_starts_late(two_ranks, s
     metrics = metrics_of(root)
     assert metrics["global_step"] == 20
     assert metrics["val/loss"] == pytest.approx(two_ranks[0]["val/loss"], rel=1e-6)
+
+
+# What a node sees when it is killed while saving: the CLI, with every write that makes last.ckpt in
+# CHECKPOINTS (the file itself, or the file that is renamed into it) going through Python's file
+# write, copies included (no sendfile), and the first such write once a last.ckpt exists writing
+# half its bytes, then stalling until the test kills the process.
+STALLED_SAVE = '''
+import builtins, io, os, shutil, sys, time
+from pathlib import Path
+
+checkpoints, stalled = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+shutil._USE_CP_SENDFILE = False
+unpatched_open = builtins.open
+
+
+class HalfWritten(io.FileIO):
+    def write(self, data):
+        written = super().write(bytes(memoryview(data)[: len(data) // 2]))
+        os.fsync(self.fileno())
+        stalled.touch()
+        time.sleep(600)
+        return written
+
+
+def open_(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and "w" in mode:
+        path = Path(file).resolve()
+        if path.parent == checkpoints and "last" in path.name and (checkpoints / "last.ckpt").exists():
+            return HalfWritten(path, "w")
+    return unpatched_open(file, mode, *args, **kwargs)
+
+
+builtins.open = open_
+from flythinker_pl.cli import main
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def other_filesystem(path: Path) -> dict:
+    """TMPDIR on another filesystem than `path`, where there is one (tmpfs /dev/shm): as on a cluster
+    whose node-local /tmp is not the shared storage of the run dirs, so that moving a temporary file
+    from the system temp dir into the run dir is a copy, not a rename."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev:
+        return {"TMPDIR": tempfile.mkdtemp(dir=shm)}
+    return {}
+
+
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_last_ckpt_whole(one_rank, settings, tmp_path):
+    """Through the framework's own Trainer (build_trainer): the second save of last.ckpt (step 8)
+    stalls halfway through its write and the process is SIGKILLed there. last.ckpt is still the
+    whole step-4 checkpoint, and the same command resumes from it to the uninterrupted result."""
+    command = fit_command(settings, tmp_path, *ONE_RANK)
+    run_dir = tmp_path / "tiny" / "version_0"
+    last, stalled = run_dir / "checkpoints" / "last.ckpt", tmp_path / "stalled"
+    shim = tmp_path / "stalled_save.py"
+    shim.write_text(STALLED_SAVE)
+    env = {**ENV, **other_filesystem(tmp_path)}
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen([sys.executable, str(shim), str(last.parent), str(stalled),
+                                   *command[command.index("fit"):]],
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + 300
+            while not stalled.exists() and killed.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+        finally:
+            killed.send_signal(signal.SIGKILL)
+            killed.wait()
+            if "TMPDIR" in env:
+                shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+    assert stalled.exists() and killed.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 4  # the previous save, whole
+
+    done = fit_cli(command)  # the same command line
+    assert f"Resuming {run_dir} from {last}" in done.stdout
+    resumed = metrics_of(tmp_path)
+    assert resumed["global_step"] == 20
+    validation = {k: v for k, v in one_rank.items() if k.startswith("val/")}
+    assert {k: resumed[k] for k in validation} == validation

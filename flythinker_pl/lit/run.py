@@ -20,7 +20,7 @@ from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .callbacks import run_callbacks
 from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
-from .launch import agree_across_ranks
+from .launch import AtomicCheckpointIO, agree_across_ranks
 from .logs import progress_bar
 from .module import MethodModule
 from .rundirs import git_commit, version_number, versions
@@ -156,6 +156,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bo
                      precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
                      logger=logger, enable_model_summary=False,  # _fit prints the parameter counts
+                     # every strategy takes it; fsdp's sharded checkpoints bypass it (lit/sharding.py swaps them)
+                     plugins=[AtomicCheckpointIO()],
                      callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
                      default_root_dir=str(run_dir),
                      # no_grad, not inference_mode: metric states touched by the validation before
