@@ -89,7 +89,9 @@ class CoconutConfig:
     steps_per_stage: int = 40  # the official epochs_per_stage, in optimiser steps
     first_stage: int = 1  # 0 trains stage 0 (plain CoT) here; 1 starts from a CoT run (init_from), as on GSM8K
     pad_latent_to_max: bool = True
-    uniform_prob: float = 0.0  # chance that a training record takes a random stage in 0..its step count
+    # chance that a training or validation record takes a random stage in 0..its step count (as the
+    # official validation-loss set does); decoding is at the scheduled stage
+    uniform_prob: float = 0.0
     reset_optimizer: bool = True  # fresh optimiser state at every stage change
 
 

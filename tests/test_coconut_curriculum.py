@@ -4,27 +4,36 @@ examples, the marker tokens (vocabulary, initial rows, trainable under LoRA), th
 method=cot run, and a fit that walks the stages (optimiser reset, per-stage metrics)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
+from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
-from flythinker_pl.config import CoconutConfig, ConfigError, load_config
+from flythinker_pl.config import CoconutConfig, ConfigError, DecodeConfig, TrainConfig, load_config
 from flythinker_pl.data.batching import collate
-from flythinker_pl.data.curriculum import Schedule, decoding_thoughts, stage_batch, step_counts, training_plan
+from flythinker_pl.data.curriculum import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
+                                           training_plan)
 from flythinker_pl.data.datamodule import prepare_records, pretraining_corpus, split_records
 from flythinker_pl.data.encode import IGNORE_INDEX, rationale_fields, token_ids
 from flythinker_pl.data.prompts import RATIONALE_PREFIX, RESPONSE_MARKER, with_rationale
 from flythinker_pl.data.rationales import rationale_steps
 from flythinker_pl.lit.curriculum import CoconutCurriculum
+from flythinker_pl.lit.module import MethodModule
 from flythinker_pl.lit.run import fit, predict
+from flythinker_pl.models import tiny
 from flythinker_pl.models.build import build_method
+from flythinker_pl.models.coconut import Coconut
 from flythinker_pl.models.coconut_setup import MARKER_TOKENS
 
 from test_baselines_models import local_models, no_corpus  # noqa: F401  (local_models: a fixture)
+from conftest import sizes
 from test_data_baselines import ROOMY, synthetic_cfg
 
 START, LATENT, END = -1, -2, -3  # the official sequence's markers, as stand-ins
@@ -33,8 +42,13 @@ PREFIX, MARKER = [901, 902], [903]  # our RATIONALE_PREFIX / RESPONSE_MARKER, as
 
 # --- the stage schedule against dataset.py --------------------------------------------------------
 
+# The official rules are written out from facebookresearch/coconut at commit 0fd00ec (dataset.py)
+# and 07a5573 (run.py); line numbers are theirs.
+
 def official_training_sequence(stage, question, steps, answer, cfg, rng):
-    """get_cot_latent_dataset's process_dataset (its module-level `random` as `rng`)."""
+    """dataset.py L230-300, get_cot_latent_dataset's process_dataset (its module-level `random` as
+    `rng`): uniform_prob's random stage (L245-252), the steps skipped and latents (L254-267). run.py
+    builds the training set (L268) and the validation-loss set (L292) with it, at the epoch's stage."""
     if rng.random() < cfg.uniform_prob:
         stage = rng.choice(list(range(len(steps) + 1)))
     if stage > cfg.max_latent_stage:
@@ -47,22 +61,24 @@ def official_training_sequence(stage, question, steps, answer, cfg, rng):
 
 
 def official_decoding_thoughts(stage, steps, cfg):
-    """get_question_latent_dataset's process_dataset: the latents after the question."""
+    """dataset.py L188-209, get_question_latent_dataset's process_dataset: the latents after the
+    question, capped by the record's own steps without pad_latent_to_max (L200-205). run.py decodes
+    the validation set with it at the epoch's stage (L247)."""
     most = cfg.max_latent_stage if cfg.pad_latent_to_max else min(cfg.max_latent_stage, len(steps))
     return min(most, stage) * cfg.c_thought
 
 
-def chain_of_thought_example(question, steps, answer, record_id):
+def chain_of_thought_example(question, steps, answer, record_id, prefix=PREFIX, marker=MARKER):
     """What encode.py makes of a record with a rationale (stand-in token ids)."""
-    rationale = PREFIX + sum(steps, []) + MARKER
+    rationale = prefix + sum(steps, []) + marker
     return {"id": record_id, "input_ids": question + rationale + answer, "prompt_len": len(question),
             "reference": "", **rationale_fields(len(rationale), steps)}
 
 
-def as_official(row, prompt_len, thoughts, answer_len):
+def as_official(row, prompt_len, thoughts, answer_len, prefix=PREFIX, marker=MARKER):
     """Our stage row in the official layout: question, markers and latents, remaining steps, answer."""
     question, target = row[:prompt_len], row[prompt_len:]
-    steps = target[len(PREFIX): -len(MARKER) - answer_len] if target[:len(PREFIX)] == PREFIX else []
+    steps = target[len(prefix): -len(marker) - answer_len] if target[:len(prefix)] == prefix else []
     return question + [START] + [LATENT] * thoughts + [END] + steps + target[len(target) - answer_len:]
 
 
@@ -90,8 +106,8 @@ def test_stage_batches_match_the_official_schedule(cfg):
                 (stage, row)
             labels = staged["labels"][row][staged["attention_mask"][row].bool()].tolist()
             assert labels == [IGNORE_INDEX] * len(question) + ours[len(question):]
-            assert decoding_thoughts(Schedule.of(cfg), stage, len(steps)) == \
-                official_decoding_thoughts(stage, steps, cfg)
+        assert decoding_plan(Schedule.of(cfg), stage, batch).tolist() == \
+            [official_decoding_thoughts(stage, steps, cfg) for _, steps, _ in RECORDS]
 
 
 def test_stages_follow_the_optimiser_step_as_the_official_epochs_do():
@@ -132,6 +148,71 @@ def test_a_batch_without_rationale_steps_is_refused():
     batch = collate([{"id": "a", "input_ids": [5, 6, 7], "prompt_len": 2, "reference": ""}], pad_id=0)
     with pytest.raises(ValueError, match="data.rationales"):
         stage_batch(batch, [(0, 1)], PREFIX, MARKER, pad_id=0)
+
+
+def test_validation_batches_take_uniform_prob_stages_as_the_official_validation_set(tokenizer):
+    """run.py builds its validation-loss set with get_cot_latent_dataset (L292), uniform_prob included,
+    anew each epoch: so does our validation, each validation drawing anew."""
+    prefix, marker = token_ids(tokenizer, RATIONALE_PREFIX), token_ids(tokenizer, RESPONSE_MARKER)
+    cfg = CoconutConfig(c_thought=2, max_latent_stage=3, pad_latent_to_max=False, uniform_prob=0.5)
+    fixed = dataclasses.replace(cfg, uniform_prob=0.0)
+    curriculum, module = CoconutCurriculum(cfg, seed=3), SimpleNamespace(tokenizer=tokenizer)
+    records = [(q, s, a, f"r{i}-{copy}") for copy in range(4) for i, (q, s, a) in enumerate(RECORDS)]
+    at_random, by_validation = 0, {0: [], 40: []}
+    for step, stage in itertools.product(by_validation, range(5)):
+        curriculum.stage = stage
+        batch = collate([chain_of_thought_example(q, s, a, record_id, prefix, marker)
+                         for q, s, a, record_id in records], tokenizer.pad_token_id)
+        curriculum.on_validation_batch_start(SimpleNamespace(global_step=step), module, batch, 0)
+        for row, (question, steps, answer, record_id) in enumerate(records):
+            ours = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+            ours = as_official(ours, len(question), int(batch["thoughts"][row]), len(answer), prefix, marker)
+            theirs = official_training_sequence(stage, question, steps, answer, cfg,
+                                                curriculum.draws(step, record_id, validation=True))
+            assert ours == theirs, (step, stage, record_id)
+            at_random += ours != official_training_sequence(stage, question, steps, answer, fixed, random.Random(0))
+            by_validation[step].append(ours)
+    assert 0 < at_random < 2 * 5 * len(records)  # some records at a random stage, the others at the scheduled one
+    assert by_validation[0] != by_validation[40]  # drawn anew at each validation
+
+
+class ThoughtsSeen:
+    """Wraps Coconut.layout to record each row's thoughts."""
+
+    def __init__(self, method):
+        self.layout, self.seen = method.layout, []
+
+    def __call__(self, input_ids, attention_mask, prompt_len, thoughts):
+        self.seen.append(thoughts.tolist())
+        return self.layout(input_ids, attention_mask, prompt_len, thoughts)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_decoding_gives_each_record_the_official_number_of_thoughts(tokenizer, monkeypatch, pad):
+    """Through Lightning's predict loop: records of 0..4 reasoning steps, at stages 0..4, decoded with
+    get_question_latent_dataset's count each (without pad_latent_to_max, capped by their own steps).
+    A record without a rationale (no official counterpart) has unknown steps: the stage's count."""
+    cfg = CoconutConfig(k=6, c_thought=2, max_latent_stage=3, pad_latent_to_max=pad)
+    method = Coconut(tiny.build_model(sizes(32), tokenizer, seed=0), cfg.k, pad_id=tokenizer.pad_token_id)
+    module = MethodModule(method, TrainConfig(), tokenizer, DecodeConfig(max_new_tokens=1, engine="sequential"))
+    spy = ThoughtsSeen(method)
+    monkeypatch.setattr(method, "layout", spy)
+    steps_of = [[[21 + n]] * n for n in range(5)]
+    examples = [chain_of_thought_example([11, 12 + n], steps, [31], f"s{n}") for n, steps in enumerate(steps_of)]
+    examples.append({"id": "plain", "input_ids": [17, 18, 37], "prompt_len": 2, "reference": ""})
+    loader = DataLoader(examples, batch_size=len(examples),
+                        collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))
+    curriculum = CoconutCurriculum(cfg, seed=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[curriculum], max_steps=3 * cfg.steps_per_stage)  # its last stage: 1 + 2
+    for restored, stage in [*zip(range(5), range(5)), (None, 3)]:
+        curriculum.stage = restored  # as a checkpoint trained to that stage restores it; None: weights alone
+        trainer.predict(module, loader, return_predictions=False)
+        official = [official_decoding_thoughts(stage, steps, cfg) for steps in steps_of]
+        assert spy.seen.pop() == official + [decoding_thoughts(Schedule.of(cfg), stage)], stage
+        assert method.thoughts == min(stage, 3) * 2  # the stage's count again after the batch
+    capped = [official_decoding_thoughts(4, steps, cfg) for steps in steps_of]
+    assert (capped != [6] * 5) == (not pad)  # without padding, records with fewer steps think less
 
 
 # --- markers ------------------------------------------------------------------------------------

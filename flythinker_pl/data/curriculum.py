@@ -4,13 +4,14 @@ max_latent_stage every step goes and the thoughts stay at max_latent_stage x c_t
 (pad_latent_to_max), or at the record's own step count times c_thought if that is smaller.
 
 `training_plan` ports get_cot_latent_dataset (with uniform_prob a record takes a random stage in
-0..its step count), `decoding_thoughts` get_question_latent_dataset. `stage_batch` turns a batch
-of chain-of-thought examples (prompt + RATIONALE_PREFIX + rationale + RESPONSE_MARKER + response,
-its steps tokenised one by one: encode.py) into the stage's batch, prompt + RATIONALE_PREFIX +
-remaining steps + RESPONSE_MARKER + response, and the thoughts per row, which the method puts
-after the prompt (models/coconut.py). One deliberate difference: once no step remains the target
-is the response alone. The official answer keeps its "### " marker (its scorer splits on it); ours
-is scored as written, so the marker goes with the last step.
+0..its step count), which builds the official training and validation-loss sets alike;
+`decoding_thoughts` ports get_question_latent_dataset, per record (`decoding_plan`).
+`stage_batch` turns a batch of chain-of-thought examples (prompt + RATIONALE_PREFIX + rationale +
+RESPONSE_MARKER + response, its steps tokenised one by one: encode.py) into the stage's batch,
+prompt + RATIONALE_PREFIX + remaining steps + RESPONSE_MARKER + response, and the thoughts per
+row, which the method puts after the prompt (models/coconut.py). One deliberate difference: once
+no step remains the target is the response alone. The official answer keeps its "### " marker
+(its scorer splits on it); ours is scored as written, so the marker goes with the last step.
 """
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def decoding_thoughts(schedule: Schedule, stage: int, steps: int | None = None) 
     latent_stages = schedule.max_latent_stage if schedule.pad_latent_to_max or steps is None else \
         min(schedule.max_latent_stage, steps)
     return min(latent_stages, stage) * schedule.c_thought
+
+
+def decoding_plan(schedule: Schedule, stage: int, batch: dict) -> torch.Tensor:
+    """[B] thoughts for decoding a batch's records at `stage`, each by its own step count; a record
+    without a rationale (collate gives it no steps, which is not a rationale of none) as unknown."""
+    if "step_lengths" not in batch:
+        return torch.full((len(batch["ids"]),), decoding_thoughts(schedule, stage))
+    return torch.tensor([decoding_thoughts(schedule, stage, steps if length else None)
+                         for steps, length in zip(step_counts(batch), batch["rationale_len"].tolist())])
 
 
 def step_counts(batch: dict) -> list[int]:

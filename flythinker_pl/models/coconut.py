@@ -60,7 +60,9 @@ class Coconut(SFT):
         super().__init__(generator)
         if norm not in NORMS:
             raise ConfigError(f"coconut.norm={norm!r} is not allowed; choose one of {', '.join(NORMS)}")
-        self.thoughts = thoughts  # per row unless a `thoughts` tensor says otherwise (the curriculum sets it)
+        # every row's, or [B] one per row of the batch being decoded, unless a `thoughts` argument says
+        # otherwise (the curriculum sets both: lit/curriculum.py)
+        self.thoughts: int | torch.Tensor = thoughts
         self.norm, self.eps, self.markers, self.pad_id = norm, eps, markers, pad_id
 
     def layout(self, input_ids, attention_mask, prompt_len, thoughts: torch.Tensor) -> ThoughtLayout:
@@ -102,7 +104,7 @@ class Coconut(SFT):
         """The k+1 passes (k = most thoughts of any row). Returns the input layout's last
         `logits_to_keep` columns of logits (all when 0; zeros on padding) and the internal mask."""
         if thoughts is None:
-            thoughts = torch.full_like(prompt_len, self.thoughts)
+            thoughts = torch.as_tensor(self.thoughts).expand(prompt_len.shape)
         thoughts = thoughts.to(prompt_len.device)
         layout = self.layout(input_ids, attention_mask, prompt_len, thoughts)
         keep = logits_to_keep or input_ids.shape[1]
