@@ -32,8 +32,8 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.coconut import Coconut
 from flythinker_pl.models.coconut_setup import MARKER_TOKENS
 
-from test_baselines_models import local_models, no_corpus  # noqa: F401  (local_models: a fixture)
 from conftest import sizes
+from test_baselines_models import local_models, no_corpus  # noqa: F401  (local_models: a fixture)
 from test_data_baselines import ROOMY, synthetic_cfg
 
 START, LATENT, END = -1, -2, -3  # the official sequence's markers, as stand-ins
@@ -46,8 +46,8 @@ PREFIX, MARKER = [901, 902], [903]  # our RATIONALE_PREFIX / RESPONSE_MARKER, as
 # and 07a5573 (run.py); line numbers are theirs.
 
 def official_training_sequence(stage, question, steps, answer, cfg, rng):
-    """dataset.py L230-300, get_cot_latent_dataset's process_dataset (its module-level `random` as
-    `rng`): uniform_prob's random stage (L245-252), the steps skipped and latents (L254-267). run.py
+    """dataset.py L243-284, get_cot_latent_dataset's process_dataset (its module-level `random` as
+    `rng`): uniform_prob's random stage (L245-252), the steps skipped and latents (L254-273). run.py
     builds the training set (L268) and the validation-loss set (L292) with it, at the epoch's stage."""
     if rng.random() < cfg.uniform_prob:
         stage = rng.choice(list(range(len(steps) + 1)))
