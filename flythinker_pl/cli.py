@@ -15,7 +15,7 @@
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
     flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
     flythinker export lightning_logs/demo --out exports/demo   # a Hugging Face model folder (from_pretrained)
-    flythinker generate exports/demo --record u3-7     # stream one output (a run dir works too), then ms/token
+    flythinker generate exports/demo --record U00002-0   # stream one output (a run dir works too), then ms/token
 """
 from __future__ import annotations
 

@@ -356,6 +356,8 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(fast_cases, tmp_path
     (sharded / "checkpoints" / "last.ckpt" / "__0_0.distcp").write_bytes(b"")
     refused(sharded / "checkpoints" / "last.ckpt", tmp_path / "c", "sharded (FSDP)", "weights.ckpt", str(sharded))
     refused(sharded, tmp_path / "d", "sharded (FSDP)", "weights.ckpt", "is missing")
+    shutil.copy(source / "checkpoints" / "last.ckpt", sharded / "checkpoints" / "weights.ckpt")
+    assert exporting.export(sharded, tmp_path / "from_fsdp") == tmp_path / "from_fsdp"  # its exported weights
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")

@@ -112,6 +112,7 @@ def hf_model(method, cfg: Config, adapters: bool = False, adapters_dir: Path | N
     kind, generator = _kind(cfg), method.generator
     if kind == "sft" and not adapters:
         return merged(generator, "generator")
+    settings = _method_settings(method, cfg)  # before any merge: c as the framework computes it
     shared_base = kind == "flythinker" and cfg.reasoner.shared_base
     reasoner = getattr(method, "reasoner", None)
     names = [name for name, part in (("generator", generator), ("reasoner", reasoner)) if isinstance(part, PeftModel)]
@@ -130,7 +131,7 @@ def hf_model(method, cfg: Config, adapters: bool = False, adapters_dir: Path | N
     config = modeling.FlyThinkerConfig(
         generator=generator.config, reasoner=None if reasoner is None else reasoner.config, method=kind,
         shared_base=shared_base and adapters, adapters=names if adapters and names else None,
-        pad_token_id=generator.config.pad_token_id, **_method_settings(method, cfg))
+        pad_token_id=generator.config.pad_token_id, **settings)
     with torch.device("meta"):  # a shell: its parts are the method's own modules
         model = MODEL_CLASSES[kind](config)
     model.generator = generator

@@ -17,7 +17,7 @@ left-padded; positions count real tokens, so padding never changes a row's resul
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
