@@ -238,6 +238,8 @@ def test_beam_search_sampling_streamers_processors_and_stopping_criteria(fast_ca
     alone = case["framework"]["single"][0]  # greedy, up to its first stop id
     assert extras["streamed_tokens"][: len(alone)] == alone and len(extras["streamed_tokens"]) == STEPS
     assert extras["streamed"] == tokenizer.decode(extras["streamed_tokens"])
+    assert extras["pipeline"]["role"] == "assistant" and extras["chat_greedy"].strip()
+    assert extras["pipeline"]["content"].strip() == extras["chat_greedy"].strip()
 
 
 def test_the_folder_holds_config_code_weights_tokenizer_sampler_and_card(fast_cases):
