@@ -41,7 +41,7 @@ class FlyThinkerConfig(PreTrainedConfig):
 
     generator: dict | PreTrainedConfig | None = None
     reasoner: dict | PreTrainedConfig | None = None  # None: none (coconut, sft) or the Generator's base (shared_base)
-    method: str = "flythinker"  # flythinker | static | coconut
+    method: str = "flythinker"  # flythinker | static | coconut | sft (an SFT-like run exported with --adapters)
     lam: float = 0.5  # lambda, the weight of the latent
     norm: str = "table_mean"  # table_mean: latents rescaled to latent_norm | none: raw hidden states
     dims: str = "pad"  # pad: added into the first d_R dims | linear: the learned latent_projection d_R -> d_G
