@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
 	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all bench-train \
-	bench-decode bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
+	bench-decode bench-export bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-21s %s\n", $$1, $$2}'
@@ -94,6 +94,10 @@ bench-train: $(STAMP) ## training tokens/s: SFT vs FlyThinker (Reasoner frozen/L
 
 bench-decode: $(STAMP) ## decoding ms/token at batch 1 and 16: SFT vs FlyThinker engines, table + bench/decode.json
 	$(OFFLINE) $(FLY) bench decode -c experiments/demo.yaml --out bench/decode.json
+
+bench-export: install ## decoding ms/token: the demo run exported (HF generate()) vs the framework's engines -> bench/export.json
+	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
+	$(OFFLINE) $(PY) -m flythinker_pl.hf.bench lightning_logs/demo --out bench/export.json
 
 gpu-check: $(STAMP) ## every CUDA path at paper sizes (Qwen2.5 0.5B/1.5B/3B, random weights; tiny on CPU) -> bench/gpu_check.json + .md
 	$(OFFLINE) $(FLY) gpu-check --out bench/gpu_check.json

@@ -14,6 +14,8 @@
     flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
     flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
+    flythinker export lightning_logs/demo --out exports/demo   # a Hugging Face model folder (from_pretrained)
+    flythinker generate exports/demo --record U00002-0   # stream one output (a run dir works too), then ms/token
 """
 from __future__ import annotations
 
@@ -99,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of held-out users (0: none)")
     probe.add_argument("--train-records-per-user", type=int, default=4,
                        help="each training user's first N records fit the probes (0: all)")
+    export = commands.add_parser("export", help="a trained run as a Hugging Face model folder: from_pretrained, "
+                                                "generate(), its modeling code inside")
+    export.add_argument("run", help="a finished run dir (or an experiment dir: its newest finished run)")
+    export.add_argument("--out", required=True, help="the folder to write (new, or empty)")
+    export.add_argument("--adapters", action="store_true",
+                        help="keep LoRA as peft adapters beside the base weights (default: merged into them)")
+    generate = commands.add_parser("generate", help="stream one output of a run or exported folder, then ms/token")
+    generate.add_argument("source", help="a run dir or a folder written by `flythinker export`")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--record", help="id of a record of the run's data (test, val, then train split)")
+    prompt.add_argument("--history", help="a JSON list of the user's profile items (the task's fields); with --query")
+    generate.add_argument("--query", help="the request (a record's `input`), with --history")
+    generate.add_argument("--max-new-tokens", type=int, help="default: the run's decode.max_new_tokens")
+    generate.add_argument("--greedy", action="store_true", help="greedy instead of the run's sampler")
     return parser
 
 
@@ -265,9 +281,21 @@ def probe(args):
     print_summary(frame, out)
 
 
+def export(args):
+    from .hf.export import export as export_run
+
+    print(f"Model folder: {export_run(args.run, args.out, args.adapters)}")
+
+
+def generate(args):
+    from .hf.stream import stream
+
+    stream(args.source, args.record, args.history, args.query, args.max_new_tokens, args.greedy)
+
+
 COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
             "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "memory": memory, "sweep": sweep,
-            "probe": probe}
+            "probe": probe, "export": export, "generate": generate}
 
 
 # Commands whose rerun continues: training resumes from the run's last checkpoint, finished stages are reused.

@@ -1,12 +1,7 @@
 """Latent fusion: Reasoner hidden states -> offsets added to the Generator's input embeddings.
 
-The math of DESIGN.md section 4, for token ids x_0..x_{L-1} and Generator embeddings E_G:
-    c   = mean L2 row norm of E_G (in the space the decoder layers see)
-    r_j = c * h_j / max(||h_j||, eps)                       (fusion.norm = table_mean)
-    z_j = e_G(x_j) + lam * P(r_{j-1})   for injected j;     z_j = e_G(x_j) otherwise
-P is `pad` (zero-pad d_R -> d_G) or `linear` (learned projection). Injected positions are real
-(non-pad) tokens with real position >= 1 that the span allows: global (all), response (>= P),
-prompt (< P), P = prompt length. Pad positions and the first real token never get a latent.
+The math of DESIGN.md section 4 is hf/fusion_math.py (plain tensors; exported model folders ship
+that same file); here it meets the run's config (LatentFusion) and sharded tables (embedding_norm).
 
 e_G(x) is the input embedding as the decoder layers see it: Gemma's sqrt(d) scale is inside its
 embedding module (so in e_G and in c); Granite's forward multiplies `inputs_embeds`, latent included,
@@ -18,16 +13,13 @@ nothing to do. A raw latent (norm = none) is divided by m, so that the decoder s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError, FusionConfig
-
-
-def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of each token among the real tokens of its row (left padding -> 0 for pads)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+# The math on plain tensors lives in one file that exported model folders also ship (hf/fusion_math.py).
+from ..hf.fusion_math import (add_latents, injection_mask, latent_offsets, mean_row_norm,  # noqa: F401
+                              real_positions, rescale, shift_right)
 
 
 def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
@@ -42,7 +34,7 @@ def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
     scale = float(getattr(embedding, "embed_scale", 1.0))
     if isinstance(weight, DTensor):  # this rank's rows of a sharded table (trainer.strategy=fsdp, outside
         return _sharded_mean_row_norm(weight) * scale  # the forward that gathers it)
-    return weight.detach().float().norm(dim=-1).mean() * scale
+    return mean_row_norm(weight, scale)
 
 
 def _sharded_mean_row_norm(weight: DTensor) -> torch.Tensor:
@@ -56,13 +48,6 @@ def _sharded_mean_row_norm(weight: DTensor) -> torch.Tensor:
     if any(p.is_shard() for p in weight.placements):  # replicated: this rank's rows are the table
         torch.distributed.all_reduce(totals, group=weight.device_mesh.get_group())
     return totals[0] / totals[1]
-
-
-def rescale(hidden: torch.Tensor, target_norm: torch.Tensor, eps: float) -> torch.Tensor:
-    """c * h / max(||h||, eps) over the last dim, in fp32: hidden states brought to the scale of
-    input embeddings (FlyThinker's latents, Coconut's continuous thoughts)."""
-    hidden = hidden.float()
-    return target_norm * hidden / hidden.norm(dim=-1, keepdim=True).clamp(min=eps)
 
 
 class LatentFusion(nn.Module):
@@ -85,33 +70,11 @@ class LatentFusion(nn.Module):
 
     def forward(self, reasoner_hidden: torch.Tensor, target_norm: torch.Tensor) -> torch.Tensor:
         """lam * P(r) for every position's hidden state: [..., d_R] -> [..., d_G] (no shift)."""
-        hidden = reasoner_hidden.float()
-        if self.cfg.norm == "table_mean":
-            hidden = rescale(hidden, target_norm, self.cfg.eps)
-        elif self.embedding_multiplier != 1.0:  # the forward will multiply it back
-            hidden = hidden / self.embedding_multiplier
-        if self.project is not None:
-            projected = self.project(hidden.to(self.project.weight.dtype))
-        else:
-            projected = F.pad(hidden, (0, self.pad_dims))
-        return self.cfg.lam * projected
+        cfg = self.cfg
+        return latent_offsets(reasoner_hidden, target_norm, cfg.lam, cfg.norm, cfg.eps, self.embedding_multiplier,
+                              self.project, self.pad_dims)
 
     def injection_mask(self, attention_mask: torch.Tensor, positions: torch.Tensor,
                        prompt_len: torch.Tensor) -> torch.Tensor:
         """Which positions receive a latent. `positions` are real positions ([B, T] or [B, 1])."""
-        inject = attention_mask.bool() & (positions >= 1)
-        if self.cfg.span == "response":
-            inject &= positions >= prompt_len[:, None]
-        elif self.cfg.span == "prompt":
-            inject &= positions < prompt_len[:, None]
-        return inject
-
-
-def add_latents(embeds: torch.Tensor, latents: torch.Tensor, inject: torch.Tensor) -> torch.Tensor:
-    """embeds + latents where `inject`; `where` (not a multiply) so a stray NaN can never leak."""
-    return embeds + torch.where(inject[..., None], latents.to(embeds.dtype), 0.0)
-
-
-def shift_right(latents: torch.Tensor) -> torch.Tensor:
-    """Position j receives the latent produced at position j-1; position 0 gets zeros."""
-    return F.pad(latents[:, :-1], (0, 0, 1, 0))
+        return injection_mask(attention_mask, positions, prompt_len, self.cfg.span)

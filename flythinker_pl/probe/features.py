@@ -24,7 +24,8 @@ from ..config import Config, ConfigError, load_config
 from ..data.batching import collate
 from ..data.datamodule import prepare_records, split_records
 from ..data.schema import TASKS
-from ..lit.run import build, trained_weights
+from ..hf.export import load_trained
+from ..lit.run import trained_weights
 from ..models.flythinker import FlyThinker
 from ..models.fusion import real_positions
 
@@ -57,15 +58,13 @@ def load_method(run_dir: Path):
     if cfg.method == "coconut":
         raise ConfigError(f"{run_dir}: flythinker probe reads hidden states at the response's own positions; "
                           "Coconut inserts thoughts before them and is not supported")
-    module, _, tokenizer = build(cfg)
+    weights = None
     if cfg.trainer.max_steps != 0:  # zero-shot runs hold no checkpoint: the loaded weights are the run's
         weights = trained_weights(run_dir)
         if not weights.exists():
             raise FileNotFoundError(f"{weights}: no trained weights (did `flythinker fit` finish this run?)")
-        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-        module.on_load_checkpoint(checkpoint)  # refuses a checkpoint of another method
-        module.load_state_dict(checkpoint["state_dict"], strict=False)  # it holds the trained weights only
-    return cfg, module.method.eval(), tokenizer
+    method, tokenizer = load_trained(cfg, weights)
+    return cfg, method, tokenizer
 
 
 @torch.no_grad()
