@@ -211,18 +211,18 @@ class PositionEval(Callback):
     records (each rank its share), score them overall and per position window (evaluation/
     segments.py windows), log `position_eval/<metric>` and `position_eval/<metric>@<start>-<end>`,
     and the window plot as TensorBoard images `position_eval/plot/<panel>` (bleu, ..., samples),
-    one panel each: a strip of panels would read as a thumbnail there."""
+    one panel each (a strip of panels would read as a thumbnail there), in the method's colour."""
 
     IMAGE_TAG = "position_eval/plot"  # + "/<panel>"; position_eval/<metric> are the scalars' tags
 
     def __init__(self, every_n_validations: int, num_samples: int, segment_width: int = 50,
-                 segment_max: int = 300, segment_unit: str = "words"):
+                 segment_max: int = 300, segment_unit: str = "words", method: str = ""):
         if every_n_validations < 1 or num_samples < 1:
             raise ValueError(f"every_n_validations ({every_n_validations}) and num_samples ({num_samples}) "
                              "must be >= 1")
         self.every, self.num_samples = every_n_validations, num_samples
         self.segment_width, self.segment_max, self.segment_unit = segment_width, segment_max, segment_unit
-        self.validations = 0
+        self.validations, self.method = 0, method
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # only a fit's validations
@@ -244,8 +244,8 @@ class PositionEval(Callback):
         pl_module.log_dict(logged, sync_dist=False)
         writer = tensorboard(trainer)
         if writer is not None and len(windows):
-            log_position_panels(writer, self.IMAGE_TAG, windows, f"validation, step {trainer.global_step}",
-                                trainer.global_step)
+            log_position_panels(writer, self.IMAGE_TAG, windows.assign(method=self.method),
+                                f"{self.method} on validation, step {trainer.global_step}", trainer.global_step)
 
     def state_dict(self) -> dict:  # a resumed fit keeps counting validations where it stopped
         return {"validations": self.validations}
@@ -327,7 +327,8 @@ def run_callbacks(cfg: Config) -> list[Callback]:
     elif decoding:
         if knobs.position_eval_every:
             callbacks.append(PositionEval(knobs.position_eval_every, knobs.position_eval_samples,
-                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit))
+                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit,
+                                          cfg.method))
         if knobs.samples:
             callbacks.append(GenerationSamples(knobs.samples, cfg.method))
     if knobs.lambda_sweep:
