@@ -50,7 +50,10 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
 
     assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "perf/peak_memory_mb", "position_eval/bleu",
             "position_eval/rougeL", "position_eval/rouge1@0-4", "position_eval/rouge1@4-8",
-            "lambda_sweep/val_loss@0", "lambda_sweep/val_loss@0.5", LambdaSweep.SERIES_TAG, "train/lr"} <= scalars
+            LambdaSweep.SERIES_TAG, "train/lr"} <= scalars
+    # one value per run: under z_results/, the last section, not among the curves SCALARS opens first
+    assert {"z_results/lambda_sweep/val_loss@0", "z_results/val/loss_before"} <= scalars
+    assert "lambda_sweep/val_loss@0" not in scalars and "val/loss_before" not in scalars
     assert "epoch" not in scalars  # Lightning's epoch counter: a chart of zeros for a run measured in steps
     assert (run_dir / "hparams.yaml").exists()  # Lightning's own files stay in the run dir
     assert [event.step for event in accumulator.Scalars(LambdaSweep.SERIES_TAG)] == [0, 500]
@@ -72,7 +75,7 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
         assert heading in sample
 
     metric_tags, hparams = hparams_of(accumulator)
-    assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "lambda_sweep/val_loss@0"} <= metric_tags
+    assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "z_results/lambda_sweep/val_loss@0"} <= metric_tags
     assert hparams["4 lambda"].number_value == 0.5 and hparams["1 method"].string_value == "flythinker"
     assert hparams["3 reasoner"].string_value == "tiny-64 (lora), span global"
     assert hparams["fusion/norm"].string_value == "table_mean" and hparams["fusion/lam"].number_value == 0.5

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.cli import main
+from flythinker_pl.lit.logs import result_tag
 from flythinker_pl.lit.run import run_experiment
 
 TINY = ("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=6", "eval.n_bootstrap=50",
@@ -55,9 +56,11 @@ def test_tensorboard_compares_the_runs_by_method(demo_logs):
     assert sft_experiment == experiment  # whichever run TensorBoard reads the columns from, they are the same
     columns, metrics = default_columns(experiment)
     assert columns == ["method", "Generator (mode)", "Reasoner (mode), span", "lambda", "task_setting, seed"]
-    assert metrics == ["test/bleu", "test/bleu_ci_low", "test/bleu_ci_high", "test/rougeL", "test/meteor"]
-    assert {"test/rouge1", "test/eos_share", "val/loss", "decode/ms_per_token"} <= {
+    assert metrics == [result_tag(key) for key in ("test/bleu", "test/bleu_ci_low", "test/bleu_ci_high", "test/rougeL",
+                                                   "test/meteor")]
+    assert {result_tag("test/rouge1"), result_tag("test/eos_share"), "val/loss", result_tag("decode/ms_per_token")} <= {
         info.name.tag for info in experiment.metric_infos}
+    assert [info.display_name for info in experiment.metric_infos[:2]] == ["test BLEU", "test BLEU 95% low"]
     assert settings["1 method"].string_value == "flythinker" and settings["4 lambda"].number_value == 0.5
     assert settings["5 data"].string_value == "product_review_user, seed 42"
     assert sft_settings["1 method"].string_value == "sft"
@@ -65,7 +68,9 @@ def test_tensorboard_compares_the_runs_by_method(demo_logs):
 
     for accumulator, run_dir in ((sft, root / "demo_sft/version_0"), (flythinker, root / "demo/version_0")):
         scores = json.loads((run_dir / "metrics.json").read_text())  # the values the HPARAMS row shows
-        assert accumulator.Scalars("test/bleu")[-1].value == pytest.approx(scores["test/bleu"], rel=1e-6)
+        assert accumulator.Scalars(result_tag("test/bleu"))[-1].value == pytest.approx(scores["test/bleu"], rel=1e-6)
+        curves = {tag.split("/")[0] for tag in accumulator.Tags()["scalars"]}
+        assert sorted(curves)[:3] == ["perf", "train", "val"]  # the sections SCALARS opens first are curves
         results = accumulator.Tensors("results/test/text_summary")[0].tensor_proto.string_val[0].decode()
         assert "test BLEU" in results and "ended by EOS" in results
 

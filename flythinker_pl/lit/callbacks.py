@@ -54,11 +54,12 @@ def tensorboard(trainer: L.Trainer):
     return None
 
 
-def record_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+def record_metrics(trainer: L.Trainer, metrics: dict[str, float], curve: bool = True) -> None:
     """Scalars from hooks where `self.log` is not allowed (on_train_end): into callback_metrics (so
-    metrics.json has them) and to the logger at the current step."""
+    metrics.json has them) and, for values that form a curve over steps, to the logger at the current
+    step (one-value results reach TensorBoard through logs.log_hparams, under z_results/)."""
     trainer.callback_metrics.update({name: torch.tensor(float(value)) for name, value in metrics.items()})
-    if trainer.is_global_zero and trainer.logger is not None:
+    if curve and trainer.is_global_zero and trainer.logger is not None:
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 
@@ -290,8 +291,9 @@ class GenerationSamples(Callback):
 
 class LambdaSweep(Callback):
     """At the end of training: the validation loss (the fit's validation batches, token-weighted,
-    over all ranks) at each inference-time lambda, logged as `lambda_sweep/val_loss@<lam:g>` and as
-    one TensorBoard series `lambda_sweep/val_loss_vs_lambda_x1000` (step = round(1000 * lambda)).
+    over all ranks) at each inference-time lambda, in metrics.json as `lambda_sweep/val_loss@<lam:g>`
+    (TensorBoard: one value each under z_results/) and as one TensorBoard series
+    `lambda_sweep/val_loss_vs_lambda_x1000` (step = round(1000 * lambda)).
     Only for methods with a Reasoner; the trained lambda is restored after."""
 
     SERIES_TAG = "lambda_sweep/val_loss_vs_lambda_x1000"
@@ -307,7 +309,8 @@ class LambdaSweep(Callback):
         for lam in self.lams:
             with fusion_lambda(pl_module.method, lam):
                 losses[lam] = validation_loss(trainer, pl_module)
-        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()})
+        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()},
+                       curve=False)
         writer = tensorboard(trainer)
         if writer is not None:
             for lam, loss in sorted(losses.items()):

@@ -19,7 +19,7 @@ from ..evaluation.predictions import evaluate_predictions, read_predictions
 from ..evaluation.report import (CSV_NAME, MIN_SAMPLES, comparison_table, comparison_title, log_position_panels,
                                  save_position_eval, segment_table)
 from ..evaluation.segments import text_units, windows
-from .logs import SCORE_NAMES, events_dir
+from .logs import SCORE_NAMES, events_dir, result_tag
 from .rundirs import holding
 
 
@@ -105,11 +105,12 @@ def score_names(split: str) -> list[str]:
 
 
 def log_scores(writer: SummaryWriter, metrics: dict, split: str) -> None:
-    """The split's scores as TensorBoard scalars at the run's last step, where the HPARAMS tab
-    (logs.log_hparams) reads them, and as one TEXT summary (`results/<split>`) that reads at a glance."""
+    """The split's scores as one-value TensorBoard scalars (logs.result_tag) at the run's last step,
+    where the HPARAMS tab (logs.log_hparams) reads them, and as one TEXT summary (`results/<split>`)
+    that reads at a glance."""
     for name in score_names(split):
         if isinstance(metrics.get(name), (int, float)):
-            writer.add_scalar(name, metrics[name], metrics.get("global_step", 0))
+            writer.add_scalar(result_tag(name), metrics[name], metrics.get("global_step", 0))
     row = pd.DataFrame([metrics], index=["this run"])
     writer.add_text(f"results/{split}", "\n\n".join([summary_table(row).T.to_markdown(), *interval_notes(
         scored_counts(row))]), metrics.get("global_step", 0))

@@ -3,6 +3,9 @@
 - Training progress: Lightning's tqdm bars on a terminal; anywhere else LineProgress (see console.py).
 - RunLogger: a run's TensorBoard events go to `<run dir>/<method>/` (events_dir), so TensorBoard names
   each run "<experiment>/version_N/<method>".
+- One value per run (the decoded split's scores, the validation before training, the inference-time
+  lambda sweep) is a scalar too, as HPARAMS reads values from scalars only, but under `z_results/`
+  (result_tag): SCALARS opens its first two sections in alphabetical order, which are then curves.
 - log_hparams: the HPARAMS tab. TensorBoard reads the columns from one run's experiment config (the
   first it finds) and ticks the first 5 settings (by name) and the first 5 metrics (in order): every
   run writes the same config, whose first columns are what defines a run (`HEADLINE`) and its results
@@ -79,6 +82,14 @@ def progress_bar() -> ProgressBar:
 
 # ---- TensorBoard ---------------------------------------------------------------------------------
 
+RESULTS = "z_results"  # the section of one-value scalars: "z" sorts it after every curve's section
+
+
+def result_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.json key that holds one value per run."""
+    return f"{RESULTS}/{key}"
+
+
 def events_dir(run_dir: str | Path, method: Optional[str]) -> Path:
     """Where a run's TensorBoard events go: `<run dir>/<method>/` (the run dir itself for predictions
     whose method is unknown)."""
@@ -88,12 +99,13 @@ def events_dir(run_dir: str | Path, method: Optional[str]) -> Path:
 class RunLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger for one run dir: trainer.log_dir and hparams.yaml stay in the run
     dir, the events go to events_dir(run_dir, method); the `epoch` scalar Lightning adds to every
-    logging call is left out (a run is measured in steps; `epoch` would open SCALARS as a chart of 0s)."""
+    logging call is left out (a run is measured in steps; `epoch` would open SCALARS as a chart of 0s).
+    `series`: the tags logged so far (curves), which log_hparams tells from one-value results."""
 
     def __init__(self, run_dir: Path, method: str):
         super().__init__(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
                          version=version_number(run_dir), default_hp_metric=False)
-        self.events_dir = events_dir(run_dir, method)
+        self.events_dir, self.series = events_dir(run_dir, method), set()
 
     @property
     @rank_zero_experiment
@@ -104,7 +116,9 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
-        super().log_metrics({name: value for name, value in metrics.items() if name != "epoch"}, step)
+        metrics = {name: value for name, value in metrics.items() if name != "epoch"}
+        self.series.update(metrics)
+        super().log_metrics(metrics, step)
 
 
 # The HPARAMS columns TensorBoard ticks first: (name, display name). Names sort before every config
@@ -176,12 +190,13 @@ def headline_metrics(split: str) -> list[str]:
 
 def _metric_display(tag: str) -> str:
     """"test BLEU", "test BLEU 95% low": the score's name, the split, the side of its interval."""
-    split, _, name = tag.rpartition("/")
+    split, _, name = tag.removeprefix(f"{RESULTS}/").rpartition("/")
     base, side = (name[:-7], " 95% low") if name.endswith("_ci_low") else \
         (name[:-8], " 95% high") if name.endswith("_ci_high") else (name, "")
     if base in SCORE_NAMES and split and "/" not in split:
         return f"{split} {SCORE_NAMES[base]}{side}"
-    return {"eos_share": f"{split} ended by EOS", "ms_per_token": "decode ms/token"}.get(name, tag)
+    return {"eos_share": f"{split} ended by EOS", "ms_per_token": "decode ms/token"}.get(
+        name, tag.removeprefix(f"{RESULTS}/"))
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -192,12 +207,15 @@ def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
 
 def log_hparams(logger: RunLogger, cfg: Config, numbers: dict[str, float], step: int, later: list[str]) -> None:
     """TensorBoard's HPARAMS entry: the experiment config (hparam_columns; metrics headline_metrics,
-    then the rest of `later` and of this run's numbers), this run's settings, and its numbers as
-    scalars at `step` (the tab shows each metric's last value). `later`: the metrics logged after
-    fit (the decoded split's scores; `flythinker run`/`evaluate` log them, evaluate.log_scores)."""
-    logger.log_metrics(numbers, step)
+    then the rest of `later` and of this run's numbers), this run's settings, and its numbers that are
+    no curve as one-value scalars at `step` (result_tag; the tab shows each metric's last value).
+    `later`: the metrics logged after fit (the decoded split's scores, evaluate.log_scores)."""
+    for key, value in numbers.items():
+        if key not in logger.series:
+            logger.experiment.add_scalar(result_tag(key), value, step)
     columns, values = hparam_columns(cfg)
-    tags = list(dict.fromkeys([*headline_metrics(cfg.decode.split), *later, *sorted(numbers)]))
+    keys = dict.fromkeys([*headline_metrics(cfg.decode.split), *later, *sorted(numbers)])
+    tags = [key if key in logger.series else result_tag(key) for key in keys]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=_metric_display(tag)) for tag in tags]
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, value in values.items():
