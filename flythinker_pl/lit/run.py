@@ -31,7 +31,6 @@ RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
 NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
 
 
-
 def precision(cfg: Config) -> str:
     if cfg.train.precision != "auto":
         return cfg.train.precision
