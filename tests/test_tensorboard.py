@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.cli import main
-from flythinker_pl.lit.logs import result_tag
+from flythinker_pl.lit.logs import hparam_columns, result_tag
 from flythinker_pl.lit.run import run_experiment
 
 TINY = ("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=6", "eval.n_bootstrap=50",
@@ -85,3 +85,10 @@ def test_tensorboard_compares_the_runs_by_method(demo_logs):
     assert "Paired bootstrap" in printed and rows[0][:3] == ["flythinker - sft", "all (10 records)", "BLEU"]
     assert all(row[-1] in ("no difference at 95%", "flythinker ahead", "sft ahead") for row in rows)
     assert {row[1] for row in rows} == {"all (10 records)", "words 2-4 (10 records)", "words 4-6 (10 records)"}
+
+
+def test_a_mapping_with_free_keys_is_one_text_column(run_config):
+    """data.files' keys differ between runs; the columns every run writes may not."""
+    columns, values = hparam_columns(run_config("data.files.train=/data/train.jsonl"))
+    assert [c.name for c in columns] == [c.name for c in hparam_columns(run_config())[0]]
+    assert "data/files/train" not in values and "/data/train.jsonl" in values["data/files"]

@@ -21,7 +21,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
@@ -143,15 +143,17 @@ def headline(cfg: Config) -> dict[str, object]:
 
 
 def _flat(cfg: Config) -> dict[str, object]:
-    """Every config key as "<group>/<key>" (top-level keys as they are) with its value."""
-    def flat(node: dict, prefix: str = ""):
-        for name, value in node.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{name}/")
+    """Every config key as "<group>/<key>" (top-level keys as they are) with its value. A mapping with
+    free keys (data.files) is one value: its keys differ between runs, the columns may not."""
+    def flat(node: DictConfig, prefix: str = ""):
+        for name in node:
+            if isinstance(node[name], DictConfig) and OmegaConf.get_type(node, name) is not dict:  # a config group
+                yield from flat(node[name], f"{prefix}{name}/")
             else:
-                yield f"{prefix}{name}", value
+                value = node[name]
+                yield f"{prefix}{name}", OmegaConf.to_container(value) if isinstance(value, Container) else value
 
-    return dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg))))
+    return dict(flat(OmegaConf.structured(cfg)))
 
 
 def _kind(value: object) -> int:
@@ -176,8 +178,8 @@ def hparam_columns(cfg: Config) -> tuple[list[api_pb2.HParamInfo], dict[str, obj
     own = {group for group, methods in OWN_GROUPS.items() if cfg.method not in methods}
     values = {name: value for name, value in (headline(cfg) | _flat(cfg)).items()
               if value is not None and name.split("/")[0] not in own}
-    kinds = {column.name: column.type for column in columns}
-    return columns, {name: _cell(value, kinds[name]) for name, value in values.items()}
+    kinds = {column.name: column.type for column in columns}  # a key no default has (none today): as text
+    return columns, {name: _cell(value, kinds.get(name, api_pb2.DATA_TYPE_STRING)) for name, value in values.items()}
 
 
 def headline_metrics(split: str) -> list[str]:
