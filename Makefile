@@ -37,8 +37,9 @@ demo: install ## main job on the embedded default: tiny backbones, SFT + FlyThin
 	$(OFFLINE) $(FLY) run -c experiments/demo.yaml
 	@echo; echo "SFT vs FlyThinker: validation loss before -> after training; test split scored with 95% bootstrap"
 	@echo "intervals; 'ended by EOS': outputs that stopped by themselves (the rest hit decode.max_new_tokens)."
+	@echo "Then FlyThinker minus SFT on the same test records, overall and in the last windows, with a verdict."
 	@$(OFFLINE) $(FLY) table $(DEMO_RUNS) --plot lightning_logs/demo_comparison
-	@echo "TensorBoard: make tensorboard (every run, its samples, plots and HPARAMS)"
+	@echo "TensorBoard: make tensorboard (HPARAMS: the runs side by side; IMAGES: demo_comparison overlays them)"
 
 position-eval: install ## SFT vs FlyThinker per output position (trains or reuses the demo runs), CSV + PNG
 	$(OFFLINE) $(FLY) run -c experiments/demo_sft.yaml

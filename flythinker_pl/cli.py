@@ -5,7 +5,7 @@
     flythinker predict -c experiments/demo.yaml ckpt_path=lightning_logs/demo/version_0/checkpoints/last.ckpt
     flythinker evaluate lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/compare
     flythinker table lightning_logs/demo_sft lightning_logs/demo --segments --plot lightning_logs/compare
-    flythinker data stats -c experiments/demo.yaml     # records, users, token lengths, budget hits
+    flythinker data stats -c experiments/demo.yaml     # records, users, words (--tokens: tokens, budget hits)
     flythinker data show -c experiments/demo.yaml --index 3
     flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
     flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(data)
     data.add_argument("--split", default="test", choices=["train", "val", "test"])
     data.add_argument("--index", type=int, default=0, help="record index for `show`")
+    data.add_argument("--tokens", action="store_true", help="`stats`: also token lengths and budget hits, from the "
+                                                            "Generator's tokenizer (no model is loaded)")
     _with_config(commands.add_parser("pretrain", help="build and cache the tiny preset backbones"))
     kinds = commands.add_parser("bench", help="benchmarks: a table of side-by-side ratios + JSON").add_subparsers(
         dest="benchmark", required=True)
@@ -118,20 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    """The config, and a `ckpt_path=` item pulled out of the overrides (it is not a config key)."""
+def _config(args, loads_models: bool = True):
+    """The config, and a `ckpt_path=` item pulled out of the overrides (it is not a config key; only
+    `predict` takes one). With `loads_models`, offline hub ids are checked now (models/hub.py): all
+    of it before the heavy imports, so a typo or a missing model fails in a blink."""
     ckpt_path = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("ckpt_path=")), None)
-    return load_config(args.config, [o for o in args.overrides if not o.startswith("ckpt_path=")]), ckpt_path
+    if ckpt_path is not None and args.command != "predict":
+        raise ConfigError(f"ckpt_path= is `flythinker predict`'s (the weights it decodes); `{args.command}` takes "
+                          f"none. To continue training from a checkpoint: train.resume={ckpt_path}")
+    cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("ckpt_path=")])
+    if loads_models:
+        from .models.hub import check_backbones
+
+        check_backbones(cfg)
+    return cfg, ckpt_path
 
 
 def run(args):
     cfg = _config(args)[0]  # checked before the heavy imports: a typo fails in a blink
-    from .lit.evaluate import runs_table, summary_table
+    from .lit.evaluate import interval_notes, runs_table, scored_counts, summary_table
     from .lit.run import run_experiment
 
     run_dir = run_experiment(cfg)
     if _rank_zero():
-        print(summary_table(runs_table([run_dir])).T.to_markdown())
+        runs = runs_table([run_dir])
+        print(summary_table(runs).T.to_markdown())
+        for note in interval_notes(scored_counts(runs)):
+            print(note)
         print(f"Run: {run_dir} (every number in its metrics.json)")
 
 
@@ -169,36 +184,52 @@ def predict(args):
 
 
 def evaluate(args):
-    from .lit.evaluate import evaluate_runs
+    from .lit.evaluate import evaluate_runs, interval_notes
 
     paths = [p for p in args.paths if "=" not in p]
     cfg = load_config(args.config, [p for p in args.paths if "=" in p])
     table, _ = evaluate_runs(paths, cfg.eval, args.out)
     print(table.to_markdown(floatfmt=".4f"))
+    for note in interval_notes(table["count"].to_dict()):
+        print(note)
     if args.out and len(paths) > 1:
         print(f"Position-segmented comparison: {Path(args.out) / 'position_eval.png'}")
 
 
 def table(args):
-    from .lit.evaluate import runs_segments, runs_table, summary_table
+    from .evaluation.report import COUNTS_NOTE
+    from .lit.evaluate import (DIFFERENCES_NOTE, differences, interval_notes, runs_segments, runs_table,
+                               scored_counts, summary_table)
 
     runs = runs_table(args.runs)
-    print(runs.T.to_markdown(floatfmt=".4g") if args.all else summary_table(runs).to_markdown())
+    summary = [runs.T.to_markdown(floatfmt=".4g") if args.all else summary_table(runs).to_markdown(),
+               *interval_notes(scored_counts(runs))]
+    if len(args.runs) > 1:  # what the numbers mean: each run against the first, paired
+        compared, notes = differences(args.runs)
+        if len(compared):
+            summary += [f"{DIFFERENCES_NOTE}:", compared.to_markdown(index=False, disable_numparse=True)]
+        summary += notes
+    print("\n\n".join(summary))
     if args.segments or args.plot:
-        segments = runs_segments(args.runs, args.plot)
+        segments = runs_segments(args.runs, args.plot, "\n\n".join(summary))
         if args.segments:
-            print("\nPer position window (count = samples whose reference reaches it):")
+            print(f"\nPer position window ({COUNTS_NOTE}):")
             print(segments.to_markdown(floatfmt=".4g"))
         if args.plot:
             print(f"\nPosition-segmented plot: {Path(args.plot) / 'position_eval.png'}")
 
 
 def data(args):
-    cfg = _config(args)[0]
+    tokens = args.view == "show" or args.tokens
+    cfg = _config(args, loads_models=tokens)[0]
     from .data import inspect
-    from .lit.run import build
 
-    _, _, tokenizer = build(cfg)
+    tokenizer = None
+    if tokens:  # the Generator's tokenizer only: no model is built, no tiny preset pretrained
+        from .data.datamodule import pretraining_corpus
+        from .models.backbones import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg, corpus=lambda: pretraining_corpus(cfg.data))
     if args.view == "stats":
         print(inspect.stats(cfg.data, tokenizer))
         return
@@ -237,7 +268,7 @@ def gpu_check(args):
 
 
 def memory(args):
-    cfg = _config(args)[0]
+    cfg = _config(args, loads_models=False)[0]  # counts from known architectures: no model needs to load
     from .bench.memory import method_counts, per_rank
     from .lit.run import precision
 

@@ -26,8 +26,9 @@ class KeepModule(L.Callback):
         self.module = pl_module
 
 
-def events(run_dir) -> EventAccumulator:
-    return EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
+def events(run_dir, method: str = "flythinker") -> EventAccumulator:
+    """The run's TensorBoard events: in <run dir>/<method>/, so that TensorBoard names the run by its method."""
+    return EventAccumulator(str(run_dir / method), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
 
 
 def hparams_of(accumulator: EventAccumulator):
@@ -49,7 +50,12 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
 
     assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "perf/peak_memory_mb", "position_eval/bleu",
             "position_eval/rougeL", "position_eval/rouge1@0-4", "position_eval/rouge1@4-8",
-            "lambda_sweep/val_loss@0", "lambda_sweep/val_loss@0.5", LambdaSweep.SERIES_TAG} <= scalars
+            LambdaSweep.SERIES_TAG, "train/lr"} <= scalars
+    # one value per run: under z_results/, the last section, not among the curves SCALARS opens first
+    assert {"z_results/lambda_sweep/val_loss@0", "z_results/val/loss_before"} <= scalars
+    assert "lambda_sweep/val_loss@0" not in scalars and "val/loss_before" not in scalars
+    assert "epoch" not in scalars  # Lightning's epoch counter: a chart of zeros for a run measured in steps
+    assert (run_dir / "hparams.yaml").exists()  # Lightning's own files stay in the run dir
     assert [event.step for event in accumulator.Scalars(LambdaSweep.SERIES_TAG)] == [0, 500]
     assert metrics["perf/train_tokens_per_s"] > 0 and metrics["perf/peak_memory_mb"] > 0
     assert {"position_eval/meteor", "position_eval/bleu@0-4"} <= set(metrics)
@@ -69,9 +75,10 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
         assert heading in sample
 
     metric_tags, hparams = hparams_of(accumulator)
-    assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "lambda_sweep/val_loss@0"} <= metric_tags
-    assert hparams["Run/fusion.lam"].number_value == 0.5 and hparams["Run/method"].string_value == "flythinker"
-    assert hparams["fusion/norm"].string_value == "table_mean" and "fusion/lam" not in hparams  # once, first
+    assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "z_results/lambda_sweep/val_loss@0"} <= metric_tags
+    assert hparams["4 lambda"].number_value == 0.5 and hparams["1 method"].string_value == "flythinker"
+    assert hparams["3 reasoner"].string_value == "tiny-64 (lora), span global"
+    assert hparams["fusion/norm"].string_value == "table_mean" and hparams["fusion/lam"].number_value == 0.5
     # the HPARAMS tab shows each metric's last value: the run's final one
     assert accumulator.Scalars("val/loss")[-1].value == pytest.approx(metrics["val/loss"])
 
@@ -82,11 +89,15 @@ def test_decoding_callbacks_work_for_a_method_without_reasoner(run_config):
                      "callbacks.position_eval_samples=2", "callbacks.samples=1", "callbacks.throughput=false",
                      *TINY_DECODING)
     run_dir = fit(cfg)
-    accumulator = events(run_dir)
+    accumulator = events(run_dir, "sft")
     assert "position_eval/rouge1" in accumulator.Tags()["scalars"]
     assert "perf/train_tokens_per_s" not in accumulator.Tags()["scalars"]
     sample = accumulator.Tensors(f"{GenerationSamples.TAG}/0/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "**Output: sft**" in sample and "lambda=0" not in sample
+    _, hparams = hparams_of(accumulator)  # settings SFT does not have are blank, not the defaults
+    assert hparams["1 method"].string_value == "sft" and hparams["2 generator"].string_value == "tiny-64 (lora)"
+    assert not {"3 reasoner", "4 lambda"} & set(hparams) and not any(k.startswith(("fusion/", "reasoner/"))
+                                                                     for k in hparams)
 
 
 def test_lambda_sweep_needs_a_method_with_fusion(run_config):

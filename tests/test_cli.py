@@ -121,7 +121,7 @@ def test_data_stats_and_show(run_config, capsys):
     args = overrides(run_config)
     assert main(["data", "stats", "-c", str(DEBUG_CONFIG), *args]) == 0
     stats = capsys.readouterr().out
-    assert "train" in stats and "test" in stats
+    assert "train" in stats and "test" in stats and "target words" in stats
     assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--split", "val", "--index", "1"]) == 0
     assert "Following the given patterns" in capsys.readouterr().out
     assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "100000"]) == 2
@@ -130,8 +130,9 @@ def test_data_stats_and_show(run_config, capsys):
 
 def test_data_stats_and_show_include_the_rationales_a_cot_run_trains_on(run_config, capsys):
     args = [*overrides(run_config), "method=cot", "data.rationales=oracle"]
-    assert main(["data", "stats", "-c", str(DEBUG_CONFIG), *args]) == 0
-    assert "with a rationale" in capsys.readouterr().out
+    assert main(["data", "stats", "-c", str(DEBUG_CONFIG), *args, "--tokens"]) == 0
+    stats = capsys.readouterr().out
+    assert "with a rationale" in stats and "hit rationale budget" in stats
     assert main(["data", "show", "-c", str(DEBUG_CONFIG), *args, "--index", "0"]) == 0
     shown = capsys.readouterr().out
     assert "----- rationale" in shown and "in that order" in shown  # the oracle's wording
@@ -175,3 +176,73 @@ def test_a_hub_id_offline_is_one_error_line_naming_the_key_and_the_fix(run_confi
     [error] = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert "Traceback" not in stderr and error.startswith("error: reasoner.name='Qwen/Qwen2.5-0.5B-Instruct'")
     assert "HF_HUB_OFFLINE=1" in error and "local path" in error
+
+
+# ---- commands that never mislead -----------------------------------------------------------------
+
+def no_version_folder(run_config) -> bool:
+    root = Path(run_config().logging.root_dir)
+    return not root.exists() or not any(root.rglob("version_*"))
+
+
+def test_fit_and_run_refuse_a_checkpoint_path_and_name_the_resume_key(run_config, capsys):
+    for command in ("fit", "run"):  # today's fit trained a fresh run and exited 0
+        assert main([command, "-c", str(DEBUG_CONFIG), *overrides(run_config), "ckpt_path=/tmp/nope/last.ckpt"]) == 2
+        error = capsys.readouterr().err
+        assert "ckpt_path= is `flythinker predict`'s" in error and "train.resume=/tmp/nope/last.ckpt" in error
+    assert no_version_folder(run_config)
+
+
+def test_a_resume_from_a_missing_checkpoint_fails_before_announcing_anything(run_config, capsys):
+    assert main(["fit", "-c", str(DEBUG_CONFIG), *overrides(run_config), "train.resume=/missing/last.ckpt"]) == 2
+    printed = capsys.readouterr()
+    assert "Resuming" not in printed.out and "parameters trainable" not in printed.out  # nothing built or said
+    assert "error: train.resume=/missing/last.ckpt: no such checkpoint" in printed.err
+    assert no_version_folder(run_config)
+
+
+def test_data_stats_counts_without_building_any_model(run_config, monkeypatch, capsys):
+    from flythinker_pl.models import tiny
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data stats built a model")
+
+    monkeypatch.setattr(tiny, "ensure_pretrained", forbidden)  # today: every `data` command pretrained presets
+    monkeypatch.setattr(tiny, "build_model", forbidden)
+    args = ["data", "stats", "-c", str(DEBUG_CONFIG), *overrides(run_config)]
+    assert main(args) == 0
+    stats = capsys.readouterr().out
+    assert "| records " in stats and "query words" in stats and "prompt tokens" not in stats
+    assert main([*args, "--tokens"]) == 0  # token statistics: from the tokenizer alone
+    assert "prompt tokens p50" in capsys.readouterr().out
+    assert main(["data", "show", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--index", "0"]) == 0
+
+
+def test_a_tiny_evaluation_says_its_interval_means_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "one" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "predictions.jsonl").write_text(json.dumps({"id": 0, "prediction": "a fine warm sound",
+                                                           "reference": "a warm sound"}) + "\n")
+    assert main(["evaluate", str(run_dir), "eval.n_bootstrap=50"]) == 0
+    printed = capsys.readouterr().out
+    assert "scored over 1 record(s)" in printed and "means nothing" in printed  # today: a bare [x, x] interval
+    assert main(["table", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "(n=1, no interval)" in printed and "means nothing" in printed
+
+
+def test_an_offline_hub_id_fails_in_a_blink_before_any_heavy_import(tmp_path):
+    """Today the error came after ~20 s of torch/transformers imports; the local cache answers first."""
+    import subprocess
+
+    script = ("import sys; from flythinker_pl.cli import main\n"
+              "assert main(['fit', '-c', 'experiments/demo.yaml', 'reasoner.name=Qwen/Qwen2.5-0.5B-Instruct']) == 2\n"
+              "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
+              "assert not heavy, heavy\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty Hugging Face cache
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            cwd=DEBUG_CONFIG.parents[2])
+    assert result.returncode == 0, result.stderr
+    [error] = result.stderr.splitlines()
+    assert error.startswith("error: reasoner.name='Qwen/Qwen2.5-0.5B-Instruct' is neither a local folder")
+    assert "HF_HUB_OFFLINE=1" in error

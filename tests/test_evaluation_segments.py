@@ -91,7 +91,9 @@ def test_evaluate_predictions_file(tmp_path):
     assert overall == metrics.score_texts(predictions, references, n_bootstrap=30, seed=0, bertscore_model="")
     assert overall["empty"] == 1 and overall["bertscore"] is None and "eval.bertscore_model" in \
         overall["bertscore_unavailable"]  # reported unavailable when no model is given
-    pd.testing.assert_frame_equal(frame, position_scores(predictions, references, 50, 300))
+    # each window with its own seeded bootstrap interval, as the overall scores
+    pd.testing.assert_frame_equal(frame, position_scores(predictions, references, 50, 300, n_bootstrap=30, seed=0))
+    assert ((frame["ci_low"] <= frame["value"]) & (frame["value"] <= frame["ci_high"])).all()
 
 
 def test_predictions_file_errors_name_the_line(tmp_path):

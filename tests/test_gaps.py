@@ -11,7 +11,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from flythinker_pl.evaluation.gaps import gap_table, segment_gaps
+from flythinker_pl.evaluation.gaps import gap_table, segment_gaps, window_gaps
+from flythinker_pl.evaluation.segments import text_units
 from flythinker_pl.sweep.runs import aggregate
 from flythinker_pl.sweep.spec import SweepError, load_sweep, references
 
@@ -84,6 +85,28 @@ def test_paired_gaps_refuse_runs_that_decoded_different_records(runs, tmp_path):
     runs.loc[runs["point"] == "same", "run_dir"] = str(tmp_path / "other")
     with pytest.raises(ValueError, match="decoded different records"):
         gap_table(runs, {"same": "ref"})
+
+
+def test_window_gaps_are_gap_tables_paired_bootstrap_cut_to_each_window(runs, tmp_path):
+    table = gap_table(runs, {"better": "ref"})
+    ref_dir, better_dir = (runs.set_index("point").loc[point, "run_dir"] for point in ("ref", "better"))
+    (whole,) = window_gaps(better_dir, ref_dir, [(0, 10**6)], text_units()).itertuples()  # one window: every word
+    for metric in ("bleu", "rouge1", "rougeL"):
+        for key in ("gap", "ci_low", "ci_high"):
+            assert getattr(whole, f"{metric}_{key}") == pytest.approx(table.loc["better", f"{metric}_{key}"])
+    assert whole.count == 40
+
+    # equal outputs up to word 5, then the run writes the reference and the reference run does not
+    rng = np.random.default_rng(1)
+    refs = [" ".join(rng.permutation(WORDS)) for _ in range(30)]
+    write_predictions(tmp_path / "early", [" ".join(r.split()[:5] + ["x"] * 11) for r in refs], refs)
+    write_predictions(tmp_path / "late", refs, refs)
+    windows = window_gaps(tmp_path / "late", tmp_path / "early", [(0, 5), (5, 10), (10, 15), (15, 20)],
+                          text_units(), min_count=10, last=2)
+    assert windows[["segment_start", "segment_end", "count"]].values.tolist() == [[10, 15, 30], [15, 20, 30]]
+    assert (windows["rouge1_ci_low"] > 0.5).all()  # the late windows: a clear difference ...
+    early = window_gaps(tmp_path / "late", tmp_path / "early", [(0, 5)], text_units()).iloc[0]
+    assert early["rouge1_gap"] == 0 == early["rouge1_ci_high"]  # ... the first: none
 
 
 def test_segment_gaps_subtract_the_references_column():

@@ -77,7 +77,7 @@ def test_run_dir_records_config_and_commit(run_config):
     run_dir = fit(run_config("trainer.max_steps=2", "trainer.val_check_interval=2"))
     assert "lam: 0.5" in (run_dir / "config.yaml").read_text()
     assert (run_dir / "git_commit.txt").read_text().strip()
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list((run_dir / "flythinker").glob("events.out.tfevents.*"))  # TensorBoard names the run by its method
 
 
 @pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI

@@ -8,7 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.cli import main
-from flythinker_pl.lit.run import KEY_SETTINGS, run_experiment
+from flythinker_pl.lit.logs import HEADLINE, result_tag
+from flythinker_pl.lit.run import run_experiment
 
 
 def hparams_tab(events: EventAccumulator) -> tuple[list[str], list[str], dict]:
@@ -34,14 +35,15 @@ def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
     assert metrics["decode/ms_per_token"] > 0 and metrics["decode/seconds_per_sample"] > 0
     for name in ("predictions.jsonl", "position_eval.csv", "position_eval.png"):
         assert (run_dir / name).exists()
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    events = EventAccumulator(str(run_dir / cfg.method), size_guidance={"images": 0, "scalars": 0}).Reload()
     assert {"position_eval/test/bleu", "position_eval/test/samples"} <= set(events.Tags()["images"])
     columns, tab_metrics, values = hparams_tab(events)
-    assert columns[: len(KEY_SETTINGS)] == sorted(f"Run/{key}" for key in KEY_SETTINGS)  # what defines the run first
-    assert values["Run/method"].string_value == cfg.method and values["Run/seed"].number_value == cfg.seed
-    assert {"val/loss", "test/bleu", "test/bleu_ci_low", "test/meteor", "test/eos_share"} <= set(tab_metrics)
-    for name in ("test/bleu", "test/rougeL", "test/eos_share", "val/loss"):  # the values the tab reads
-        assert events.Scalars(name)[-1].value == pytest.approx(metrics[name], rel=1e-6)
+    assert columns[: len(HEADLINE)] == [name for name, _ in HEADLINE]  # what defines the run first
+    assert values["1 method"].string_value == cfg.method and values["seed"].number_value == cfg.seed
+    results = {name: result_tag(name) for name in ("test/bleu", "test/bleu_ci_low", "test/meteor", "test/eos_share")}
+    assert {"val/loss", *results.values()} <= set(tab_metrics)
+    for name, tag in [*results.items(), ("val/loss", "val/loss")]:  # the values the tab reads
+        assert events.Scalars(tag)[-1].value == pytest.approx(metrics[name], rel=1e-6)
 
     stamps = {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()}
     assert run_experiment(cfg) == run_dir  # no new version, nothing recomputed

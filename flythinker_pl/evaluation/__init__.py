@@ -8,7 +8,8 @@ modules are imported one by one, so that `python -m flythinker_pl.evaluation.wor
   predictions  evaluate_predictions, read_predictions (predictions.jsonl)
   torchmetric  TextGenerationScores (validation, strings gathered across DDP ranks)
   report       comparison_table, segment_table, plot_position_eval, save_position_eval
-  gaps         paired bootstrap gaps of runs against their reference, gap plots
+  gaps         paired bootstrap gaps of runs against their reference (overall, per window), gap plots
+  palette      one colour per method, shared by every plot
   sweep_report a sweep's tables and plots from its finished runs (mean and std over seeds, gaps)
   wordnet      install (offline WordNet for METEOR), wordnet_unavailable_reason
 """

@@ -7,6 +7,7 @@ the interval is that of the difference (far tighter than two overlapping interva
 seeds, the seeds a point shares with its reference are paired run by run and their gaps averaged on
 the same resamples; `<metric>_seed_std` is the sample std of the per-seed gaps. Empty predictions
 score 0 (eval.empty=keep). Cost is a ratio: `train_cost_x` = reference tokens/s / the point's.
+`window_gaps` is the same paired bootstrap per position window (`flythinker table` prints both).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from matplotlib.figure import Figure
 
 from .metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
 from ..evaluation.predictions import read_predictions
+from .segments import TextUnits
+from .palette import REFERENCE_COLOUR, line_styles
 
 GAP_METRICS = ("bleu", "rouge1", "rougeL", "meteor", "answer_accuracy")
 N_RESAMPLES = 1000
@@ -32,15 +35,21 @@ def _sample_scores(predictions_path: str, answer_pattern: str = "") -> tuple[tup
     predictions file. Answer accuracy is over the rows whose reference has an answer: those rows'
     correctness, NaN elsewhere."""
     ids, predictions, references_ = zip(*read_predictions(predictions_path))
-    per_sample = rouge_f(predictions, references_)
-    if meteor_unavailable_reason() is None:
-        per_sample["meteor"] = meteor(predictions, references_)
+    stats, per_sample = _text_scores(predictions, references_)
     if answer_pattern:
         _, rows = answer_scores(predictions, references_, answer_pattern)
         if rows:
             correct, has_reference = rows["answer_accuracy"]
             per_sample["answer_accuracy"] = np.where(has_reference > 0, correct, np.nan)
-    return ids, bleu_statistics(predictions, references_), per_sample
+    return ids, stats, per_sample
+
+
+def _text_scores(predictions, references_) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(BLEU statistics per sample, per-sample ROUGE and METEOR) of texts."""
+    per_sample = rouge_f(predictions, references_)
+    if meteor_unavailable_reason() is None:
+        per_sample["meteor"] = meteor(predictions, references_)
+    return bleu_statistics(predictions, references_), per_sample
 
 
 def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -55,7 +64,13 @@ def _replicates(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_
     if ids != other_ids:
         raise ValueError(f"{run_dir} and its reference {other_dir} decoded different records: a paired gap "
                          "needs the same test set")
-    rows = np.vstack([np.arange(len(ids)), resamples])
+    return _paired(stats, per_sample, other_stats, other_per_sample, resamples)
+
+
+def _paired(stats, per_sample, other_stats, other_per_sample, resamples: np.ndarray) -> dict[str, np.ndarray]:
+    """Per metric: one run's score minus the other's on the same rows, all rows first (index 0),
+    then every resample."""
+    rows = np.vstack([np.arange(len(stats)), resamples])
     gaps = {"bleu": _corpus_bleu(stats, rows) - _corpus_bleu(other_stats, rows)}
     for name in set(per_sample) & set(other_per_sample):
         gaps[name] = np.nanmean(per_sample[name][rows], 1) - np.nanmean(other_per_sample[name][rows], 1)
@@ -91,6 +106,38 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
     return pd.DataFrame(rows).set_index("point") if rows else pd.DataFrame()
 
 
+def window_gaps(run_dir: str | Path, reference_dir: str | Path, windows: list[tuple[int, int]], units: TextUnits,
+                prediction_file: str = "predictions.jsonl", seed: int = 0, min_count: int = 1,
+                last: Optional[int] = None) -> pd.DataFrame:
+    """gap_table's paired bootstrap per position window (segments.py's windows, cut in `units`): one
+    row per window that at least `min_count` references reach (only the `last` such windows, if
+    given), with `count` (the records whose reference reaches it: both runs are scored on those),
+    `<metric>_gap` (run minus reference) and its 95% interval."""
+    ids, predictions, references_ = zip(*read_predictions(Path(run_dir) / prediction_file))
+    other_ids, other_predictions, _ = zip(*read_predictions(Path(reference_dir) / prediction_file))
+    if ids != other_ids:
+        raise ValueError(f"{run_dir} and its reference {reference_dir} decoded different records: a paired gap "
+                         "needs the same test set")
+    mine, theirs, referenced = ([units.split(text) for text in texts]
+                                for texts in (predictions, other_predictions, references_))
+    reaching_by_window = {(start, end): [i for i, reference in enumerate(referenced) if len(reference) > start]
+                          for start, end in windows}
+    kept = [window for window, reaching in reaching_by_window.items() if len(reaching) >= min_count]
+    rng, rows = np.random.default_rng(seed), []
+    for start, end in kept[-last:] if last else kept:
+        reaching = reaching_by_window[(start, end)]
+        cut = [units.join(referenced[i][start:end]) for i in reaching]
+        gaps = _paired(*_text_scores([units.join(mine[i][start:end]) for i in reaching], cut),
+                       *_text_scores([units.join(theirs[i][start:end]) for i in reaching], cut),
+                       rng.integers(0, len(reaching), size=(N_RESAMPLES, len(reaching))))
+        row = {"segment_start": start, "segment_end": end, "count": len(reaching)}
+        for metric in (m for m in GAP_METRICS if m in gaps):
+            low, high = np.percentile(gaps[metric][1:], [2.5, 97.5])
+            row.update({f"{metric}_gap": gaps[metric][0], f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def gaps_markdown(table: pd.DataFrame) -> str:
     """"gap [low, high] sd s" per metric (BLEU 0-100, the others 0-1; sd: over seeds, where several were
     paired), the training cost and the seeds."""
@@ -116,34 +163,42 @@ def segment_gaps(segments: pd.DataFrame, reference_of: dict[str, str], metric: s
     return pd.DataFrame(columns, index=segments.index)
 
 
-def plot_gaps(table: pd.DataFrame) -> Figure:
-    """Every quality gap per point with its paired 95% interval, and the zero line."""
+def plot_gaps(table: pd.DataFrame, methods: Optional[dict[str, str]] = None, title: str = "") -> Figure:
+    """Every quality gap per point with its paired 95% interval, and the zero line; each point in
+    its method's colour (`methods`: point -> method)."""
     metrics = [m for m in GAP_METRICS if f"{m}_gap" in table]
     columns, rows = min(2, len(metrics)), -(-len(metrics) // 2)
     figure = Figure(figsize=(max(3.2, 0.5 * len(table) + 1.8) * columns, 4.2 * rows), layout="constrained")
     ticks = [f"{point} - {reference}" for point, reference in zip(table.index, table["reference"])]
+    styles = line_styles((methods or {}).get(point) for point in table.index)
     for metric, axis in zip(metrics, figure.subplots(rows, columns, squeeze=False).ravel()):
         gap = table[f"{metric}_gap"]
         error = [gap - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - gap]
-        axis.errorbar(range(len(table)), gap, yerr=error, fmt="o", capsize=3)
-        axis.axhline(0, color="grey", linestyle="--", linewidth=1)
+        for x, style in enumerate(styles):
+            axis.errorbar([x], gap.iloc[[x]], yerr=[[error[0].iloc[x]], [error[1].iloc[x]]], fmt=style["marker"],
+                          color=style["color"], capsize=3)
+        axis.axhline(0, color=REFERENCE_COLOUR, linestyle="--", linewidth=1)
         axis.set_xticks(range(len(table)), ticks, rotation=35, ha="right", fontsize=8)
         axis.set(title=f"{metric} gap", ylabel=f"{metric} difference" + (" (0-100)" if metric == "bleu" else ""))
         axis.grid(alpha=0.3)
-    figure.suptitle("point minus its reference: paired 95% bootstrap over test records", fontsize=9)
+    note = "point minus its reference: paired 95% bootstrap over test records"
+    figure.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
     return figure
 
 
-def plot_segment_gaps(gaps: pd.DataFrame, metric: str = "bleu") -> Figure:
-    """The gap per position window, one line per point."""
-    figure = Figure(figsize=(6, 3.8), layout="constrained")
+def plot_segment_gaps(gaps: pd.DataFrame, metric: str = "bleu", methods: Optional[dict[str, str]] = None,
+                      title: str = "") -> Figure:
+    """The gap per position window, one line per point in its method's colour."""
+    figure = Figure(figsize=(6, 4.2), layout="constrained")
     axis = figure.subplots()
-    for point in gaps:
-        axis.plot(range(len(gaps)), gaps[point], marker="o", label=point)
-    axis.axhline(0, color="grey", linestyle="--", linewidth=1)
+    for point, style in zip(gaps, line_styles((methods or {}).get(point) for point in gaps)):
+        axis.plot(range(len(gaps)), gaps[point], label=point, **style)
+    axis.axhline(0, color=REFERENCE_COLOUR, linestyle="--", linewidth=1)
     axis.set_xticks(range(len(gaps)), gaps.index, rotation=35, ha="right", fontsize=8)
     axis.set(title=f"{metric} gap vs the reference per position window", xlabel="position in output (words)",
              ylabel=f"{metric} difference")
+    if title:
+        figure.suptitle(title, fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     return figure

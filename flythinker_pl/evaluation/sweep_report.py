@@ -3,7 +3,6 @@ every metrics.json key): mean and std over seeds per point, position windows, me
 gaps against each point's reference (gaps.py). Reads run dirs named in the rows, nothing else."""
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,9 @@ from matplotlib.figure import Figure
 
 from .gaps import gap_table, gaps_markdown, heatmap_keys, plot_gaps, plot_heatmaps, plot_segment_gaps, segment_gaps
 from .metrics import METRICS
-from .report import CSV_NAME, METRIC_LABELS, PNG_NAME, plot_position_eval, segment_table
+from .palette import line_styles
+from .report import (COUNTS_NOTE, CSV_NAME, METRIC_LABELS, PNG_NAME, SAMPLE_COUNTS, plot_position_eval,
+                     segment_table)
 
 SUMMARY_METRICS = ["val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/answer_accuracy",
                    "perf/train_tokens_per_s", "perf/peak_memory_mb", "decode/ms_per_token",
@@ -36,12 +37,12 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def summary_table(runs: pd.DataFrame, grid_keys: list[str] = ()) -> pd.DataFrame:
-    """One row per point (in sweep order): its grid settings, then mean and `<metric>_std`
+    """One row per point (in sweep order): its method and grid settings, then mean and `<metric>_std`
     (sample std, ddof=1; empty for one seed) over seeds of every metric column, and n_seeds."""
     metrics = metric_columns(runs)
     grouped = runs.groupby("point", sort=False)
     mean, std = grouped[metrics].mean(), grouped[metrics].std()
-    table = grouped[[key for key in grid_keys if key in runs]].first()
+    table = grouped[[key for key in ["method", *grid_keys] if key in runs]].first()
     for metric in metrics:
         table[metric], table[f"{metric}_std"] = mean[metric], std[metric]
     table["n_seeds"] = grouped.size()
@@ -61,7 +62,7 @@ def markdown(table: pd.DataFrame) -> str:
 def segments_markdown(segments: pd.DataFrame) -> str:
     """The segment table as one markdown table per metric (rows: windows, columns: points)."""
     blocks = []
-    for metric in [*METRICS, "count"]:
+    for metric in [*METRICS, *SAMPLE_COUNTS]:
         columns = [c for c in segments if c.startswith(f"{metric} (")]
         if columns:
             block = segments[columns].rename(columns=lambda c: c[len(metric) + 2:-1])
@@ -71,7 +72,9 @@ def segments_markdown(segments: pd.DataFrame) -> str:
 
 def segments_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Position-window scores per point, mean over its seeds, in report.plot_position_eval's layout:
-    the point in `run`, the plots' line label in `label` ("<point>, seed 0" or "<point>, mean of 2 seeds")."""
+    the point in `run`, the plots' line label in `label` ("<point>, seed 0" or "<point>, mean of 2 seeds")
+    and its method in `method` (the plots' colour). A window's interval is kept for a point of one
+    seed only: the mean of several seeds' interval ends is no interval."""
     frames = [pd.read_csv(Path(run_dir) / CSV_NAME).assign(run=point, seed=seed)
               for point, seed, run_dir in zip(runs["point"], runs["seed"], runs["run_dir"])
               if (Path(run_dir) / CSV_NAME).exists()]
@@ -80,10 +83,20 @@ def segments_frame(runs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat(frames)
     seeds = frame.groupby("run", sort=False)["seed"].unique()
     keys = ["run", "segment_start", "segment_end", "metric", *(["unit"] if "unit" in frame else [])]
-    frame = frame.groupby(keys, sort=False, as_index=False, dropna=False)[["value", "count"]].mean()
+    numbers = [c for c in ("value", "ci_low", "ci_high", *SAMPLE_COUNTS) if c in frame]
+    frame = frame.groupby(keys, sort=False, as_index=False, dropna=False)[numbers].mean()
+    if "ci_low" in frame:
+        several = frame["run"].map(seeds.map(len)) > 1
+        frame.loc[several, ["ci_low", "ci_high"]] = float("nan")
     labels = {point: f"{point}, seed {s[0]}" if len(s) == 1 else f"{point}, mean of {len(s)} seeds"
               for point, s in seeds.items()}
-    return frame.assign(label=frame["run"].map(labels))
+    frame = frame.assign(label=frame["run"].map(labels))
+    return frame.assign(method=frame["run"].map(point_methods(runs))) if "method" in runs else frame
+
+
+def point_methods(runs: pd.DataFrame) -> dict[str, str]:
+    """Each point's method (its runs' metrics.json `method`): what colours it in every plot."""
+    return runs.groupby("point", sort=False)["method"].first().to_dict() if "method" in runs else {}
 
 
 def metric_label(metric: str) -> str:
@@ -94,9 +107,21 @@ def metric_label(metric: str) -> str:
     return f"{metric} ({UNITS[metric]})" if metric in UNITS else metric
 
 
-def _errorbar(axis, x, table: pd.DataFrame, metric: str, **style) -> None:
-    """Mean with its sample std over seeds; a point of one seed has no std and so no bar."""
-    axis.errorbar(x, table[metric], yerr=table[f"{metric}_std"], capsize=3, **style)
+def _band(axis, x, table: pd.DataFrame, metric: str, **style) -> None:
+    """Mean with its sample std over seeds as a band; a point of one seed has no std and so no band."""
+    axis.plot(x, table[metric], **style)
+    spread = table[f"{metric}_std"].astype(float)
+    axis.fill_between(x, table[metric] - spread, table[metric] + spread, color=style["color"], alpha=0.15,
+                      linewidth=0)
+
+
+def _styles(table: pd.DataFrame) -> list[dict]:
+    """The points' colours (by method) and line styles, in table order."""
+    return line_styles(table["method"] if "method" in table else [None] * len(table))
+
+
+def _title(figure: Figure, title: str, note: str = SPREAD_NOTE) -> None:
+    figure.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
 
 
 def _metric_axes(table: pd.DataFrame, width: float, height: float = 3.4) -> tuple[Figure, list]:
@@ -110,60 +135,69 @@ def _metric_axes(table: pd.DataFrame, width: float, height: float = 3.4) -> tupl
     return figure, list(zip(metrics, axes))
 
 
-def plot_metrics(table: pd.DataFrame) -> Figure:
-    """Every summary metric per point (mean, std over seeds as error bars); ticks "<point> (n=<seeds>)"."""
+def plot_metrics(table: pd.DataFrame, title: str = "") -> Figure:
+    """Every summary metric per point (mean, std over seeds as error bars: the points are categories,
+    coloured by method); ticks "<point> (n=<seeds>)"."""
     figure, panels = _metric_axes(table, max(3.2, 0.5 * len(table) + 1.5), 3.8)
     ticks = [f"{point} (n={n})" for point, n in zip(table.index, table["n_seeds"])]
     for metric, axis in panels:
-        _errorbar(axis, range(len(table)), table, metric, fmt="o")
+        for x, (style, (_, row)) in enumerate(zip(_styles(table), table.iterrows())):
+            axis.errorbar([x], [row[metric]], yerr=[row[f"{metric}_std"]], capsize=3, fmt=style["marker"],
+                          color=style["color"])
         axis.set_xticks(range(len(table)), ticks, rotation=35, ha="right", fontsize=8)
         axis.set(title=metric, ylabel=metric_label(metric))
         axis.grid(alpha=0.3)
-    figure.suptitle(SPREAD_NOTE, fontsize=9)
+    _title(figure, title)
     return figure
 
 
-def plot_versus(table: pd.DataFrame, key: str, grid_keys: list[str]) -> Figure:
+def plot_versus(table: pd.DataFrame, key: str, grid_keys: list[str], title: str = "") -> Figure:
     """Every summary metric against one numeric grid key: a line per combination of the other grid
-    keys, std error bars; points without the key (references such as SFT) as dashed lines with
-    their std as a band."""
+    keys, the std over seeds as a band; points without the key (references such as SFT) as dashed
+    lines with their std as a band. Colours by method; one legend under the panels."""
     others = [k for k in grid_keys if k != key]
     on_axis, references = table[table[key].notna()], table[table[key].isna()]
-    lines = on_axis.groupby(others, sort=False, dropna=False) if others else [((), on_axis)]
+    lines = list(on_axis.groupby(others, sort=False, dropna=False)) if others else [((), on_axis)]
+    styles = line_styles([*(rows["method"].iloc[0] if "method" in rows else None for _, rows in lines),
+                          *(references["method"] if "method" in references else [None] * len(references))])
     figure, panels = _metric_axes(table, 3.6)
     for metric, axis in panels:
-        for name, rows in lines:
+        for (name, rows), style in zip(lines, styles):
             label = ",".join(f"{k}={v}" for k, v in zip(others, name if isinstance(name, tuple) else [name]))
             rows = rows.sort_values(key)
-            _errorbar(axis, rows[key].astype(float), rows, metric, marker="o", label=label or None)
-        for (label, row), colour in zip(references.iterrows(), itertools.cycle(["grey", "black", "brown"])):
-            axis.axhline(row[metric], linestyle="--", color=colour, label=label)
+            _band(axis, rows[key].astype(float), rows, metric, label=label or key, **style)
+        for (label, row), style in zip(references.iterrows(), styles[len(lines):]):
+            axis.axhline(row[metric], linestyle="--", color=style["color"], label=label)
             spread = row[f"{metric}_std"]
             if pd.notna(spread):
-                axis.axhspan(row[metric] - spread, row[metric] + spread, color=colour, alpha=0.12, linewidth=0)
+                axis.axhspan(row[metric] - spread, row[metric] + spread, color=style["color"], alpha=0.12,
+                             linewidth=0)
         axis.set(title=metric, xlabel=key, ylabel=metric_label(metric))
         axis.grid(alpha=0.3)
-    if others or len(references):
-        panels[0][1].legend(fontsize=8)
-    figure.suptitle(SPREAD_NOTE, fontsize=9)
+    handles, _ = panels[0][1].get_legend_handles_labels()
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8)
+    _title(figure, title)
     return figure
 
 
-def plot_lambda_sweep(table: pd.DataFrame) -> Figure:
+def plot_lambda_sweep(table: pd.DataFrame, title: str = "") -> Figure:
     """Validation loss against the inference-time lambda, one line per point that swept it (std
-    over seeds as error bars)."""
+    over seeds as a band)."""
     lams = swept_lambdas(table)
     columns = list(lams)
-    figure = Figure(figsize=(4.5, 3.4), layout="constrained")
+    swept = table[table[columns].notna().any(axis=1)]
+    figure = Figure(figsize=(4.8, 3.8), layout="constrained")
     axis = figure.subplots()
-    for label, row in table[table[columns].notna().any(axis=1)].iterrows():
-        spread = row[[f"{c}_std" for c in columns]].astype(float)
-        axis.errorbar(list(lams.values()), row[columns].astype(float), yerr=spread, marker="o", capsize=3,
-                      label=f"{label} (n={int(row['n_seeds'])})")
-    axis.set(title="val/loss vs lambda at inference", xlabel="fusion lambda at inference",
+    for (label, row), style in zip(swept.iterrows(), _styles(swept)):
+        values, spread = row[columns].astype(float), row[[f"{c}_std" for c in columns]].astype(float).to_numpy()
+        axis.plot(list(lams.values()), values, label=f"{label} (n={int(row['n_seeds'])})", **style)
+        axis.fill_between(list(lams.values()), values - spread, values + spread, color=style["color"], alpha=0.15,
+                          linewidth=0)
+    axis.set(title="val/loss vs lambda at inference (val split)", xlabel="fusion lambda at inference",
              ylabel=metric_label("val/loss"))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    _title(figure, title)
     return figure
 
 
@@ -179,28 +213,30 @@ def write_results(runs: pd.DataFrame, out_dir: Path, title: str, grid_keys: list
     table.to_csv(out_dir / "table.csv")
     seeds = sorted(set(runs["seed"]))
     (out_dir / "table.md").write_text(f"{title}: mean ± sample std over seeds {seeds}\n\n{markdown(table)}\n")
-    plot_metrics(table).savefig(out_dir / "metrics.png", dpi=120)
+    runs_title = f"{title}: {len(table)} points, seeds {seeds}"
+    plot_metrics(table, runs_title).savefig(out_dir / "metrics.png", dpi=120)
     for key in grid_keys:
         values = table[key].dropna().infer_objects() if key in table else pd.Series(dtype=object)
         if len(values) and pd.api.types.is_numeric_dtype(values):
-            plot_versus(table, key, grid_keys).savefig(out_dir / f"metrics_vs_{slug(key)}.png", dpi=120)
+            plot_versus(table, key, grid_keys, runs_title).savefig(out_dir / f"metrics_vs_{slug(key)}.png", dpi=120)
     if swept_lambdas(table):
-        plot_lambda_sweep(table).savefig(out_dir / "lambda_sweep.png", dpi=120)
+        plot_lambda_sweep(table, runs_title).savefig(out_dir / "lambda_sweep.png", dpi=120)
     frame = segments_frame(runs)
     segments = segment_table(frame) if len(frame) else pd.DataFrame()
     if len(frame):
         segments.to_csv(out_dir / "segments.csv")
-        (out_dir / "segments.md").write_text("Per position window, mean over seeds (count = samples whose "
-                                             f"reference reaches it)\n\n{segments_markdown(segments)}\n")
-        plot_title = f"{title}: mean over seeds per window"
+        (out_dir / "segments.md").write_text(f"Per position window, mean over seeds ({COUNTS_NOTE})\n\n"
+                                             f"{segments_markdown(segments)}\n")
+        plot_title = f"{title}, test split: mean over seeds per window"
         plot_position_eval(frame, plot_title).savefig(out_dir / PNG_NAME, dpi=120)
     if reference_of:
-        write_gaps(runs, table, segments, out_dir, grid_keys, reference_of, prediction_file, answer_pattern)
+        write_gaps(runs, table, segments, out_dir, grid_keys, reference_of, prediction_file, answer_pattern, title)
     return table, segments
 
 
 def write_gaps(runs: pd.DataFrame, table: pd.DataFrame, segments: pd.DataFrame, out_dir: Path,
-               grid_keys: list[str], reference_of: dict[str, str], prediction_file: str, answer_pattern: str) -> None:
+               grid_keys: list[str], reference_of: dict[str, str], prediction_file: str, answer_pattern: str,
+               title: str = "") -> None:
     """gaps.csv/.md/.png, segment_gaps.csv/.md/.png and gap_heatmap.png (gaps.py) of the finished runs."""
     gaps = gap_table(runs, reference_of, prediction_file, answer_pattern)
     if gaps.empty:
@@ -209,7 +245,8 @@ def write_gaps(runs: pd.DataFrame, table: pd.DataFrame, segments: pd.DataFrame, 
     gaps.to_csv(out_dir / "gaps.csv")
     (out_dir / "gaps.md").write_text("Each point minus its reference (paired 95% bootstrap over the test records; "
                                      f"mean over the seeds both ran)\n\n{gaps_markdown(gaps)}\n")
-    plot_gaps(gaps).savefig(out_dir / "gaps.png", dpi=120)
+    methods = point_methods(runs)
+    plot_gaps(gaps, methods, f"{title}, test split").savefig(out_dir / "gaps.png", dpi=120)
     keys = heatmap_keys(gaps, grid_keys)
     if keys:
         plot_heatmaps(gaps, *keys).savefig(out_dir / "gap_heatmap.png", dpi=120)
@@ -219,7 +256,8 @@ def write_gaps(runs: pd.DataFrame, table: pd.DataFrame, segments: pd.DataFrame, 
         (out_dir / "segment_gaps.md").write_text("BLEU of each point minus its reference's per position window "
                                                  f"(mean over seeds; blank: a window one of them does not reach)\n\n"
                                                  f"{by_window.map(lambda v: '' if pd.isna(v) else f'{v:+.2f}').to_markdown(disable_numparse=True)}\n")
-        plot_segment_gaps(by_window).savefig(out_dir / "segment_gaps.png", dpi=120)
+        plot_segment_gaps(by_window, methods=methods, title=f"{title}, test split").savefig(
+            out_dir / "segment_gaps.png", dpi=120)
 
 
 def slug(label: str) -> str:

@@ -54,11 +54,12 @@ def tensorboard(trainer: L.Trainer):
     return None
 
 
-def record_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+def record_metrics(trainer: L.Trainer, metrics: dict[str, float], curve: bool = True) -> None:
     """Scalars from hooks where `self.log` is not allowed (on_train_end): into callback_metrics (so
-    metrics.json has them) and to the logger at the current step."""
+    metrics.json has them) and, for values that form a curve over steps, to the logger at the current
+    step (one-value results reach TensorBoard through logs.log_hparams, under z_results/)."""
     trainer.callback_metrics.update({name: torch.tensor(float(value)) for name, value in metrics.items()})
-    if trainer.is_global_zero and trainer.logger is not None:
+    if curve and trainer.is_global_zero and trainer.logger is not None:
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 
@@ -211,18 +212,18 @@ class PositionEval(Callback):
     records (each rank its share), score them overall and per position window (evaluation/
     segments.py windows), log `position_eval/<metric>` and `position_eval/<metric>@<start>-<end>`,
     and the window plot as TensorBoard images `position_eval/plot/<panel>` (bleu, ..., samples),
-    one panel each: a strip of panels would read as a thumbnail there."""
+    one panel each (a strip of panels would read as a thumbnail there), in the method's colour."""
 
     IMAGE_TAG = "position_eval/plot"  # + "/<panel>"; position_eval/<metric> are the scalars' tags
 
     def __init__(self, every_n_validations: int, num_samples: int, segment_width: int = 50,
-                 segment_max: int = 300, segment_unit: str = "words"):
+                 segment_max: int = 300, segment_unit: str = "words", method: str = ""):
         if every_n_validations < 1 or num_samples < 1:
             raise ValueError(f"every_n_validations ({every_n_validations}) and num_samples ({num_samples}) "
                              "must be >= 1")
         self.every, self.num_samples = every_n_validations, num_samples
         self.segment_width, self.segment_max, self.segment_unit = segment_width, segment_max, segment_unit
-        self.validations = 0
+        self.validations, self.method = 0, method
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # only a fit's validations
@@ -244,8 +245,8 @@ class PositionEval(Callback):
         pl_module.log_dict(logged, sync_dist=False)
         writer = tensorboard(trainer)
         if writer is not None and len(windows):
-            log_position_panels(writer, self.IMAGE_TAG, windows, f"validation, step {trainer.global_step}",
-                                trainer.global_step)
+            log_position_panels(writer, self.IMAGE_TAG, windows.assign(method=self.method),
+                                f"{self.method} on validation, step {trainer.global_step}", trainer.global_step)
 
     def state_dict(self) -> dict:  # a resumed fit keeps counting validations where it stopped
         return {"validations": self.validations}
@@ -290,8 +291,9 @@ class GenerationSamples(Callback):
 
 class LambdaSweep(Callback):
     """At the end of training: the validation loss (the fit's validation batches, token-weighted,
-    over all ranks) at each inference-time lambda, logged as `lambda_sweep/val_loss@<lam:g>` and as
-    one TensorBoard series `lambda_sweep/val_loss_vs_lambda_x1000` (step = round(1000 * lambda)).
+    over all ranks) at each inference-time lambda, in metrics.json as `lambda_sweep/val_loss@<lam:g>`
+    (TensorBoard: one value each under z_results/) and as one TensorBoard series
+    `lambda_sweep/val_loss_vs_lambda_x1000` (step = round(1000 * lambda)).
     Only for methods with a Reasoner; the trained lambda is restored after."""
 
     SERIES_TAG = "lambda_sweep/val_loss_vs_lambda_x1000"
@@ -307,7 +309,8 @@ class LambdaSweep(Callback):
         for lam in self.lams:
             with fusion_lambda(pl_module.method, lam):
                 losses[lam] = validation_loss(trainer, pl_module)
-        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()})
+        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()},
+                       curve=False)
         writer = tensorboard(trainer)
         if writer is not None:
             for lam, loss in sorted(losses.items()):
@@ -327,7 +330,8 @@ def run_callbacks(cfg: Config) -> list[Callback]:
     elif decoding:
         if knobs.position_eval_every:
             callbacks.append(PositionEval(knobs.position_eval_every, knobs.position_eval_samples,
-                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit))
+                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit,
+                                          cfg.method))
         if knobs.samples:
             callbacks.append(GenerationSamples(knobs.samples, cfg.method))
     if knobs.lambda_sweep:

@@ -1,5 +1,7 @@
-"""Scoring predictions into their run dirs: metrics.json (merged), position_eval.csv/.png and the
-plot's panels as TensorBoard images; several runs also get one comparison table and plot."""
+"""Scoring predictions into their run dirs: metrics.json (merged), position_eval.csv/.png, and in
+TensorBoard the scores (HPARAMS), the plot's panels (IMAGES) and a results summary (TEXT); several
+runs also get one comparison table, plot (PNG and one TensorBoard image per panel, every run on one
+axis) and the paired difference of each run from the first (`differences`)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +13,13 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from ..config import EvalConfig, load_config
+from ..evaluation.gaps import GAP_METRICS, N_RESAMPLES, gap_table, window_gaps
 from ..evaluation.metrics import METRICS
-from ..evaluation.predictions import evaluate_predictions
-from ..evaluation.report import CSV_NAME, comparison_table, log_position_panels, save_position_eval, segment_table
+from ..evaluation.predictions import evaluate_predictions, read_predictions
+from ..evaluation.report import (CSV_NAME, MIN_SAMPLES, comparison_table, comparison_title, log_position_panels,
+                                 save_position_eval, segment_table)
+from ..evaluation.segments import text_units, windows
+from .logs import SCORE_NAMES, events_dir, result_tag
 from .rundirs import holding
 
 
@@ -46,6 +52,11 @@ def run_method(run_dir: Path) -> Optional[str]:
         if method is None and (run_dir / name).exists():
             method = OmegaConf.load(run_dir / name).get("method")
     return method
+
+
+def run_title(run_dir: Path, method: Optional[str]) -> str:
+    """"sft (demo_sft/version_0)": the method and the run, for plot titles."""
+    return f"{method} ({run_name(run_dir)})" if method else run_name(run_dir)
 
 
 def run_labels(run_dirs: list[Path]) -> dict[str, str]:
@@ -93,13 +104,16 @@ def score_names(split: str) -> list[str]:
         ["decode/ms_per_token", "decode/seconds_per_sample"]
 
 
-def log_scores(run_dir: Path, metrics: dict, split: str) -> None:
-    """The split's scores as TensorBoard scalars at the run's last step, where the HPARAMS tab
-    (run.log_hparams) reads them."""
-    with SummaryWriter(str(run_dir)) as writer:
-        for name in score_names(split):
-            if isinstance(metrics.get(name), (int, float)):
-                writer.add_scalar(name, metrics[name], metrics.get("global_step", 0))
+def log_scores(writer: SummaryWriter, metrics: dict, split: str) -> None:
+    """The split's scores as one-value TensorBoard scalars (logs.result_tag) at the run's last step,
+    where the HPARAMS tab (logs.log_hparams) reads them, and as one TEXT summary (`results/<split>`)
+    that reads at a glance."""
+    for name in score_names(split):
+        if isinstance(metrics.get(name), (int, float)):
+            writer.add_scalar(result_tag(name), metrics[name], metrics.get("global_step", 0))
+    row = pd.DataFrame([metrics], index=["this run"])
+    writer.add_text(f"results/{split}", "\n\n".join([summary_table(row).T.to_markdown(), *interval_notes(
+        scored_counts(row))]), metrics.get("global_step", 0))
 
 
 def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
@@ -112,12 +126,10 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
                                              tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed, cfg.empty,
                                              cfg.bertscore_model, cfg.bertscore_layer, cfg.answer_pattern)
     run_dir = predictions.parent
-    split = run_cfg.decode.split if run_cfg else "test"
-    title = f"{run_cfg.method} ({run_name(run_dir)})" if run_cfg else run_name(run_dir)
-    title += f", {split} split"
+    split, method = (run_cfg.decode.split, run_cfg.method) if run_cfg else ("test", run_method(run_dir))
+    title = f"{run_title(run_dir, method)}, {split} split"
+    segments = segments.assign(method=method) if method else segments
     save_position_eval(segments, run_dir, title)
-    with SummaryWriter(str(run_dir)) as writer:  # one image per panel: a strip of five reads as a thumbnail
-        log_position_panels(writer, f"position_eval/{split}", segments, title)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     replaced = {f"{split}/{name}{suffix}" for name in ("count", "empty", "dropped", *METRICS, "bertscore", *ANSWER)
@@ -126,7 +138,9 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     metrics.update({f"{split}/{name}": value for name, value in (overall | output_stats(predictions)).items()})
     metrics.update({f"decode/{name}": value for name, value in decode_cost(predictions).items()})
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    log_scores(run_dir, metrics, split)
+    with SummaryWriter(str(events_dir(run_dir, method))) as writer:
+        log_position_panels(writer, f"position_eval/{split}", segments, title)  # one image per panel
+        log_scores(writer, metrics, split)
     (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg))
     return overall, segments
 
@@ -134,7 +148,7 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
 def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
                   out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(comparison table, segment scores of every run). With several runs and `out_dir`, the
-    combined position_eval.csv/.png (one line per run, labelled by method) are written there too."""
+    combined comparison (save_comparison) is written there too."""
     scores, frames, run_dirs = {}, [], []
     for path in paths:
         predictions = predictions_file(path)
@@ -143,11 +157,35 @@ def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
         name = run_name(predictions.parent)
         scores[name] = overall
         frames.append(segments.assign(run=name))
-    combined = pd.concat(frames, ignore_index=True)
-    combined["label"] = combined["run"].map(run_labels(run_dirs))
+    combined = labelled(pd.concat(frames, ignore_index=True), run_dirs)
     if out_dir is not None and len(frames) > 1:
-        save_position_eval(combined, out_dir)
+        save_comparison(combined, run_dirs, out_dir)
     return comparison_table(scores), combined
+
+
+def labelled(frame: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
+    """Segment scores of several runs (`run` column) with each line's `label` and `method`."""
+    return frame.assign(label=frame["run"].map(run_labels(run_dirs)),
+                        method=frame["run"].map({run_name(d): run_method(d) for d in run_dirs}))
+
+
+def run_split(run_dir: Path) -> str:
+    """The split a run decoded (its predictions' saved config; "test" for predictions made elsewhere)."""
+    saved = run_dir / "predictions.config.yaml"
+    return OmegaConf.load(saved).get("decode", {}).get("split", "test") if saved.exists() else "test"
+
+
+def save_comparison(combined: pd.DataFrame, run_dirs: list[Path], out_dir: str | Path, summary: str = "") -> None:
+    """The comparison in `out_dir`: position_eval.csv/.png (all panels, titled with the split and the
+    runs) and, for TensorBoard (a run named after `out_dir`), one image per panel with every run on
+    one axis (`position_eval/<split>/<panel>`, the tag of each run's own panels) and `summary` as TEXT."""
+    split = run_split(run_dirs[0])
+    title = comparison_title(split, [run_title(run_dir, run_method(run_dir)) for run_dir in run_dirs])
+    save_position_eval(combined, out_dir, title)
+    with SummaryWriter(str(out_dir)) as writer:
+        log_position_panels(writer, f"position_eval/{split}", combined, title)
+        if summary:
+            writer.add_text("comparison", summary)
 
 
 def finished_run_dir(path: str | Path) -> Path:
@@ -173,7 +211,23 @@ def _with_interval(row: pd.Series, key: str, digits: int) -> Optional[str]:
         return None
     low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
     value = f"{row[key]:.{digits}f}"
+    count = row.get(f"{key.split('/')[0]}/count")
+    if pd.notna(count) and count < MIN_SAMPLES:  # a bootstrap over so few records is no interval
+        return f"{value} (n={count:.0f}, no interval)"
     return value if pd.isna(low) or pd.isna(high) else f"{value} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def scored_counts(runs: pd.DataFrame) -> dict[str, float]:
+    """The records each run (a runs_table row) was scored over."""
+    splits = {name: _scored_split(row) for name, row in runs.iterrows()}
+    return {name: runs.loc[name].get(f"{split}/count") for name, split in splits.items() if split}
+
+
+def interval_notes(counts: dict[str, float]) -> list[str]:
+    """One line per run scored over fewer than MIN_SAMPLES records: its intervals mean nothing."""
+    return [f"Note: {name} was scored over {count:.0f} record(s): a 95% interval over fewer than {MIN_SAMPLES} "
+            "means nothing (one record gives a zero-width one); score more records before reading or comparing it."
+            for name, count in counts.items() if pd.notna(count) and count < MIN_SAMPLES]
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -205,9 +259,9 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.dropna(axis=1, how="all").fillna("")
 
 
-def runs_segments(paths: list[str | Path], out_dir: Optional[str | Path] = None) -> pd.DataFrame:
+def runs_segments(paths: list[str | Path], out_dir: Optional[str | Path] = None, summary: str = "") -> pd.DataFrame:
     """The runs' position_eval.csv side by side (segment_table layout); with `out_dir`, also the
-    combined CSV and plot (one line per run, labelled by method)."""
+    combined comparison (save_comparison, with `summary` as its TensorBoard TEXT)."""
     frames, run_dirs = [], []
     for path in paths:
         run_dir = finished_run_dir(path)
@@ -215,8 +269,71 @@ def runs_segments(paths: list[str | Path], out_dir: Optional[str | Path] = None)
             raise FileNotFoundError(f"{run_dir}: no {CSV_NAME} (run `flythinker evaluate` or `flythinker run`)")
         run_dirs.append(run_dir)
         frames.append(pd.read_csv(run_dir / CSV_NAME).assign(run=run_name(run_dir)))
-    combined = pd.concat(frames, ignore_index=True)
-    combined["label"] = combined["run"].map(run_labels(run_dirs))
+    combined = labelled(pd.concat(frames, ignore_index=True), run_dirs)
     if out_dir is not None:
-        save_position_eval(combined, out_dir)
+        save_comparison(combined, run_dirs, out_dir, summary)
     return segment_table(combined)
+
+
+def _settings(run_dir: Path) -> tuple[EvalConfig, Optional[object]]:
+    """(the eval settings a run was scored with, its run config or None)."""
+    scored = run_dir / EVAL_CONFIG
+    cfg = EvalConfig(**OmegaConf.to_container(OmegaConf.load(scored))) if scored.exists() else EvalConfig()
+    saved = run_dir / "config.yaml"
+    return cfg, load_config(saved) if saved.exists() else None
+
+
+def verdict(low: float, high: float, count: int, run: str, reference: str, digits: int) -> str:
+    """What a paired 95% interval of `run` minus `reference` says, in words (read at the `digits` it is
+    printed with: an interval that shows as [+0.00, +0.00] is no difference)."""
+    if count < MIN_SAMPLES:
+        return f"too few records (n={count}) to tell"
+    low, high = round(low, digits), round(high, digits)
+    return f"{run} ahead" if low > 0 else f"{reference} ahead" if high < 0 else "no difference at 95%"
+
+
+def differences(paths: list[str | Path], last_windows: int = 2) -> tuple[pd.DataFrame, list[str]]:
+    """Each run minus the first (the reference), paired over the records both decoded: per metric,
+    the difference, its 95% bootstrap interval (gaps.py: gap_table overall, window_gaps for the last
+    `last_windows` position windows that at least MIN_SAMPLES references reach, in the reference's
+    eval.segment_* windows) and a verdict. Returns (table, notes on runs that could not be paired)."""
+    run_dirs = [finished_run_dir(path) for path in paths]
+    labels, reference, seeds = run_labels(run_dirs), run_dirs[0], {}
+    for run_dir in run_dirs:
+        cfg, run_cfg = _settings(run_dir)
+        seeds[run_dir] = run_cfg.seed if run_cfg else 0
+    cfg, run_cfg = _settings(reference)
+    units = text_units(cfg.segment_unit, _tokenizer_of(run_cfg) if cfg.segment_unit == "tokens" else None)
+    rows, notes = [], []
+    for run_dir in run_dirs[1:]:
+        mine, theirs = labels[run_name(run_dir)], labels[run_name(reference)]
+        if not all((d / "predictions.jsonl").exists() for d in (run_dir, reference)):
+            notes.append(f"{mine} vs {theirs}: no difference without both runs' predictions.jsonl")
+            continue
+        runs = pd.DataFrame({"point": [run_name(run_dir), run_name(reference)],
+                             "seed": [seeds[run_dir], seeds[reference]], "run_dir": [str(run_dir), str(reference)]})
+        try:
+            overall = gap_table(runs, {run_name(run_dir): run_name(reference)}, answer_pattern=cfg.answer_pattern,
+                                seed=cfg.bootstrap_seed).iloc[0]
+            by_window = window_gaps(run_dir, reference, windows(cfg.segment_width, cfg.segment_max), units,
+                                    seed=cfg.bootstrap_seed, min_count=MIN_SAMPLES, last=last_windows)
+        except ValueError as err:  # different records: nothing to pair
+            notes.append(f"{mine} vs {theirs}: {err}")
+            continue
+        count = len(read_predictions(reference / "predictions.jsonl"))
+        scopes = [(f"all ({count} records)", count, overall)] + [
+            (f"{cfg.segment_unit} {w['segment_start']:.0f}-{w['segment_end']:.0f} ({w['count']:.0f} records)",
+             int(w["count"]), w) for _, w in by_window.iterrows()]
+        for scope, n, gaps in scopes:
+            for metric in (m for m in GAP_METRICS if pd.notna(gaps.get(f"{m}_gap"))):
+                digits = 2 if metric == "bleu" else 3
+                gap, low, high = (gaps[f"{metric}_{key}"] for key in ("gap", "ci_low", "ci_high"))
+                rows.append({"compared": f"{mine} - {theirs}", "records": scope, "metric": SCORE_NAMES[metric],
+                             "difference": f"{gap:+.{digits}f}",
+                             "95% interval": f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+                             "verdict": verdict(low, high, n, mine, theirs, digits)})
+    return pd.DataFrame(rows), notes
+
+
+DIFFERENCES_NOTE = (f"Paired bootstrap ({N_RESAMPLES} resamples of the records both runs decoded) of each run "
+                    "minus the first; BLEU 0-100, the others 0-1")

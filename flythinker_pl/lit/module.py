@@ -127,7 +127,8 @@ class MethodModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer,
                                   num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # named: LearningRateMonitor logs it as train/lr, beside train/loss in TensorBoard
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}

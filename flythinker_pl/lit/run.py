@@ -11,7 +11,6 @@ from typing import Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
@@ -21,7 +20,7 @@ from ..models.build import build_method
 from .callbacks import run_callbacks
 from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
 from .launch import AtomicCheckpointIO, agree_across_ranks
-from .logs import progress_bar
+from .logs import RunLogger, log_hparams, progress_bar
 from .module import MethodModule
 from .rundirs import git_commit, version_number, versions
 from .writer import PredictionWriter
@@ -30,42 +29,6 @@ from .writer import PredictionWriter
 RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
 # What each stage's outputs do not depend on: changing these reuses the stage instead of redoing it.
 NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
-
-
-# The settings that define a run. TensorBoard's HPARAMS tab sorts columns by name (those that differ
-# between runs first): these go under "Run/", which sorts before every lower-case config group.
-KEY_SETTINGS = ("method", "generator.name", "generator.mode", "reasoner.name", "reasoner.mode", "fusion.lam",
-                "fusion.span", "seed", "data.task", "data.setting")
-
-
-def tensorboard_hparams(cfg: Config) -> dict[str, object]:
-    """The config as HPARAMS columns: KEY_SETTINGS as "Run/<key>", then every other key as
-    "<group>/<key>"; values TensorBoard cannot show (lists, None) as text."""
-    def flat(node: dict, prefix: str = ""):
-        for name, value in node.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{name}.")
-            else:
-                yield f"{prefix}{name}", value
-
-    settings = dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg))))
-    columns = {f"Run/{path}": settings.pop(path) for path in KEY_SETTINGS} | \
-        {path.replace(".", "/"): value for path, value in settings.items()}
-    return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for name, value in columns.items()}
-
-
-def log_hparams(logger: TensorBoardLogger, cfg: Config, numbers: dict[str, float], step: int) -> None:
-    """TensorBoard's HPARAMS entry: the config beside the run's numbers, which are logged as scalars at
-    `step` (the tab shows each metric's last value). The decoded split's scores are named as columns
-    now; `flythinker run`/`evaluate` log their values later (evaluate.log_scores)."""
-    from torch.utils.tensorboard.summary import hparams
-
-    logger.log_metrics(numbers, step)
-    columns = dict.fromkeys([*numbers, *score_names(cfg.decode.split)], 0.0)
-    writer = logger.experiment._get_file_writer()
-    for summary in hparams(tensorboard_hparams(cfg), columns):
-        writer.add_summary(summary, step)
 
 
 def precision(cfg: Config) -> str:
@@ -147,8 +110,7 @@ def trained_weights(run_dir: Path) -> Path:
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bool = False) -> L.Trainer:
-    logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
-                               version=version_number(run_dir), default_hp_metric=False)
+    logger = RunLogger(run_dir, cfg.method)  # events in <run dir>/<method>/: TensorBoard names the run by its method
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     progress = [progress_bar()] if cfg.trainer.enable_progress_bar else []
@@ -199,9 +161,18 @@ def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
             del os.environ[RUN_DIR_ENV], os.environ[RESUME_ENV]
 
 
+def check_resume(cfg: Config) -> None:
+    """train.resume=PATH names a checkpoint that exists: checked before any run dir, model or message."""
+    if cfg.train.resume not in ("auto", "never") and not Path(cfg.train.resume).exists():
+        raise FileNotFoundError(f"train.resume={cfg.train.resume}: no such checkpoint (give an existing "
+                                "RUN/checkpoints/last.ckpt, or train.resume=auto to continue this experiment's "
+                                "newest unfinished run)")
+
+
 def fit(cfg: Config, callbacks: list = ()) -> Path:
     """Train one run; returns its directory (config.yaml, git_commit.txt, metrics.json, checkpoints,
-    tfevents). A fresh run is validated once before training, so metrics.json shows the gain."""
+    tfevents under <method>/). A fresh run is validated once before training, so metrics.json shows the gain."""
+    check_resume(cfg)
     run_dir, resume_from = choose_run_dir(cfg)
     return _in_run_dir(run_dir, resume_from, lambda: _fit(cfg, run_dir, resume_from, callbacks))
 
@@ -242,7 +213,7 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         # written at the last step, so that each scalar series ends on the value the tab shows
         log_hparams(trainer.logger, cfg, {k: v for k, v in results.items() if isinstance(v, float)},
-                    trainer.global_step)
+                    trainer.global_step, score_names(cfg.decode.split))
         trainer.logger.finalize("success")  # the Trainer closed its event file: flush the new one
     return run_dir
 

@@ -2,7 +2,6 @@
 put into its training mode (frozen | lora | full) with peft."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -14,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..config import BackboneConfig, ConfigError
 from . import tiny
+from .hub import OFFLINE_FIX, not_loadable, offline
 
 
 def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, cache_dir: str) -> str:
@@ -27,25 +27,25 @@ def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, c
 @contextmanager
 def explained(key: str, location: str):
     """A model that cannot be loaded: one ConfigError naming the key and the fix, not transformers'
-    traceback (offline, a hub id fails with a generic OSError after the network lookup is skipped)."""
+    traceback (offline, a hub id fails with a generic OSError after the network lookup is skipped;
+    hub.check_backbones catches most of those before the imports)."""
     try:
         yield
     except OSError as err:
         if Path(location).exists():
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        fix = ("HF_HUB_OFFLINE=1 is set (every make target sets it), so only local files load: pass a local "
-               "path (a folder saved with save_pretrained or downloaded with `hf download`), or unset "
-               "HF_HUB_OFFLINE where a network exists") if offline else f"the hub said: {str(err).splitlines()[0]}"
-        raise ConfigError(f"{key}={location!r} is neither a local folder nor a loadable hub model: {fix}") from None
+        fix = OFFLINE_FIX if offline() else f"the hub said: {str(err).splitlines()[0]}"
+        raise not_loadable(key, location, fix) from None
 
 
 def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerBase:
-    """The Generator's tokenizer for a run config, without loading any weights."""
-    g = cfg.generator
-    location = resolve(g.name, corpus, g.pretrain_steps, g.pretrain_seed, cfg.logging.cache_dir)
-    with explained("generator.name", location):
-        return AutoTokenizer.from_pretrained(location)
+    """The Generator's tokenizer for a run config, without loading any weights (a tiny preset's is
+    trained on the corpus and cached, as its pretraining does, without the pretraining)."""
+    name = cfg.generator.name
+    if name in tiny.PRESETS:
+        return tiny.corpus_tokenizer(corpus(), cfg.logging.cache_dir)
+    with explained("generator.name", name):
+        return AutoTokenizer.from_pretrained(name)
 
 
 def load(location: str, dtype: Optional[torch.dtype] = None,

@@ -134,6 +134,13 @@ def ensure_pretrained(preset: str, corpus: Callable[[], list[str]], steps: int, 
     return target
 
 
+def corpus_tokenizer(corpus: list[str], cache_dir: str) -> PreTrainedTokenizerFast:
+    """The presets' tokenizer for `corpus`, the one ensure_pretrained builds with, without a model."""
+    root = Path(cache_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return _cached_tokenizer(corpus, root)
+
+
 def _cached_tokenizer(texts: list[str], root: Path) -> PreTrainedTokenizerFast:
     """One tokenizer per corpus, shared by every preset so Reasoner and Generator agree."""
     location = root / "tokenizers" / f"bpe{VOCAB_SIZE}-corpus{fingerprint(texts)}"
