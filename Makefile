@@ -82,7 +82,7 @@ ablate-scale-grid: install ## Reasoner size x Generator size: FlyThinker - SFT g
 	$(OFFLINE) $(FLY) sweep ablations/scale_grid.yaml $(SWEEP_SEEDS)
 
 THINKING_RUNS := lightning_logs/ablation_thinking_pays
-THINKING_LEVELS := direct majority noted
+THINKING_LEVELS := direct shared crowded
 
 ablate-thinking: install ## a word inferred from the history at 3 difficulties: SFT, FlyThinker, controls, oracle; probes per position
 	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml $(SWEEP_SEEDS)

@@ -216,3 +216,15 @@ def test_a_reference_of_several_conditions_and_a_ceiling_pair_each_difficulty(tm
     path.write_text(yaml.safe_dump({**spec, "ceiling": ["method=sft", "data.synthetic.hint=maybe"]}))
     with pytest.raises(SweepError, match="ceiling: no point has method=sft and data.synthetic.hint=maybe"):
         load_sweep(path)
+
+
+def test_no_share_where_the_ceilings_own_gap_holds_0(tmp_path):
+    """When SFT already reaches the oracle (an easy difficulty), the oracle's gap is 0 on every replicate:
+    there is nothing to close, and a share of it would divide noise by noise."""
+    right = {}
+    for seed in range(3):
+        right |= {("sft", seed): 38, ("oracle", seed): 38, ("fly", seed): 36 + seed}
+    table = gap_table(answer_runs(tmp_path, right), {"oracle": "sft", "fly": "sft"}, answer_pattern=r"Overall: (\w+)",
+                      ceiling_of={"fly": "oracle"})
+    assert pd.isna(table.loc["fly", "answer_accuracy_share"]) and table.loc["fly", "ceiling"] == "oracle"
+    assert "no gap to oracle" in gaps_markdown(table)

@@ -10,7 +10,8 @@ records, and averages those seeds' gaps, so the interval holds both the training
 the test-set noise (records); with one seed it is the records' bootstrap. Every record resample is
 drawn per (bootstrap seed, training seed), and the seed draws per set of seeds, so points that share
 their seeds are scored on the same replicates: `<metric>_share` (a `ceiling`'s) is the point's gap over
-the ceiling's gap replicate by replicate, e.g. the share of the SFT-to-oracle gap a method closes.
+the ceiling's gap replicate by replicate, e.g. the share of the SFT-to-oracle gap a method closes;
+where the ceiling's own gap interval holds 0 there is no gap to close and no share (NaN).
 Beside each gap: the point's own mean score over its paired seeds (`<metric>`) and its reference's
 (`<metric>_reference`), each with its interval; `<metric>_seed_std` is the sample std of the per-seed
 gaps. Empty predictions score 0 (eval.empty=keep). Cost is a ratio: `train_cost_x` = reference
@@ -145,11 +146,15 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
             mine, top = replicates.get((row["point"], metric)), replicates.get((ceiling, metric))
             if mine is None or top is None or mine[:2] != top[:2]:  # another reference or other seeds
                 continue
+            row["ceiling"] = ceiling
+            low, high = _interval(top[2])
+            if low <= 0 <= high:  # no measured gap to close: a share of it would be noise over noise
+                row.update(dict.fromkeys((f"{metric}_share", f"{metric}_share_low", f"{metric}_share_high"), np.nan))
+                continue
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = mine[2] / top[2]
             row.update({f"{metric}_share": share[0], **dict(zip((f"{metric}_share_low", f"{metric}_share_high"),
                                                                  _interval(np.where(np.isfinite(share), share, np.nan))))})
-            row["ceiling"] = ceiling
     return pd.DataFrame(rows).set_index("point") if rows else pd.DataFrame()
 
 
@@ -176,7 +181,8 @@ def gaps_markdown(table: pd.DataFrame) -> str:
                                   for g, lo, hi, sd in table[columns].itertuples(index=False)]
     if headline and f"{headline}_share" in table:
         cells[f"share of the ceiling's {headline} gap"] = [
-            "" if pd.isna(v) else f"{_cell(v, lo, hi, 2, '')} of {ceiling}" for v, lo, hi, ceiling in
+            "" if pd.isna(ceiling) else f"no gap to {ceiling}" if pd.isna(v) else f"{_cell(v, lo, hi, 2, '')} of {ceiling}"
+            for v, lo, hi, ceiling in
             table[[f"{headline}_share", f"{headline}_share_low", f"{headline}_share_high", "ceiling"]].itertuples(index=False)]
     if "train_cost_x" in table:
         cells["train cost (x reference)"] = table["train_cost_x"].map(lambda x: f"{x:.2f}" if pd.notna(x) else "")
