@@ -82,9 +82,9 @@ ablate-scale-grid: install ## Reasoner size x Generator size: FlyThinker - SFT g
 	$(OFFLINE) $(FLY) sweep ablations/scale_grid.yaml $(SWEEP_SEEDS)
 
 THINKING_RUNS := lightning_logs/ablation_thinking_pays
-THINKING_LEVELS := direct shared crowded
+THINKING_LEVELS := shared crowded
 
-ablate-thinking: install ## a word inferred from the history at 3 difficulties: SFT, FlyThinker, controls, oracle; probes per position
+ablate-thinking: install ## a word inferred from the history at 2 difficulties: SFT, FlyThinker, controls, oracle; probes per position
 	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml $(SWEEP_SEEDS)
 	@for level in $(THINKING_LEVELS); do \
 	  $(OFFLINE) $(FLY) probe "$(THINKING_RUNS)/data.synthetic.reveal=$$level,method=sft,seed=0" \
