@@ -183,7 +183,8 @@ def test_the_thinking_sweep_reads_every_point_against_sft_and_the_oracle_of_its_
     sweep = load_sweep(EXPERIMENTS.parents[1] / "ablations" / "thinking_pays.yaml")
     level = {run.point.label: run.config.data.synthetic.reveal for run in sweep.runs}
     seeds = Counter(run.point.label for run in sweep.runs)
-    assert len(level) == 15 and set(seeds.values()) == {3} and len(set(level.values())) == 3
+    levels = set(level.values())  # at least the span from "SFT infers the word" to "SFT cannot"
+    assert levels >= {"shared", "crowded"} and len(level) == 5 * len(levels) and set(seeds.values()) == {3}
     for run in sweep.runs:
         cfg, label = run.config, run.point.label
         if label not in sweep.reference:  # SFT itself
