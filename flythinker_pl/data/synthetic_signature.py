@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .schema import make_record
 from .synthetic import write_once, write_set
-from .synthetic_rule import balanced_values
+from .synthetic_rule import SUMMARIES, TONE, balanced_values  # sentiment follows the rating only (never the word)
 
 ANSWER_PATTERN = r"Overall: (\w+)"  # eval.answer_pattern for this benchmark
 # The word's response position with the corpus-trained tiny tokenizer: every opener and tone is two
@@ -57,9 +57,6 @@ HINT = "They end with Overall: {phrase}."
 CATEGORIES = ["headset", "microphone", "tuner", "amplifier", "pedal", "keyboard", "speaker", "stand"]
 BRANDS = ["Arlo", "Brixton", "Calder", "Delmar", "Everly", "Fenwick", "Gordon", "Halden", "Ives", "Juno"]
 OPENERS = ["Quick take", "Honest notes", "My thoughts", "Short version", "First impressions", "Straight talk"]
-# Sentiment follows the rating only (never the word): one phrase per rating.
-TONE = {5: "works beautifully", 4: "works well", 3: "works fine", 2: "works poorly", 1: "barely works"}
-SUMMARIES = {5: "Love it", 4: "Pretty good", 3: "It is okay", 2: "Not great", 1: "Disappointing"}
 
 
 @dataclass
