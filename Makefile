@@ -59,11 +59,15 @@ ablate-span: install ## fusion.span global/prompt/response vs SFT -> ablations/r
 	$(OFFLINE) $(FLY) sweep ablations/span.yaml
 
 # The paper's open questions (README "Open questions"): each writes ablations/results/<name>/, gaps.md included.
+# Each runs 3 seeds per point (its sweep file's `seeds`); SEEDS=1 is a quick one-seed run (seeds=N: 0..N-1).
+SEEDS ?=
+SWEEP_SEEDS = $(if $(SEEDS),seeds=$(SEEDS))
+
 ablate-length: install ## targets of ~250/500/1000 tokens: SFT vs FlyThinker vs static latent, gap per position window
-	$(OFFLINE) $(FLY) sweep ablations/length.yaml
+	$(OFFLINE) $(FLY) sweep ablations/length.yaml $(SWEEP_SEEDS)
 
 ablate-dependency: install ## flythinker_recurrent (the Reasoner reads its own last latent): quality and cost vs FlyThinker
-	$(OFFLINE) $(FLY) sweep ablations/dependency.yaml
+	$(OFFLINE) $(FLY) sweep ablations/dependency.yaml $(SWEEP_SEEDS)
 
 PROBE_RUNS := "lightning_logs/ablation_probe/sft,seed=0" "lightning_logs/ablation_probe/flythinker,seed=0" \
 	"lightning_logs/ablation_probe/control_random_reasoner,seed=0"
@@ -73,13 +77,21 @@ probe: install ## what the latents know: linear probes to each user attribute pe
 	$(OFFLINE) $(FLY) probe $(PROBE_RUNS) --out ablations/results/probe
 
 ablate-history: install ## retrieved items k x profile budget, SFT vs FlyThinker -> gap heatmap
-	$(OFFLINE) $(FLY) sweep ablations/history.yaml
+	$(OFFLINE) $(FLY) sweep ablations/history.yaml $(SWEEP_SEEDS)
 
 ablate-scale-grid: install ## Reasoner size x Generator size: FlyThinker - SFT gap and training cost heatmaps
-	$(OFFLINE) $(FLY) sweep ablations/scale_grid.yaml
+	$(OFFLINE) $(FLY) sweep ablations/scale_grid.yaml $(SWEEP_SEEDS)
 
-ablate-thinking: install ## a rule inferred from the history: SFT, FlyThinker, controls and the oracle, answer accuracy
-	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml
+THINKING_RUNS := lightning_logs/ablation_thinking_pays
+THINKING_LEVELS := shared crowded
+
+ablate-thinking: install ## a word inferred from the history at 2 difficulties: SFT, FlyThinker, controls, oracle; probes per position
+	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml $(SWEEP_SEEDS)
+	@for level in $(THINKING_LEVELS); do \
+	  $(OFFLINE) $(FLY) probe "$(THINKING_RUNS)/data.synthetic.reveal=$$level,method=sft,seed=0" \
+	    "$(THINKING_RUNS)/data.synthetic.reveal=$$level,method=flythinker,seed=0" --color-by word \
+	    --windows 0 1 2 3 4 5 6 7 8 9 --out ablations/results/thinking_pays/probe_$$level || exit 1; \
+	done
 
 test: install ## fast test suite on both cores (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of held-out users (0: none)")
     probe.add_argument("--train-records-per-user", type=int, default=4,
                        help="each training user's first N records fit the probes (0: all)")
+    probe.add_argument("--windows", type=int, nargs="+", default=None,
+                       help="first response position of each window, increasing from 0 (default: 0 1 8 32 64 128 "
+                            "192); e.g. 0 1 2 ... 9 probes every position of a short response")
     export = commands.add_parser("export", help="a trained run as a Hugging Face model folder: from_pretrained, "
                                                 "generate(), its modeling code inside")
     export.add_argument("run", help="a finished run dir (or an experiment dir: its newest finished run)")
@@ -307,8 +310,10 @@ def sweep(args):
 def probe(args):
     from .probe.run import print_summary, probe_runs
 
+    from .probe.features import WINDOW_STARTS
+
     frame, out = probe_runs(args.runs, args.out, tuple(args.held_out), args.color_by, args.n_bootstrap,
-                            train_per_user=args.train_records_per_user or None)
+                            tuple(args.windows or WINDOW_STARTS), train_per_user=args.train_records_per_user or None)
     print_summary(frame, out)
 
 

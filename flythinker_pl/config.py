@@ -125,7 +125,9 @@ class SyntheticConfig:
 
     # reviews: product reviews written from each user's latent persona (data/synthetic.py) |
     # rule: short reviews whose verdict follows a per-user rule over two item attributes, to be
-    # inferred from the history (data/synthetic_rule.py: the "thinking should pay" benchmark)
+    # inferred from the history (data/synthetic_rule.py) | signature: short reviews ending with the
+    # user's word, which the history reveals (data/synthetic_signature.py: the "does thinking pay?"
+    # benchmark of make ablate-thinking)
     kind: str = "reviews"
     num_users: int = 120
     reviews_per_user: int = 8  # items per user's history (kind=rule too)
@@ -133,7 +135,12 @@ class SyntheticConfig:
     # reviews only: passes over the user's aspects per review: 1 = ~250-token reviews (the default
     # set, unchanged), 2 ~500, 4 ~1,000; the tone arc and aspect order span the whole text
     rounds: int = 1
-    hint: bool = False  # rule only: the query states the user's latent rule attribute (the oracle)
+    hint: bool = False  # rule, signature: the query states the user's latent value (the oracle)
+    # signature only, the difficulty: how the history reveals the user's word (data/synthetic_signature.py):
+    # direct (every item ends "Overall: <word>.") | majority (all but one in 4 consecutive items do;
+    # that one names another word) | shared (no "Overall:"; the word is the one all shown items mention,
+    # each beside one other) | crowded (the same among 3 others per item)
+    reveal: str = "direct"
 
 
 @dataclass
@@ -307,7 +314,8 @@ CHOICES = {
     "data.setting": ("user", "temporal"),
     "data.retriever": ("bm25", "recency", "random", "none"),
     "data.on_bad_record": ("error", "skip"),
-    "data.synthetic.kind": ("reviews", "rule"),
+    "data.synthetic.kind": ("reviews", "rule", "signature"),
+    "data.synthetic.reveal": ("direct", "majority", "shared", "crowded"),
     "train.schedule": ("cosine", "linear", "constant"),
     "decode.engine": ("auto", "sequential", "staggered", "shared"),
     "decode.lora_path": ("lean", "peft"),
@@ -400,8 +408,12 @@ def _check_choices(cfg: Config) -> None:
         (cfg.data.synthetic.rounds >= 1, f"data.synthetic.rounds={cfg.data.synthetic.rounds} must be >= 1"),
         (cfg.data.synthetic.rounds == 1 or cfg.data.synthetic.kind == "reviews",
          "data.synthetic.rounds lengthens the persona reviews: it needs data.synthetic.kind=reviews"),
-        (not cfg.data.synthetic.hint or cfg.data.synthetic.kind == "rule",
-         "data.synthetic.hint states the user's rule in the query: it needs data.synthetic.kind=rule"),
+        (not cfg.data.synthetic.hint or cfg.data.synthetic.kind in ("rule", "signature"),
+         "data.synthetic.hint states the user's latent value in the query: it needs data.synthetic.kind=rule "
+         "or signature"),
+        (cfg.data.synthetic.reveal == "direct" or cfg.data.synthetic.kind == "signature",
+         "data.synthetic.reveal sets how the signature benchmark's history reveals the word: it needs "
+         "data.synthetic.kind=signature"),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
         (cfg.decode.max_records is None or cfg.decode.max_records >= 1,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from flythinker_pl.evaluation.gaps import gap_table, segment_gaps, window_gaps
+from flythinker_pl.evaluation.gaps import gap_table, gaps_markdown, segment_gaps, window_gaps
 from flythinker_pl.evaluation.segments import text_units
 from flythinker_pl.sweep.runs import aggregate
 from flythinker_pl.sweep.spec import SweepError, load_sweep, references
@@ -33,7 +33,7 @@ def test_a_reference_without_grid_settings_is_everyones_and_a_specific_one_wins(
                     b={"method": "flythinker", "generator": {"name": "g128"}},
                     c={"method": "flythinker", "generator": {"name": "g256"}})
     settings = {"sft": {}, "sft128": {"generator.name": "g128"}, "a": {}, "b": {}, "c": {}}
-    assert references(nodes, settings, "method", "sft") == {"a": "sft", "b": "sft128", "c": "sft"}
+    assert references(nodes, settings, {"method": "sft"}) == {"a": "sft", "b": "sft128", "c": "sft"}
 
 
 def test_the_reference_key_itself_is_not_matched_and_unmatched_points_get_none():
@@ -41,7 +41,7 @@ def test_the_reference_key_itself_is_not_matched_and_unmatched_points_get_none()
                        "fly,k=4": {"method": "flythinker", "k": 4}})
     settings = {"sft,k=1": {"method": "sft", "k": 1}, "fly,k=1": {"method": "flythinker", "k": 1},
                 "fly,k=4": {"method": "flythinker", "k": 4}}
-    assert references(nodes, settings, "method", "sft") == {"fly,k=1": "sft,k=1"}
+    assert references(nodes, settings, {"method": "sft"}) == {"fly,k=1": "sft,k=1"}
 
 
 def write_predictions(run_dir: Path, predictions: list[str], references_: list[str]) -> None:
@@ -167,3 +167,87 @@ def test_a_label_reference_is_everyones_and_an_unknown_label_is_an_error(tmp_pat
     path.write_text(yaml.safe_dump({**spec, "reference": "sfT"}))
     with pytest.raises(SweepError, match="no point is labelled 'sfT'"):
         load_sweep(path)
+
+
+def answer_runs(tmp_path: Path, right: dict[tuple[str, int], int], count: int = 40) -> pd.DataFrame:
+    """One run per (point, seed) whose first `right[point, seed]` of `count` answers are right."""
+    refs = [f"text. Overall: w{index % 5}." for index in range(count)]
+    rows = []
+    for (point, seed), hits in right.items():
+        run_dir = tmp_path / f"{point},seed={seed}"
+        write_predictions(run_dir, refs[:hits] + ["text. Overall: none."] * (count - hits), refs)
+        rows.append({"point": point, "seed": seed, "run_dir": str(run_dir)})
+    return pd.DataFrame(rows)
+
+
+def test_the_interval_resamples_seeds_as_well_as_records(tmp_path):
+    """One seed of three gains all 40 answers, two gain none: the mean gap is 1/3, and seed draws of
+    only the two (8/27 of the replicates) give exactly 0, of only the first (1/27) exactly 1, so the
+    interval spans [0, 1]; resampling the records alone (the same seeds every time) would be ~1/3 +- 0."""
+    right = {("ref", s): 0 for s in range(3)} | {("point", 0): 40, ("point", 1): 0, ("point", 2): 0}
+    row = gap_table(answer_runs(tmp_path, right), {"point": "ref"}, answer_pattern=r"Overall: (\w+)").loc["point"]
+    assert row["answer_accuracy_gap"] == pytest.approx(1 / 3) and row["seeds"] == "0,1,2"
+    assert row["answer_accuracy_ci_low"] == 0 and row["answer_accuracy_ci_high"] == 1
+    assert row["answer_accuracy_seed_std"] == pytest.approx(np.std([1, 0, 0], ddof=1))
+    assert row["answer_accuracy"] == pytest.approx(1 / 3) and row["answer_accuracy_reference"] == 0
+
+
+def test_one_seed_is_the_records_bootstrap_and_values_come_with_their_intervals(tmp_path):
+    right = {("ref", 0): 10, ("point", 0): 30}
+    row = gap_table(answer_runs(tmp_path, right), {"point": "ref"}, answer_pattern=r"Overall: (\w+)").loc["point"]
+    assert row["answer_accuracy_gap"] == pytest.approx(0.5) and np.isnan(row["answer_accuracy_seed_std"])
+    assert 0.25 < row["answer_accuracy_ci_low"] < 0.5 < row["answer_accuracy_ci_high"] < 0.75
+    assert row["answer_accuracy_low"] < 0.75 < row["answer_accuracy_high"]
+    assert row["answer_accuracy_reference_low"] < 0.25 < row["answer_accuracy_reference_high"]
+
+
+def test_the_share_of_the_ceilings_gap_is_taken_replicate_by_replicate(tmp_path):
+    """Over SFT, the oracle gains 30 answers per seed, a method 15 of them, and a twin of the oracle the
+    same 30: the method closes about half the gap, and the twin all of it on every replicate exactly
+    (its gap and the oracle's are drawn on the same seeds and records)."""
+    right = {}
+    for seed in range(3):
+        right |= {("sft", seed): 5 + seed, ("oracle", seed): 35 + seed, ("fly", seed): 20 + seed,
+                  ("twin", seed): 35 + seed, ("other", seed): 5 + seed}
+    runs = answer_runs(tmp_path, right)
+    table = gap_table(runs, {"oracle": "sft", "fly": "sft", "twin": "sft", "other": "sft"},
+                      answer_pattern=r"Overall: (\w+)", ceiling_of={"fly": "oracle", "twin": "oracle", "other": "oracle"})
+    fly, twin = table.loc["fly"], table.loc["twin"]
+    assert fly["answer_accuracy_share"] == pytest.approx(0.5) and fly["ceiling"] == "oracle"
+    assert 0.3 < fly["answer_accuracy_share_low"] < 0.5 < fly["answer_accuracy_share_high"] < 0.7
+    assert twin["answer_accuracy_share_low"] == twin["answer_accuracy_share_high"] == 1
+    assert table.loc["other", "answer_accuracy_share"] == 0 and pd.isna(table.loc["oracle", "answer_accuracy_share"])
+    markdown = gaps_markdown(table)
+    assert "1.00 [1.00, 1.00] of oracle" in markdown and "share of the ceiling's answer_accuracy gap" in markdown
+
+
+def test_a_reference_of_several_conditions_and_a_ceiling_pair_each_difficulty(tmp_path):
+    """The oracle is SFT told the answer: `reference: [method=sft, data.synthetic.hint=false]` keeps it
+    out of the references, and `ceiling: data.synthetic.hint=true` pairs every point with the oracle of
+    its own difficulty."""
+    level = "data.synthetic.reveal={}"
+    spec = {"base": str(DEBUG_CONFIG), "overrides": ["data.synthetic.kind=signature"],
+            "grid": {"data.synthetic.reveal": ["direct", "shared"]},  # FlyThinker (the debug config's method)
+            "points": [{"label": f"{name},{d}", "overrides": [*extra, level.format(d)]} for d in ("direct", "shared")
+                       for name, extra in (("sft", ["method=sft"]), ("oracle", ["method=sft", "data.synthetic.hint=true"]))],
+            "reference": ["method=sft", "data.synthetic.hint=false"], "ceiling": "data.synthetic.hint=true"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    assert sweep.reference == {level.format(d): f"sft,{d}" for d in ("direct", "shared")} | {f"oracle,{d}": f"sft,{d}" for d in ("direct", "shared")}
+    assert sweep.ceiling == {level.format(d): f"oracle,{d}" for d in ("direct", "shared")} | {f"sft,{d}": f"oracle,{d}" for d in ("direct", "shared")}
+    path.write_text(yaml.safe_dump({**spec, "ceiling": ["method=sft", "data.synthetic.hint=maybe"]}))
+    with pytest.raises(SweepError, match="ceiling: no point has method=sft and data.synthetic.hint=maybe"):
+        load_sweep(path)
+
+
+def test_no_share_where_the_ceilings_own_gap_holds_0(tmp_path):
+    """When SFT already reaches the oracle (an easy difficulty), the oracle's gap is 0 on every replicate:
+    there is nothing to close, and a share of it would divide noise by noise."""
+    right = {}
+    for seed in range(3):
+        right |= {("sft", seed): 38, ("oracle", seed): 38, ("fly", seed): 36 + seed}
+    table = gap_table(answer_runs(tmp_path, right), {"oracle": "sft", "fly": "sft"}, answer_pattern=r"Overall: (\w+)",
+                      ceiling_of={"fly": "oracle"})
+    assert pd.isna(table.loc["fly", "answer_accuracy_share"]) and table.loc["fly", "ceiling"] == "oracle"
+    assert "no gap to oracle" in gaps_markdown(table)

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from flythinker_pl.cli import main
-from flythinker_pl.config import load_config
+from flythinker_pl.config import ConfigError, load_config
 from flythinker_pl.data.schema import DataError
 from flythinker_pl.lit.run import fit
 from flythinker_pl.probe.attributes import personas_file, user_labels
 from flythinker_pl.probe.features import run_features, window_names
 from flythinker_pl.probe.fit import held_out_rows, probe_run, score_probe
+from flythinker_pl.probe.run import probe_runs
 
 from conftest import DEBUG_CONFIG
 
@@ -113,3 +114,19 @@ def test_the_rule_tasks_latent_truth_gives_every_user_the_value_they_keep(tmp_pa
     labels = user_labels(made / "users.jsonl")
     assert set(labels) == {"keeps", "opener", "mean_rating"}
     assert set(labels["keeps"].values()) <= set(synthetic_rule.VALUES) and len(labels["keeps"]) == 8
+
+
+def test_the_signature_tasks_latent_truth_gives_every_user_their_word(tmp_path):
+    from flythinker_pl.data import synthetic_signature
+    made = synthetic_signature.generate(tmp_path, num_users=16, items_per_user=4, reveal="shared", seed=0)
+    labels = user_labels(made / "users.jsonl")
+    assert set(labels) == {"word", "opener", "mean_rating"}
+    assert set(labels["word"].values()) == set(synthetic_signature.WORDS) and len(labels["word"]) == 16
+
+
+@pytest.mark.parametrize("windows", [[1, 2], [0, 2, 2], [0, 3, 1]])
+def test_probe_windows_must_increase_from_0_before_any_run_is_read(tmp_path, capsys, windows):
+    with pytest.raises(ConfigError, match="increasing from 0"):
+        probe_runs([tmp_path / "nowhere"], starts=tuple(windows))
+    assert main(["probe", str(tmp_path / "nowhere"), "--windows", *map(str, windows)]) == 2
+    assert "give each window's first response position, increasing from 0" in capsys.readouterr().err

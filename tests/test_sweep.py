@@ -263,3 +263,18 @@ def test_a_sweep_under_torchrun_runs_each_point_once_on_both_ranks(write_sweep, 
     assert done.stdout.count("Results: ") == 1  # printed by rank 0 only
     table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv", index_col="point")
     assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
+
+
+def test_seeds_on_the_command_line_replace_every_points_seeds(write_sweep, tmp_path, capsys):
+    path = write_sweep(tmp_path, points=[{"label": "sft", "overrides": ["method=sft"], "seeds": [7]}])
+    seeds = lambda *overrides: [(run.point.label, run.seed) for run in load_sweep(path, list(overrides)).runs]  # noqa: E731
+    assert seeds() == [("fusion.lam=0.5", 0), ("fusion.lam=0.5", 1), ("fusion.lam=2.0", 0), ("fusion.lam=2.0", 1),
+                       ("sft", 7)]
+    assert seeds("seeds=1") == [("fusion.lam=0.5", 0), ("fusion.lam=2.0", 0), ("sft", 0)]
+    assert [seed for label, seed in seeds("seeds=3") if label == "sft"] == [0, 1, 2]
+    assert seeds("decode.max_new_tokens=4", "seeds=[4, 5]")[:2] == [("fusion.lam=0.5", 4), ("fusion.lam=0.5", 5)]
+    for bad in ("seeds=0", "seeds=abc", "seeds=true", "seeds=1.5", "seeds=", "seeds=[1,1]", "seeds=[a]"):
+        with pytest.raises(SweepError, match="seeds"):
+            load_sweep(path, [bad])
+    assert main(["sweep", str(path), "--dry-run", "seeds=-2"]) == 2
+    assert "seeds='-2': give a number of seeds (seeds=3 runs seeds 0, 1, 2" in capsys.readouterr().err

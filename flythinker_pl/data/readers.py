@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import DataConfig
-from . import synthetic, synthetic_rule
+from . import synthetic, synthetic_rule, synthetic_signature
 from .schema import DataError, Unreadable
 
 SPLITS = ("train", "val", "test")
@@ -147,6 +147,9 @@ def resolve_root(cfg: DataConfig) -> Path:
     if cfg.task != "product_review":
         raise DataError(f"the synthetic data set is product_review only; set data.path for data.task={cfg.task}")
     made = cfg.synthetic
+    if made.kind == "signature":
+        return synthetic_signature.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user,
+                                            made.reveal, made.seed, made.hint)
     if made.kind == "rule":
         return synthetic_rule.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.hint)
     return synthetic.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.rounds)

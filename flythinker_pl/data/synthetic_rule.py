@@ -110,12 +110,12 @@ def generate(out_dir: str | Path, num_users: int = 120, items_per_user: int = 8,
     return write_once(out, lambda out: _write(out, num_users, items_per_user, seed, hint))
 
 
-def balanced_values(user_ids: list[str], seed: int) -> dict[str, str]:
-    """The value each user insists on, in turn within each split of the user setting, so that train,
-    val and test each hold (nearly) as many users of every value: no split is solved by the most
-    common one."""
+def balanced_values(user_ids: list[str], seed: int, values: tuple[str, ...] = VALUES) -> dict[str, str]:
+    """The value each user insists on (one of `values`), in turn within each split of the user setting,
+    so that train, val and test each hold (nearly) as many users of every value: no split is solved by
+    the most common one."""
     splits = split_users({user: [None] for user in user_ids}, "user", seed, lambda user, *_: user)
-    return {user: VALUES[position % len(VALUES)]
+    return {user: values[position % len(values)]
             for members in splits.values() for position, user in enumerate(members)}
 
 

@@ -1,13 +1,22 @@
 """Gaps against a reference (a sweep's `reference: method=sft`): every other point's score minus its
-reference's, with a 95% paired bootstrap interval over the test records. Which point is whose reference
-is the sweep's business (sweep/spec.py); this module takes the runs and that mapping.
+reference's, with a 95% bootstrap interval over seeds and test records. Which point is whose reference
+(and ceiling) is the sweep's business (sweep/spec.py); this module takes the runs and those mappings.
 
-Paired: both runs decoded the same test records, so one resample of the records scores both, and
-the interval is that of the difference (far tighter than two overlapping intervals). With several
-seeds, the seeds a point shares with its reference are paired run by run and their gaps averaged on
-the same resamples; `<metric>_seed_std` is the sample std of the per-seed gaps. Empty predictions
-score 0 (eval.empty=keep). Cost is a ratio: `train_cost_x` = reference tokens/s / the point's.
-`window_gaps` is the same paired bootstrap per position window (`flythinker table` prints both).
+Paired: the seeds a point shares with its reference are paired run by run, and both runs of a pair
+decoded the same test records, so one resample of the records scores both and the interval is that of
+the difference (far tighter than two overlapping intervals). Hierarchical: each bootstrap replicate
+draws the paired seeds with replacement, then for every seed drawn an independent resample of the
+records, and averages those seeds' gaps, so the interval holds both the training noise (seeds) and
+the test-set noise (records); with one seed it is the records' bootstrap. Every record resample is
+drawn per (bootstrap seed, training seed), and the seed draws per set of seeds, so points that share
+their seeds are scored on the same replicates: `<metric>_share` (a `ceiling`'s) is the point's gap over
+the ceiling's gap replicate by replicate, e.g. the share of the SFT-to-oracle gap a method closes;
+where the ceiling's own gap interval holds 0 there is no gap to close and no share (NaN).
+Beside each gap: the point's own mean score over its paired seeds (`<metric>`) and its reference's
+(`<metric>_reference`), each with its interval; `<metric>_seed_std` is the sample std of the per-seed
+gaps. Empty predictions score 0 (eval.empty=keep). Cost is a ratio: `train_cost_x` = reference
+tokens/s / the point's.
+`window_gaps` is the records' paired bootstrap per position window (`flythinker table` prints both).
 """
 from __future__ import annotations
 
@@ -56,63 +65,119 @@ def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.array([_BLEU._compute_score_from_stats(stats[r].sum(0).tolist()).score for r in rows])
 
 
-def _replicates(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str,
-                answer_pattern: str) -> dict[str, np.ndarray]:
-    """Per metric: [point's score - reference's] on the full set (index 0) then on every resample."""
+def _row_scores(stats: np.ndarray, per_sample: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per metric: the score on each row set of `rows` (BLEU rescored as a corpus)."""
+    return {"bleu": _corpus_bleu(stats, rows), **{name: np.nanmean(values[rows], 1) for name, values in per_sample.items()}}
+
+
+def _scores(run_dir: str, rows: np.ndarray, prediction_file: str, answer_pattern: str) -> tuple[tuple, dict]:
+    """(record ids, per metric: the run's score on each row set of `rows`)."""
     ids, stats, per_sample = _sample_scores(str(Path(run_dir) / prediction_file), answer_pattern)
-    other_ids, other_stats, other_per_sample = _sample_scores(str(Path(other_dir) / prediction_file), answer_pattern)
+    return ids, _row_scores(stats, per_sample, rows)
+
+
+def _pair_scores(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str,
+                 answer_pattern: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per metric: (point's score, reference's) on the full set (index 0) then on every resample."""
+    rows = np.vstack([np.arange(resamples.shape[1]), resamples])
+    ids, mine = _scores(run_dir, rows, prediction_file, answer_pattern)
+    other_ids, theirs = _scores(other_dir, rows, prediction_file, answer_pattern)
     if ids != other_ids:
         raise ValueError(f"{run_dir} and its reference {other_dir} decoded different records: a paired gap "
                          "needs the same test set")
-    return _paired(stats, per_sample, other_stats, other_per_sample, resamples)
+    return {name: (mine[name], theirs[name]) for name in set(mine) & set(theirs)}
 
 
-def _paired(stats, per_sample, other_stats, other_per_sample, resamples: np.ndarray) -> dict[str, np.ndarray]:
-    """Per metric: one run's score minus the other's on the same rows, all rows first (index 0),
-    then every resample."""
-    rows = np.vstack([np.arange(len(stats)), resamples])
-    gaps = {"bleu": _corpus_bleu(stats, rows) - _corpus_bleu(other_stats, rows)}
-    for name in set(per_sample) & set(other_per_sample):
-        gaps[name] = np.nanmean(per_sample[name][rows], 1) - np.nanmean(other_per_sample[name][rows], 1)
-    return gaps
+def _record_resamples(count: int, training_seed: int, seed: int) -> np.ndarray:
+    """[N_RESAMPLES, count] record indices for one training seed's runs (every point's the same)."""
+    return np.random.default_rng([seed, int(training_seed)]).integers(0, count, size=(N_RESAMPLES, count))
+
+
+def _seed_draws(training_seeds: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """([N_RESAMPLES, n] which paired seed each slot of a replicate takes, [N_RESAMPLES, n] which of
+    that seed's record resamples it uses): the same for every point paired over the same seeds."""
+    rng = np.random.default_rng([seed, len(training_seeds), *map(int, training_seeds)])
+    n = len(training_seeds)
+    return rng.integers(0, n, size=(N_RESAMPLES, n)), rng.integers(0, N_RESAMPLES, size=(N_RESAMPLES, n))
+
+
+def hierarchical(per_seed: list[np.ndarray], draws: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """[mean over seeds on the full sets, then one value per replicate]: `per_seed[i]` is seed i's value
+    on its full set (index 0) then on each of its record resamples; a replicate averages the seeds its
+    draw took, each on the record resample drawn for that slot."""
+    values = np.stack(per_seed)  # [seeds, 1 + N_RESAMPLES]
+    which_seed, which_resample = draws
+    return np.concatenate([[values[:, 0].mean()], values[which_seed, 1 + which_resample].mean(1)])
+
+
+def _interval(replicates: np.ndarray) -> tuple[float, float]:
+    low, high = np.nanpercentile(replicates[1:], [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _paired(runs: pd.DataFrame, point: str, reference: str) -> list[tuple[pd.Series, pd.Series]]:
+    """(point's run, reference's run) per seed both ran; with no shared seed, their first runs."""
+    mine, theirs = runs[runs["point"] == point], runs[runs["point"] == reference]
+    pairs = [(mine_row, theirs[theirs["seed"] == mine_row["seed"]]) for _, mine_row in mine.iterrows()]
+    return [(m, t.iloc[0]) for m, t in pairs if len(t)] or [(mine.iloc[0], theirs.iloc[0])]
 
 
 def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file: str = "predictions.jsonl",
-              answer_pattern: str = "", seed: int = 0) -> pd.DataFrame:
-    """One row per point with a reference: `<metric>_gap`, its `_ci_low/_ci_high`, `_seed_std`,
-    `train_cost_x` and the seeds paired."""
-    rows = []
+              answer_pattern: str = "", seed: int = 0, ceiling_of: Optional[dict[str, str]] = None) -> pd.DataFrame:
+    """One row per point with a reference: `<metric>_gap`, its `_ci_low/_ci_high` (hierarchical bootstrap
+    over seeds, then records), `_seed_std`; the point's own mean `<metric>` and its reference's
+    `<metric>_reference`, each with `_low/_high`; where the point has a ceiling (`ceiling_of`) sharing its
+    reference and seeds, `<metric>_share` of the ceiling's gap with `_low/_high`; `train_cost_x` and the
+    seeds paired."""
+    rows, replicates = [], {}
     for point, reference in reference_of.items():
-        mine, theirs = runs[runs["point"] == point], runs[runs["point"] == reference]
-        pairs = [(mine_row, theirs[theirs["seed"] == mine_row["seed"]]) for _, mine_row in mine.iterrows()]
-        pairs = [(m, t.iloc[0]) for m, t in pairs if len(t)] or [
-            (m, t) for m in [mine.iloc[0]] for t in [theirs.iloc[0]]]  # no shared seed: first runs
+        pairs = _paired(runs, point, reference)
         count = len(_sample_scores(str(Path(pairs[0][0]["run_dir"]) / prediction_file), answer_pattern)[0])
-        resamples = np.random.default_rng(seed).integers(0, count, size=(N_RESAMPLES, count))
-        per_seed = [_replicates(m["run_dir"], t["run_dir"], resamples, prediction_file, answer_pattern)
-                    for m, t in pairs]
-        row = {"point": point, "reference": reference, "seeds": ",".join(str(m["seed"]) for m, _ in pairs)}
+        per_seed = [_pair_scores(m["run_dir"], t["run_dir"], _record_resamples(count, m["seed"], seed),
+                                 prediction_file, answer_pattern) for m, t in pairs]
+        seeds = [m["seed"] for m, _ in pairs]
+        draws = _seed_draws(seeds, seed)
+        row = {"point": point, "reference": reference, "seeds": ",".join(str(s) for s in seeds)}
         for metric in GAP_METRICS:
-            if not all(metric in gaps for gaps in per_seed):
+            if not all(metric in scores for scores in per_seed):
                 continue
-            mean = np.mean([gaps[metric] for gaps in per_seed], axis=0)
-            low, high = np.percentile(mean[1:], [2.5, 97.5])
-            seed_gaps = [gaps[metric][0] for gaps in per_seed]
-            row.update({f"{metric}_gap": mean[0], f"{metric}_ci_low": low, f"{metric}_ci_high": high,
+            gap = hierarchical([mine - theirs for mine, theirs in (s[metric] for s in per_seed)], draws)
+            replicates[point, metric] = (reference, seeds, gap)
+            seed_gaps = [s[metric][0][0] - s[metric][1][0] for s in per_seed]
+            row.update({f"{metric}_gap": gap[0], **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap))),
                         f"{metric}_seed_std": np.std(seed_gaps, ddof=1) if len(seed_gaps) > 1 else np.nan})
+            for side, column in ((0, metric), (1, f"{metric}_reference")):
+                values = hierarchical([s[metric][side] for s in per_seed], draws)
+                row.update({column: values[0], **dict(zip((f"{column}_low", f"{column}_high"), _interval(values)))})
         if COST in runs:
-            row["train_cost_x"] = theirs[COST].mean() / mine[COST].mean()
+            row["train_cost_x"] = runs.loc[runs["point"] == reference, COST].mean() / \
+                runs.loc[runs["point"] == point, COST].mean()
         rows.append(row)
+    for row in rows:
+        ceiling = (ceiling_of or {}).get(row["point"])
+        for metric in GAP_METRICS:
+            mine, top = replicates.get((row["point"], metric)), replicates.get((ceiling, metric))
+            if mine is None or top is None or mine[:2] != top[:2]:  # another reference or other seeds
+                continue
+            row["ceiling"] = ceiling
+            low, high = _interval(top[2])
+            if low <= 0 <= high:  # no measured gap to close: a share of it would be noise over noise
+                row.update(dict.fromkeys((f"{metric}_share", f"{metric}_share_low", f"{metric}_share_high"), np.nan))
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = mine[2] / top[2]
+            row.update({f"{metric}_share": share[0], **dict(zip((f"{metric}_share_low", f"{metric}_share_high"),
+                                                                 _interval(np.where(np.isfinite(share), share, np.nan))))})
     return pd.DataFrame(rows).set_index("point") if rows else pd.DataFrame()
 
 
 def window_gaps(run_dir: str | Path, reference_dir: str | Path, windows: list[tuple[int, int]], units: TextUnits,
                 prediction_file: str = "predictions.jsonl", seed: int = 0, min_count: int = 1,
-                last: Optional[int] = None) -> pd.DataFrame:
-    """gap_table's paired bootstrap per position window (segments.py's windows, cut in `units`): one
-    row per window that at least `min_count` references reach (only the `last` such windows, if
-    given), with `count` (the records whose reference reaches it: both runs are scored on those),
-    `<metric>_gap` (run minus reference) and its 95% interval."""
+                last: Optional[int] = None, training_seed: int = 0) -> pd.DataFrame:
+    """gap_table's bootstrap of one pair of runs (the run's `training_seed`) per position window
+    (segments.py's windows, cut in `units`): one row per window that at least `min_count` references
+    reach (only the `last` such windows, if given), with `count` (the records whose reference reaches
+    it: both runs are scored on those), `<metric>_gap` (run minus reference) and its 95% interval."""
     ids, predictions, references_ = zip(*read_predictions(Path(run_dir) / prediction_file))
     other_ids, other_predictions, _ = zip(*read_predictions(Path(reference_dir) / prediction_file))
     if ids != other_ids:
@@ -123,32 +188,48 @@ def window_gaps(run_dir: str | Path, reference_dir: str | Path, windows: list[tu
     reaching_by_window = {(start, end): [i for i, reference in enumerate(referenced) if len(reference) > start]
                           for start, end in windows}
     kept = [window for window, reaching in reaching_by_window.items() if len(reaching) >= min_count]
-    rng, rows = np.random.default_rng(seed), []
+    rows, draws = [], _seed_draws([training_seed], seed)
     for start, end in kept[-last:] if last else kept:
         reaching = reaching_by_window[(start, end)]
         cut = [units.join(referenced[i][start:end]) for i in reaching]
-        gaps = _paired(*_text_scores([units.join(mine[i][start:end]) for i in reaching], cut),
-                       *_text_scores([units.join(theirs[i][start:end]) for i in reaching], cut),
-                       rng.integers(0, len(reaching), size=(N_RESAMPLES, len(reaching))))
+        rows_ = np.vstack([np.arange(len(reaching)), _record_resamples(len(reaching), training_seed, seed)])
+        run_scores, reference_scores = (_row_scores(*_text_scores([units.join(texts[i][start:end]) for i in reaching],
+                                                                  cut), rows_) for texts in (mine, theirs))
+        gaps = {name: run_scores[name] - reference_scores[name] for name in set(run_scores) & set(reference_scores)}
         row = {"segment_start": start, "segment_end": end, "count": len(reaching)}
         for metric in (m for m in GAP_METRICS if m in gaps):
-            low, high = np.percentile(gaps[metric][1:], [2.5, 97.5])
-            row.update({f"{metric}_gap": gaps[metric][0], f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+            gap = hierarchical([gaps[metric]], draws)
+            row.update({f"{metric}_gap": gap[0], **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap)))})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _cell(value: float, low: float, high: float, digits: int, sign: str = "+") -> str:
+    return f"{value:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
 def gaps_markdown(table: pd.DataFrame) -> str:
     """"gap [low, high] sd s" per metric (BLEU 0-100, the others 0-1; sd: over seeds, where several were
-    paired), the training cost and the seeds."""
+    paired); for the headline metric (answer accuracy where scored, else BLEU) also the point's and its
+    reference's own scores and, with a ceiling, the share of its gap; the training cost and the seeds."""
     cells = pd.DataFrame(index=table.index)
     cells["reference"] = table["reference"]
-    for metric in (m for m in GAP_METRICS if f"{m}_gap" in table):
-        digits = 2 if metric == "bleu" else 3  # BLEU 0-100, the others 0-1
+    metrics = [m for m in GAP_METRICS if f"{m}_gap" in table]
+    headline = next((m for m in ("answer_accuracy", "bleu") if m in metrics), None)
+    digits = {m: 2 if m == "bleu" else 3 for m in metrics}  # BLEU 0-100, the others 0-1
+    if headline:
+        for column, title in ((headline, headline), (f"{headline}_reference", f"reference {headline}")):
+            cells[title] = [_cell(v, lo, hi, digits[headline], "") for v, lo, hi in
+                            table[[column, f"{column}_low", f"{column}_high"]].itertuples(index=False)]
+    for metric in metrics:
         columns = [f"{metric}_gap", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_seed_std"]
-        cells[f"{metric} gap"] = [f"{g:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-                                  + ("" if pd.isna(sd) else f" sd {sd:.{digits}f}")
+        cells[f"{metric} gap"] = [_cell(g, lo, hi, digits[metric]) + ("" if pd.isna(sd) else f" sd {sd:.{digits[metric]}f}")
                                   for g, lo, hi, sd in table[columns].itertuples(index=False)]
+    if headline and f"{headline}_share" in table:
+        cells[f"share of the ceiling's {headline} gap"] = [
+            "" if pd.isna(ceiling) else f"no gap to {ceiling}" if pd.isna(v) else f"{_cell(v, lo, hi, 2, '')} of {ceiling}"
+            for v, lo, hi, ceiling in
+            table[[f"{headline}_share", f"{headline}_share_low", f"{headline}_share_high", "ceiling"]].itertuples(index=False)]
     if "train_cost_x" in table:
         cells["train cost (x reference)"] = table["train_cost_x"].map(lambda x: f"{x:.2f}" if pd.notna(x) else "")
     cells["seeds"] = table["seeds"]
@@ -181,7 +262,7 @@ def plot_gaps(table: pd.DataFrame, methods: Optional[dict[str, str]] = None, tit
         axis.set_xticks(range(len(table)), ticks, rotation=35, ha="right", fontsize=8)
         axis.set(title=f"{metric} gap", ylabel=f"{metric} difference" + (" (0-100)" if metric == "bleu" else ""))
         axis.grid(alpha=0.3)
-    note = "point minus its reference: paired 95% bootstrap over test records"
+    note = "point minus its reference: 95% bootstrap (seeds, then test records; paired)"
     figure.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
     return figure
 

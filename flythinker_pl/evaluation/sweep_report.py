@@ -203,10 +203,11 @@ def plot_lambda_sweep(table: pd.DataFrame, title: str = "") -> Figure:
 
 def write_results(runs: pd.DataFrame, out_dir: Path, title: str, grid_keys: list[str] = (),
                   reference_of: Optional[dict[str, str]] = None, prediction_file: str = "predictions.jsonl",
-                  answer_pattern: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+                  answer_pattern: str = "", ceiling_of: Optional[dict[str, str]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """table.csv/.md, runs.csv, metrics.png, metrics_vs_<key>.png, lambda_sweep.png, segments.csv/.md,
     position_eval.png and, where points have a reference (`reference_of`: point -> its reference), the
-    gap tables and plots, into `out_dir`; returns (summary table, segment table)."""
+    gap tables and plots (with the share of each point's `ceiling_of` gap), into `out_dir`; returns
+    (summary table, segment table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_dir / "runs.csv", index=False)
     table = summary_table(runs, grid_keys)
@@ -230,21 +231,23 @@ def write_results(runs: pd.DataFrame, out_dir: Path, title: str, grid_keys: list
         plot_title = f"{title}, test split: mean over seeds per window"
         plot_position_eval(frame, plot_title).savefig(out_dir / PNG_NAME, dpi=120)
     if reference_of:
-        write_gaps(runs, table, segments, out_dir, grid_keys, reference_of, prediction_file, answer_pattern, title)
+        write_gaps(runs, table, segments, out_dir, grid_keys, reference_of, prediction_file, answer_pattern, title,
+                   ceiling_of)
     return table, segments
 
 
 def write_gaps(runs: pd.DataFrame, table: pd.DataFrame, segments: pd.DataFrame, out_dir: Path,
                grid_keys: list[str], reference_of: dict[str, str], prediction_file: str, answer_pattern: str,
-               title: str = "") -> None:
+               title: str = "", ceiling_of: Optional[dict[str, str]] = None) -> None:
     """gaps.csv/.md/.png, segment_gaps.csv/.md/.png and gap_heatmap.png (gaps.py) of the finished runs."""
-    gaps = gap_table(runs, reference_of, prediction_file, answer_pattern)
+    gaps = gap_table(runs, reference_of, prediction_file, answer_pattern, ceiling_of=ceiling_of)
     if gaps.empty:
         return
     gaps = gaps.join(table[[k for k in grid_keys if k in table]])
     gaps.to_csv(out_dir / "gaps.csv")
-    (out_dir / "gaps.md").write_text("Each point minus its reference (paired 95% bootstrap over the test records; "
-                                     f"mean over the seeds both ran)\n\n{gaps_markdown(gaps)}\n")
+    (out_dir / "gaps.md").write_text("Each point minus its reference, mean over the seeds both ran [95% bootstrap "
+                                     "interval: seeds resampled, then the test records within each; paired]\n\n"
+                                     f"{gaps_markdown(gaps)}\n")
     methods = point_methods(runs)
     plot_gaps(gaps, methods, f"{title}, test split").savefig(out_dir / "gaps.png", dpi=120)
     keys = heatmap_keys(gaps, grid_keys)

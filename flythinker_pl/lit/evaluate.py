@@ -316,7 +316,8 @@ def differences(paths: list[str | Path], last_windows: int = 2) -> tuple[pd.Data
             overall = gap_table(runs, {run_name(run_dir): run_name(reference)}, answer_pattern=cfg.answer_pattern,
                                 seed=cfg.bootstrap_seed).iloc[0]
             by_window = window_gaps(run_dir, reference, windows(cfg.segment_width, cfg.segment_max), units,
-                                    seed=cfg.bootstrap_seed, min_count=MIN_SAMPLES, last=last_windows)
+                                    seed=cfg.bootstrap_seed, min_count=MIN_SAMPLES, last=last_windows,
+                                    training_seed=seeds[run_dir])
         except ValueError as err:  # different records: nothing to pair
             notes.append(f"{mine} vs {theirs}: {err}")
             continue

@@ -1,5 +1,6 @@
 """The user attributes a probe decodes: categorical functions of the synthetic data's latent truth
-per user (users.jsonl, one Persona of data/synthetic.py or Rule of data/synthetic_rule.py a line)."""
+per user (users.jsonl, one Persona of data/synthetic.py, Rule of data/synthetic_rule.py or Signature of
+data/synthetic_signature.py a line)."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ ATTRIBUTES = {
     "mean_rating": (("mean_rating",), lambda p: _rating_band(p["mean_rating"])),  # <3 / 3-4 / >=4
     "praise_word": (("positive_words",), lambda p: min(p["positive_words"])),  # vocabulary
     "keeps": (("keeps",), lambda p: p["keeps"]),  # data.synthetic.kind=rule: the value the verdict follows
+    "word": (("word",), lambda p: p["word"]),  # data.synthetic.kind=signature: the word the response ends with
 }
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..config import load_config
+from ..config import ConfigError, load_config
 from ..lit.evaluate import run_name
 from ..lit.rundirs import holding
 from .attributes import personas_file, user_labels
@@ -34,6 +34,9 @@ def probe_runs(paths: list[str | Path], out: Optional[str | Path] = None, held_o
                color_by: str = "arc", n_bootstrap: int = 1000, starts: tuple[int, ...] = WINDOW_STARTS,
                train_per_user: Optional[int] = TRAIN_PER_USER) -> tuple[pd.DataFrame, Path]:
     """(probe.csv's rows, the output dir). Users' labels come from each run's own data set."""
+    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        raise ConfigError(f"probe windows {list(starts)}: give each window's first response position, "
+                         "increasing from 0 (0 = the prompt's last token)")
     run_dirs = [finished_run_dir(path) for path in paths]
     out = Path(out) if out else run_dirs[0] / "probe"
     windows, frames, panels = window_names(starts), [], []

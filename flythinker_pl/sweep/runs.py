@@ -103,6 +103,7 @@ def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
     runs = runs_frame(sweep)
     finished = set(runs["point"])
     reference_of = {p: r for p, r in sweep.reference.items() if p in finished and r in finished}
+    ceiling_of = {p: c for p, c in sweep.ceiling.items() if p in finished and c in finished}
     first = sweep.runs[0].config
     return write_results(runs, Path(out_dir or sweep.results_dir), f"Sweep `{sweep.name}` ({sweep.path})",
-                         sweep.grid_keys, reference_of, first.decode.output, first.eval.answer_pattern)
+                         sweep.grid_keys, reference_of, first.decode.output, first.eval.answer_pattern, ceiling_of)

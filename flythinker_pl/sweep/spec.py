@@ -13,7 +13,13 @@ A sweep file (ablations/<name>.yaml)::
       - {label: sft, overrides: [method=sft]}
       - {label: cot, config: ../experiments/product_review/cot.yaml, seeds: [0]}   # own config / seeds
     reference: method=sft            # optional: gaps of every other point vs its reference (evaluation/gaps.py);
-                                     #   a label (reference: sft) is everyone's reference
+                                     #   a label (reference: sft) is everyone's reference; a list of key=value
+                                     #   ([method=sft, data.synthetic.hint=false]) must all hold
+    ceiling: data.synthetic.hint=true   # optional, as `reference`: gaps.md adds the share of the ceiling's
+                                     #   gap (over the same reference) that each point closes
+
+`flythinker sweep FILE seeds=3` runs seeds 0, 1, 2 at every point instead of the file's `seeds` and
+the points' own (`seeds=[4,5]` names them); the Makefile's SEEDS=1 passes `seeds=1`.
 
 A run's config is base <- `overrides` <- the point's settings <- `seed`, in experiment
 `ablation_<name>/<label>,seed=<seed>` (so runs land in <logging.root_dir>/ablation_<name>/...).
@@ -38,13 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import Config, ConfigError, load_config
 from ..evaluation.sweep_report import slug
 
-SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference")
+SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference", "ceiling")
 POINT_KEYS = ("label", "overrides", "config", "seeds")
 OWNED_KEYS = ("seed", "logging.experiment")  # set per run by the sweep itself
 
@@ -77,6 +83,7 @@ class Sweep:
     points: list[Point]
     runs: list[Run]  # point-major: every seed of the first point, then of the next
     reference: dict[str, str] = field(default_factory=dict)  # point label -> its reference's label
+    ceiling: dict[str, str] = field(default_factory=dict)  # point label -> its ceiling's label
 
     @property
     def results_dir(self) -> Path:
@@ -158,10 +165,32 @@ def _seeds(path: Path, seeds: Any) -> Optional[list[int]]:
     return seeds
 
 
+def _seeds_override(extra_overrides: list[str]) -> tuple[list[str], Optional[list[int]]]:
+    """(the other overrides, the seeds of a command-line `seeds=N` (0 .. N-1) or `seeds=[a,b]`, or None)."""
+    rest, seeds = [], None
+    for override in extra_overrides:
+        key, _, value = str(override).partition("=")
+        if key.strip() != "seeds":
+            rest.append(override)
+            continue
+        parsed = OmegaConf.from_dotlist([f"seeds={value}"]).seeds if value.strip() else None
+        if isinstance(parsed, int) and not isinstance(parsed, bool) and parsed >= 1:
+            seeds = list(range(parsed))
+        else:
+            listed = OmegaConf.to_object(parsed) if isinstance(parsed, ListConfig) else None
+            seeds = _seeds(Path("command-line override"), listed) if listed is not None else None
+            if seeds is None:
+                raise SweepError(f"command-line override: seeds={value!r}: give a number of seeds (seeds=3 runs "
+                                 "seeds 0, 1, 2 at every point) or a list of distinct integers (seeds=[0,1,2])")
+    return rest, seeds
+
+
 def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; every run's config is loaded (and so validated) here,
-    before anything runs. `extra_overrides` apply to every point after the file's `overrides`."""
+    before anything runs. `extra_overrides` apply to every point after the file's `overrides`;
+    `seeds=...` among them replaces every point's seeds."""
     path = Path(path)
+    extra_overrides, seeds_override = _seeds_override(list(extra_overrides))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such sweep file")
     try:
@@ -198,26 +227,30 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
                                    [*shared, *point.overrides, f"seed={seed}",
                                     f"logging.experiment=ablation_{name}/{slug(point.label)},seed={seed}"],
                                    f"point '{point.label}'"))
-            for point in points for seed in point.seeds or seeds]
-    return Sweep(path, name, list(grid or {}), points, runs, _references(path, node.get("reference"), runs))
+            for point in points for seed in seeds_override or point.seeds or seeds]
+    return Sweep(path, name, list(grid or {}), points, runs, _references(path, node.get("reference"), runs),
+                 _references(path, node.get("ceiling"), runs, "ceiling"))
 
 
-def _references(path: Path, reference: Any, runs: list[Run]) -> dict[str, str]:
-    """{point: its reference point} for the sweep's `reference`: a point's label (everyone's reference)
-    or `key=value` (per point, evaluation/gaps.py)."""
+def _references(path: Path, reference: Any, runs: list[Run], what: str = "reference") -> dict[str, str]:
+    """{point: its reference point} for the sweep's `reference` (or `ceiling`): a point's label (everyone's)
+    or `key=value`, or a list of them that must all hold (per point, evaluation/gaps.py)."""
     if reference is None:
         return {}
     labels = list(dict.fromkeys(run.point.label for run in runs))
     if isinstance(reference, str) and "=" not in reference:
         if reference not in labels:
-            raise SweepError(f"{path}: reference: no point is labelled {reference!r} (points: {', '.join(labels)})")
+            raise SweepError(f"{path}: {what}: no point is labelled {reference!r} (points: {', '.join(labels)})")
         return {label: reference for label in labels if label != reference}
-    key = _override_key(reference, f"{path}: reference")
-    value = OmegaConf.select(OmegaConf.from_dotlist([reference]), key)
+    listed = reference if isinstance(reference, list) and reference else [reference]
+    conditions = {}
+    for condition in listed:
+        key = _override_key(condition, f"{path}: {what}")
+        conditions[key] = OmegaConf.select(OmegaConf.from_dotlist([condition]), key)
     configs = {run.point.label: OmegaConf.structured(run.config) for run in runs}
-    if not any(OmegaConf.select(node, key) == value for node in configs.values()):
-        raise SweepError(f"{path}: reference: no point has {reference}")
-    return references(configs, {run.point.label: run.point.settings for run in runs}, key, value)
+    if not any(all(OmegaConf.select(node, k) == v for k, v in conditions.items()) for node in configs.values()):
+        raise SweepError(f"{path}: {what}: no point has {' and '.join(map(str, listed))}")
+    return references(configs, {run.point.label: run.point.settings for run in runs}, conditions)
 
 
 def _load(path: Path, base: Path, overrides: list[str], where: str) -> Config:
@@ -229,16 +262,19 @@ def _load(path: Path, base: Path, overrides: list[str], where: str) -> Config:
 
 
 
-def references(configs: dict[str, DictConfig], settings: dict[str, dict], key: str, value: Any) -> dict[str, str]:
-    """{point label: its reference's label} for every point that has one. `configs`: each point's
-    run config; `settings`: each point's grid settings."""
-    candidates = [label for label, node in configs.items() if OmegaConf.select(node, key) == value]
+def references(configs: dict[str, DictConfig], settings: dict[str, dict], conditions: dict[str, Any]) -> dict[str, str]:
+    """{point label: its reference's label} for every point that has one: the points where every
+    `conditions` key has its value are the candidates; each other point gets the candidate whose grid
+    settings (the condition keys aside) it shares, the most specific one. `configs`: each point's run
+    config; `settings`: each point's grid settings."""
+    candidates = [label for label, node in configs.items()
+                  if all(OmegaConf.select(node, k) == v for k, v in conditions.items())]
     found = {}
     for label, node in configs.items():
         if label in candidates:
             continue
         matching = [(len(settings[c]), c) for c in candidates
-                    if all(OmegaConf.select(node, k) == v for k, v in settings[c].items() if k != key)]
+                    if all(OmegaConf.select(node, k) == v for k, v in settings[c].items() if k not in conditions)]
         if matching:
             found[label] = max(matching)[1]  # the most specific reference
     return found
