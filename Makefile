@@ -103,7 +103,7 @@ slurm: ## install SLURM (slurm-wlm, slurmdbd, munge, mariadb-server; as root) fo
 			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) >/dev/null; }; \
 	fi
 
-test-all: install ## every test, including slow end-to-end ones
+test-all: install slurm ## every test, including slow end-to-end ones (and SLURM jobs)
 	$(OFFLINE) $(PY) -m pytest -q -m ""
 
 bench-train: $(STAMP) ## training tokens/s: SFT vs FlyThinker (Reasoner frozen/LoRA/full), table + bench/train.json

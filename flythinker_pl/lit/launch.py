@@ -35,10 +35,11 @@ _stores: dict[tuple[str, int, bool], TCPStore] = {}
 
 def _environments() -> tuple[type[ClusterEnvironment], ...]:
     """The launches Lightning detects, in its order (torchrun first, then SLURM, LSF, MPI). SLURM's
-    only inside a SLURM job: its check warns that "the `srun` command is available on your system
-    but is not used" on any machine with SLURM installed (every login node), job or not."""
-    inside_slurm_job = "SLURM_JOB_ID" in os.environ
-    return (TorchElasticEnvironment, *([SLURMEnvironment] if inside_slurm_job else []), LSFEnvironment, MPIEnvironment)
+    only where srun started tasks (SLURM_NTASKS), the one case it detects: asked anywhere else, it
+    warns that "the `srun` command is available on your system but is not used" on every machine
+    with SLURM installed (a login node), job or not."""
+    srun_tasks = "SLURM_NTASKS" in os.environ
+    return (TorchElasticEnvironment, *([SLURMEnvironment] if srun_tasks else []), LSFEnvironment, MPIEnvironment)
 
 
 def cluster_environment() -> Optional[ClusterEnvironment]:
