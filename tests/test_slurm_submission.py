@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from submitit.slurm.slurm import _make_sbatch_string
 
@@ -21,7 +22,7 @@ from flythinker_pl.lit.run import build_trainer, fit
 from flythinker_pl.lit.rundirs import new_version
 from flythinker_pl.sweep import launchers, status
 from flythinker_pl.sweep.jobs import Manifest, job_paths
-from flythinker_pl.sweep.launchers import sbatch_parameters, submit_slurm
+from flythinker_pl.sweep.launchers import gpu_shares, sbatch_parameters, submit_slurm
 from flythinker_pl.sweep.spec import SlurmSettings, SweepError, load_sweep
 from flythinker_pl.sweep.status import statuses
 
@@ -162,6 +163,23 @@ def test_a_submission_leaves_live_jobs_alone_resubmits_ended_ones_and_chains_dep
     found = {s.run.key: s for s in statuses(sweep, Manifest(out))}
     assert (found["fusion.lam=0.5,seed=0"].state, found["fusion.lam=0.5,seed=0"].detail) == \
         ("failed", "the job ended, the run did not finish")
+
+
+def test_local_jobs_split_the_visible_gpus(write_sweep, tmp_path, monkeypatch):
+    sweep = load_sweep(write_sweep(tmp_path, seeds=[0]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert gpu_shares(sweep, 2) == [(), ()]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_shares(sweep, 2) == [(0, 1, 2, 3), (4, 5, 6, 7)] and gpu_shares(sweep, 3) == [(0, 1), (2, 3), (4, 5)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # this process's GPUs: the jobs get those
+    assert gpu_shares(sweep, 2) == [(4, 5), (6, 7)]
+    with pytest.raises(SweepError, match=r"5 runs at once cannot share 4 GPU\(s\); use --parallel 4 or less"):
+        gpu_shares(sweep, 5)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b,GPU-3c4d,GPU-5e6f,GPU-7a8b")
+    with pytest.raises(SweepError, match="CUDA_VISIBLE_DEVICES=GPU-1a2b,.* names them otherwise"):
+        gpu_shares(sweep, 2)
 
 
 def test_processes_claiming_a_run_dir_at_once_never_share_one(tmp_path):

@@ -108,16 +108,35 @@ def submit_slurm(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, 
           (f"; left alone: {', '.join(left)}" if left else ""))
 
 
+def gpu_shares(sweep: Sweep, parallel: int) -> list[tuple[int, ...]]:
+    """The GPUs of each of `parallel` local jobs: this machine's visible GPUs in equal shares, as
+    numbers for the jobs' CUDA_VISIBLE_DEVICES (this process's own CUDA_VISIBLE_DEVICES, if set,
+    says which); all empty without GPUs."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if not count:
+        return [()] * parallel
+    visible = [device.strip() for device in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if device.strip()]
+    if visible and not all(device.isdigit() for device in visible):
+        raise SweepError(f"{sweep.path}: launcher local splits GPUs by number, and CUDA_VISIBLE_DEVICES="
+                         f"{','.join(visible)} names them otherwise: give their numbers, or unset it")
+    gpus = [int(device) for device in visible[:count]] if visible else list(range(count))
+    if parallel > count:
+        raise SweepError(f"{sweep.path}: launcher local: {parallel} runs at once cannot share {count} GPU(s); "
+                         f"use --parallel {count} or less (or trainer.accelerator=cpu)")
+    share = count // parallel
+    return [tuple(gpus[slot * share:(slot + 1) * share]) for slot in range(parallel)]
+
+
 def run_local(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, overrides: list[str] = ()):
     """Run the sweep as jobs on this machine, `settings.parallel` at once, then `aggregate`. A run
     starts once the runs it reads are done; one whose dependency failed is not started."""
     import submitit
-    import torch
 
     parallel = settings.parallel or 1
-    gpus = list(range(torch.cuda.device_count()))
-    share = len(gpus) // parallel
-    free = [tuple(gpus[slot * share:(slot + 1) * share]) for slot in range(parallel)]  # each job's GPUs
+    on_gpu = any(str(run.config.trainer.accelerator) != "cpu" for run in sweep.runs)
+    free = gpu_shares(sweep, parallel) if on_gpu else [()] * parallel  # each job's GPUs
     threads = max(1, (os.cpu_count() or 1) // parallel)
     manifest, folder = Manifest(out_dir), jobs_folder(out_dir)
     executor = submitit.LocalExecutor(folder=folder)
