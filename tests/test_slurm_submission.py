@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -159,6 +160,11 @@ def test_a_submission_leaves_live_jobs_alone_resubmits_ended_ones_and_chains_dep
         capsys.readouterr().out
 
     submitted.clear()
+    scheduler.update({"13": "PENDING", "14": "RUNNING"})  # the same command again: every run done or live
+    submit_slurm(sweep, sweep.launcher, out)
+    assert submitted == [] and Manifest(out).data == manifest.data and "submitted 0 job(s); 1 run(s) done" in \
+        capsys.readouterr().out
+
     scheduler.update({"10_0": "COMPLETED"})  # ended without finishing its run: resubmitted, saying why
     found = {s.run.key: s for s in statuses(sweep, Manifest(out))}
     assert (found["fusion.lam=0.5,seed=0"].state, found["fusion.lam=0.5,seed=0"].detail) == \
@@ -250,3 +256,50 @@ def test_results_are_renamed_into_place(write_sweep, tmp_path):
     launchers.aggregate(sweep)
     assert "fusion.lam=0.5" in (results / "table.csv").read_text()
     assert not [p for p in results.iterdir() if p.name.startswith(".")]  # nothing half-written left beside them
+
+
+def test_sweep_status_prints_a_line_per_run_with_the_submitted_overrides_and_waits_for_the_tables(
+        write_sweep, tmp_path, monkeypatch, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    path = write_sweep(tmp_path, seeds=[0], points=[{"label": "sft", "overrides": ["method=sft"]}])
+    submitted = ["trainer.max_steps=3"]  # what the jobs were submitted with: `status` finds their runs without it
+    sweep = load_sweep(path, submitted)
+    out = tmp_path / "results" / "tiny"
+    manifest = Manifest(out)
+    manifest.data["overrides"] = submitted
+    for run, (launcher, job_id) in zip(sweep.runs, [("slurm", "10_0"), ("slurm", "10_1"), ("local", "4242")]):
+        manifest.record(run.key, launcher, job_id, launchers.jobs_folder(out))
+    monkeypatch.setattr(status, "slurm_states", lambda ids: {"10_0": "COMPLETED", "10_1": "RUNNING"})
+    done = fake_run(sweep.runs[0].config, {"val/loss": 2.5, "global_step": 3}, [1, 1, 1, 1])
+    running = new_version(Path(sweep.runs[1].config.logging.root_dir) / sweep.runs[1].config.logging.experiment)
+    with SummaryWriter(str(running)) as writer:  # a run in progress: validated at step 2, trained to step 3
+        writer.add_scalar("val/loss", 1.25, 2)
+        writer.add_scalar("train/loss", 1.5, 3)
+    error_result(manifest.entry("sft,seed=0"), "RuntimeError: the local job broke")  # a local job's error
+
+    assert main(["sweep", "status", str(path)]) == 0
+    printed = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in printed.splitlines()[1:4]}
+    log = str(out.resolve() / "jobs" / "%j" / "%j_0_log.out")
+    assert lines["fusion.lam=0.5"] == ["fusion.lam=0.5", "0", "done", "10_0", "3", "2.5000", str(done),
+                                       log.replace("%j", "10_0")]
+    assert lines["fusion.lam=2.0"] == ["fusion.lam=2.0", "0", "running", "10_1", "3", "1.2500", str(running),
+                                       log.replace("%j", "10_1")]
+    assert lines["sft"][:4] == ["sft", "0", "failed", "4242"]  # no result, no process: its error shows why
+    assert printed.splitlines()[4:] == ["", "sft,seed=0 failed (job 4242):", "    Traceback (most recent call last):",
+                                        '      File "x.py", line 1', "    RuntimeError: the local job broke"]
+
+    monkeypatch.setattr(status, "slurm_states", lambda ids: dict.fromkeys(ids, "COMPLETED"))
+    assert main(["sweep", "status", str(path), "--wait"]) == 2  # nothing runs any more, two did not finish
+    assert "2 of 3 runs did not finish (fusion.lam=2.0,seed=0, sft,seed=0); submit the sweep again" in \
+        capsys.readouterr().err
+    shutil.rmtree(running)
+    for run in sweep.runs[1:]:  # both finished after all (rerun by hand, say)
+        fake_run(run.config, {"val/loss": 2.0, "global_step": 3}, [1, 1, 1, 1])
+    assert main(["sweep", "status", str(path), "--wait"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny: 3 done" in printed and f"Results: {out}/" in printed and (out / "table.csv").exists()
+
+    assert main(["sweep", "status"]) == 2
+    assert "usage: flythinker sweep status SWEEP.yaml" in capsys.readouterr().err
