@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from flythinker_pl.cli import main
+from flythinker_pl.lit.launch import SRUN_HINT
 from flythinker_pl.sweep import status
 from flythinker_pl.sweep.jobs import Manifest, job_paths
 from flythinker_pl.sweep.runs import run_sweep
@@ -25,7 +26,6 @@ from conftest import DEBUG_CONFIG, ROOT
 
 pytestmark = pytest.mark.slow
 ON_SLURM = {"slurm": {"cpus_per_task": 1, "time": 30}}  # one thread per job, as the inline runs compared
-SRUN_HINT = "The `srun` command is available on your system but is not used"
 
 
 @pytest.fixture

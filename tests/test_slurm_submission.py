@@ -18,7 +18,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from submitit.slurm.slurm import _make_sbatch_string
 
 from flythinker_pl.cli import main
-from flythinker_pl.lit.launch import cluster_environment, external_launch
+from flythinker_pl.lit.launch import SRUN_HINT, cluster_environment, external_launch
 from flythinker_pl.lit.run import build_trainer, fit
 from flythinker_pl.lit.rundirs import new_version
 from flythinker_pl.sweep import launchers, status
@@ -29,7 +29,6 @@ from flythinker_pl.sweep.status import statuses
 
 from conftest import FAST, ROOT, fake_run
 
-SRUN_HINT = "The `srun` command is available on your system but is not used"
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "sacct", "scontrol")
 
 
