@@ -13,7 +13,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
-	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all bench-train \
+	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all slurm bench-train \
 	bench-decode bench-export bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
@@ -96,10 +96,27 @@ ablate-thinking: install ## a word inferred from the history at 2 difficulties: 
 test: install ## fast test suite on both cores (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile
 
-test-slow: install ## only the slow tests: multi-process (DDP, torchrun, kill/resume) and long runs
+test-slow: install slurm ## only the slow tests: multi-process (DDP, torchrun, kill/resume), long runs, SLURM jobs
 	$(OFFLINE) $(PY) -m pytest -q -m slow
 
-test-all: install ## every test, including slow end-to-end ones
+# A one-node SLURM with accounting for the SLURM tests, which start and stop its daemons themselves
+# (tests/slurm_cluster.py). Debian packages, as root; without root or apt-get it says why, and those
+# tests skip (under CI=true they fail instead).
+SLURM_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
+SLURM_COMMANDS := slurmctld slurmd slurmdbd munged mariadbd sbatch
+
+slurm: ## install SLURM (slurm-wlm, slurmdbd, munge, mariadb-server; as root) for the SLURM tests
+	@if for c in $(SLURM_COMMANDS); do command -v $$c >/dev/null || exit 1; done; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "make slurm: SLURM is not installed and installing it needs root and apt-get: the SLURM tests will skip"; \
+	else \
+		echo "installing $(SLURM_PACKAGES)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(SLURM_PACKAGES) >/dev/null; }; \
+	fi
+
+test-all: install slurm ## every test, including slow end-to-end ones (and SLURM jobs)
 	$(OFFLINE) $(PY) -m pytest -q -m ""
 
 bench-train: $(STAMP) ## training tokens/s: SFT vs FlyThinker (Reasoner frozen/LoRA/full), table + bench/train.json

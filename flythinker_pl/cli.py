@@ -13,6 +13,8 @@
     flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
     flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
+    flythinker sweep ablations/lambda.yaml --launcher slurm   # every run a SLURM job; then:
+    flythinker sweep status ablations/lambda.yaml --wait      # one line per run; the tables when all are done
     flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
     flythinker export lightning_logs/demo --out exports/demo   # a Hugging Face model folder (from_pretrained)
     flythinker generate exports/demo --record U00002-0   # stream one output (a run dir works too), then ms/token
@@ -86,11 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--ranks", type=int, nargs="+", help="FSDP world sizes (default: the config's "
                                                              "trainer.devices x trainer.num_nodes, and 8)")
     sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
-                                              "then its mean/std table, per-position table and plots")
-    sweep.add_argument("file", help="sweep YAML (see ablations/ and the README's 'Ablations (sweeps)')")
+                                              "then its mean/std table, per-position table and plots; "
+                                              "`sweep status FILE`: where each run stands")
+    sweep.add_argument("file", help="sweep YAML (see ablations/ and the README's 'Ablations (sweeps)'), or "
+                                    "`status` then the sweep YAML")
     sweep.add_argument("overrides", nargs="*", help="dotlist overrides for every point, after the file's")
+    sweep.add_argument("--launcher", help="inline: in this process, in order; local: jobs on this machine; slurm: "
+                                          "SLURM jobs (default: the file's launcher.name, else inline)")
+    sweep.add_argument("--parallel", type=int, help="runs at once (local; slurm: of each job array)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
     sweep.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs only")
+    sweep.add_argument("--wait", action="store_true", help="status: one progress line until no run is pending "
+                                                           "or running, then the tables")
     sweep.add_argument("--out", help="results directory (default: results/<name>/ beside the sweep file)")
     probe = commands.add_parser("probe", help="linear probes from each run's Reasoner and Generator hidden states "
                                               "to the users' latent attributes, per response position")
@@ -285,9 +294,13 @@ def memory(args):
 
 def sweep(args):
     from .sweep.runs import aggregate, plan, run_sweep
-    from .sweep.spec import load_sweep
+    from .sweep.spec import choose_launcher, load_sweep
 
+    if args.file == "status":
+        return sweep_status(args)
     spec = load_sweep(args.file, args.overrides)
+    launcher = choose_launcher(spec.path, spec.launcher, args.launcher, args.parallel)
+    out = Path(args.out or spec.results_dir)
     if args.dry_run:
         print(plan(spec).to_markdown())
         return
@@ -295,16 +308,53 @@ def sweep(args):
         waiting = plan(spec).query("status != 'done'")
         if len(waiting):
             print(f"Not finished yet, left out:\n{waiting.to_markdown()}\n")
-        aggregate(spec, args.out)
+        aggregate(spec, out)
+    elif launcher.name == "slurm":
+        from .sweep.launchers import submit_slurm
+
+        submit_slurm(spec, launcher, out, args.overrides)
+        print(f"Watch: flythinker sweep status {args.file}{' --out ' + args.out if args.out else ''} --wait")
+        return
+    elif launcher.name == "local":
+        from .sweep.launchers import run_local
+
+        run_local(spec, launcher, out, args.overrides)
     else:
-        run_sweep(spec, args.out)
+        run_sweep(spec, out)
         if not _rank_zero():  # launched by torchrun/srun: rank 0 prints the results
             return
-    out = Path(args.out or spec.results_dir)
+    print_results(out)
+
+
+def print_results(out: Path) -> None:
     for table in ("table.md", "segments.md", "gaps.md", "segment_gaps.md"):
         if (out / table).exists():
             print((out / table).read_text())
     print(f"Results: {out}/ (table.csv, runs.csv, segments.csv, *.png)")
+
+
+def sweep_status(args):
+    """`flythinker sweep status FILE [overrides] [--wait]`: with no overrides, those the jobs were submitted with."""
+    from .sweep.jobs import Manifest
+    from .sweep.runs import aggregate
+    from .sweep.spec import SweepError, load_sweep
+    from .sweep.status import status_table, statuses, wait
+
+    if not args.overrides:
+        raise ConfigError("usage: flythinker sweep status SWEEP.yaml [key=value ...] [--wait] [--out DIR]")
+    path, overrides = args.overrides[0], args.overrides[1:]
+    out = Path(args.out or load_sweep(path).results_dir)
+    manifest = Manifest(out)
+    spec = load_sweep(path, overrides or manifest.data["overrides"])
+    found = wait(spec, manifest) if args.wait else statuses(spec, manifest)
+    print(status_table(found))
+    if args.wait:
+        unfinished = [s.run.key for s in found if s.state != "done"]
+        if unfinished:
+            raise SweepError(f"{path}: {len(unfinished)} of {len(found)} runs did not finish ({', '.join(unfinished)}); "
+                             "submit the sweep again to rerun them (they resume)")
+        aggregate(spec, out)
+        print_results(out)
 
 
 def probe(args):

@@ -17,7 +17,7 @@ from flythinker_pl.sweep.runs import aggregate
 from flythinker_pl.sweep.spec import SweepError, load_sweep, references
 
 from conftest import DEBUG_CONFIG
-from test_sweep import fake_run
+from conftest import fake_run
 
 WORDS = "the strings sound bright and warm and the tuner clip holds on tight every single time".split()
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import subprocess
@@ -12,49 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from flythinker_pl.cli import main
-from flythinker_pl.config import load_config, to_yaml
-from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
+from flythinker_pl.config import load_config
 from flythinker_pl.evaluation.sweep_report import summary_table
 from flythinker_pl.sweep import runs as sweep_module
 from flythinker_pl.sweep.runs import aggregate, plan, run_sweep
 from flythinker_pl.sweep.spec import SweepError, load_sweep
 
-from conftest import DEBUG_CONFIG, ROOT
-
-# Runs of a few seconds each: 2 training steps, 8 new tokens, no bootstrap.
-FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8", "eval.n_bootstrap=0",
-        "eval.segment_width=4", "eval.segment_max=12", "callbacks.samples=0"]
-
-
-@pytest.fixture
-def write_sweep(run_config):
-    """write_sweep(directory, **keys): a sweep file on the debug config, its runs under directory/logs."""
-    cfg = run_config()
-
-    def write(directory: Path, **keys) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        spec = {"name": "tiny", "base": str(DEBUG_CONFIG), "seeds": [0, 1], "grid": {"fusion.lam": [0.5, 2.0]},
-                "overrides": [f"data.synthetic_dir={cfg.data.synthetic_dir}",
-                              f"logging.cache_dir={cfg.logging.cache_dir}",
-                              f"logging.root_dir={directory / 'logs'}", *FAST], **keys}
-        path = directory / "sweep.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        return path
-
-    return write
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread, and a busy machine makes two spinning threads far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from conftest import ROOT, fake_run
 
 def file_stamps(run_dir: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
@@ -136,20 +101,6 @@ def test_bad_sweep_files_fail_before_any_run_naming_file_and_key(write_sweep, tm
 def test_a_command_line_override_error_names_the_key(write_sweep, tmp_path, capsys):
     assert main(["sweep", str(write_sweep(tmp_path)), "--dry-run", "fusion.spam=global"]) == 2
     assert "command-line override: unknown config key 'fusion.spam'" in capsys.readouterr().err
-
-
-def fake_run(cfg, metrics: dict, segment_values: list[float]) -> Path:
-    """A finished, decoded and scored run dir for `cfg`, written by hand."""
-    run_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment / "version_0"
-    run_dir.mkdir(parents=True)
-    for name in ("config.yaml", "predictions.config.yaml"):
-        (run_dir / name).write_text(to_yaml(cfg))
-    (run_dir / "predictions.jsonl").write_text("")
-    (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg.eval))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    pd.DataFrame({"segment_start": [0, 0, 4, 4], "segment_end": [4, 4, 8, 8], "metric": ["bleu", "rouge1"] * 2,
-                  "value": segment_values, "count": [3, 3, 2, 2]}).to_csv(run_dir / "position_eval.csv", index=False)
-    return run_dir
 
 
 def test_aggregate_takes_mean_and_sample_std_over_seeds_from_run_dirs(write_sweep, tmp_path, capsys):
@@ -278,3 +229,29 @@ def test_seeds_on_the_command_line_replace_every_points_seeds(write_sweep, tmp_p
             load_sweep(path, [bad])
     assert main(["sweep", str(path), "--dry-run", "seeds=-2"]) == 2
     assert "seeds='-2': give a number of seeds (seeds=3 runs seeds 0, 1, 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
+def test_a_local_sweep_two_at_once_ends_with_the_inline_table(write_sweep, tmp_path, capsys):
+    """Two jobs side by side, each on its share of the cores (one thread on 2 cores): the table the
+    inline sweep gives on as many threads."""
+    points = [{"label": "sft", "overrides": ["method=sft"]}]
+    local = write_sweep(tmp_path / "local", seeds=[0], points=points)
+    assert main(["sweep", str(local), "--launcher", "local", "--parallel", "2"]) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.endswith(": done") or ": started, job " in line]
+    assert [line.split(": ")[1][:7] for line in lines[:2]] == ["started"] * 2  # two at once
+    assert sum(line.endswith(": done") for line in lines) == 3 and "thread(s); log " in printed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        run_sweep(load_sweep(write_sweep(tmp_path / "inline", seeds=[0], points=points)))
+    finally:
+        torch.set_num_threads(threads)
+    tables = [pd.read_csv(path / "results" / "tiny" / "table.csv", index_col="point") for path in (local.parent,
+                                                                                                  tmp_path / "inline")]
+    measured = [c for c in tables[1] if not c.startswith(("perf/", "decode/"))]
+    assert tables[0].index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
+    pd.testing.assert_frame_equal(tables[0][measured], tables[1][measured], check_exact=True)
+    assert main(["sweep", str(local), "--launcher", "local"]) == 0  # all done: nothing runs again
+    assert ": started" not in capsys.readouterr().out

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,20 +22,46 @@ import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins.environments import (ClusterEnvironment, LSFEnvironment, MPIEnvironment,
                                                    SLURMEnvironment, TorchElasticEnvironment)
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.distributed import DistError, TCPStore
 
 AGREEMENT_TIMEOUT = timedelta(minutes=10)
+SRUN_HINT = "The `srun` command is available on your system but is not used"  # Lightning's, on SLURM machines
 # Rank 0's store server must outlive the agreement: the other ranks may read late, and the
 # process group Lightning creates next reuses the server (multi-tenant) instead of a second one.
 _stores: dict[tuple[str, int, bool], TCPStore] = {}
 
 
+def _environments() -> tuple[type[ClusterEnvironment], ...]:
+    """The launches Lightning detects, in its order (torchrun first, then SLURM, LSF, MPI). SLURM's
+    only where srun started tasks (SLURM_NTASKS), the one case it detects: asked anywhere else, it
+    warns that "the `srun` command is available on your system but is not used" on every machine
+    with SLURM installed (a login node), job or not."""
+    srun_tasks = "SLURM_NTASKS" in os.environ
+    return (TorchElasticEnvironment, *([SLURMEnvironment] if srun_tasks else []), LSFEnvironment, MPIEnvironment)
+
+
+def cluster_environment() -> Optional[ClusterEnvironment]:
+    """For the Trainer's `plugins`; None: Lightning's own choice. Inside a SLURM job Lightning
+    detects the job's tasks (experiments/slurm/*.sbatch and a sweep's jobs start them with srun, so
+    its hint does not apply); a job that submitit runs (a sweep's) is requeued by submitit at the
+    time limit (sweep/jobs.py), so Lightning's auto-requeue stays off there. Outside a job, the
+    hint Lightning gives on every machine with SLURM installed, from its environment detection and
+    again before every fit, validate and predict (looking for an HPC checkpoint), is filtered out:
+    there is no job to launch with srun."""
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message=re.escape(SRUN_HINT), category=PossibleUserWarning)
+        return None
+    submitit_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and SLURMEnvironment.detect()
+    return SLURMEnvironment(auto_requeue=False) if submitit_job else None
+
+
 def external_launch() -> Optional[ClusterEnvironment]:
     """The cluster environment of a launch that started several ranks itself, as Lightning
-    detects it (torchrun first, then SLURM, LSF, MPI); None for one process or Lightning's own
-    launcher (which hands its choice to the ranks it starts through the environment)."""
-    for environment in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+    detects it (_environments); None for one process or Lightning's own launcher (which hands its
+    choice to the ranks it starts through the environment)."""
+    for environment in _environments():
         if environment.detect():
             try:
                 found = environment()

@@ -19,10 +19,10 @@ from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .callbacks import run_callbacks
 from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
-from .launch import AtomicCheckpointIO, agree_across_ranks
+from .launch import AtomicCheckpointIO, agree_across_ranks, cluster_environment
 from .logs import RunLogger, log_hparams, progress_bar
 from .module import MethodModule
-from .rundirs import git_commit, version_number, versions
+from .rundirs import git_commit, new_version, versions
 from .writer import PredictionWriter
 
 # Set by the launching process so that every DDP rank uses the same run dir and resume point.
@@ -74,17 +74,26 @@ def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     return Path(run_dir), resume_from
 
 
-def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
-    """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others."""
+def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
+    """(run dir, checkpoint) of the run that train.resume=auto continues: this experiment's newest,
+    stopped mid-training with these training settings. None if there is none (nothing is created)."""
     existing = run_dirs(cfg)
     if cfg.train.resume == "auto" and existing:
         newest = existing[-1]
         checkpoint = resume_checkpoint(newest)
         if (checkpoint and not (newest / "metrics.json").exists()
                 and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
-            return str(newest), str(checkpoint)
-    experiment_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment
-    run_dir = experiment_dir / f"version_{version_number(existing[-1]) + 1 if existing else 0}"
+            return newest, checkpoint
+    return None
+
+
+def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
+    """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others.
+    A new run dir is created here, atomically (rundirs.new_version)."""
+    unfinished = unfinished_run(cfg)
+    if unfinished:
+        return str(unfinished[0]), str(unfinished[1])
+    run_dir = new_version(Path(cfg.logging.root_dir) / cfg.logging.experiment)
     return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
@@ -114,12 +123,13 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bo
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False)
     progress = [progress_bar()] if cfg.trainer.enable_progress_bar else []
+    environment = cluster_environment()
     return L.Trainer(**{**dataclasses.asdict(cfg.trainer), "strategy": lightning_strategy(cfg, decoding)},
                      precision=precision(cfg),
                      gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
                      logger=logger, enable_model_summary=False,  # _fit prints the parameter counts
                      # every strategy takes it; fsdp's sharded checkpoints bypass it (lit/sharding.py swaps them)
-                     plugins=[AtomicCheckpointIO()],
+                     plugins=[AtomicCheckpointIO(), *([environment] if environment else [])],
                      callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
                      default_root_dir=str(run_dir),
                      # no_grad, not inference_mode: metric states touched by the validation before
@@ -145,16 +155,19 @@ def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
     """Run `work()` with the run dir (and resume point) exported for DDP ranks started inside it. A
     run dir this call made is removed again if `work` fails before it holds a checkpoint or
     predictions: a failed command leaves no empty version behind."""
-    launched_here, existed = RUN_DIR_ENV not in os.environ, run_dir.exists()
+    # a run dir still empty was made for this call (by choose_run_dir; on global rank 0, under srun/torchrun)
+    launched_here, existed = RUN_DIR_ENV not in os.environ, run_dir.is_dir() and any(run_dir.iterdir())
     os.environ.update({RUN_DIR_ENV: str(run_dir), RESUME_ENV: resume_from or ""})
     try:
         return work()
     except BaseException:
-        if launched_here and not existed and not any(run_dir.rglob("*.ckpt")) and \
+        if launched_here and not existed and rank_zero_only.rank == 0 and not any(run_dir.rglob("*.ckpt")) and \
                 not any(run_dir.glob("*.jsonl")):
             shutil.rmtree(run_dir, ignore_errors=True)
-            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
-                run_dir.parent.rmdir()  # the experiment dir, if this run made it
+            try:
+                run_dir.parent.rmdir()  # the experiment dir, if this run made it and no other run is there
+            except OSError:
+                pass
         raise
     finally:
         if launched_here:

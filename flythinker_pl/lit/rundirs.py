@@ -1,4 +1,5 @@
-"""Run directories: `<root>/<experiment>/version_N/`, found by number, and the commit they record."""
+"""Run directories: `<root>/<experiment>/version_N/`, found by number, created atomically, and the
+commit they record."""
 from __future__ import annotations
 
 import subprocess
@@ -13,6 +14,22 @@ def versions(experiment_dir: str | Path) -> list[Path]:
     """An experiment's run dirs, oldest first."""
     found = Path(experiment_dir).glob("version_*")
     return sorted((p for p in found if p.name.removeprefix("version_").isdigit()), key=version_number)
+
+
+def new_version(experiment_dir: str | Path) -> Path:
+    """A new run dir, version_N one above the highest, created here. mkdir either creates or fails,
+    so processes starting runs of one experiment at once (jobs of a sweep, two users) never share
+    a version: the one that loses the race takes the next number."""
+    experiment_dir = Path(experiment_dir)
+    while True:
+        existing = versions(experiment_dir)
+        run_dir = experiment_dir / f"version_{version_number(existing[-1]) + 1 if existing else 0}"
+        try:
+            experiment_dir.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir()
+            return run_dir
+        except (FileExistsError, FileNotFoundError):  # taken, or the empty experiment dir just removed
+            continue
 
 
 def holding(path: str | Path, filename: str, missing: str) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +17,7 @@ from ..config import Config
 from ..evaluation.sweep_report import write_results
 from ..lit.evaluate import EVAL_CONFIG, eval_yaml
 from ..lit.launch import external_launch
-from ..lit.run import NOT_DECODING, choose_run_dir, finished_run, run_experiment, same_settings
+from ..lit.run import NOT_DECODING, finished_run, run_experiment, same_settings, unfinished_run
 from .spec import Sweep, SweepError
 
 
@@ -36,7 +38,8 @@ def status(cfg: Config) -> str:
     run_dir = finished_run(cfg)
     if run_dir is not None:
         return "done" if _decoded_and_scored(run_dir, cfg) else "trained (decode + score left)"
-    _, resume_from = choose_run_dir(cfg)
+    unfinished = unfinished_run(cfg)
+    resume_from = unfinished[1] if unfinished else None if cfg.train.resume in ("auto", "never") else cfg.train.resume
     return f"resumes from {resume_from}" if resume_from else "new"
 
 
@@ -99,11 +102,21 @@ def runs_frame(sweep: Sweep) -> pd.DataFrame:
 
 def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary table, segment table) of the finished runs, written with the plots into `out_dir`
-    (default: the sweep's results dir). Only reads run dirs, so it can always be rebuilt."""
+    (default: the sweep's results dir). Only reads run dirs, so it can always be rebuilt. Each file
+    is written beside its place and renamed into it: a reader (or a second `status --wait`) never
+    sees half a table."""
     runs = runs_frame(sweep)
     finished = set(runs["point"])
     reference_of = {p: r for p, r in sweep.reference.items() if p in finished and r in finished}
     ceiling_of = {p: c for p, c in sweep.ceiling.items() if p in finished and c in finished}
     first = sweep.runs[0].config
-    return write_results(runs, Path(out_dir or sweep.results_dir), f"Sweep `{sweep.name}` ({sweep.path})",
-                         sweep.grid_keys, reference_of, first.decode.output, first.eval.answer_pattern, ceiling_of)
+    out = Path(out_dir or sweep.results_dir)
+    staging = out / f".writing-{os.getpid()}"
+    try:
+        tables = write_results(runs, staging, f"Sweep `{sweep.name}` ({sweep.path})", sweep.grid_keys, reference_of,
+                               first.decode.output, first.eval.answer_pattern, ceiling_of)
+        for written in staging.iterdir():
+            os.replace(written, out / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tables

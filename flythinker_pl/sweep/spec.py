@@ -1,45 +1,13 @@
-"""Sweeps: one YAML file runs an ablation -- every point x seed through `run_experiment` -- and
-aggregates the finished runs into tables (mean and std over seeds) and plots.
-
-A sweep file (ablations/<name>.yaml)::
-
-    name: lambda                     # default: the file's stem; names the results and run dirs
-    base: ../experiments/demo.yaml   # the config every point starts from (relative to this file)
-    overrides: [trainer.max_steps=100]   # dotlist applied to every point
-    seeds: [0, 1]                    # every point runs once per seed (sets `seed`); default: the base's seed
-    grid:                            # cartesian product of the keys: one point per combination,
-      fusion.lam: [0, 0.5, 1]        #   labelled "fusion.lam=0.5" ("k1=a,k2=b" for several keys)
-    points:                          # extra points, e.g. references, also run once per seed
-      - {label: sft, overrides: [method=sft]}
-      - {label: cot, config: ../experiments/product_review/cot.yaml, seeds: [0]}   # own config / seeds
-    reference: method=sft            # optional: gaps of every other point vs its reference (evaluation/gaps.py);
-                                     #   a label (reference: sft) is everyone's reference; a list of key=value
-                                     #   ([method=sft, data.synthetic.hint=false]) must all hold
-    ceiling: data.synthetic.hint=true   # optional, as `reference`: gaps.md adds the share of the ceiling's
-                                     #   gap (over the same reference) that each point closes
-
-`flythinker sweep FILE seeds=3` runs seeds 0, 1, 2 at every point instead of the file's `seeds` and
-the points' own (`seeds=[4,5]` names them); the Makefile's SEEDS=1 passes `seeds=1`.
-
-A run's config is base <- `overrides` <- the point's settings <- `seed`, in experiment
-`ablation_<name>/<label>,seed=<seed>` (so runs land in <logging.root_dir>/ablation_<name>/...).
-A point of `points` that sets a grid key (fusion.lam=0.5) joins the grid's plots at that value.
-Because every run is `run_experiment` under its own experiment name, rerunning an interrupted
-sweep skips finished runs and resumes a half-trained one from its last.ckpt.
-
-Results (default <this file's dir>/results/<name>/): table.csv/.md (one row per point: mean and
-sample std over seeds of SUMMARY_METRICS and any lambda_sweep/ columns, n_seeds), runs.csv (one
-row per run), segments.csv/.md (position windows, mean over seeds), position_eval.png (one line
-per point), metrics.png (every metric per point), metrics_vs_<key>.png for every numeric grid key and
-lambda_sweep.png (val/loss vs inference-time lambda) where runs logged it. With `reference`:
-gaps.csv/.md + gaps.png (each point minus its reference, paired 95% bootstrap intervals, training
-cost ratio), segment_gaps.csv/.md + .png (BLEU gap per position window) and, when the points vary
-over two grid keys, gap_heatmap.png.
+"""The sweep file (ablations/<name>.yaml; every key in the README's "Ablations (sweeps)" and
+"Sweeps on a cluster"), validated before anything runs: its points x seeds as runs, each with its
+loaded config, the runs each one waits for, the references of the gap tables, and the launcher.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -50,13 +18,45 @@ from omegaconf.errors import OmegaConfBaseException
 from ..config import Config, ConfigError, load_config
 from ..evaluation.sweep_report import slug
 
-SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference", "ceiling")
+SWEEP_KEYS = ("name", "base", "overrides", "seeds", "grid", "points", "reference", "ceiling", "launcher")
 POINT_KEYS = ("label", "overrides", "config", "seeds")
 OWNED_KEYS = ("seed", "logging.experiment")  # set per run by the sweep itself
+# Config keys that name another run's outputs: a run whose value lies in another run's experiment
+# dir waits for that run (inline: comes after it; slurm: an afterok dependency).
+READS_RUNS = ("coconut.init_from",)
+LAUNCHERS = ("inline", "local", "slurm")
 
 
 class SweepError(ConfigError):
     pass
+
+
+@dataclass
+class SlurmSettings:
+    """`launcher.slurm`: the resources of every job. Nodes and tasks per node come from each point's
+    trainer.num_nodes and trainer.devices (one task per device, as experiments/slurm/train.sbatch)."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: int = 240  # minutes per job; signal_delay_s before it the job is requeued, and resumes
+    cpus_per_task: Optional[int] = None  # also each task's torch threads (OMP_NUM_THREADS)
+    mem: Optional[str] = None  # per node, as sbatch --mem takes it: 64G
+    gpus_per_node: Optional[int] = None  # default: one per task when trainer.accelerator is gpu/cuda, else none
+    constraint: Optional[str] = None
+    setup: list[str] = field(default_factory=list)  # shell lines before each job: ["module load cuda/12.1"]
+    sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch option: {exclude: "n[1-2]", mail-type: END}
+    signal_delay_s: int = 120  # SLURM signals the job this long before its time limit
+    max_requeues: int = 3  # time-limit requeues of one job before it counts as failed
+
+
+@dataclass
+class LauncherSettings:
+    """`launcher:` (and --launcher / --parallel): where the runs execute (sweep/launchers.py)."""
+
+    name: str = "inline"  # inline (this process, in order) | local (jobs on this machine) | slurm (SLURM jobs)
+    parallel: Optional[int] = None  # runs at once: local (default 1) splits GPUs and CPU threads; slurm: array limit
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 @dataclass
@@ -73,6 +73,12 @@ class Run:
     point: Point
     seed: int
     config: Config
+    after: tuple[str, ...] = ()  # the keys of the runs this one reads (READS_RUNS), which come before it
+
+    @property
+    def key(self) -> str:
+        """The run's name within its sweep, as in its experiment: "<label>,seed=<seed>"."""
+        return f"{self.point.label},seed={self.seed}"
 
 
 @dataclass
@@ -84,6 +90,7 @@ class Sweep:
     runs: list[Run]  # point-major: every seed of the first point, then of the next
     reference: dict[str, str] = field(default_factory=dict)  # point label -> its reference's label
     ceiling: dict[str, str] = field(default_factory=dict)  # point label -> its ceiling's label
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
 
     @property
     def results_dir(self) -> Path:
@@ -228,8 +235,58 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
                                     f"logging.experiment=ablation_{name}/{slug(point.label)},seed={seed}"],
                                    f"point '{point.label}'"))
             for point in points for seed in seeds_override or point.seeds or seeds]
+    _dependencies(path, runs)
     return Sweep(path, name, list(grid or {}), points, runs, _references(path, node.get("reference"), runs),
-                 _references(path, node.get("ceiling"), runs, "ceiling"))
+                 _references(path, node.get("ceiling"), runs, "ceiling"), launcher_settings(path, node.get("launcher")))
+
+
+def _check_keys(path: Path, where: str, node: Any, schema) -> None:
+    valid = [f.name for f in dataclasses.fields(schema)]
+    if not isinstance(node, dict):
+        raise SweepError(f"{path}: {where} must be a mapping with keys {', '.join(valid)} (got {node!r})")
+    unknown = sorted(set(node) - set(valid))
+    if unknown:
+        raise SweepError(f"{path}: {where}: unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
+
+
+def launcher_settings(path: Path, node: Any) -> LauncherSettings:
+    """The `launcher:` block, checked key by key (one line naming the key and the valid ones)."""
+    node = {} if node is None else node
+    _check_keys(path, "launcher", node, LauncherSettings)
+    _check_keys(path, "launcher.slurm", node.get("slurm") or {}, SlurmSettings)
+    try:
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LauncherSettings), node))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise SweepError(f"{path}: launcher: {str(err).splitlines()[0]}") from None
+    return choose_launcher(path, settings)
+
+
+def choose_launcher(path: Path, settings: LauncherSettings, name: Optional[str] = None,
+                    parallel: Optional[int] = None) -> LauncherSettings:
+    """`settings` with the command line's --launcher and --parallel over them, checked."""
+    settings = dataclasses.replace(settings, name=name or settings.name, parallel=parallel or settings.parallel)
+    if settings.name not in LAUNCHERS:
+        raise SweepError(f"{path}: launcher: name={settings.name!r} is not one of {', '.join(LAUNCHERS)}")
+    if settings.parallel is not None and settings.parallel < 1:
+        raise SweepError(f"{path}: launcher: parallel={settings.parallel} must be >= 1")
+    return settings
+
+
+def _dependencies(path: Path, runs: list[Run]) -> None:
+    """Sets each run's `after`: the runs whose experiment dir one of its READS_RUNS keys points into."""
+    homes = {run.key: (Path(run.config.logging.root_dir) / run.config.logging.experiment).resolve() for run in runs}
+    for index, run in enumerate(runs):
+        for config_key in READS_RUNS:
+            value = operator.attrgetter(config_key)(run.config)
+            target = Path(str(value)).expanduser().resolve() if value else None
+            for position, other in enumerate(runs):
+                home = homes[other.key]
+                if target is None or other is run or not (target == home or home in target.parents):
+                    continue
+                if position > index:
+                    raise SweepError(f"{path}: point '{run.point.label}' reads run '{other.key}' ({config_key}), "
+                                     f"which comes after it: list point '{other.point.label}' first")
+                run.after += (other.key,)
 
 
 def _references(path: Path, reference: Any, runs: list[Run], what: str = "reference") -> dict[str, str]:
