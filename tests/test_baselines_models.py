@@ -299,9 +299,6 @@ def test_every_method_builds_its_module(local_models):
         assert type(built[overrides[0]]) is method_class, overrides
     assert built["method=coconut"].thoughts == 3
     assert built["method=static"].reasoner_sees_profile is False
-    with pytest.raises(ConfigError, match="gradient_checkpointing"):
-        build_method(load_config(None, [*local_models, "method=coconut", "train.gradient_checkpointing=true"]),
-                     corpus=no_corpus)
 
 
 def test_random_reasoner_is_fresh_seeded_and_leaves_other_randomness_alone(local_models):
