@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.batching import collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
-from flythinker_pl.data.encode import encode_record, fit_history, token_ids, tokens_and_span_mask, truncate
+from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, tokens_and_span_masks, truncate
 from flythinker_pl.data.prompts import (RATIONALE_PREFIX, RESPONSE_MARKER, SEPARATOR, SUFFIX, chat_prompt,
                                         render_profile_item, split_rationale, user_message, with_rationale)
 from flythinker_pl.data.rationales import RationaleFileError, load_rationales, read_rationale_file
@@ -36,7 +36,7 @@ def synthetic_cfg(synthetic_dir: Path, **options) -> DataConfig:
 def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
     """The history text as the encoder budgets it (independently of profile_mask)."""
     items = [record["profile"][i] for i in retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)]
-    return fit_history(tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)[0]
+    return fit_histories(tokenizer, [[render_profile_item(cfg.task, item) for item in items]], cfg.profile_tokens)[0][0]
 
 
 def previous_encoding(record: dict, cfg: DataConfig, tokenizer) -> list[int]:
@@ -143,15 +143,15 @@ def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_to
 
 
 def test_an_empty_span_marks_nothing(tokenizer):
-    ids, mask = tokens_and_span_mask(tokenizer, "The sound is lovely", (6, 6))
+    ids, mask = tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(6, 6)])[0]
     assert ids == token_ids(tokenizer, "The sound is lovely") and mask.tolist() == [0] * len(ids)
-    assert tokens_and_span_mask(tokenizer, "The sound is lovely", (4, 9))[1].any()
+    assert tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(4, 9)])[0][1].any()
 
 
 def test_span_ends_on_characters_no_token_covers_fall_back_to_offsets():
     backend = Tokenizer(models.WordLevel({"the": 0, "sound": 1, "is": 2, "lovely": 3, "[UNK]": 4}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()  # spaces belong to no token
-    ids, mask = tokens_and_span_mask(PreTrainedTokenizerFast(tokenizer_object=backend), "the sound is lovely", (3, 13))
+    ids, mask = tokens_and_span_masks(PreTrainedTokenizerFast(tokenizer_object=backend), ["the sound is lovely"], [(3, 13)])[0]
     assert ids == [0, 1, 2, 3] and mask.tolist() == [0, 1, 1, 0]
 
 
@@ -207,8 +207,8 @@ def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer,
     cfg = synthetic_cfg(synthetic_dir, profile_tokens=200, input_tokens=200, target_tokens=target_tokens,
                         rationale_tokens=rationale_tokens)
     record = load_split(cfg, "train").records[0]
-    plain = encode_record(record, record["profile"][:1], cfg, tokenizer)
-    cot = encode_record(record, record["profile"][:1], cfg, tokenizer, rationale=RATIONALE)
+    plain = encode_records([record], [record["profile"][:1]], cfg, tokenizer)[0]
+    cot = encode_records([record], [record["profile"][:1]], cfg, tokenizer, [RATIONALE])[0]
     assert cot["input_ids"][: cot["prompt_len"]].tolist() == plain["input_ids"][: plain["prompt_len"]].tolist()
     assert cot["profile_mask"].tolist()[: cot["prompt_len"]] == plain["profile_mask"].tolist()[: plain["prompt_len"]]
     assert cot["reference"] == record["output"] and cot["target_tokens"] == plain["target_tokens"]
