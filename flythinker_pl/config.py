@@ -79,7 +79,7 @@ class CoconutConfig:
     # Warm start from a method=cot run: its run dir, its experiment dir (the newest finished run) or a
     # .ckpt file; "" = from the backbone. The official GSM8K recipe starts from a CoT checkpoint.
     init_from: str = ""
-    # The official curriculum (data.rationales split into steps, data/curriculum.py): stage
+    # The official curriculum (data.rationales split into steps, data/coconut_schedule.py): stage
     # s = first_stage + step // steps_per_stage replaces the first s steps of the rationale by
     # s x c_thought thoughts; beyond max_latent_stage every step goes and the thoughts stay at
     # max_latent_stage x c_thought (pad_latent_to_max; else capped at the record's step count).

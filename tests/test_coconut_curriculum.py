@@ -18,13 +18,13 @@ from torch.utils.data import DataLoader
 
 from flythinker_pl.config import CoconutConfig, ConfigError, DecodeConfig, TrainConfig, load_config
 from flythinker_pl.data.batching import collate
-from flythinker_pl.data.curriculum import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
+from flythinker_pl.data.coconut_schedule import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
                                            training_plan)
 from flythinker_pl.data.datamodule import prepare_records, split_records
 from flythinker_pl.data.encode import IGNORE_INDEX, rationale_fields, token_ids
 from flythinker_pl.data.prompts import RATIONALE_PREFIX, RESPONSE_MARKER, with_rationale
 from flythinker_pl.data.rationales import rationale_steps
-from flythinker_pl.lit.curriculum import CoconutCurriculum
+from flythinker_pl.lit.coconut_curriculum import CoconutCurriculum
 from flythinker_pl.lit.module import MethodModule
 from flythinker_pl.lit.run import build, fit, predict
 from flythinker_pl.models import tiny

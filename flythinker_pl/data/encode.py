@@ -208,7 +208,7 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
 
 
 def rationale_fields(rationale_len: int, step_ids: list[list[int]]) -> dict:
-    """What Coconut's curriculum (data/curriculum.py) needs of a chain-of-thought example: how many
+    """What Coconut's curriculum (data/coconut_schedule.py) needs of a chain-of-thought example: how many
     target tokens precede the response (prefix + rationale + marker) and the rationale's steps,
     each tokenised alone (concatenated, and their lengths)."""
     return {"rationale_len": rationale_len,
