@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
 	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all bench-train \
-	bench-decode bench-export bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
+	bench-decode bench-export bench-data lint gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-21s %s\n", $$1, $$2}'
@@ -79,6 +79,10 @@ ablate-scale-grid: install ## Reasoner size x Generator size: FlyThinker - SFT g
 
 ablate-thinking: install ## a rule inferred from the history: SFT, FlyThinker, controls and the oracle, answer accuracy
 	$(OFFLINE) $(FLY) sweep ablations/thinking_pays.yaml
+
+lint: install ## ruff: the default rules and the format check (CI runs it first)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: install ## fast test suite on both cores (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile
