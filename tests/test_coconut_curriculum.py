@@ -32,9 +32,8 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.coconut import Coconut
 from flythinker_pl.models.coconut_setup import MARKER_TOKENS
 
-from conftest import sizes
-from test_baselines_models import local_models, no_corpus  # noqa: F401  (local_models: a fixture)
-from test_data_baselines import ROOMY, synthetic_cfg
+from helpers import ROOMY, no_corpus, sizes, synthetic_cfg
+
 
 START, LATENT, END = -1, -2, -3  # the official sequence's markers, as stand-ins
 PREFIX, MARKER = [901, 902], [903]  # our RATIONALE_PREFIX / RESPONSE_MARKER, as stand-ins

@@ -8,7 +8,8 @@ from flythinker_pl.config import ConfigError, load_config, to_yaml
 from flythinker_pl.models import tiny
 from flythinker_pl.models.backbones import check_same_vocabulary
 
-from conftest import ROOT
+from helpers import ROOT
+
 
 
 def test_defaults_yaml_and_overrides_compose(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.batching import collate
@@ -22,15 +22,8 @@ from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve
 from flythinker_pl.data.schema import DataError, RecordError
 
-from test_longlamp_fixtures import CONFIGS, fixture_cfg
+from helpers import CONFIGS, ROOMY, fixture_cfg, PythonTokenizer, synthetic_cfg
 
-ROOMY = dict(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
-
-
-def synthetic_cfg(synthetic_dir: Path, **options) -> DataConfig:
-    cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), **options)
-    cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 20, 5
-    return cfg
 
 
 def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
@@ -98,34 +91,6 @@ def test_profile_mask_finds_the_user_turn_even_when_the_system_prompt_quotes_the
         prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
         first_marked = int(np.flatnonzero(example["profile_mask"])[0])
         assert len(tokenizer.decode(example["input_ids"][:first_marked])) > prompt.index(history_text)
-
-
-class PythonTokenizer(PreTrainedTokenizer):
-    """A slow (Python, no offsets) tokenizer with the fast one's vocabulary and merges."""
-
-    def __init__(self, fast, **kwargs):
-        self.fast = fast
-        super().__init__(eos_token=fast.eos_token, pad_token=fast.pad_token,
-                         additional_special_tokens=["<|im_start|>"], **kwargs)
-
-    def get_vocab(self):
-        return self.fast.get_vocab()
-
-    @property
-    def vocab_size(self):
-        return self.fast.vocab_size
-
-    def _tokenize(self, text):
-        return self.fast.backend_tokenizer.encode(text, add_special_tokens=False).tokens
-
-    def _convert_token_to_id(self, token):
-        return self.fast.convert_tokens_to_ids(token)
-
-    def _convert_id_to_token(self, index):
-        return self.fast.convert_ids_to_tokens(index)
-
-    def convert_tokens_to_string(self, tokens):
-        return self.fast.convert_tokens_to_string(tokens)
 
 
 def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_token(tokenizer, synthetic_dir):

@@ -31,8 +31,8 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from conftest import DEBUG_CONFIG, left_padded, no_corpus
-from test_backbone_families import FAMILIES, LORA_TARGETS, family_folders
+from helpers import DEBUG_CONFIG, FAMILIES, LORA_TARGETS, family_folders, left_padded, no_corpus
+
 
 LOADER = Path(__file__).parent / "fixtures" / "load_exported.py"
 STEPS = 10

@@ -15,8 +15,9 @@ from flythinker_pl.evaluation.gaps import gap_table, segment_gaps
 from flythinker_pl.sweep.runs import aggregate
 from flythinker_pl.sweep.spec import SweepError, load_sweep, references
 
-from conftest import DEBUG_CONFIG
 from test_sweep import fake_run
+
+from helpers import DEBUG_CONFIG
 
 WORDS = "the strings sound bright and warm and the tuner clip holds on tight every single time".split()
 

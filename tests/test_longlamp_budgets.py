@@ -10,7 +10,8 @@ from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, 
 from flythinker_pl.data.prompts import ABSTRACT_WORDS, chat_prompt, history, render_profile_item, user_message
 from flythinker_pl.data.retrieval import retrieve
 
-from test_longlamp_fixtures import CONFIGS, fixture_cfg
+from helpers import CONFIGS, fixture_cfg
+
 
 TAIL = "<|im_start|>assistant\n"
 UNICODE = "Zoë's café ☕ — 音がいい 🎵🎶 e\u0301 “quotes” Ünïcödé ≠ ascii. " * 6

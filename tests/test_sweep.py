@@ -22,7 +22,8 @@ from flythinker_pl.sweep import runs as sweep_module
 from flythinker_pl.sweep.runs import aggregate, plan, run_sweep
 from flythinker_pl.sweep.spec import SweepError, load_sweep
 
-from conftest import DEBUG_CONFIG, ROOT
+from helpers import DEBUG_CONFIG, ROOT
+
 
 # Runs of a few seconds each: 2 training steps, 8 new tokens, no bootstrap.
 FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8", "eval.n_bootstrap=0",

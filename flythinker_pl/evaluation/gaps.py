@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
+from .metrics import answer_scores, bleu_from_statistics, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
 from ..evaluation.predictions import read_predictions
 
 GAP_METRICS = ("bleu", "rouge1", "rougeL", "meteor", "answer_accuracy")
@@ -44,7 +44,7 @@ def _sample_scores(predictions_path: str, answer_pattern: str = "") -> tuple[tup
 
 
 def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.array([_BLEU._compute_score_from_stats(stats[r].sum(0).tolist()).score for r in rows])
+    return np.array([bleu_from_statistics(stats[r].sum(0)) for r in rows])
 
 
 def _replicates(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str,
