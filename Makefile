@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install demo position-eval baselines ablate-reasoner-size ablate-lambda ablate-span ablate-length \
 	ablate-dependency probe ablate-history ablate-scale-grid ablate-thinking test test-slow test-all slurm bench-train \
-	bench-decode bench-export bench-data gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
+	bench-decode bench-export bench-data lint gpu-check gpu-wheels real-data real-amazon pretrain tensorboard constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-21s %s\n", $$1, $$2}'
@@ -92,6 +92,10 @@ ablate-thinking: install ## a word inferred from the history at 2 difficulties: 
 	    "$(THINKING_RUNS)/data.synthetic.reveal=$$level,method=flythinker,seed=0" --color-by word \
 	    --windows 0 1 2 3 4 5 6 7 8 9 --out ablations/results/thinking_pays/probe_$$level || exit 1; \
 	done
+
+lint: install ## ruff: the default rules and the format check (CI runs it first)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: install ## fast test suite on both cores (CI runs it, then test-slow)
 	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile

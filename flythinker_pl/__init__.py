@@ -10,7 +10,7 @@ __all__ = list(HF_CLASSES)
 
 def __getattr__(name: str):
     if name in HF_CLASSES:
-        from .hf import modeling_flythinker
+        from .models import modeling_flythinker
 
         return getattr(modeling_flythinker, name)
     raise AttributeError(f"module 'flythinker_pl' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-# What each `method` is (models/build.py builds it; README "Methods and baselines" compares them):
+# What each `method` is (models/build.py builds it; README "Baselines and controls" compares them):
 #   flythinker  Generator + Reasoner, the Reasoner's latent of position j-1 added at position j
 #   sft         the Generator fine-tuned on profile + query
 #   nonpers     the Generator on the query alone (needs data.retriever=none); zero-shot with trainer.max_steps=0
@@ -79,7 +79,7 @@ class CoconutConfig:
     # Warm start from a method=cot run: its run dir, its experiment dir (the newest finished run) or a
     # .ckpt file; "" = from the backbone. The official GSM8K recipe starts from a CoT checkpoint.
     init_from: str = ""
-    # The official curriculum (data.rationales split into steps, data/curriculum.py): stage
+    # The official curriculum (data.rationales split into steps, data/coconut_schedule.py): stage
     # s = first_stage + step // steps_per_stage replaces the first s steps of the rationale by
     # s x c_thought thoughts; beyond max_latent_stage every step goes and the thoughts stay at
     # max_latent_stage x c_thought (pad_latent_to_max; else capped at the record's step count).
@@ -349,7 +349,11 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
 def _coconut_checks(cfg: Config) -> list[tuple[bool, str]]:
     coconut = cfg.coconut
     checks = [(coconut.k >= 0, f"coconut.k={coconut.k} must be >= 0"),
-              (coconut.eps > 0, f"coconut.eps={coconut.eps} must be > 0")]
+              (coconut.eps > 0, f"coconut.eps={coconut.eps} must be > 0"),
+              # the checkpointed layers drop the KV cache that links the passes
+              (cfg.method != "coconut" or not cfg.train.gradient_checkpointing,
+               "method=coconut runs the prompt, its thoughts and the response as passes sharing one KV cache, "
+               "which train.gradient_checkpointing disables: set it to false")]
     if not (cfg.method == "coconut" and coconut.curriculum):
         return checks + [(not coconut.init_from or cfg.method == "coconut",
                           f"coconut.init_from warm-starts method=coconut (got method={cfg.method})")]
@@ -392,6 +396,22 @@ def _recurrent_checks(cfg: Config) -> list[tuple[bool, str]]:
         (not on or recurrent.window > 0 or not cfg.train.gradient_checkpointing,
          "recurrent.window=0 (exact) steps the Reasoner through its KV cache in training, which "
          "train.gradient_checkpointing disables: set recurrent.window >= 1 or turn checkpointing off"),
+    ]
+
+
+def _shared_base_checks(cfg: Config) -> list[tuple[bool, str]]:
+    if not cfg.reasoner.shared_base:
+        return []
+    return [
+        (cfg.method == "flythinker",
+         f"reasoner.shared_base=true is implemented for method=flythinker only (got {cfg.method})"),
+        ((cfg.generator.mode, cfg.reasoner.mode) == ("lora", "lora"),
+         "reasoner.shared_base=true puts two LoRA adapters on one base model: it needs generator.mode=lora and "
+         f"reasoner.mode=lora (got {cfg.generator.mode}, {cfg.reasoner.mode})"),
+        # recomputation in backward would run with whichever adapter is active then
+        (not cfg.train.gradient_checkpointing,
+         "reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward pass would recompute "
+         "the Reasoner's layers with the Generator's adapter"),
     ]
 
 
@@ -441,6 +461,7 @@ def _check_choices(cfg: Config) -> None:
          f"(got {cfg.fusion.span})"),
         *_coconut_checks(cfg),
         *_recurrent_checks(cfg),
+        *_shared_base_checks(cfg),
         (cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
          f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})"),
         (cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,

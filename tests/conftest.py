@@ -1,12 +1,13 @@
-"""Tiny fixtures: a tokenizer trained on a small synthetic corpus, random tiny Qwen2 models of any
-size, and a debug run config whose data, cache and logs live in a temporary directory."""
+"""Shared fixtures: a tokenizer trained on a small synthetic corpus, random tiny Qwen2 models of any
+size, a debug run config whose data, cache and logs live in a temporary directory, local model
+folders, the settings of end-to-end runs, sweep files and a one-node SLURM. Plain helpers live in
+helpers.py."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import submitit  # noqa: F401  configures logging on import (dictConfig closes the handlers there): not mid-capture
 import torch
@@ -16,16 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `make test` runs two pytest-xdist workers, one per core: one thread each, or they fight for the cores
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-from flythinker_pl.config import BackboneConfig, FusionConfig, ReasonerConfig, load_config, to_yaml  # noqa: E402
+from flythinker_pl.config import FusionConfig, load_config  # noqa: E402
 from flythinker_pl.data import synthetic  # noqa: E402
-from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml  # noqa: E402
+from flythinker_pl.lit.run import build  # noqa: E402
 from flythinker_pl.models import tiny  # noqa: E402
-from flythinker_pl.models.backbones import decoder_of, set_mode  # noqa: E402
+from flythinker_pl.models.backbones import decoder_of  # noqa: E402
 from flythinker_pl.models.flythinker import FlyThinker  # noqa: E402
 from flythinker_pl.models.fusion import LatentFusion  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEBUG_CONFIG = ROOT / "experiments" / "debug" / "tiny.yaml"
+from helpers import DEBUG_CONFIG, FAST, save_tiny_model, sizes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,23 +44,6 @@ def tokenizer(corpus):
     return tiny.train_tokenizer(corpus, vocab_size=600)
 
 
-def sizes(hidden: int, layers: int = 2) -> dict:
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=2 * hidden)
-
-
-def save_tiny_model(tmp_path: Path, name: str, hidden: int, tokenizer, seed: int = 0) -> str:
-    """A tiny model + tokenizer saved as a local folder, which generator.name / reasoner.name accept."""
-    path = tmp_path / name
-    tiny.build_model(sizes(hidden), tokenizer, seed=seed).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def no_corpus():
-    raise AssertionError("a local model needs no corpus")
-
-
 @pytest.fixture
 def make_flythinker(tokenizer):
     """FlyThinker from random tiny models: make_flythinker(d_R, d_G, **fusion options)."""
@@ -77,31 +60,6 @@ def make_flythinker(tokenizer):
     return make
 
 
-def random_lora_backbones(tokenizer):
-    """(Generator d=64, Reasoner decoder d=32), LoRA on both, every lora_B random, nonzero and distinct
-    (B = 0 would hide a wrong adapter)."""
-    generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=1), BackboneConfig(mode="lora"), "generator",
-                         "CAUSAL_LM")
-    reasoner = set_mode(decoder_of(tiny.build_model(sizes(32), tokenizer, seed=2)), ReasonerConfig(mode="lora"),
-                        "reasoner", None)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in [*generator.named_parameters(), *reasoner.named_parameters()]:
-            if "lora_B" in name:
-                param.normal_(0, 0.1)
-    return generator, reasoner
-
-
-def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 @pytest.fixture
 def run_config(tmp_path, synthetic_dir):
     """The debug config with data, model cache and logs in temporary directories."""
@@ -113,11 +71,6 @@ def run_config(tmp_path, synthetic_dir):
                                           *overrides])
 
     return make
-
-
-# Runs of a few seconds each: 2 training steps, 8 new tokens, no bootstrap.
-FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8", "eval.n_bootstrap=0",
-        "eval.segment_width=4", "eval.segment_max=12", "callbacks.samples=0"]
 
 
 @pytest.fixture
@@ -148,20 +101,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fake_run(cfg, metrics: dict, segment_values: list[float]) -> Path:
-    """A finished, decoded and scored run dir for `cfg`, written by hand."""
-    run_dir = Path(cfg.logging.root_dir) / cfg.logging.experiment / "version_0"
-    run_dir.mkdir(parents=True)
-    for name in ("config.yaml", "predictions.config.yaml"):
-        (run_dir / name).write_text(to_yaml(cfg))
-    (run_dir / "predictions.jsonl").write_text("")
-    (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg.eval))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    pd.DataFrame({"segment_start": [0, 0, 4, 4], "segment_end": [4, 4, 8, 8], "metric": ["bleu", "rouge1"] * 2,
-                  "value": segment_values, "count": [3, 3, 2, 2]}).to_csv(run_dir / "position_eval.csv", index=False)
-    return run_dir
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A real one-node SLURM with accounting for the session (tests/slurm_cluster.py), stopped at its
@@ -186,3 +125,18 @@ def slurm_cluster():
                 os.environ.pop("SLURM_CONF", None)
             else:
                 os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture
+def local_models(tmp_path, tokenizer):
+    return [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
+            f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}"]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, synthetic_dir) -> list[str]:
+    """Data and the session's model cache, with the tiny backbones built once before any run."""
+    cache = tmp_path_factory.getbasetemp() / "model-cache"  # the same as conftest's run_config
+    overrides = [f"data.synthetic_dir={synthetic_dir.parent}", f"logging.cache_dir={cache}"]
+    build(load_config(DEBUG_CONFIG, overrides))
+    return overrides

@@ -16,9 +16,7 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, CohereConfig, Gemma2Config, Gemma3Config, Gemma3TextConfig,
-                          GraniteConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, Phi3Config, Qwen2Config,
-                          Qwen3Config)
+from transformers import (Gemma3Config, LlamaForCausalLM)
 
 from flythinker_pl.config import ConfigError, load_config
 from flythinker_pl.decoding.engines import make_engine
@@ -29,53 +27,13 @@ from flythinker_pl.models.fusion import real_positions
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from test_decoding import GREEDY, PROMPTS, argmax_chain_matches, prompt_batch
-from test_flythinker_math import RESPONSE_LEN, batch
-from test_lora_step import randomise_lora
+from helpers import FAMILIES, GREEDY, LORA_TARGETS, PROMPTS, RESPONSE_LEN, argmax_chain_matches, batch, family_config, family_folders, prompt_batch, randomise_lora, save_family
 
-WINDOW = 6  # sliding window, shorter than prompt + response
-FAMILIES = {  # config class, what the family has beyond Llama (strong enough to matter)
-    "llama": (LlamaConfig, {}),
-    "mistral": (MistralConfig, dict(sliding_window=WINDOW)),
-    "qwen2": (Qwen2Config, {}),
-    "qwen3": (Qwen3Config, dict(head_dim=16)),
-    "gemma2": (Gemma2Config, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-                                  final_logit_softcapping=0.3, attn_logit_softcapping=2.0)),
-    "gemma3": (Gemma3TextConfig, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-                                      final_logit_softcapping=0.3,
-                                      layer_types=["sliding_attention", "full_attention"])),
-    "phi3": (Phi3Config, {}),
-    "granite": (GraniteConfig, dict(embedding_multiplier=6.0, logits_scaling=4.0, residual_multiplier=0.5,
-                                    attention_multiplier=0.2)),
-    "cohere": (CohereConfig, dict(logit_scale=4.0)),
-}
+
 POST_PROCESSED = {"gemma2", "gemma3", "granite", "cohere"}
-LORA_TARGETS = {"phi3": "[qkv_proj,o_proj,gate_up_proj,down_proj]"}  # fused projections
 ENGINES = {"sft": ["sequential"], "flythinker": ["sequential", "staggered"], "shared": ["sequential", "shared"]}
 LAM = 4.0  # as in test_decoding: large enough that latents change the logits visibly
 SAMPLED = dataclasses.replace(GREEDY, do_sample=True, temperature=1.3, top_p=0.9, seed=7)
-
-
-def family_config(family: str, hidden: int, tokenizer):
-    config_class, extra = FAMILIES[family]
-    return config_class(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=256,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                        bos_token_id=None, **extra)
-
-
-def save_family(directory, family: str, hidden: int, tokenizer, seed: int, config=None) -> str:
-    torch.manual_seed(seed)
-    path = directory / f"{family}-{hidden}"
-    AutoModelForCausalLM.from_config(config or family_config(family, hidden, tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def family_folders(name: str, directory, tokenizer) -> tuple[str, str, str]:
-    """(family name, generator folder (d=64), reasoner folder (d=32))."""
-    return (name, save_family(directory, name, 64, tokenizer, seed=1),
-            save_family(directory, name, 32, tokenizer, seed=2))
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -92,7 +50,7 @@ def build(family, kind: str, lam: float = LAM, **fusion):
         overrides += [f"generator.lora_targets={LORA_TARGETS[name]}", f"reasoner.lora_targets={LORA_TARGETS[name]}"]
     overrides += {"sft": ["method=sft"], "flythinker": [], "shared": ["reasoner.shared_base=true"]}[kind]
     method, _ = build_method(load_config(None, overrides), corpus=None)
-    randomise_lora(method)
+    randomise_lora(method, which="lora_")
     return method.eval()
 
 

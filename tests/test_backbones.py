@@ -10,7 +10,8 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.sft import SFT
 
-from conftest import no_corpus, save_tiny_model
+from helpers import no_corpus, save_tiny_model
+
 
 
 def test_local_paths_build_flythinker_and_sft(tmp_path, tokenizer):

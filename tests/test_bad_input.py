@@ -19,8 +19,8 @@ from flythinker_pl.data.schema import SKIP_REPORT, DataError, RecordError, Split
 from flythinker_pl.lit.run import run_experiment
 from flythinker_pl.models import backbones, tiny
 
-from conftest import DEBUG_CONFIG
-from test_longlamp_validation import GOOD, encoded, spoiled, write_jsonl
+from helpers import DEBUG_CONFIG, GOOD, encoded, spoiled, write_jsonl
+
 
 BAD = spoiled(lambda r: r.update(output=""))
 

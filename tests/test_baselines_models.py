@@ -15,43 +15,13 @@ from flythinker_pl.lit.module import response_loss
 from flythinker_pl.models.baselines import Coconut, StaticFlyThinker
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
-from flythinker_pl.models.fusion import real_positions
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.sft import SFT
 
-from conftest import left_padded, no_corpus, save_tiny_model
+from helpers import HISTORY, PROMPT_LENGTHS, RESPONSE_LENGTHS, left_padded, no_corpus, static_of, token_rows, training_batch
 
-PROMPT_LENGTHS = [5, 9, 7]
-RESPONSE_LENGTHS = [6, 3, 4]  # differing, so responses end the rows at different prompt columns
-HISTORY = slice(1, 4)  # prompt tokens 1..3 of every row render the user's history
+
 GREEDY = DecodeConfig(do_sample=False, max_new_tokens=8)
-
-
-def token_rows(tokenizer, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, len(tokenizer), (p + r,), generator=g).tolist()
-            for p, r in zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)]
-
-
-def profile_rows(rows):
-    marks = []
-    for row in rows:
-        mark = [0] * len(row)
-        mark[HISTORY] = [1] * len(mark[HISTORY])
-        marks.append(mark)
-    return marks
-
-
-def training_batch(tokenizer, rows=None) -> dict:
-    rows = rows or token_rows(tokenizer)
-    ids, mask = left_padded(rows, tokenizer.pad_token_id)
-    prompt_len = torch.tensor(PROMPT_LENGTHS)
-    labels = torch.full_like(ids, -100)
-    last = last_prompt_column(mask, prompt_len)
-    for row in range(len(rows)):
-        labels[row, last[row] + 1:] = ids[row, last[row] + 1:]
-    return {"input_ids": ids, "attention_mask": mask, "prompt_len": prompt_len, "labels": labels,
-            "profile_mask": left_padded(profile_rows(rows), 0)[0]}
 
 
 def scored_logits(logits, batch):
@@ -76,12 +46,6 @@ def incremental_logits(method, batch, tokenizer):
 def assert_rows_close(actual, expected):
     for row, (a, e) in enumerate(zip(actual, expected)):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=0, msg=lambda m: f"row {row}: {m}")
-
-
-def static_of(flythinker: FlyThinker) -> StaticFlyThinker:
-    """Static with the same weights, Reasoner and fusion as `flythinker`."""
-    return StaticFlyThinker(flythinker.generator, flythinker.reasoner, flythinker.fusion, False,
-                            flythinker.reasoner_sees_profile)
 
 
 # --- Static -------------------------------------------------------------------------------------
@@ -206,7 +170,6 @@ def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker
             torch.testing.assert_close(thought.norm(dim=-1), torch.full((3, 1), float(norm_of_table)))
     assert norm == "table_mean" or not torch.allclose(calls[1][0][:, 0].norm(dim=-1), norm_of_table)
     _, response_positions = calls[-1]
-    response_width = max(RESPONSE_LENGTHS)
     for row, (p, r) in enumerate(zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)):
         # the last thought (position P + k - 1), then the response; shorter rows are right-padded
         assert response_positions[row, : 1 + r].tolist() == list(range(p + k - 1, p + k + r))
@@ -281,11 +244,6 @@ def _seeing(model):
 
 # --- building: method mapping and the random Reasoner --------------------------------------------
 
-@pytest.fixture
-def local_models(tmp_path, tokenizer):
-    return [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
-            f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}"]
-
 
 def test_every_method_builds_its_module(local_models):
     """(sft and flythinker: test_backbones.py)"""
@@ -299,9 +257,6 @@ def test_every_method_builds_its_module(local_models):
         assert type(built[overrides[0]]) is method_class, overrides
     assert built["method=coconut"].thoughts == 3
     assert built["method=static"].reasoner_sees_profile is False
-    with pytest.raises(ConfigError, match="gradient_checkpointing"):
-        build_method(load_config(None, [*local_models, "method=coconut", "train.gradient_checkpointing=true"]),
-                     corpus=no_corpus)
 
 
 def test_random_reasoner_is_fresh_seeded_and_leaves_other_randomness_alone(local_models):

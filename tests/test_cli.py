@@ -11,7 +11,8 @@ from pathlib import Path
 from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
 
-from conftest import DEBUG_CONFIG
+from helpers import DEBUG_CONFIG
+
 
 
 def overrides(run_config):

@@ -18,23 +18,22 @@ from torch.utils.data import DataLoader
 
 from flythinker_pl.config import CoconutConfig, ConfigError, DecodeConfig, TrainConfig, load_config
 from flythinker_pl.data.batching import collate
-from flythinker_pl.data.curriculum import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
+from flythinker_pl.data.coconut_schedule import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
                                            training_plan)
-from flythinker_pl.data.datamodule import prepare_records, pretraining_corpus, split_records
+from flythinker_pl.data.datamodule import prepare_records, split_records
 from flythinker_pl.data.encode import IGNORE_INDEX, rationale_fields, token_ids
 from flythinker_pl.data.prompts import RATIONALE_PREFIX, RESPONSE_MARKER, with_rationale
 from flythinker_pl.data.rationales import rationale_steps
-from flythinker_pl.lit.curriculum import CoconutCurriculum
+from flythinker_pl.lit.coconut_curriculum import CoconutCurriculum
 from flythinker_pl.lit.module import MethodModule
-from flythinker_pl.lit.run import fit, predict
+from flythinker_pl.lit.run import build, fit, predict
 from flythinker_pl.models import tiny
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.coconut import Coconut
 from flythinker_pl.models.coconut_setup import MARKER_TOKENS
 
-from conftest import sizes
-from test_baselines_models import local_models, no_corpus  # noqa: F401  (local_models: a fixture)
-from test_data_baselines import ROOMY, synthetic_cfg
+from helpers import ROOMY, no_corpus, sizes, synthetic_cfg
+
 
 START, LATENT, END = -1, -2, -3  # the official sequence's markers, as stand-ins
 PREFIX, MARKER = [901, 902], [903]  # our RATIONALE_PREFIX / RESPONSE_MARKER, as stand-ins
@@ -300,9 +299,9 @@ def test_a_fit_warm_starts_from_cot_and_walks_the_stages(run_config):
     cfg = run_config(*coconut_overrides(), *common, "coconut.curriculum=true", f"coconut.init_from={cot_dir.parent}",
                      "coconut.max_latent_stage=1", "coconut.c_thought=2", "coconut.k=2", "coconut.steps_per_stage=2",
                      "trainer.max_steps=4", "trainer.val_check_interval=2", "decode.max_new_tokens=4")
-    warm, _ = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+    warm = build(cfg)[0]
     for key, value in cot_weights.items():  # every adapter weight the CoT run trained, loaded
-        torch.testing.assert_close(warm.state_dict()[key.removeprefix("method.")], value, atol=0, rtol=0)
+        torch.testing.assert_close(warm.state_dict()[key], value, atol=0, rtol=0)
 
     spy = Spy()
     run_dir = fit(cfg, callbacks=[spy])
@@ -323,13 +322,12 @@ def test_a_fit_warm_starts_from_cot_and_walks_the_stages(run_config):
 
 
 def test_a_warm_start_needs_a_finished_cot_run_of_this_generator(run_config, tmp_path):
-    def build(*overrides):
-        cfg = run_config("method=coconut", *overrides)
-        return build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+    def build_coconut(*overrides):
+        return build(run_config("method=coconut", *overrides))
 
     with pytest.raises(ConfigError, match="train the method=cot run first"):
-        build(f"coconut.init_from={tmp_path / 'nothing'}")
+        build_coconut(f"coconut.init_from={tmp_path / 'nothing'}")
     sft_dir = fit(run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1",
                              "callbacks.samples=0"))
     with pytest.raises(ConfigError, match="must be a method=cot run of this Generator"):
-        build(f"coconut.init_from={sft_dir}")
+        build_coconut(f"coconut.init_from={sft_dir}")

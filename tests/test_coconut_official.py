@@ -18,7 +18,8 @@ from flythinker_pl.models import tiny
 from flythinker_pl.models.coconut import Coconut, LatentTokens
 from flythinker_pl.models.layout import last_prompt_column
 
-from conftest import left_padded, sizes
+from helpers import left_padded, sizes
+
 
 QUESTIONS = [7, 4, 6]  # question (prompt) lengths
 ANSWERS = [5, 3, 4]  # answer (response) lengths

@@ -11,7 +11,7 @@ from flythinker_pl.config import DataConfig
 from flythinker_pl.data import synthetic
 from flythinker_pl.data.batching import collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
-from flythinker_pl.data.encode import encode_record
+from flythinker_pl.data.encode import encode_records
 from flythinker_pl.data.prompts import chat_prompt
 
 
@@ -84,7 +84,7 @@ def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
                         f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
                         f'. Following the given patterns {record["input"]}')
     roomy = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
-    example = encode_record(record, [latest], roomy, tokenizer)
+    example = encode_records([record], [[latest]], roomy, tokenizer)[0]
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     assert prompt == chat_prompt(tokenizer, expected_message, None)
     assert prompt.endswith("<|im_start|>assistant\n")
@@ -92,7 +92,7 @@ def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
     assert tokenizer.decode(example["input_ids"][example["prompt_len"]:-1]) == record["output"]
 
     tight = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=20)
-    short = encode_record(record, [latest], tight, tokenizer)
+    short = encode_records([record], [[latest]], tight, tokenizer)[0]
     assert len(short["input_ids"]) - short["prompt_len"] == 20  # the target budget; no EOS on a cut target
     assert short["input_ids"][-1] != tokenizer.eos_token_id
     assert short["reference"] == record["output"]  # the reference is never truncated

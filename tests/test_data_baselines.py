@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.batching import collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
-from flythinker_pl.data.encode import encode_record, fit_history, token_ids, tokens_and_span_mask, truncate
+from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, tokens_and_span_masks, truncate
 from flythinker_pl.data.prompts import (RATIONALE_PREFIX, RESPONSE_MARKER, SEPARATOR, SUFFIX, chat_prompt,
                                         render_profile_item, split_rationale, user_message, with_rationale)
 from flythinker_pl.data.rationales import RationaleFileError, load_rationales, read_rationale_file
@@ -22,21 +22,14 @@ from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve
 from flythinker_pl.data.schema import DataError, RecordError
 
-from test_longlamp_fixtures import CONFIGS, fixture_cfg
+from helpers import CONFIGS, ROOMY, fixture_cfg, PythonTokenizer, synthetic_cfg
 
-ROOMY = dict(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
-
-
-def synthetic_cfg(synthetic_dir: Path, **options) -> DataConfig:
-    cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), **options)
-    cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 20, 5
-    return cfg
 
 
 def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
     """The history text as the encoder budgets it (independently of profile_mask)."""
     items = [record["profile"][i] for i in retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)]
-    return fit_history(tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)[0]
+    return fit_histories(tokenizer, [[render_profile_item(cfg.task, item) for item in items]], cfg.profile_tokens)[0][0]
 
 
 def previous_encoding(record: dict, cfg: DataConfig, tokenizer) -> list[int]:
@@ -100,34 +93,6 @@ def test_profile_mask_finds_the_user_turn_even_when_the_system_prompt_quotes_the
         assert len(tokenizer.decode(example["input_ids"][:first_marked])) > prompt.index(history_text)
 
 
-class PythonTokenizer(PreTrainedTokenizer):
-    """A slow (Python, no offsets) tokenizer with the fast one's vocabulary and merges."""
-
-    def __init__(self, fast, **kwargs):
-        self.fast = fast
-        super().__init__(eos_token=fast.eos_token, pad_token=fast.pad_token,
-                         additional_special_tokens=["<|im_start|>"], **kwargs)
-
-    def get_vocab(self):
-        return self.fast.get_vocab()
-
-    @property
-    def vocab_size(self):
-        return self.fast.vocab_size
-
-    def _tokenize(self, text):
-        return self.fast.backend_tokenizer.encode(text, add_special_tokens=False).tokens
-
-    def _convert_token_to_id(self, token):
-        return self.fast.convert_tokens_to_ids(token)
-
-    def _convert_id_to_token(self, index):
-        return self.fast.convert_ids_to_tokens(index)
-
-    def convert_tokens_to_string(self, tokens):
-        return self.fast.convert_tokens_to_string(tokens)
-
-
 def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_token(tokenizer, synthetic_dir):
     slow = PythonTokenizer(tokenizer)
     slow.chat_template = tokenizer.chat_template
@@ -143,15 +108,15 @@ def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_to
 
 
 def test_an_empty_span_marks_nothing(tokenizer):
-    ids, mask = tokens_and_span_mask(tokenizer, "The sound is lovely", (6, 6))
+    ids, mask = tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(6, 6)])[0]
     assert ids == token_ids(tokenizer, "The sound is lovely") and mask.tolist() == [0] * len(ids)
-    assert tokens_and_span_mask(tokenizer, "The sound is lovely", (4, 9))[1].any()
+    assert tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(4, 9)])[0][1].any()
 
 
 def test_span_ends_on_characters_no_token_covers_fall_back_to_offsets():
     backend = Tokenizer(models.WordLevel({"the": 0, "sound": 1, "is": 2, "lovely": 3, "[UNK]": 4}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()  # spaces belong to no token
-    ids, mask = tokens_and_span_mask(PreTrainedTokenizerFast(tokenizer_object=backend), "the sound is lovely", (3, 13))
+    ids, mask = tokens_and_span_masks(PreTrainedTokenizerFast(tokenizer_object=backend), ["the sound is lovely"], [(3, 13)])[0]
     assert ids == [0, 1, 2, 3] and mask.tolist() == [0, 1, 1, 0]
 
 
@@ -207,8 +172,8 @@ def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer,
     cfg = synthetic_cfg(synthetic_dir, profile_tokens=200, input_tokens=200, target_tokens=target_tokens,
                         rationale_tokens=rationale_tokens)
     record = load_split(cfg, "train").records[0]
-    plain = encode_record(record, record["profile"][:1], cfg, tokenizer)
-    cot = encode_record(record, record["profile"][:1], cfg, tokenizer, rationale=RATIONALE)
+    plain = encode_records([record], [record["profile"][:1]], cfg, tokenizer)[0]
+    cot = encode_records([record], [record["profile"][:1]], cfg, tokenizer, [RATIONALE])[0]
     assert cot["input_ids"][: cot["prompt_len"]].tolist() == plain["input_ids"][: plain["prompt_len"]].tolist()
     assert cot["profile_mask"].tolist()[: cot["prompt_len"]] == plain["profile_mask"].tolist()[: plain["prompt_len"]]
     assert cot["reference"] == record["output"] and cot["target_tokens"] == plain["target_tokens"]

@@ -21,8 +21,8 @@ from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import BM25Corpus, bm25_document, bm25_query
 from flythinker_pl.models import tiny
 
-from test_data_baselines import PythonTokenizer
-from test_longlamp_fixtures import CONFIGS, fixture_cfg
+from helpers import CONFIGS, fixture_cfg, PythonTokenizer
+
 
 
 # --- the reference: the per-record path as it was before encode_records (rank-bm25, one record at a time)

@@ -15,18 +15,11 @@ from flythinker_pl.models.fusion import LatentFusion
 from flythinker_pl.models.sft import SFT
 from flythinker_pl.models.shared import SharedBaseFlyThinker
 
-from conftest import left_padded, sizes
+from helpers import GREEDY, IDS, PROMPTS, argmax_chain_matches, left_padded, prompt_batch, randomise_lora, sizes
 
-PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
-IDS = ["a", "b", "c"]
-GREEDY = DecodeConfig(do_sample=False, max_new_tokens=10)
+
 LAM = 4.0  # large enough that latents change greedy choices of random models (checked below)
 SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, top_k=50, max_new_tokens=10, seed=7)
-
-
-def prompt_batch(tokenizer, order=(0, 1, 2)):
-    ids, mask = left_padded([PROMPTS[i] for i in order], tokenizer.pad_token_id)
-    return ids, mask, torch.tensor([len(PROMPTS[i]) for i in order]), [IDS[i] for i in order]
 
 
 @pytest.fixture
@@ -36,11 +29,7 @@ def shared_model(tokenizer):
     generator = tiny.build_model(sizes(64), tokenizer, seed=3)
     peft_model = set_mode(generator, BackboneConfig(mode="lora"), "generator", "CAUSAL_LM")
     peft_model.add_adapter("reasoner", lora_config(BackboneConfig(), "CAUSAL_LM"))
-    torch.manual_seed(0)
-    with torch.no_grad():  # distinct, nonzero adapters so "which adapter ran" shows in the output
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
+    randomise_lora(peft_model, std=0.05)  # distinct, nonzero adapters: "which adapter ran" shows in the output
     return SharedBaseFlyThinker(peft_model, LatentFusion(64, 64, FusionConfig(lam=LAM))).eval()
 
 
@@ -49,16 +38,6 @@ def methods(make_flythinker, shared_model):
     return {"sft": (SFT(flythinker.generator), ["sequential"]),
             "flythinker": (flythinker, ["sequential", "staggered"]),
             "shared": (shared_model, ["sequential", "shared"])}
-
-
-@torch.no_grad()
-def argmax_chain_matches(method, prompt: list[int], generated: list[int], eos_id: int):
-    """Teacher-forced, unbatched: each generated token is the argmax after its prefix."""
-    produced = generated + [eos_id] if len(generated) < GREEDY.max_new_tokens else generated
-    ids = torch.tensor([prompt + produced])
-    logits = method(ids, torch.ones_like(ids), torch.tensor([len(prompt)]))
-    chain = logits[0, len(prompt) - 1: -1].argmax(-1).tolist()
-    assert chain == produced
 
 
 def pick_mid_batch_eos(method, tokenizer):

@@ -16,7 +16,8 @@ from flythinker_pl.decoding.generate import generate
 from flythinker_pl.models import devices
 from flythinker_pl.models.devices import AsyncCopy, to_device
 
-from conftest import left_padded
+from helpers import left_padded
+
 
 
 class FakeTensor:

@@ -1,4 +1,4 @@
-"""Exported model folders (`flythinker export`, flythinker_pl/hf/) compute the framework's function.
+"""Exported model folders (`flythinker export`, flythinker_pl/hf/ and models/modeling_flythinker.py) compute the framework's function.
 
 Runs are written as `fit` leaves them (config.yaml, metrics.json, checkpoints/last.ckpt with the
 trainable weights only), over tiny random backbones of the families grid (test_backbone_families)
@@ -31,8 +31,8 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from conftest import DEBUG_CONFIG, left_padded, no_corpus
-from test_backbone_families import FAMILIES, LORA_TARGETS, family_folders
+from helpers import DEBUG_CONFIG, FAMILIES, LORA_TARGETS, family_folders, left_padded, no_corpus
+
 
 LOADER = Path(__file__).parent / "fixtures" / "load_exported.py"
 STEPS = 10
@@ -249,7 +249,7 @@ def test_the_folder_holds_config_code_weights_tokenizer_sampler_and_card(fast_ca
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "modeling_flythinker.py", "fusion_math.py", "flythinker_run.yaml", "README.md"} <= names
     for shipped in ("modeling_flythinker.py", "fusion_math.py"):  # the framework's own files, verbatim
-        assert (folder / shipped).read_bytes() == (Path(exporting.__file__).parent / shipped).read_bytes()
+        assert (folder / shipped).read_bytes() == (Path(exporting.modeling.__file__).parent / shipped).read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "flythinker" and config["auto_map"] == {
         "AutoConfig": "modeling_flythinker.FlyThinkerConfig",

@@ -8,19 +8,8 @@ from flythinker_pl.config import ConfigError, FusionConfig
 from flythinker_pl.models.fusion import LatentFusion, embedding_norm, real_positions
 from flythinker_pl.models.sft import SFT
 
-from conftest import left_padded
+from helpers import RESPONSE_LEN, batch
 
-PROMPT_LENGTHS = [5, 9, 7]
-RESPONSE_LEN = 6
-
-
-def batch(tokenizer, seed=0):
-    """Rows with different prompt lengths (so left padding differs) and a shared response length."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = len(tokenizer)
-    rows = [torch.randint(3, vocab, (p + RESPONSE_LEN,), generator=g).tolist() for p in PROMPT_LENGTHS]
-    ids, mask = left_padded(rows, tokenizer.pad_token_id)
-    return ids, mask, torch.tensor(PROMPT_LENGTHS)
 
 
 @pytest.mark.parametrize("reasoner_dim,generator_dim,dims", [

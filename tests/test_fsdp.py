@@ -21,7 +21,8 @@ from flythinker_pl.lit.sharding import local_shapes, shard
 from flythinker_pl.models.fusion import embedding_norm
 from flythinker_pl.models.sft import SFT
 
-from conftest import DEBUG_CONFIG, left_padded
+from helpers import DEBUG_CONFIG, ENV, ROOT, fit_cli, fit_command, left_padded, metrics_of
+
 
 
 def _loss(method, ids, mask, prompt_len) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +95,6 @@ def test_zero3_is_refused_at_config_time_naming_fsdp():
 
 # ---- end to end: 2-process fits through Lightning's launcher (slow) ----
 
-from test_scaleout import ENV, ROOT, fit_cli, fit_command, metrics_of, settings  # noqa: E402,F401
 
 SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=1.0"]
 DDP = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp", *SHORT]

@@ -16,8 +16,7 @@ from flythinker_pl.evaluation.segments import text_units
 from flythinker_pl.sweep.runs import aggregate
 from flythinker_pl.sweep.spec import SweepError, load_sweep, references
 
-from conftest import DEBUG_CONFIG
-from conftest import fake_run
+from helpers import DEBUG_CONFIG, fake_run
 
 WORDS = "the strings sound bright and warm and the tuner clip holds on tight every single time".split()
 

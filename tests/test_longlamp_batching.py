@@ -17,7 +17,8 @@ from flythinker_pl.data.batching import LengthBucketSampler, collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule
 from flythinker_pl.data.schema import SKIP_REPORT
 
-from conftest import DEBUG_CONFIG, ROOT
+from helpers import DEBUG_CONFIG, ROOT
+
 
 LENGTHS = [random.Random(n).randint(5, 500) for n in range(203)]
 

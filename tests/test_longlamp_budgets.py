@@ -6,11 +6,12 @@ import pytest
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.datamodule import load_split
-from flythinker_pl.data.encode import encode_record, fit_history, token_ids, truncate
+from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, truncate
 from flythinker_pl.data.prompts import ABSTRACT_WORDS, chat_prompt, history, render_profile_item, user_message
 from flythinker_pl.data.retrieval import retrieve
 
-from test_longlamp_fixtures import CONFIGS, fixture_cfg
+from helpers import CONFIGS, fixture_cfg
+
 
 TAIL = "<|im_start|>assistant\n"
 UNICODE = "Zoë's café ☕ — 音がいい 🎵🎶 e\u0301 “quotes” Ünïcödé ≠ ascii. " * 6
@@ -31,11 +32,11 @@ def test_truncation_never_exceeds_the_budget_after_retokenisation(tokenizer, tex
 def test_whole_items_are_dropped_before_any_item_is_cut(tokenizer):
     short_a, short_b, long_c = "first item", "second item", "third item " * 40
     size = len(token_ids(tokenizer, history([short_a, short_b])))
-    assert fit_history(tokenizer, [short_a, short_b, long_c], size) == (history([short_a, short_b]), 2, True)
-    text, kept, cut = fit_history(tokenizer, [long_c, short_a], 12)  # the most relevant alone is too long
+    assert fit_histories(tokenizer, [[short_a, short_b, long_c]], size)[0] == (history([short_a, short_b]), 2, True)
+    text, kept, cut = fit_histories(tokenizer, [[long_c, short_a]], 12)[0]  # the most relevant alone is too long
     assert (kept, cut) == (1, True) and long_c.startswith(text) and len(token_ids(tokenizer, text)) <= 12
-    assert fit_history(tokenizer, [short_a], 100) == (short_a, 1, False)
-    assert fit_history(tokenizer, [short_a], 0) == ("", 0, True)
+    assert fit_histories(tokenizer, [[short_a]], 100)[0] == (short_a, 1, False)
+    assert fit_histories(tokenizer, [[short_a]], 0)[0] == ("", 0, True)
 
 
 @pytest.mark.parametrize("task,setting", CONFIGS)
@@ -49,9 +50,9 @@ def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer
     for split in ("train", "test"):
         for record in load_split(cfg, split).records:
             items = [record["profile"][i] for i in retrieve(record, task, "bm25", 3)]
-            example = encode_record(record, items, cfg, tokenizer)
+            example = encode_records([record], [items], cfg, tokenizer)[0]
             ids, prompt_len = example["input_ids"].tolist(), example["prompt_len"]
-            history_text, _, _ = fit_history(tokenizer, [render_profile_item(task, i) for i in items], profile_tokens)
+            history_text, _, _ = fit_histories(tokenizer, [[render_profile_item(task, i) for i in items]], profile_tokens)[0]
             query = truncate(tokenizer, record["input"], input_tokens)
             assert len(token_ids(tokenizer, history_text)) <= profile_tokens
             assert len(token_ids(tokenizer, query)) <= input_tokens
@@ -71,7 +72,7 @@ def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer
 def test_long_fields_hit_the_budgets_and_are_reported(tokenizer, synthetic_dir):
     cfg = DataConfig(path=str(synthetic_dir), k=2, profile_tokens=64, input_tokens=16, target_tokens=32)
     record = load_split(cfg, "train").records[0]
-    example = encode_record(record, record["profile"][:2], cfg, tokenizer)
+    example = encode_records([record], [record["profile"][:2]], cfg, tokenizer)[0]
     assert example["cut"] == {"profile": True, "input": True, "target": True}
     assert example["items_shown"] == 1 and len(example["input_ids"]) - example["prompt_len"] == 32
 

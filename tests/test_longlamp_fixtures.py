@@ -19,18 +19,7 @@ from flythinker_pl.data.prompts import chat_prompt
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longlamp"
-CONFIGS = [(task, setting) for task in ("product_review", "abstract_generation", "topic_writing")
-           for setting in ("user", "temporal")]
-ROOMY = dict(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
-
-
-def fixture_cfg(task: str = "product_review", setting: str = "user", **options) -> DataConfig:
-    return DataConfig(task=task, setting=setting, path=str(FIXTURES), **options)
-
-
-def raw(task: str, setting: str, split: str) -> list[dict]:
-    return json.loads((FIXTURES / f"{task}_{setting}" / f"{split}.json").read_text(encoding="utf-8"))
+from helpers import CONFIGS, ROOMY, fixture_cfg, raw
 
 
 # Typed from LongLaMP's templates (REFERENCE.md), not from the package: recency k, newest first.

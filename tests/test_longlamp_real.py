@@ -12,7 +12,8 @@ from flythinker_pl.data.datamodule import load_split
 from flythinker_pl.data.inspect import show
 from flythinker_pl.data.readers import SPLITS
 
-from conftest import ROOT
+from helpers import ROOT
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")

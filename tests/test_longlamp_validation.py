@@ -2,7 +2,6 @@
 exactly and reported; a valid record is never dropped."""
 from __future__ import annotations
 
-import copy
 import json
 import types
 
@@ -12,15 +11,8 @@ from flythinker_pl.config import DataConfig
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
 from flythinker_pl.data.schema import SKIP_REPORT, DataError, RecordError
 
-from test_longlamp_fixtures import raw
+from helpers import GOOD, encoded, spoiled, write_jsonl
 
-GOOD = raw("product_review", "user", "train")[0]
-
-
-def spoiled(change) -> dict:
-    record = copy.deepcopy(GOOD)
-    change(record)
-    return record
 
 
 # (what is wrong, the bad record, field named in the error, reason)
@@ -41,16 +33,6 @@ BAD_RECORDS = [
 ]
 BAD_LINES = [("truncated JSON line", b'{"reviewerId": "A1", "input": "Gen', "(record)", "invalid_json"),
              ("non-UTF-8 bytes", b'{"reviewerId": "A1\xff\xfe", "input": "x"}', "(record)", "not_utf8")]
-
-
-def write_jsonl(path, lines: list[bytes]):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def encoded(record) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode("utf-8")
 
 
 def cfg_for(path, **options) -> DataConfig:

@@ -15,18 +15,10 @@ from flythinker_pl.models.backbones import lora_config, set_mode
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from conftest import left_padded, sizes
+from helpers import PROMPTS, left_padded, randomise_lora, sizes
 
-PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
+
 GREEDY = DecodeConfig(do_sample=False, max_new_tokens=12)
-
-
-def randomise_lora(model: torch.nn.Module, seed: int = 0) -> None:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.1)
 
 
 @pytest.fixture
@@ -34,7 +26,7 @@ def two_adapters(tokenizer):
     model = set_mode(tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator",
                      "CAUSAL_LM")
     model.add_adapter("reasoner", lora_config(BackboneConfig(lora_alpha=8), "CAUSAL_LM"))  # another scaling
-    randomise_lora(model)
+    randomise_lora(model, which="lora_")
     return model.eval()
 
 
@@ -116,7 +108,7 @@ def test_rows_need_one_rank(tokenizer):
 def test_sft_decodes_the_same_tokens_on_the_lean_and_peft_paths(tokenizer):
     generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=5), BackboneConfig(mode="lora"), "generator",
                          "CAUSAL_LM")
-    randomise_lora(generator, seed=1)
+    randomise_lora(generator, seed=1, which="lora_")
     method = SFT(generator).eval()
     ids, mask = left_padded(PROMPTS, tokenizer.pad_token_id)
     prompt_len = torch.tensor([len(p) for p in PROMPTS])

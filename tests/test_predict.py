@@ -15,7 +15,8 @@ from flythinker_pl.data.datamodule import load_split
 from flythinker_pl.lit.run import fit, predict
 from flythinker_pl.lit.writer import PredictionWriter
 
-from conftest import DEBUG_CONFIG
+from helpers import DEBUG_CONFIG
+
 
 
 def read_jsonl(path):

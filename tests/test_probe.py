@@ -17,7 +17,8 @@ from flythinker_pl.probe.features import run_features, window_names
 from flythinker_pl.probe.fit import held_out_rows, probe_run, score_probe
 from flythinker_pl.probe.run import probe_runs
 
-from conftest import DEBUG_CONFIG
+from helpers import DEBUG_CONFIG
+
 
 STARTS = (0, 1, 8, 32)
 

@@ -19,7 +19,8 @@ from flythinker_pl.models.fusion import LatentFusion, real_positions
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.recurrent import RecurrentFlyThinker
 
-from conftest import left_padded, no_corpus, random_lora_backbones, save_tiny_model
+from helpers import left_padded, no_corpus, random_lora_backbones, save_tiny_model
+
 
 PROMPT_LENGTHS = [5, 9, 7, 2]
 # differing: rows enter their responses at different columns, the last while still padded in others' responses

@@ -9,7 +9,6 @@ sample from its own stream seeded by (decode.seed, id), the same on any number o
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import shutil
@@ -38,17 +37,11 @@ from flythinker_pl.data.sampling import GlobalBatchSampler, ResumableDataLoader
 from flythinker_pl.lit.launch import AtomicCheckpointIO, agree_across_ranks, external_launch
 from flythinker_pl.lit.run import build, build_trainer, choose_run_dir
 
-from conftest import DEBUG_CONFIG, ROOT
+from helpers import DEBUG_CONFIG, ENV, ROOT, RUN, fit_cli, fit_command, metrics_of
+
 
 LENGTHS = [(37 * n) % 101 + 5 for n in range(83)]  # 83: the last global batch of 8 is partial
 SLURM = ROOT / "experiments" / "slurm"
-# One thread per process: the same arithmetic in the single-process, DDP and torchrun runs.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
-# 80 training records / global batch 8 = 10 steps per epoch: checkpoints at steps 4, 8, 12, 16 are
-# mid-epoch, and the run crosses an epoch boundary (step 10) after any of them. Whole responses
-# (198-265 tokens), so lengths, padding and the ranks' token counts vary, and buckets matter.
-RUN = ["trainer.max_steps=20", "trainer.val_check_interval=4", "trainer.limit_val_batches=1.0",
-       "data.target_tokens=600", "data.length_buckets=true", "data.bucket_chunk_batches=2"]
 ONE_RANK = ["data.batch_size=8", "trainer.devices=1"]
 TWO_RANKS = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp"]
 
@@ -317,30 +310,6 @@ def test_torchrun_example_launches_the_cli_on_n_processes(tmp_path, monkeypatch,
 
 
 # ---- end to end: real processes on the tiny config ----
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory, synthetic_dir) -> list[str]:
-    """Data and the session's model cache, with the tiny backbones built once before any run."""
-    cache = tmp_path_factory.getbasetemp() / "model-cache"  # the same as conftest's run_config
-    overrides = [f"data.synthetic_dir={synthetic_dir.parent}", f"logging.cache_dir={cache}"]
-    build(load_config(DEBUG_CONFIG, overrides))
-    return overrides
-
-
-def fit_command(settings: list[str], root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "flythinker_pl.cli", "fit", "-c", str(DEBUG_CONFIG), *settings,
-            f"logging.root_dir={root}", *RUN, *overrides]
-
-
-def fit_cli(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done
-
-
-def metrics_of(root: Path) -> dict:
-    [run_dir] = (root / "tiny").glob("version_*")  # exactly one run
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

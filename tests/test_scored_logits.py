@@ -14,8 +14,8 @@ from flythinker_pl.models.fusion import LatentFusion
 from flythinker_pl.models.sft import SFT
 from flythinker_pl.models.shared import SharedBaseFlyThinker
 
-from conftest import sizes
-from test_baselines_models import static_of, training_batch
+from helpers import sizes, static_of, training_batch
+
 
 
 def shared_base(tokenizer):

@@ -22,7 +22,7 @@ from flythinker_pl.sweep.jobs import Manifest, job_paths
 from flythinker_pl.sweep.runs import run_sweep
 from flythinker_pl.sweep.spec import load_sweep
 
-from conftest import DEBUG_CONFIG, ROOT
+from helpers import DEBUG_CONFIG, ROOT
 
 pytestmark = pytest.mark.slow
 ON_SLURM = {"slurm": {"cpus_per_task": 1, "time": 30}}  # one thread per job, as the inline runs compared

@@ -27,7 +27,7 @@ from flythinker_pl.sweep.launchers import gpu_shares, sbatch_parameters, submit_
 from flythinker_pl.sweep.spec import SlurmSettings, SweepError, load_sweep
 from flythinker_pl.sweep.status import statuses
 
-from conftest import FAST, ROOT, fake_run
+from helpers import FAST, ROOT, fake_run
 
 SLURM_COMMANDS = ("sbatch", "srun", "squeue", "sacct", "scontrol")
 

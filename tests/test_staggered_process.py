@@ -21,7 +21,8 @@ from flythinker_pl.decoding.reasoner_process import reasoner_process
 from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.fusion import LatentFusion
 
-from conftest import left_padded, random_lora_backbones
+from helpers import left_padded, random_lora_backbones
+
 
 PROMPTS = [[5, 9, 13, 21, 8, 40, 41], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
 PROFILE = [[0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]]  # the "history"

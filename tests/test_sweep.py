@@ -19,7 +19,7 @@ from flythinker_pl.sweep import runs as sweep_module
 from flythinker_pl.sweep.runs import aggregate, plan, run_sweep
 from flythinker_pl.sweep.spec import SweepError, load_sweep
 
-from conftest import ROOT, fake_run
+from helpers import ROOT, fake_run
 
 def file_stamps(run_dir: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}

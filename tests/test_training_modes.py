@@ -9,7 +9,8 @@ from flythinker_pl.config import BackboneConfig, ReasonerConfig
 from flythinker_pl.lit.module import response_loss
 from flythinker_pl.models.backbones import set_mode
 
-from conftest import left_padded
+from helpers import left_padded
+
 
 
 def training_batch(tokenizer):

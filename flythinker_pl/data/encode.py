@@ -81,15 +81,11 @@ def truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> 
     return ""
 
 
-def fit_history(tokenizer: PreTrainedTokenizerBase, rendered_items: list[str], budget: int) -> tuple[str, int, bool]:
-    """(history text, items kept, whether anything was dropped or cut) within `budget` tokens."""
-    return fit_histories(tokenizer, [rendered_items], budget)[0]
-
-
 def fit_histories(tokenizer: PreTrainedTokenizerBase, rendered: list[list[str]], budget: int,
                   tokens: Optional[list[int]] = None) -> list[tuple[str, int, bool]]:
-    """fit_history of each record's rendered items. `tokens`: each whole history's token count, when
-    known. Items are dropped in rounds, one tokenizer call per round for the histories still over budget."""
+    """Per record, (history text, items kept, whether anything was dropped or cut) within `budget`
+    tokens, its items most relevant first. `tokens`: each whole history's token count, when known.
+    Items are dropped in rounds, one tokenizer call per round for the histories still over budget."""
     kept = [len(items) for items in rendered]
     if tokens is None:
         tokens = [len(ids) for ids in batch_token_ids(tokenizer, [history(items) for items in rendered])]
@@ -142,24 +138,13 @@ def _slow_tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
     return ids, mask
 
 
-def tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
-                         span: tuple[int, int]) -> tuple[list[int], np.ndarray]:
-    return tokens_and_span_masks(tokenizer, [text], [span])[0]
-
-
-def encode_record(record: dict, items: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                  rationale: Optional[str] = None) -> dict:
-    """Prompt ids + target ids (+ EOS when the target is whole), the prompt's profile_mask (0 on the
-    target), and what the budgets did.
-
-    `items`: the retrieved profile items, most relevant first. `rationale`: reasoning to put before
-    the output in the target (chain of thought), or None."""
-    return encode_records([record], [items], cfg, tokenizer, [rationale])[0]
-
-
 def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
                    rationales: Optional[list[Optional[str]]] = None) -> list[dict]:
-    """encode_record of each record (with its items and rationale), chunk by chunk."""
+    """Per record: prompt ids + target ids (+ EOS when the target is whole), the prompt's profile_mask
+    (0 on the target), and what the budgets did; chunk by chunk.
+
+    `items`: each record's retrieved profile items, most relevant first. `rationales`: each record's
+    reasoning to put before the output in the target (chain of thought), or None."""
     rationales = rationales or [None] * len(records)
     head = template_head(tokenizer, cfg.system_prompt)
     history_tokens: dict[str, int] = {}  # history text -> token count (records that show the same items)
@@ -223,7 +208,7 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
 
 
 def rationale_fields(rationale_len: int, step_ids: list[list[int]]) -> dict:
-    """What Coconut's curriculum (data/curriculum.py) needs of a chain-of-thought example: how many
+    """What Coconut's curriculum (data/coconut_schedule.py) needs of a chain-of-thought example: how many
     target tokens precede the response (prefix + rationale + marker) and the rationale's steps,
     each tokenised alone (concatenated, and their lengths)."""
     return {"rationale_len": rationale_len,

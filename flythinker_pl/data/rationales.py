@@ -7,7 +7,7 @@ reasoning the model writes before its response.
     written per user as plain sentences that say what the user's history shows.
 
 A rationale's reasoning steps (`rationale_steps`: its sentences and lines) are what Coconut's
-curriculum replaces by continuous thoughts, one step per stage (data/curriculum.py).
+curriculum replaces by continuous thoughts, one step per stage (data/coconut_schedule.py).
 
 A training record without a rationale is a bad record: `on_bad_record=error` stops, naming the
 records file and id; `skip` leaves it out and counts it in the split's skip report. Evaluation

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .metrics import _BLEU, answer_scores, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
+from .metrics import answer_scores, bleu_from_statistics, bleu_statistics, meteor, meteor_unavailable_reason, rouge_f
 from ..evaluation.predictions import read_predictions
 from .segments import TextUnits
 from .palette import REFERENCE_COLOUR, line_styles
@@ -62,7 +62,7 @@ def _text_scores(predictions, references_) -> tuple[np.ndarray, dict[str, np.nda
 
 
 def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.array([_BLEU._compute_score_from_stats(stats[r].sum(0).tolist()).score for r in rows])
+    return np.array([bleu_from_statistics(stats[r].sum(0)) for r in rows])
 
 
 def _row_scores(stats: np.ndarray, per_sample: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

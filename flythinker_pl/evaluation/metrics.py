@@ -29,6 +29,9 @@ ROUGE_TYPES = ("rouge1", "rougeL")
 EMPTY_RULES = ("keep", "drop")
 
 _BLEU = BLEU()  # sacrebleu.corpus_bleu's defaults: 13a tokenisation, exp smoothing, cased
+# the same n-gram counts per sample; effective_order (which only the score uses) silences
+# sacrebleu's per-sentence advice
+_SEGMENT_BLEU = BLEU(effective_order=True)
 
 
 def _rouge_scorer() -> rouge_scorer.RougeScorer:
@@ -98,8 +101,19 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-sample n-gram counts whose column sums give the corpus score (what sacrebleu's own
-    bootstrap resamples), so a resampled corpus is scored without re-tokenising it."""
-    return np.array(_BLEU._extract_corpus_statistics(list(predictions), [list(references)]), dtype=np.int64)
+    bootstrap resamples), so a resampled corpus is scored without re-tokenising it. Columns:
+    hypothesis length, reference length, matched n-grams (n = 1..4), hypothesis n-grams (n = 1..4)."""
+    scores = (_SEGMENT_BLEU.sentence_score(prediction, [reference]) for prediction, reference in zip(predictions, references))
+    return np.array([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in scores], dtype=np.int64).reshape(-1, 10)
+
+
+def bleu_from_statistics(statistics: np.ndarray) -> float:
+    """The corpus BLEU of summed bleu_statistics rows (sacrebleu's compute_bleu, _BLEU's settings)."""
+    n = _BLEU.max_ngram_order
+    return BLEU.compute_bleu(correct=statistics[2: 2 + n].tolist(), total=statistics[2 + n:].tolist(),
+                             sys_len=int(statistics[0]), ref_len=int(statistics[1]),
+                             smooth_method=_BLEU.smooth_method, smooth_value=_BLEU.smooth_value,
+                             effective_order=_BLEU.effective_order, max_ngram_order=n).score
 
 
 def rouge_f(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
@@ -228,8 +242,7 @@ def bootstrap_intervals(bleu_stats: np.ndarray, per_sample: dict[str, np.ndarray
     resample with no row of the subset is left out of their interval."""
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, len(bleu_stats), size=(n_bootstrap, len(bleu_stats)))
-    replicates = {"bleu": np.array([_BLEU._compute_score_from_stats(bleu_stats[rows].sum(0).tolist()).score
-                                    for rows in resamples]),
+    replicates = {"bleu": np.array([bleu_from_statistics(bleu_stats[rows].sum(0)) for rows in resamples]),
                   **{name: values[resamples].mean(1) for name, values in per_sample.items()}}
     for name, (numerator, denominator) in (ratios or {}).items():
         totals = denominator[resamples].sum(1)

@@ -1,6 +1,6 @@
 """Leaving the framework (DESIGN.md section 10): a trained run as a Hugging Face model folder.
 
-fusion_math.py and modeling_flythinker.py import torch and transformers only: `flythinker export`
-copies them verbatim into the folder. export.py writes the folder, stream.py is `flythinker
+models/fusion_math.py and models/modeling_flythinker.py import torch and transformers only:
+`flythinker export` copies them verbatim into the folder. export.py writes the folder, stream.py is `flythinker
 generate`, bench.py times the exported model's generate() against the framework's engine.
 """

@@ -4,7 +4,7 @@
                             auto_map -> the modeling code below; a plain causal LM's config for SFT-like runs
     model.safetensors       every weight (generator.*, reasoner.*, latent_projection.*), LoRA merged
     adapters/<name>/        --adapters: peft adapters over those (base) weights instead of merged ones
-    modeling_flythinker.py  this package's own files, copied verbatim (torch + transformers only)
+    modeling_flythinker.py  models/ files of this package, copied verbatim (torch + transformers only)
     fusion_math.py
     generation_config.json  the run's sampler (decode.*: temperature, top_p, top_k, max_new_tokens) and stop ids
     tokenizer files         the run's tokenizer (chat template included)
@@ -26,7 +26,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from ..config import Config, ConfigError, load_config, to_yaml
 from ..models.build import SFT_METHODS
 from ..models.fusion import embedding_norm
-from . import modeling_flythinker as modeling
+from ..models import modeling_flythinker as modeling
 
 SHIPPED = ("modeling_flythinker.py", "fusion_math.py")  # copied into every folder whose model needs its code
 RUN_CONFIG = "flythinker_run.yaml"
@@ -192,7 +192,7 @@ def export(run: str | Path, out: str | Path, adapters: bool = False) -> Path:
             model.config.auto_map = {"AutoConfig": "modeling_flythinker.FlyThinkerConfig",
                                      "AutoModelForCausalLM": f"modeling_flythinker.{type(model).__name__}"}
             for name in SHIPPED:
-                shutil.copyfile(Path(__file__).with_name(name), staging / name)
+                shutil.copyfile(Path(modeling.__file__).with_name(name), staging / name)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / RUN_CONFIG).write_text(to_yaml(cfg))

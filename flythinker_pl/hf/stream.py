@@ -20,7 +20,7 @@ from ..config import Config, ConfigError, load_config
 from ..data.datamodule import prepare_record, split_records
 from ..data.readers import SPLITS, read_json
 from ..data.schema import TASKS, DataError, find_problem
-from . import modeling_flythinker as modeling
+from ..models import modeling_flythinker as modeling
 from .export import RUN_CONFIG, check_run, generation_config, hf_model, load_trained, stop_ids
 
 

@@ -6,7 +6,7 @@
 - `GenerationSamples` at the end: prompt, reference and output as text (generation_samples/<i>),
                       for methods with a Reasoner also the same model's output with lambda = 0
 - `LambdaSweep`       at the end: validation loss at each inference-time lambda
-- `CoconutCurriculum` (lit/curriculum.py, with coconut.curriculum=true): the stage's batches, an
+- `CoconutCurriculum` (lit/coconut_curriculum.py, with coconut.curriculum=true): the stage's batches, an
                       optimiser reset per stage, coconut/stage and coconut/val_loss@stage<s>
 
 DDP: a callback that runs forward passes either runs them on every rank over that rank's share of
@@ -42,7 +42,7 @@ from ..evaluation.metrics import METRICS
 from ..evaluation.report import log_position_panels
 from ..evaluation.segments import position_scores, text_units
 from ..evaluation.torchmetric import TextGenerationScores
-from .curriculum import CoconutCurriculum
+from .coconut_curriculum import CoconutCurriculum
 
 
 # ---- helpers shared by the callbacks -------------------------------------------------------------

@@ -22,7 +22,7 @@ from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
 from .launch import AtomicCheckpointIO, agree_across_ranks, cluster_environment
 from .logs import RunLogger, log_hparams, progress_bar
 from .module import MethodModule
-from .rundirs import git_commit, new_version, versions
+from .rundirs import cot_weights, git_commit, new_version, versions
 from .writer import PredictionWriter
 
 # Set by the launching process so that every DDP rank uses the same run dir and resume point.
@@ -140,7 +140,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bo
 def build(cfg: Config):
     """(LightningModule, DataModule, tokenizer) for a config, seeded."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data))
+    warm_start = cot_weights(cfg) if cfg.method == "coconut" and cfg.coconut.init_from else None
+    method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data), warm_start=warm_start)
     datamodule = PersonalisationDataModule(cfg.data, tokenizer, predict_split=cfg.decode.split,
                                            predict_batch_size=cfg.decode.batch_size,
                                            predict_records=cfg.decode.max_records)

@@ -1,9 +1,16 @@
-"""Run directories: `<root>/<experiment>/version_N/`, found by number, created atomically, and the
-commit they record."""
+"""Run directories: `<root>/<experiment>/version_N/`, found by number, created atomically, the
+commit they record, and the warm start a method=coconut run reads from a method=cot run."""
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, load_config
+
+GENERATOR_KEYS = ("name", "mode", "lora_r", "lora_alpha", "lora_targets")  # what a warm start must share
+CHECKPOINT_PREFIX = "method.generator."  # MethodModule.method.generator: SFT's (cot) and Coconut's alike
 
 
 def version_number(run_dir: Path) -> int:
@@ -51,3 +58,46 @@ def git_commit() -> str:
         return commit.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
+
+
+def _newest_finished_cot(experiment_dir: Path) -> Path | None:
+    """The newest run that finished training as method=cot (an experiment dir may hold other runs,
+    this Coconut run among them once it finished)."""
+    runs = [p for p in versions(experiment_dir) if (p / "metrics.json").exists()
+            and load_config(p / "config.yaml").method == "cot"]
+    return runs[-1] if runs else None
+
+
+def cot_checkpoint(init_from: str) -> tuple[Path, Path | None]:
+    """(checkpoint, its run dir if any) for `coconut.init_from`: a .ckpt file, a run dir (its
+    checkpoints/last.ckpt) or an experiment dir (its newest finished method=cot run's). Decoding and
+    resuming rebuild the method and so read it again (the run's own checkpoint then replaces it)."""
+    path = Path(init_from).expanduser()
+    if path.is_file():
+        run_dir = path.parent.parent
+        return path, run_dir if (run_dir / "config.yaml").exists() else None
+    run_dir = path if (path / "config.yaml").exists() else _newest_finished_cot(path) if path.is_dir() else None
+    checkpoint = run_dir / "checkpoints" / "last.ckpt" if run_dir else None
+    if checkpoint is None or not checkpoint.exists():
+        raise ConfigError(f"coconut.init_from={init_from!r}: no checkpoint there (expected a .ckpt file, a run dir "
+                          "with checkpoints/last.ckpt or an experiment dir with a finished run): train the "
+                          "method=cot run first")
+    return checkpoint, run_dir
+
+
+def cot_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The Generator weights a method=cot run trained (its checkpoint holds trainable weights only)."""
+    checkpoint, run_dir = cot_checkpoint(cfg.coconut.init_from)
+    if run_dir is not None:
+        trained = load_config(run_dir / "config.yaml")
+        differing = [f"generator.{key}" for key in GENERATOR_KEYS
+                     if getattr(trained.generator, key) != getattr(cfg.generator, key)]
+        if trained.method != "cot" or differing:
+            raise ConfigError(f"coconut.init_from={cfg.coconut.init_from!r} ({run_dir}) must be a method=cot run of "
+                              f"this Generator (got method={trained.method}; differing: {differing or 'none'})")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    foreign = [key for key in state if not key.startswith(CHECKPOINT_PREFIX)]
+    if foreign or not state:
+        raise ConfigError(f"coconut.init_from: {checkpoint} holds {foreign[:3] or 'no weights'}, not a Generator "
+                          "trained by method=cot")
+    return {key.removeprefix(CHECKPOINT_PREFIX): value for key, value in state.items()}

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..config import Config, ConfigError
+from ..config import Config
 from . import backbones, families
 from .baselines import StaticFlyThinker
 from .coconut_setup import build_coconut
@@ -31,28 +32,21 @@ def _load(key: str, cfg_backbone, corpus, cache_dir, gradient_checkpointing: boo
     return model, tokenizer
 
 
-def build_method(cfg: Config, corpus: Callable[[], list[str]]) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """`corpus` is called only when a tiny preset must be built (tokenizer + pretraining)."""
+def build_method(cfg: Config, corpus: Callable[[], list[str]], warm_start: dict[str, torch.Tensor] | None = None,
+                 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """`corpus` is called only when a tiny preset must be built (tokenizer + pretraining);
+    `warm_start`: the Generator weights of coconut.init_from (lit.rundirs.cot_weights reads them)."""
     checkpointing = cfg.train.gradient_checkpointing
     generator, tokenizer = _load("generator", cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
     generator_dim = backbones.hidden_size(generator)
     multiplier = families.embedding_multiplier(generator)
     if cfg.method == "coconut":  # its markers and warm start come before the training mode
-        return build_coconut(cfg, generator, tokenizer), tokenizer
+        return build_coconut(cfg, generator, tokenizer, warm_start), tokenizer
     generator = backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
     if cfg.method in SFT_METHODS:
         return SFT(generator), tokenizer
 
-    if cfg.reasoner.shared_base:
-        if cfg.method != "flythinker":
-            raise ConfigError(f"reasoner.shared_base=true is implemented for method=flythinker only (got {cfg.method})")
-        if (cfg.generator.mode, cfg.reasoner.mode) != ("lora", "lora"):
-            raise ConfigError("reasoner.shared_base=true puts two LoRA adapters on one base model: it needs "
-                              f"generator.mode=lora and reasoner.mode=lora (got {cfg.generator.mode}, "
-                              f"{cfg.reasoner.mode})")
-        if checkpointing:  # recomputation in backward would run with whichever adapter is active then
-            raise ConfigError("reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward "
-                              "pass would recompute the Reasoner's layers with the Generator's adapter")
+    if cfg.reasoner.shared_base:  # its config rules are checked in config.py
         families.check_head_logits(generator.get_base_model(), "reasoner.shared_base")
         backbones.check_lora_targets(generator, cfg.reasoner, "reasoner")
         generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))

@@ -8,7 +8,7 @@ one KV cache: the prompt; one per thought but the last; the last thought with th
 norm=none feeds the hidden state back raw, as the official code does; norm=table_mean rescales it
 to the mean row norm of the embedding table first (FlyThinker's device, kept as a labelled variant).
 
-Rows may have different numbers of thoughts (the curriculum: models/../data/curriculum.py). The
+Rows may have different numbers of thoughts (the curriculum: data/coconut_schedule.py). The
 prompts are left-padded to end at one column P, so every row's thoughts start at the same column
 (the official collator aligns the first latent the same way); where a row has run out of thoughts,
 its own next token fills the column. Internal layout of a row:
@@ -61,7 +61,7 @@ class Coconut(SFT):
         if norm not in NORMS:
             raise ConfigError(f"coconut.norm={norm!r} is not allowed; choose one of {', '.join(NORMS)}")
         # every row's, or [B] one per row of the batch being decoded, unless a `thoughts` argument says
-        # otherwise (the curriculum sets both: lit/curriculum.py)
+        # otherwise (the curriculum sets both: lit/coconut_curriculum.py)
         self.thoughts: int | torch.Tensor = thoughts
         self.norm, self.eps, self.markers, self.pad_id = norm, eps, markers, pad_id
 

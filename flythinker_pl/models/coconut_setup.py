@@ -1,20 +1,17 @@
 """Building method=coconut: the marker tokens in the vocabulary, the warm start from a method=cot
-run, the Generator's training mode (under LoRA, peft trains the markers' embedding rows)."""
+run's Generator weights (lit/rundirs.py reads them from coconut.init_from), the Generator's training
+mode (under LoRA, peft trains the markers' embedding rows)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError
 from . import backbones
 from .coconut import Coconut, LatentTokens
 
 MARKER_TOKENS = ("<|start-latent|>", "<|latent|>", "<|end-latent|>")
-GENERATOR_KEYS = ("name", "mode", "lora_r", "lora_alpha", "lora_targets")  # what a warm start must share
-CHECKPOINT_PREFIX = "method.generator."  # MethodModule.method.generator: SFT's (cot) and Coconut's alike
 
 
 def add_latent_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, init_text: str) -> LatentTokens:
@@ -36,49 +33,6 @@ def add_latent_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, init
     return LatentTokens(*ids)
 
 
-def _newest_finished_cot(experiment_dir: Path) -> Path | None:
-    """The newest run that finished training as method=cot (an experiment dir may hold other runs,
-    this Coconut run among them once it finished)."""
-    runs = [p for p in experiment_dir.glob("version_*") if (p / "metrics.json").exists()
-            and load_config(p / "config.yaml").method == "cot"]
-    return max(runs, key=lambda p: int(p.name.removeprefix("version_")), default=None)
-
-
-def cot_checkpoint(init_from: str) -> tuple[Path, Path | None]:
-    """(checkpoint, its run dir if any) for `coconut.init_from`: a .ckpt file, a run dir (its
-    checkpoints/last.ckpt) or an experiment dir (its newest finished method=cot run's). Decoding and
-    resuming rebuild the method and so read it again (the run's own checkpoint then replaces it)."""
-    path = Path(init_from).expanduser()
-    if path.is_file():
-        run_dir = path.parent.parent
-        return path, run_dir if (run_dir / "config.yaml").exists() else None
-    run_dir = path if (path / "config.yaml").exists() else _newest_finished_cot(path) if path.is_dir() else None
-    checkpoint = run_dir / "checkpoints" / "last.ckpt" if run_dir else None
-    if checkpoint is None or not checkpoint.exists():
-        raise ConfigError(f"coconut.init_from={init_from!r}: no checkpoint there (expected a .ckpt file, a run dir "
-                          "with checkpoints/last.ckpt or an experiment dir with a finished run): train the "
-                          "method=cot run first")
-    return checkpoint, run_dir
-
-
-def cot_weights(cfg: Config) -> dict[str, torch.Tensor]:
-    """The Generator weights a method=cot run trained (its checkpoint holds trainable weights only)."""
-    checkpoint, run_dir = cot_checkpoint(cfg.coconut.init_from)
-    if run_dir is not None:
-        trained = load_config(run_dir / "config.yaml")
-        differing = [f"generator.{key}" for key in GENERATOR_KEYS
-                     if getattr(trained.generator, key) != getattr(cfg.generator, key)]
-        if trained.method != "cot" or differing:
-            raise ConfigError(f"coconut.init_from={cfg.coconut.init_from!r} ({run_dir}) must be a method=cot run of "
-                              f"this Generator (got method={trained.method}; differing: {differing or 'none'})")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    foreign = [key for key in state if not key.startswith(CHECKPOINT_PREFIX)]
-    if foreign or not state:
-        raise ConfigError(f"coconut.init_from: {checkpoint} holds {foreign[:3] or 'no weights'}, not a Generator "
-                          "trained by method=cot")
-    return {key.removeprefix(CHECKPOINT_PREFIX): value for key, value in state.items()}
-
-
 def load_weights(generator: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     try:
         _, unexpected = generator.load_state_dict(weights, strict=False)
@@ -89,14 +43,14 @@ def load_weights(generator: nn.Module, weights: dict[str, torch.Tensor], source:
                           f"{unexpected[:3]}")
 
 
-def build_coconut(cfg: Config, generator: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Coconut:
+def build_coconut(cfg: Config, generator: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                  weights: dict[str, torch.Tensor] | None) -> Coconut:
     """Coconut from the loaded Generator (before its training mode is set) and tokenizer, which
-    gains the marker tokens when coconut.markers is on."""
-    if cfg.train.gradient_checkpointing:  # the checkpointed layers drop the KV cache that links the passes
-        raise ConfigError("method=coconut runs the prompt, its thoughts and the response as passes sharing "
-                          "one KV cache, which train.gradient_checkpointing disables: set it to false")
+    gains the marker tokens when coconut.markers is on; `weights`: coconut.init_from's Generator."""
     coconut, lora = cfg.coconut, cfg.generator.mode == "lora"
-    weights = cot_weights(cfg) if coconut.init_from else None
+    if bool(coconut.init_from) != (weights is not None):
+        raise ValueError("method=coconut with coconut.init_from builds from that run's weights (and only then): "
+                         "pass build_method the warm start that lit.rundirs.cot_weights(cfg) reads")
     if weights is not None and not lora:  # the whole model, before the vocabulary grows (as run.py loads)
         load_weights(generator, weights, coconut.init_from)
     markers = add_latent_tokens(generator, tokenizer, coconut.marker_init) if coconut.markers else None

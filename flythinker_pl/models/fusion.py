@@ -1,6 +1,6 @@
 """Latent fusion: Reasoner hidden states -> offsets added to the Generator's input embeddings.
 
-The math of DESIGN.md section 4 is hf/fusion_math.py (plain tensors; exported model folders ship
+The math of DESIGN.md section 4 is fusion_math.py (plain tensors; exported model folders ship
 that same file); here it meets the run's config (LatentFusion) and sharded tables (embedding_norm).
 
 e_G(x) is the input embedding as the decoder layers see it: Gemma's sqrt(d) scale is inside its
@@ -17,8 +17,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError, FusionConfig
-# The math on plain tensors lives in one file that exported model folders also ship (hf/fusion_math.py).
-from ..hf.fusion_math import (add_latents, injection_mask, latent_offsets, mean_row_norm,  # noqa: F401
+# The math on plain tensors lives in one file that exported model folders also ship (fusion_math.py).
+from .fusion_math import (add_latents, injection_mask, latent_offsets, mean_row_norm,  # noqa: F401
                               real_positions, rescale, shift_right)
 
 

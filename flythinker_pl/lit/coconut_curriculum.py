@@ -1,4 +1,4 @@
-"""Coconut's curriculum during a fit (coconut.curriculum=true; the schedule is data/curriculum.py).
+"""Coconut's curriculum during a fit (coconut.curriculum=true; the schedule is data/coconut_schedule.py).
 
 The stage follows the optimiser step: s = first_stage + step // steps_per_stage (the official
 epochs per stage, counted in steps). Every training and validation batch is rebuilt for the stage
@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..config import CoconutConfig
-from ..data.curriculum import Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts, training_plan
+from ..data.coconut_schedule import Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts, training_plan
 from ..data.encode import token_ids
 from ..data.prompts import RATIONALE_PREFIX, RESPONSE_MARKER
 
