@@ -15,7 +15,7 @@ from transformers import (AutoModelForCausalLM, CohereConfig, Gemma2Config, Gemm
                           LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizer, Qwen2Config, Qwen3Config)
 
 from flythinker_pl.config import BackboneConfig, DataConfig, DecodeConfig, ReasonerConfig, to_yaml
-from flythinker_pl.lit.evaluate import EVAL_CONFIG, eval_yaml
+from flythinker_pl.lit.rundirs import EVAL_CONFIG, eval_yaml
 from flythinker_pl.models import tiny
 from flythinker_pl.models.backbones import decoder_of, set_mode
 from flythinker_pl.models.baselines import StaticFlyThinker

@@ -35,7 +35,8 @@ from flythinker_pl.config import load_config, to_yaml
 from flythinker_pl.data.batching import LengthBucketSampler
 from flythinker_pl.data.sampling import GlobalBatchSampler, ResumableDataLoader
 from flythinker_pl.lit.launch import AtomicCheckpointIO, agree_across_ranks, external_launch
-from flythinker_pl.lit.run import build, build_trainer, choose_run_dir
+from flythinker_pl.lit.run import build, build_trainer
+from flythinker_pl.lit.rundirs import choose_run_dir
 
 from helpers import DEBUG_CONFIG, ENV, ROOT, RUN, fit_cli, fit_command, metrics_of
 

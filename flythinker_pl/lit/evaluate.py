@@ -20,15 +20,10 @@ from ..evaluation.report import (CSV_NAME, MIN_SAMPLES, comparison_table, compar
                                  save_position_eval, segment_table)
 from ..evaluation.segments import text_units, windows
 from .logs import SCORE_NAMES, events_dir, result_tag
-from .rundirs import holding
+from .rundirs import EVAL_CONFIG, eval_yaml, finished_run_dir, holding
 
 
-EVAL_CONFIG = "eval_config.yaml"  # the eval settings behind a run dir's scores
 ANSWER = ("answer_accuracy", "answer_missing_reference", "answer_missing_prediction")  # with eval.answer_pattern
-
-
-def eval_yaml(cfg: EvalConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def predictions_file(path: str | Path) -> Path:
@@ -186,11 +181,6 @@ def save_comparison(combined: pd.DataFrame, run_dirs: list[Path], out_dir: str |
         log_position_panels(writer, f"position_eval/{split}", combined, title)
         if summary:
             writer.add_text("comparison", summary)
-
-
-def finished_run_dir(path: str | Path) -> Path:
-    """A run dir, or an experiment dir whose newest finished version (with metrics.json) is taken."""
-    return holding(path, "metrics.json", "no finished run (a run dir with metrics.json) found")
 
 
 def runs_table(paths: list[str | Path]) -> pd.DataFrame:

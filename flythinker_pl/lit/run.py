@@ -14,21 +14,17 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
-from ..config import Config, load_config, to_yaml
+from ..config import Config, to_yaml
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
 from .callbacks import run_callbacks
-from .evaluate import EVAL_CONFIG, eval_yaml, evaluate_runs, score_names
-from .launch import AtomicCheckpointIO, agree_across_ranks, cluster_environment
+from .evaluate import evaluate_runs, score_names
+from .launch import AtomicCheckpointIO, cluster_environment
 from .logs import RunLogger, log_hparams, progress_bar
 from .module import MethodModule
-from .rundirs import cot_weights, git_commit, new_version, versions
+from .rundirs import (EVAL_CONFIG, NOT_DECODING, RESUME_ENV, RUN_DIR_ENV, choose_run_dir, cot_weights, eval_yaml,
+                      finished_run, git_commit, same_settings, trained_weights)
 from .writer import PredictionWriter
-
-# Set by the launching process so that every DDP rank uses the same run dir and resume point.
-RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
-# What each stage's outputs do not depend on: changing these reuses the stage instead of redoing it.
-NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
 
 
 def precision(cfg: Config) -> str:
@@ -36,65 +32,6 @@ def precision(cfg: Config) -> str:
         return cfg.train.precision
     on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     return "bf16-mixed" if on_gpu else "32-true"
-
-
-def run_dirs(cfg: Config) -> list[Path]:
-    """This experiment's run dirs, oldest first."""
-    return versions(Path(cfg.logging.root_dir) / cfg.logging.experiment)
-
-
-def same_settings(saved: Path, cfg: Config, without: tuple[str, ...]) -> bool:
-    """Whether the config saved at `saved` equals `cfg` on every group but `without`."""
-    return saved.exists() and to_yaml(load_config(saved), without) == to_yaml(cfg, without)
-
-
-def finished_run(cfg: Config) -> Optional[Path]:
-    """The newest run of this experiment that finished training with these training settings."""
-    for run_dir in reversed(run_dirs(cfg)):
-        if (run_dir / "metrics.json").exists() and same_settings(run_dir / "config.yaml", cfg, NOT_TRAINING):
-            return run_dir
-    return None
-
-
-def resume_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The run's newest checkpoint to continue from: checkpoints/last.ckpt (every validation) or
-    an hpc_ckpt_N.ckpt that Lightning saved on SLURM's pre-emption signal, whichever is newer."""
-    saved = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
-    return max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
-    """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
-    this experiment whose saved config equals this one continues from its newest checkpoint.
-    Every rank of a launch gets the same answer: ranks that Lightning starts read the launching
-    process's from the environment; under torchrun/srun, global rank 0 decides for all (launch.py)."""
-    if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
-        return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
-    run_dir, resume_from = agree_across_ranks("run_dir", lambda: _new_or_unfinished(cfg))
-    return Path(run_dir), resume_from
-
-
-def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
-    """(run dir, checkpoint) of the run that train.resume=auto continues: this experiment's newest,
-    stopped mid-training with these training settings. None if there is none (nothing is created)."""
-    existing = run_dirs(cfg)
-    if cfg.train.resume == "auto" and existing:
-        newest = existing[-1]
-        checkpoint = resume_checkpoint(newest)
-        if (checkpoint and not (newest / "metrics.json").exists()
-                and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
-            return newest, checkpoint
-    return None
-
-
-def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
-    """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others.
-    A new run dir is created here, atomically (rundirs.new_version)."""
-    unfinished = unfinished_run(cfg)
-    if unfinished:
-        return str(unfinished[0]), str(unfinished[1])
-    run_dir = new_version(Path(cfg.logging.root_dir) / cfg.logging.experiment)
-    return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
 
 def lightning_strategy(cfg: Config, decoding: bool = False):
@@ -107,15 +44,6 @@ def lightning_strategy(cfg: Config, decoding: bool = False):
     from .sharding import ShardedDataParallel
 
     return ShardedDataParallel()
-
-
-def trained_weights(run_dir: Path) -> Path:
-    """The checkpoint `predict` decodes a trained run with: last.ckpt, or under trainer.strategy=fsdp
-    (a sharded last.ckpt/ directory) the weights exported from it at the end of fit."""
-    from .sharding import EXPORT_NAME
-
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return run_dir / "checkpoints" / EXPORT_NAME if last.is_dir() else last
 
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bool = False) -> L.Trainer:

@@ -1,16 +1,27 @@
-"""Run directories: `<root>/<experiment>/version_N/`, found by number, created atomically, the
-commit they record, and the warm start a method=coconut run reads from a method=cot run."""
+"""Run directories, their one home: where runs live (`<root>/<experiment>/version_N/`, claimed
+atomically), which one a config continues (unfinished) or reuses (finished, decoded and scored), what
+they hold (checkpoints, the eval settings behind the scores, the commit), and the warm start a
+method=coconut run reads from a method=cot run."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, EvalConfig, load_config, to_yaml
+from .launch import agree_across_ranks
 
 GENERATOR_KEYS = ("name", "mode", "lora_r", "lora_alpha", "lora_targets")  # what a warm start must share
 CHECKPOINT_PREFIX = "method.generator."  # MethodModule.method.generator: SFT's (cot) and Coconut's alike
+# Set by the launching process so that every DDP rank uses the same run dir and resume point.
+RUN_DIR_ENV, RESUME_ENV = "FLYTHINKER_RUN_DIR", "FLYTHINKER_RESUME_FROM"
+# What each stage's outputs do not depend on: changing these reuses the stage instead of redoing it.
+NOT_TRAINING, NOT_DECODING = ("decode", "eval", "logging"), ("eval", "logging")
+EVAL_CONFIG = "eval_config.yaml"  # the eval settings behind a run dir's scores
 
 
 def version_number(run_dir: Path) -> int:
@@ -58,6 +69,85 @@ def git_commit() -> str:
         return commit.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
+
+
+def run_dirs(cfg: Config) -> list[Path]:
+    """This experiment's run dirs, oldest first."""
+    return versions(Path(cfg.logging.root_dir) / cfg.logging.experiment)
+
+def same_settings(saved: Path, cfg: Config, without: tuple[str, ...]) -> bool:
+    """Whether the config saved at `saved` equals `cfg` on every group but `without`."""
+    return saved.exists() and to_yaml(load_config(saved), without) == to_yaml(cfg, without)
+
+def finished_run(cfg: Config) -> Optional[Path]:
+    """The newest run of this experiment that finished training with these training settings."""
+    for run_dir in reversed(run_dirs(cfg)):
+        if (run_dir / "metrics.json").exists() and same_settings(run_dir / "config.yaml", cfg, NOT_TRAINING):
+            return run_dir
+    return None
+
+def resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's newest checkpoint to continue from: checkpoints/last.ckpt (every validation) or
+    an hpc_ckpt_N.ckpt that Lightning saved on SLURM's pre-emption signal, whichever is newer."""
+    saved = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    return max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
+    """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
+    this experiment whose saved config equals this one continues from its newest checkpoint.
+    Every rank of a launch gets the same answer: ranks that Lightning starts read the launching
+    process's from the environment; under torchrun/srun, global rank 0 decides for all (launch.py)."""
+    if RUN_DIR_ENV in os.environ:  # a DDP rank started by the process that chose
+        return Path(os.environ[RUN_DIR_ENV]), os.environ.get(RESUME_ENV) or None
+    run_dir, resume_from = agree_across_ranks("run_dir", lambda: _new_or_unfinished(cfg))
+    return Path(run_dir), resume_from
+
+def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
+    """(run dir, checkpoint) of the run that train.resume=auto continues: this experiment's newest,
+    stopped mid-training with these training settings. None if there is none (nothing is created)."""
+    existing = run_dirs(cfg)
+    if cfg.train.resume == "auto" and existing:
+        newest = existing[-1]
+        checkpoint = resume_checkpoint(newest)
+        if (checkpoint and not (newest / "metrics.json").exists()
+                and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
+            return newest, checkpoint
+    return None
+
+def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
+    """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others.
+    A new run dir is created here, atomically (rundirs.new_version)."""
+    unfinished = unfinished_run(cfg)
+    if unfinished:
+        return str(unfinished[0]), str(unfinished[1])
+    run_dir = new_version(Path(cfg.logging.root_dir) / cfg.logging.experiment)
+    return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
+
+def trained_weights(run_dir: Path) -> Path:
+    """The checkpoint `predict` decodes a trained run with: last.ckpt, or under trainer.strategy=fsdp
+    (a sharded last.ckpt/ directory) the weights exported from it at the end of fit."""
+    from .sharding import EXPORT_NAME
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return run_dir / "checkpoints" / EXPORT_NAME if last.is_dir() else last
+
+def eval_yaml(cfg: EvalConfig) -> str:
+    """The eval settings as EVAL_CONFIG holds them: scores are reused while they match."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+def finished_run_dir(path: str | Path) -> Path:
+    """A run dir, or an experiment dir whose newest finished version (with metrics.json) is taken."""
+    return holding(path, "metrics.json", "no finished run (a run dir with metrics.json) found")
+
+def decoded_and_scored(run_dir: Path, cfg: Config) -> bool:
+    predictions, scored = run_dir / cfg.decode.output, run_dir / EVAL_CONFIG
+    return (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)
+            and scored.exists() and scored.read_text() == eval_yaml(cfg.eval))
+
+def completed_run(cfg: Config) -> Optional[Path]:
+    """The run dir holding this config's training, decoding and scores, or None."""
+    run_dir = finished_run(cfg)
+    return run_dir if run_dir is not None and decoded_and_scored(run_dir, cfg) else None
 
 
 def _newest_finished_cot(experiment_dir: Path) -> Path | None:

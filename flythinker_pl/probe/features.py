@@ -25,7 +25,7 @@ from ..data.batching import collate
 from ..data.datamodule import prepare_records, split_records
 from ..data.schema import TASKS
 from ..hf.export import load_trained
-from ..lit.run import trained_weights
+from ..lit.rundirs import trained_weights
 from ..models.flythinker import FlyThinker
 from ..models.fusion import real_positions
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..config import ConfigError, load_config
 from ..lit.evaluate import run_name
-from ..lit.rundirs import holding
+from ..lit.rundirs import finished_run_dir
 from .attributes import personas_file, user_labels
 from .features import TRAIN_PER_USER, WINDOW_STARTS, run_features, window_names
 from .fit import probe_run
@@ -17,11 +17,6 @@ from .report import markdown, plot_pca, plot_vs_position, summary, user_trajecto
 
 COLUMNS = ["run", "label", "method", "source", "attribute", "window", "accuracy", "ci_low", "ci_high", "chance",
            "n_train", "n_test", "n_test_users", "classes"]
-
-
-def finished_run_dir(path: str | Path) -> Path:
-    """A run dir, or an experiment dir's newest finished version (the one with metrics.json)."""
-    return holding(path, "metrics.json", "no finished run here (metrics.json: `flythinker fit` writes it at the end)")
 
 
 def labels_of(run_dirs: list[Path]) -> list[str]:

@@ -15,29 +15,17 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..config import Config
 from ..evaluation.sweep_report import write_results
-from ..lit.evaluate import EVAL_CONFIG, eval_yaml
 from ..lit.launch import external_launch
-from ..lit.run import NOT_DECODING, finished_run, run_experiment, same_settings, unfinished_run
+from ..lit.run import run_experiment
+from ..lit.rundirs import completed_run, decoded_and_scored, finished_run, unfinished_run
 from .spec import Sweep, SweepError
-
-
-def _decoded_and_scored(run_dir: Path, cfg: Config) -> bool:
-    predictions, scored = run_dir / cfg.decode.output, run_dir / EVAL_CONFIG
-    return (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)
-            and scored.exists() and scored.read_text() == eval_yaml(cfg.eval))
-
-
-def completed_run(cfg: Config) -> Optional[Path]:
-    """The run dir holding this config's training, decoding and scores, or None."""
-    run_dir = finished_run(cfg)
-    return run_dir if run_dir is not None and _decoded_and_scored(run_dir, cfg) else None
 
 
 def status(cfg: Config) -> str:
     """What running this config would do: reuse a finished run, resume one, or start fresh."""
     run_dir = finished_run(cfg)
     if run_dir is not None:
-        return "done" if _decoded_and_scored(run_dir, cfg) else "trained (decode + score left)"
+        return "done" if decoded_and_scored(run_dir, cfg) else "trained (decode + score left)"
     unfinished = unfinished_run(cfg)
     resume_from = unfinished[1] if unfinished else None if cfg.train.resume in ("auto", "never") else cfg.train.resume
     return f"resumes from {resume_from}" if resume_from else "new"

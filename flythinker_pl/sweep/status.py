@@ -16,7 +16,7 @@ from typing import Optional
 import pandas as pd
 
 from ..console import on_terminal
-from ..lit.run import run_dirs
+from ..lit.rundirs import run_dirs
 from .jobs import Manifest, job_paths
 from .runs import completed_run
 from .spec import Run, Sweep, SweepError
