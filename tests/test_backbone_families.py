@@ -140,7 +140,8 @@ def test_chunked_prompt_pass_equals_the_one_pass(family, tokenizer, kind, sees_p
     profile_mask[:, -RESPONSE_LEN - 4: -RESPONSE_LEN - 1] = 1  # three prompt columns of every row: its "history"
     full = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
     width = ids.shape[1] - RESPONSE_LEN
-    assert len(prefill._Prompt(method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]).bounds) == 5
+    chunks = prefill._Prompt(method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]).bounds
+    assert len(chunks) == 5
     if kind == "flythinker":
         logits, state = prefill.prefill_two_models(method, ids[:, :width], mask[:, :width], prompt_len,
                                                    profile_mask[:, :width])

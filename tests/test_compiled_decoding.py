@@ -83,7 +83,7 @@ def test_compiled_step_decodes_eagers_greedy_tokens(flythinker, tokenizer):
     assert eager.compile_seconds == 0
 
 
-@pytest.mark.slow  # every engine compiles its own graphs: ~1 min on 2 cores (seconds once inductor's disk cache has them)
+@pytest.mark.slow  # every engine compiles its own graphs: ~1 min on 2 cores (seconds from inductor's disk cache)
 @pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_every_engine_compiled_decodes_as_eager(flythinker, tokenizer, cfg):
     batch = prompt_batch(tokenizer)

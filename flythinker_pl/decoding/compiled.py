@@ -57,7 +57,7 @@ class CompiledSteps:
     def __call__(self, function: Callable, *args):
         if function in _failed:
             return function(*args)
-        if self.device.type == "cuda":  # the previous replay's outputs (read by now) may be overwritten
+        if self.device.type == "cuda":  # a new step: the previous replay's outputs (cloned) may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         graphs, start = _graphs_compiled(), time.perf_counter()
         try:
@@ -69,4 +69,6 @@ class CompiledSteps:
             return function(*args)
         if _graphs_compiled() != graphs:
             self.seconds += time.perf_counter() - start
+        if self.device.type == "cuda":  # a CUDA graph's output lives in memory its next replay overwrites
+            result = result.clone()
         return result

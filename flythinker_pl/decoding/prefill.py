@@ -51,7 +51,8 @@ class _Prompt:
     """What every chunk reads: the whole prompt's masks, positions and injection mask."""
 
     def __init__(self, method: FlyThinker, input_ids, attention_mask, prompt_len, profile_mask):
-        self.method, self.input_ids, self.attention_mask, self.prompt_len = method, input_ids, attention_mask, prompt_len
+        self.method, self.input_ids, self.attention_mask = method, input_ids, attention_mask
+        self.prompt_len = prompt_len
         self.latent_norm = method.latent_norm()
         self.reasoner_mask = method.reasoner_mask(attention_mask, profile_mask)
         self.positions = real_positions(attention_mask)
@@ -119,7 +120,8 @@ def prefill_shared(method: SharedBaseFlyThinker, input_ids, attention_mask, prom
     # [Generator rows: a chunk of lag, then the prompt; Reasoner rows: the prompt, then a chunk of padding]
     mask = torch.cat([torch.cat([lag, attention_mask], 1), torch.cat([prompt.reasoner_mask, lag], 1)])
     cache, stages = DecodeCache(), len(prompt.bounds) + 1
-    padding = method.embed(input_ids[:, :width]).new_zeros(rows, width, method.generator.config.hidden_size)
+    embedding = method.generator.get_input_embeddings().weight
+    padding = embedding.new_zeros(rows, width, embedding.shape[1])  # (input rows with nothing to read)
     no_positions = prompt.positions.new_zeros(rows, width)
     before, latents, hidden = None, None, None
     for stage in range(stages):
@@ -138,8 +140,9 @@ def prefill_shared(method: SharedBaseFlyThinker, input_ids, attention_mask, prom
             reasoner_positions = prompt.reasoner_positions[:, start:end]
         else:  # the Reasoner is done: its rows read padding
             reasoner_embeds, reasoner_positions = padding, no_positions
+        embeds = torch.cat([generator_embeds, reasoner_embeds.to(generator_embeds.dtype)])
         with method.lora.rows("generator", "reasoner"):
-            hidden = method.reasoner(inputs_embeds=torch.cat([generator_embeds, reasoner_embeds.to(generator_embeds.dtype)]),
+            hidden = method.reasoner(inputs_embeds=embeds,
                                      attention_mask=mask[:, : (stage + 1) * width],
                                      position_ids=torch.cat([generator_positions, reasoner_positions]),
                                      past_key_values=cache, use_cache=True).last_hidden_state
