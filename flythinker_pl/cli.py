@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     bench_decode.add_argument("--repeats", type=int, default=5)
     bench_decode.add_argument("--out", default="bench/decode.json")
+    bench_decode.add_argument("--no-compile", action="store_true",
+                              help="leave out the decode.compile=true rows (their first run compiles, seconds to minutes)")
     gpu_check = commands.add_parser("gpu-check", help="every CUDA path at the paper's sizes (tiny ones on CPU): "
                                                       "parity, training and decoding speed; JSON + markdown")
     gpu_check.add_argument("--out", default="bench/gpu_check.json", help="JSON; the markdown table goes beside it")
@@ -267,8 +269,11 @@ def bench(args):
     else:
         from .bench.decode import bench_decode
 
-        result = bench_decode(args.config, args.overrides, args.new_tokens, args.batch_sizes, args.repeats, args.out)
+        result = bench_decode(args.config, args.overrides, args.new_tokens, args.batch_sizes, args.repeats, args.out,
+                              compiled=not args.no_compile)
     print(result.to_markdown(index=False))
+    for note in result.attrs.get("notes", []):
+        print(note)
     print(f"written {args.out}")
 
 

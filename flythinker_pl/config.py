@@ -240,6 +240,12 @@ class DecodeConfig:
     # How LoRA layers run while decoding: lean (one fused forward per layer, models/lora_step.py; the
     # shared engine's per-row adapters need it) | peft (peft's own forward, the reference). Same function.
     lora_path: str = "lean"
+    # A compiled decoding step: true | false | auto. true: each engine's step runs as a torch.compile graph
+    # over a static KV cache (CUDA graphs on GPU; decoding/compiled.py), the same greedy tokens as eager;
+    # the first decode of a shape compiles (seconds, cached on disk for later runs; reported apart as
+    # compile_seconds). auto: on where bench decode measured it paying with compile time counted for a
+    # typical decode (the demo's test split): on GPU; off on CPU. Not for flythinker_recurrent.
+    compile: Any = "auto"
 
 
 @dataclass
@@ -435,6 +441,11 @@ def _check_choices(cfg: Config) -> None:
          "data.synthetic.reveal sets how the signature benchmark's history reveals the word: it needs "
          "data.synthetic.kind=signature"),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
+        (cfg.decode.compile in ("auto", True, False),
+         f"decode.compile={cfg.decode.compile!r} is not allowed; choose one of true, false, auto"),
+        (cfg.decode.compile is not True or cfg.method != "flythinker_recurrent",
+         "decode.compile=true: method=flythinker_recurrent's Reasoner carries its last hidden state from step to "
+         "step, which the compiled step does not; use decode.compile=false or auto"),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
         (cfg.decode.max_records is None or cfg.decode.max_records >= 1,
          f"decode.max_records={cfg.decode.max_records} must be >= 1 (or null: every record)"),

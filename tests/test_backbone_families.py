@@ -19,6 +19,7 @@ import torch
 from transformers import (Gemma3Config, LlamaForCausalLM)
 
 from flythinker_pl.config import ConfigError, load_config
+from flythinker_pl.decoding import prefill
 from flythinker_pl.decoding.engines import make_engine
 from flythinker_pl.decoding.generate import generate
 from flythinker_pl.models.build import build_method
@@ -79,6 +80,43 @@ def test_teacher_forced_equals_incremental_in_every_engine(family, tokenizer, ki
     for engine in ENGINES[kind]:
         torch.testing.assert_close(engine_logits(method, engine, ids, mask, prompt_len), full, atol=2e-5, rtol=1e-4,
                                    msg=lambda m: f"{family[0]} {kind} {engine}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+@pytest.mark.parametrize("sees_profile", [True, False])
+@torch.no_grad()
+def test_chunked_prompt_pass_equals_the_one_pass(family, tokenizer, kind, sees_profile, monkeypatch):
+    """The overlapped prompt pass (decoding/prefill.py) in chunks of 2 columns (the last of 1; the shared
+    base pads to whole chunks), left-padded rows, the Reasoner hiding part of the prompt or not: its
+    logits, and every step after it, are the teacher-forced function."""
+    monkeypatch.setattr(prefill, "MIN_CHUNK", 2)
+    monkeypatch.setattr(prefill, "CHUNKS", 5)
+    method = build(family, kind)
+    method.reasoner_sees_profile = sees_profile
+    ids, mask, prompt_len = batch(tokenizer)
+    profile_mask = torch.zeros_like(mask)
+    profile_mask[:, -RESPONSE_LEN - 4: -RESPONSE_LEN - 1] = 1  # three prompt columns of every row: its "history"
+    full = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+    width = ids.shape[1] - RESPONSE_LEN
+    chunks = prefill._Prompt(method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]).bounds
+    assert len(chunks) == 5
+    if kind == "flythinker":
+        logits, state = prefill.prefill_two_models(method, ids[:, :width], mask[:, :width], prompt_len,
+                                                   profile_mask[:, :width])
+        _, one_pass = method.prefill(ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width])
+        torch.testing.assert_close(state.latents, one_pass.latents, atol=2e-5, rtol=1e-4)
+        steps = [logits] + [method.step(state, ids[:, width + k]) for k in range(RESPONSE_LEN - 1)]
+    else:
+        with method.lora:
+            logits, state = prefill.prefill_shared(method, ids[:, :width], mask[:, :width], prompt_len,
+                                                   profile_mask[:, :width])
+            steps = [logits] + [method.batched_step(state, ids[:, width + k]) for k in range(RESPONSE_LEN - 1)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=2e-5, rtol=1e-4,
+                               msg=lambda m: f"{family[0]} {kind}: {m}")
+    if not sees_profile:  # the hidden history matters, so a chunk that ignored it would fail above
+        method.reasoner_sees_profile = True
+        seen = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+        assert (seen - full).abs().max() > 1e-3
 
 
 @torch.no_grad()

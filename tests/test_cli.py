@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from flythinker_pl.cli import main
 from flythinker_pl.config import load_config, to_yaml
 
@@ -94,16 +96,24 @@ def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, cap
     assert "ratio to sft" in capsys.readouterr().out
 
 
-def test_bench_decode_checks_every_engine_against_its_reference(run_config, tmp_path):
+def test_bench_decode_checks_every_engine_against_its_reference(run_config, tmp_path, capsys):
     out = tmp_path / "decode.json"
     assert main(["bench", "decode", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--new-tokens", "4",
-                 "--batch-sizes", "1", "3", "--repeats", "1", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())["results"]
-    assert [r["method"] for r in results[:5]] == ["sft", "sft (peft path)", "flythinker sequential",
-                                                 "flythinker staggered", "flythinker shared"]
-    assert [r["batch"] for r in results] == [1] * 5 + [3] * 5
+                 "--batch-sizes", "1", "3", "--repeats", "1", "--out", str(out), "--no-compile"]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    names = ["sft", "sft (peft path)", "sft (HF generate)", "flythinker sequential", "flythinker staggered",
+             "flythinker shared"]
+    assert [r["method"] for r in results] == names * 2
+    assert [r["batch"] for r in results] == [1] * 6 + [3] * 6
     assert all(r["greedy == reference"] is True for r in results)
     assert all(r["ms/token"] > 0 and r["prefill ms"] > 0 for r in results) and results[0]["/ sft"] == 1.0
+    assert all(r["with prefill / HF generate"] > 0 and r["prefill / sft"] > 0 for r in results)
+    floor = report["prompt pass floor"]["3"]
+    flops_ratio = floor["flythinker GFLOP"] / floor["sft GFLOP"]
+    assert 1 < floor["floor (flythinker / sft)"] == pytest.approx(flops_ratio, abs=0.01)
+    printed = capsys.readouterr().out
+    assert "bench decode: batch 3: warm-up flythinker shared (6/6)" in printed and "cannot go below" in printed
 
 
 def test_table_without_finished_runs_is_a_clear_error(tmp_path, capsys):

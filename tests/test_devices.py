@@ -117,8 +117,8 @@ def test_staggered_cpu_reasoner_copies_its_inputs_before_the_generator_step(make
         events.append("generator step")
         return type(flythinker).generator_step(flythinker, *args, **kwargs)
 
-    def staggered(method, name):
-        engine = engines.Staggered(method)
+    def staggered(method, name, **options):
+        engine = engines.Staggered(method, **options)
         engine.in_process = False  # no worker process: the GPU-Generator branch
         return engine
 

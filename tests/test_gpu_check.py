@@ -60,6 +60,10 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     for row in decode["rows"]:
         assert positive(row["ms/token"]) and positive(row["prefill ms"]) and positive(row["tokens/s"])
     assert all(r["/ sft"] == 1.0 for r in decode["rows"] if r["method"] == "sft")
+    compiled = [r for r in decode["rows"] if r["method"].endswith("(compiled)")]
+    assert {r["method"] for r in compiled} == {"sft (compiled)", "flythinker sequential (compiled)"}
+    assert all(positive(r["eager / compiled"]) for r in compiled)
+    assert all(positive(r["compile s"]) for r in compiled if r["batch"] == 1)  # each compiles on its first shape
     assert all(positive(r["/ sequential"]) for r in decode["rows"] if r["method"].startswith("flythinker"))
 
     assert sections["two_gpu"]["status"] == "skipped: no CUDA device"
@@ -84,7 +88,7 @@ def test_failures_are_reported_and_the_rest_runs(tmp_path, monkeypatch):
     oom = "failed: CUDA out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert sections["parity"]["status"] == oom and "traceback" in sections["parity"]
     decode = sections["decode"]
-    assert decode["status"] == "failed: 2 of 10 rows"
+    assert decode["status"] == f"failed: 2 of {2 * len(gpu_check.DECODE_VARIANTS)} rows"
     assert [r["status"] for r in decode["rows"] if r["method"] == "flythinker shared"] == [oom, oom]
     assert all(positive(r["ms/token"]) for r in decode["rows"] if r["method"] != "flythinker shared")
     assert sections["two_gpu"]["status"] == "skipped: no CUDA device"

@@ -208,3 +208,47 @@ def test_auto_picks_and_logs_the_engine(method, caplog):
         assert engines.auto_engine(method)[0] == "sequential"
     finally:
         torch.set_num_threads(threads)
+
+
+USER_CODE = """
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from flythinker_pl.config import DecodeConfig, FusionConfig
+from flythinker_pl.decoding.generate import generate
+from flythinker_pl.models.flythinker import FlyThinker
+from flythinker_pl.models.fusion import LatentFusion
+
+torch.set_num_threads(2)  # auto picks the worker process on CPU
+
+
+def lm(width, seed):
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=100, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=2 * width)
+    return Qwen2ForCausalLM(config).eval()
+
+
+method = FlyThinker(lm(32, 1), lm(16, 2).model, LatentFusion(16, 32, FusionConfig(lam=4.0)), True).eval()
+ids = torch.tensor([[5, 6, 7, 8], [0, 9, 10, 11]])
+batch = (ids, (ids > 0).long(), torch.tensor([4, 3]), ["a", "b"])
+tokens = {engine: generate(method, *batch, DecodeConfig(do_sample=False, max_new_tokens=6, engine=engine), -1).tokens
+          for engine in ("auto", "staggered", "sequential")}
+print("same tokens" if tokens["auto"] == tokens["staggered"] == tokens["sequential"] else f"differ: {tokens}")
+"""
+
+
+@pytest.mark.parametrize("how", ["script without a main guard", pytest.param("python -c", marks=pytest.mark.slow),
+                                 pytest.param("code from stdin", marks=pytest.mark.slow)])
+def test_the_worker_starts_from_user_code_anywhere(tmp_path, how):
+    """multiprocessing re-runs the caller's main module in a child: a script with no `__main__` guard (or
+    code read from stdin) would decode again there and die. The worker starts without it (~10 s: a fresh
+    interpreter and fork server)."""
+    script = tmp_path / "decode.py"
+    script.write_text(USER_CODE)
+    command = {"script without a main guard": ([sys.executable, str(script)], None),
+               "python -c": ([sys.executable, "-c", USER_CODE], None),
+               "code from stdin": ([sys.executable, "-"], USER_CODE)}[how]
+    result = subprocess.run(command[0], input=command[1], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "same tokens"
+    assert "worker process exited" not in result.stderr and "bootstrapping" not in result.stderr

@@ -14,7 +14,9 @@ time budget so that the whole run stays under 8 minutes on one GPU:
             Reasoners for the 3B Generator) and the shared base; bf16-mixed (fp32 weights, bf16 autocast:
             what train.precision=auto gives on GPU); a warm-up step, then a few timed steps
   decode    ms/token at batch 1, 16 and 64: SFT, sequential, staggered, shared (bf16 weights), and SFT with
-            fp32 weights under bf16 autocast (what `flythinker predict` runs under bf16-mixed); ratios to SFT
+            fp32 weights under bf16 autocast (what `flythinker predict` runs under bf16-mixed); ratios to SFT;
+            SFT and sequential FlyThinker compiled (decode.compile: static cache, CUDA graphs), their
+            compile seconds and speed-up over eager
   two_gpu   the Reasoner on cuda:1 (decode.reasoner_device): staggered == sequential, ms/token (>= 2 GPUs)
   ddp       2 processes over NCCL: FlyThinker trains and the replicas stay identical (>= 2 GPUs)
 
@@ -117,7 +119,7 @@ PLANS = {
                   parity_batch=4, parity_prompt=64, parity_tokens=32,
                   train_batch=4, train_prompt=768, train_response=256, train_steps=3,
                   decode_batches=(1, 16, 64), decode_prompt=256, decode_tokens=32, decode_repeats=3,
-                  budgets={"parity": 80, "train": 110, "decode": 150, "two_gpu": 35, "ddp": 50}),
+                  budgets={"parity": 80, "train": 110, "decode": 240, "two_gpu": 35, "ddp": 50}),
     "tiny": Plan("tiny-3B", ("tiny-0.5B", "tiny-1.5B"),
                  parity_batch=3, parity_prompt=12, parity_tokens=8,
                  train_batch=2, train_prompt=24, train_response=8, train_steps=2,
@@ -276,7 +278,7 @@ def incremental(method, engine_name: str, batch: dict) -> torch.Tensor:
 
 
 def greedy(method, engine_name: str, batch: dict, tokens: int, vocab: int) -> list[list[int]]:
-    cfg = DecodeConfig(engine=engine_name, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
+    cfg = DecodeConfig(engine=engine_name, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, compile=False)
     rows = len(batch["prompt_len"])
     return generate(method, batch["prompt_ids"], batch["prompt_mask"], batch["prompt_len"],
                     [str(i) for i in range(rows)], cfg, eos_ids=vocab - 1).tokens
@@ -461,7 +463,10 @@ DECODE_VARIANTS = {  # row: (model, engine)
     "flythinker sequential": ("flythinker", "sequential"),
     "flythinker staggered": ("flythinker", "staggered"),
     "flythinker shared": ("shared", "shared"),
+    "sft (compiled)": ("sft", "sequential"),  # decode.compile=true: the rows named "... (compiled)"
+    "flythinker sequential (compiled)": ("flythinker", "sequential"),
 }
+COMPILED = " (compiled)"
 
 
 def decode_models(plan: Plan, device: torch.device, dtype) -> dict:
@@ -481,19 +486,25 @@ def decode_models(plan: Plan, device: torch.device, dtype) -> dict:
     return models
 
 
-def decode_runner(models: dict, variants: dict, device: torch.device, batch: dict, vocab: int):
+def decode_runner(models: dict, variants: dict, device: torch.device, batch: dict, vocab: int,
+                  compile_seconds: Optional[dict] = None):
     """run(variant, tokens) -> seconds of one generate() call: greedy, EOS suppressed (exactly `tokens`).
-    A "... fp32" model runs under bf16 autocast, as Lightning's bf16-mixed predict runs it."""
+    A "... fp32" model runs under bf16 autocast, as Lightning's bf16-mixed predict runs it; a "... (compiled)"
+    variant with decode.compile=true, the seconds it spent compiling added to `compile_seconds[variant]`."""
 
     def run(variant: str, tokens: int) -> float:
         model, engine = variants[variant]
-        cfg = DecodeConfig(engine=engine, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
+        cfg = DecodeConfig(engine=engine, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
+                           compile=variant.endswith(COMPILED))
 
         def call():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=model.endswith("fp32")):
                 return generate(models[model], batch["prompt_ids"], batch["prompt_mask"], batch["prompt_len"],
                                 [str(i) for i in range(len(batch["prompt_len"]))], cfg, eos_ids=vocab - 1)
-        return timed(device, call)[1]
+        result, seconds = timed(device, call)
+        if compile_seconds is not None:
+            compile_seconds[variant] = compile_seconds.get(variant, 0.0) + result.compile_seconds
+        return seconds
 
     return run
 
@@ -522,7 +533,8 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
             continue
         batch = sequences(plan.decode_prompt, [plan.decode_prompt] * size,
                           torch.zeros(size, 0, dtype=torch.long), vocab, seed=size, device=device)
-        run = decode_runner(models, DECODE_VARIANTS, device, batch, vocab)
+        compiling = {}  # variant -> seconds its warm-up at this batch spent compiling
+        run = decode_runner(models, DECODE_VARIANTS, device, batch, vocab, compiling)
         status, extra = {}, {}
         for variant, (model, _) in DECODE_VARIANTS.items():  # warm-up (not timed); memory above the weights
             if isinstance(models[model], str):
@@ -543,11 +555,14 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
                 rows.append({"method": variant, "batch": size, "status": status[variant]})
                 continue
             step, prefill = seconds[variant]
+            eager = seconds.get(variant.removesuffix(COMPILED), (None,))[0] if variant.endswith(COMPILED) else None
             rows.append({"method": variant, "batch": size, "ms/token": 1000 * step,
                          "/ sft": step / sft if sft else None,
                          "/ sequential": step / sequential if sequential and variant.startswith("flythinker") else None,
                          "prefill ms": 1000 * prefill, "tokens/s": size / step, "weights GB": weights[model],
                          "peak GB": None if extra[variant] is None else weights[model] + extra[variant],
+                         "eager / compiled": eager / step if eager else None,
+                         "compile s": compiling.get(variant) if variant.endswith(COMPILED) else None,
                          "status": "ok"})
     bad = [r for r in rows if r["status"] != "ok"]
     return {"status": "ok" if not bad else f"failed: {len(bad)} of {len(rows)} rows", "rows": rows,

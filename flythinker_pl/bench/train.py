@@ -1,6 +1,7 @@
 """Training throughput: tokens/s of SFT, FlyThinker (Reasoner frozen, LoRA, full) and Coconut
 (k = 0, 1, 2, 4 continuous thoughts: k+1 sequential Generator passes) on the same batches in one
-process, rounds interleaved, median of repeats, ratio to SFT.
+process, rounds interleaved, median of repeats; `ratio to sft` (SFT's time over the row's) is the median
+over rounds of the ratio within a round, the two runs seconds apart on the same machine state.
 
     flythinker bench train -c experiments/demo.yaml [--batches 4 --repeats 5 --out bench/train.json]
 """
@@ -63,7 +64,7 @@ def bench_train(config_path: str | list[str], overrides: list[str], batches: int
     for name in methods:
         median = statistics.median(seconds[name])
         rows.append({"method": name, "tokens/s": round(tokens / median), "ms/step": round(1000 * median / len(fixed)),
-                     "ratio to sft": round(statistics.median(seconds["sft"]) / median, 3)})
+                     "ratio to sft": round(statistics.median(a / b for a, b in zip(seconds["sft"], seconds[name])), 3)})
     write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "batches": len(fixed),
                      "tokens_per_round": tokens, "repeats": repeats, "results": rows})
     return pd.DataFrame(rows)

@@ -11,7 +11,8 @@ import torch
 from ..config import DecodeConfig
 from ..models.layout import gather_prompts, prompt_layout
 from ..models.lora_step import LeanLoRA
-from .engines import make_engine
+from .engines import compilable, make_engine
+from .precision import low_precision_weights
 from .sampler import Sampler
 
 
@@ -20,8 +21,9 @@ class Generation:
     tokens: list[list[int]]  # per row, the generated ids without EOS
     num_tokens: list[int]  # per row, generated ids including EOS when it came
     ended: list[bool]  # per row, whether EOS came (else max_new_tokens cut it)
-    seconds: float  # prefill and every step
+    seconds: float  # prefill and every step (compiling included)
     prefill_seconds: float  # the prompt pass(es) alone: time to the first token's logits
+    compile_seconds: float = 0.0  # of `seconds`, the steps that compiled a graph (decode.compile)
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,8 +43,20 @@ def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prom
         raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be >= 1: generate() samples at least one token")
     eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
     lean = getattr(method, "lora", None) or LeanLoRA(method)  # the shared base keeps its own (per-row adapters)
-    with lean if cfg.lora_path == "lean" else nullcontext():
+    # the weight copies first: the lean forward reads the weights its layers hold when it is installed
+    with low_precision_weights(method, input_ids.device.type), lean if cfg.lora_path == "lean" else nullcontext():
         return _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_ids, profile_mask)
+
+
+def compile_steps(cfg: DecodeConfig, method, device: torch.device) -> bool:
+    """decode.compile resolved: true, false, or auto (on where bench decode measured it paying, compile
+    time counted: see DecodeConfig.compile)."""
+    able, why = compilable(method)
+    if cfg.compile is True and not able:
+        raise ValueError(f"decode.compile=true cannot compile {type(method).__name__}'s step: {why}")
+    if cfg.compile == "auto":
+        return able and device.type == "cuda"
+    return bool(cfg.compile)
 
 
 def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_ids, profile_mask) -> Generation:
@@ -50,7 +64,8 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
     device = input_ids.device
     # On GPU, checking "all rows finished" costs a host sync: look only every few steps.
     check_every = 8 if device.type == "cuda" else 1
-    engine = make_engine(method, cfg.engine)
+    engine = make_engine(method, cfg.engine, compile=compile_steps(cfg, method, device),
+                         max_new_tokens=cfg.max_new_tokens)
     synchronize(device)
     start = time.perf_counter()
     try:
@@ -79,7 +94,7 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
         rows.append(row[:length])
         counts.append(min(length + 1, len(row)))
         ended.append(length < len(row))
-    return Generation(rows, counts, ended, seconds, prefill_seconds)
+    return Generation(rows, counts, ended, seconds, prefill_seconds, engine.compile_seconds)
 
 
 def prompts_of(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -21,15 +21,22 @@ Reasoner's code once (seconds), so a worker then starts in ~0.1 s (forking this 
 once its OpenMP threads run; a spawn re-imports everything, ~4 s a worker). The child ignores
 SIGINT/SIGTERM and exits when its pipe closes, so a parent that dies, even by SIGKILL, leaves no
 orphan, and a parent that handles SIGTERM (Lightning) finishes its batch with the Reasoner intact.
+The worker starts without re-running the caller's main module (`_main_not_rerun`), so generate() works
+from a notebook, `python -c`, stdin, or a script with no `if __name__ == "__main__":` guard.
 Decoding only: the child runs under no_grad (no graph crosses a process) and the parent's CPU autocast.
+Under decode.compile the child steps through its own compiled graph on a static state (static.py): the
+parent sends the capacity with the cache, and both processes compile (and find inductor's disk cache) at once.
 """
 from __future__ import annotations
 
 import shutil
 import signal
+import threading
 import traceback
 import weakref
+from contextlib import contextmanager
 from itertools import chain
+from multiprocessing import spawn
 
 import torch
 import torch.multiprocessing as mp
@@ -39,6 +46,8 @@ from ..models.decode_cache import DecodeCache
 from ..models.lora_step import LeanLoRA
 from ..models.recurrent import RecurrentCache, recurrent_step
 from ..models.sft import DecodeState
+from .compiled import CompiledSteps
+from .static import StaticDecodeState
 
 
 def _pack(tensor: torch.Tensor) -> tuple:
@@ -51,12 +60,18 @@ def _unpack(dtype: str, shape: tuple, data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(getattr(torch, dtype)).view(shape)
 
 
+def _hidden_step(reasoner: nn.Module, tokens: torch.Tensor, state: DecodeState, positions: torch.Tensor):
+    """The Reasoner's final hidden state [B, d_R] for the newest tokens (after state.append_token)."""
+    return reasoner(input_ids=tokens, position_ids=positions, attention_mask=state.attention_mask,
+                    past_key_values=state.reasoner_cache, use_cache=True).last_hidden_state[:, -1]
+
+
 def _serve(conn) -> None:
     """The child: answer load / start / step requests until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the Reasoner stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)  # one core, beside the Generator's
-    reasoner = lean = state = autocast = None
+    reasoner = lean = state = autocast = steps = None
     while True:
         try:
             kind, *args = conn.recv()
@@ -69,7 +84,7 @@ def _serve(conn) -> None:
                 reasoner, reply = args[0], None
                 lean = LeanLoRA(reasoner)
             elif kind == "start":  # a decode: the Reasoner's mask and cache after the prompt
-                mask, layers, autocast, lean_forward, recurrence = args
+                mask, layers, autocast, lean_forward, recurrence, capacity = args
                 state = DecodeState(_unpack(*mask), None, None, DecodeCache())
                 if recurrence is not None:  # a recurrent Reasoner: its feedback and last hidden state too
                     state.reasoner_cache = RecurrentCache(recurrence[0])
@@ -78,16 +93,25 @@ def _serve(conn) -> None:
                     state.reasoner_cache.update(_unpack(*keys), _unpack(*values), index)
                 if lean_forward != lean.active:  # the LoRA path the parent decodes with (decode.lora_path)
                     lean.__enter__() if lean_forward else lean.__exit__()
+                steps = None
+                if capacity:  # decode.compile: the parent's static capacity
+                    import torch._inductor.config as inductor
+
+                    inductor.compile_threads = 1  # no pool of compile workers beside the parent's
+                    state, steps = StaticDecodeState(state, capacity), CompiledSteps(torch.device("cpu"))
                 reply = None
             else:  # step: the newest token of each row
+                if steps is not None:
+                    state.reserve_column()
                 positions, tokens, cache = state.append_token(), torch.tensor(args[0])[:, None], state.reasoner_cache
                 with torch.no_grad(), torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
                     if isinstance(cache, RecurrentCache):
-                        hidden = recurrent_step(reasoner, tokens, state.attention_mask, positions, cache)
+                        hidden = recurrent_step(reasoner, tokens, state.attention_mask, positions, cache)[:, -1]
+                    elif steps is not None:
+                        hidden = steps(_hidden_step, reasoner, tokens, state, positions)
                     else:
-                        hidden = reasoner(input_ids=tokens, position_ids=positions, attention_mask=state.attention_mask,
-                                          past_key_values=cache, use_cache=True).last_hidden_state
-                reply = _pack(hidden[:, -1])
+                        hidden = _hidden_step(reasoner, tokens, state, positions)
+                reply = _pack(hidden)
             message = ("ok", reply)
         except Exception:  # reported to the parent, which raises it; the worker stays usable
             message = ("error", traceback.format_exc())
@@ -121,6 +145,32 @@ def _signature(module: nn.Module):
             all(t.is_shared() for t in tensors))
 
 
+_preparing = threading.Lock()
+
+
+@contextmanager
+def _main_not_rerun():
+    """While a worker starts: prepare it without the caller's main module. multiprocessing re-runs the
+    parent's main script in a child (as __mp_main__) to resolve functions pickled by reference to it;
+    a script without a `__main__` guard would then call generate() again in the child, which dies
+    starting a process while it bootstraps. The worker needs nothing from __main__: its code and the
+    Reasoner's classes are imported by module name (the parent's sys.path still travels)."""
+    prepare = spawn.get_preparation_data
+
+    def without_main(name):
+        data = prepare(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _preparing:
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = prepare
+
+
 class ReasonerProcess:
     def __init__(self, modules=()):
         """`modules`: what the worker will import (the Reasoner's code), preloaded by the fork server
@@ -129,11 +179,13 @@ class ReasonerProcess:
         context = mp.get_context("forkserver")
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(target=_serve, args=(child_conn,), name="reasoner", daemon=True)
-        self.process.start()
+        with _main_not_rerun():
+            self.process.start()
         child_conn.close()  # only the child holds its end: its death reads as EOF here
         self.loaded = None  # _signature of the module the child holds
         self.lean = False  # whether the parent's Reasoner runs the lean LoRA forward
         self.pending = 0  # replies not read yet (a request abandoned by an error in the parent)
+        self.starting = False  # a start's reply is still to be read (at the first step)
 
     @property
     def alive(self) -> bool:
@@ -156,19 +208,22 @@ class ReasonerProcess:
         self._receive()
         self.loaded = _signature(reasoner)
 
-    def start(self, state: DecodeState) -> None:
+    def start(self, state: DecodeState, capacity: int = 0) -> None:
         """Hand the Reasoner's cache after the prompt over to the child, which steps from there
-        (under the parent's CPU autocast)."""
+        (under the parent's CPU autocast; `capacity` > 0: through a compiled step on a static state)."""
         cache = state.reasoner_cache
         layers = [(_pack(layer.keys), _pack(layer.values)) for layer in cache.layers]
         autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
         recurrence = (cache.feedback, _pack(cache.last_hidden)) if isinstance(cache, RecurrentCache) else None
-        self._send("start", _pack(state.reasoner_mask), layers, autocast, self.lean, recurrence)
-        self._receive()
+        self._send("start", _pack(state.reasoner_mask), layers, autocast, self.lean, recurrence, capacity)
+        self.starting = True  # its reply is read at the first step: the child unpacks while the parent samples
         state.reasoner_cache = None  # the child's now
 
     def start_step(self, tokens: torch.Tensor) -> None:
         """The Reasoner reads `tokens` [B] in the child; `step_result` waits for its hidden state [B, d_R]."""
+        if self.starting:  # the child took the prompt's cache (or says why not) before its first step
+            self.starting = False
+            self._receive()
         self._send("step", tokens.tolist())
 
     def step_result(self) -> torch.Tensor:
@@ -183,6 +238,7 @@ class ReasonerProcess:
             self.process.join()
 
     def _send(self, *message) -> None:
+        self.starting = False
         while self.pending:  # a reply nobody read belongs to an abandoned request
             try:
                 self._receive()

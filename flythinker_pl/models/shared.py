@@ -5,8 +5,9 @@ Training runs the two passes with the matching adapter active (peft's `set_adapt
 inside `with self.lora:` (the lean LoRA forward, lora_step.py), picks adapters without switching
 and runs both steps as ONE batched forward over [Generator rows; Reasoner rows]: the base weights
 are read once per token and both adapters' updates are one batched matmul per layer. The prompt
-still takes two passes, Reasoner then Generator: the Generator's prompt inputs carry the
-Reasoner's latents of that same prompt. The batched step runs the decoder, then the LM head on the
+pass is two passes, Reasoner then Generator (the Generator's prompt inputs carry the Reasoner's
+latents of that same prompt), whose caches `merge_caches` joins, or on GPU the same batching in
+chunks, the Reasoner one chunk ahead (decoding/prefill.py). The batched step runs the decoder, then the LM head on the
 Generator's rows with the family's logit post-processing (families.head_logits; build refuses a
 family whose forward it cannot reproduce).
 """
@@ -60,15 +61,15 @@ class SharedBaseFlyThinker(FlyThinker):
             return super().run_generator(*args, **kwargs)
 
     def merge_caches(self, state: DecodeState) -> None:
-        """After prefill: the Generator's rows then the Reasoner's rows in one cache, and one mask
-        over both (the two read the same tokens, so their masks and positions are equal)."""
+        """After prefill: the Generator's rows then the Reasoner's rows in one cache, and one mask over
+        both, each half its model's (the Reasoner's hides the user's history with reasoner.sees_profile=false)."""
         state.generator_cache = concat_caches(state.generator_cache, state.reasoner_cache)
-        state.attention_mask = state.attention_mask.repeat(2, 1)
-        state.reasoner_cache = None
+        state.attention_mask = torch.cat([state.attention_mask, state.reasoner_mask])
+        state.reasoner_cache = state.reasoner_attention_mask = None
 
     def batched_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
-        """Both models' step as one forward of 2B rows (needs merge_caches after prefill, and the
-        lean LoRA forward installed)."""
+        """Both models' step as one forward of 2B rows (on the cache and mask of merge_caches or
+        decoding/prefill.py's prefill_shared; needs the lean LoRA forward installed)."""
         batch = tokens.shape[0]
         positions = state.append_token()  # [2B, 1]
         inject = self.fusion.injection_mask(torch.ones_like(positions[:batch]), positions[:batch], state.prompt_len)
