@@ -17,15 +17,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `make test` runs two pytest-xdist workers, one per core: one thread each, or they fight for the cores
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-from flythinker_pl.config import FusionConfig, load_config  # noqa: E402
+from flythinker_pl.config import BackboneConfig, FusionConfig, load_config  # noqa: E402
 from flythinker_pl.data import synthetic  # noqa: E402
 from flythinker_pl.lit.run import build  # noqa: E402
 from flythinker_pl.models import tiny  # noqa: E402
-from flythinker_pl.models.backbones import decoder_of  # noqa: E402
+from flythinker_pl.models.backbones import decoder_of, lora_config, set_mode  # noqa: E402
 from flythinker_pl.models.flythinker import FlyThinker  # noqa: E402
 from flythinker_pl.models.fusion import LatentFusion  # noqa: E402
+from flythinker_pl.models.shared import SharedBaseFlyThinker  # noqa: E402
 
-from helpers import DEBUG_CONFIG, FAST, save_tiny_model, sizes  # noqa: E402
+from helpers import DEBUG_CONFIG, FAST, LAM, randomise_lora, save_tiny_model, sizes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +141,12 @@ def settings(tmp_path_factory, synthetic_dir) -> list[str]:
     overrides = [f"data.synthetic_dir={synthetic_dir.parent}", f"logging.cache_dir={cache}"]
     build(load_config(DEBUG_CONFIG, overrides))
     return overrides
+
+
+@pytest.fixture
+def shared_model(tokenizer):
+    generator = tiny.build_model(sizes(64), tokenizer, seed=3)
+    peft_model = set_mode(generator, BackboneConfig(mode="lora"), "generator", "CAUSAL_LM")
+    peft_model.add_adapter("reasoner", lora_config(BackboneConfig(), "CAUSAL_LM"))
+    randomise_lora(peft_model, std=0.05)  # distinct, nonzero adapters: "which adapter ran" shows in the output
+    return SharedBaseFlyThinker(peft_model, LatentFusion(64, 64, FusionConfig(lam=LAM))).eval()

@@ -199,6 +199,7 @@ class PythonTokenizer(PreTrainedTokenizer):
 
 # ---- from test_decoding.py ----
 
+LAM = 4.0  # large enough that latents change greedy choices (and logits) of random models visibly
 PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
 
 

@@ -28,12 +28,11 @@ from flythinker_pl.models.fusion import real_positions
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from helpers import FAMILIES, GREEDY, LORA_TARGETS, PROMPTS, RESPONSE_LEN, argmax_chain_matches, batch, family_config, family_folders, prompt_batch, randomise_lora, save_family
+from helpers import FAMILIES, GREEDY, LAM, LORA_TARGETS, PROMPTS, RESPONSE_LEN, argmax_chain_matches, batch, family_config, family_folders, prompt_batch, randomise_lora, save_family
 
 
 POST_PROCESSED = {"gemma2", "gemma3", "granite", "cohere"}
 ENGINES = {"sft": ["sequential"], "flythinker": ["sequential", "staggered"], "shared": ["sequential", "shared"]}
-LAM = 4.0  # as in test_decoding: large enough that latents change the logits visibly
 SAMPLED = dataclasses.replace(GREEDY, do_sample=True, temperature=1.3, top_p=0.9, seed=7)
 
 

@@ -21,8 +21,7 @@ from flythinker_pl.models.fusion import LatentFusion
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from conftest import random_lora_backbones
-from test_decoding import PROMPTS, argmax_chain_matches, prompt_batch, shared_model  # noqa: F401 (a fixture)
+from helpers import PROMPTS, argmax_chain_matches, prompt_batch, random_lora_backbones
 
 GREEDY = DecodeConfig(do_sample=False, max_new_tokens=10, compile=False)
 SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, max_new_tokens=10, seed=7, compile=False)

@@ -7,30 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from flythinker_pl.config import BackboneConfig, DecodeConfig, FusionConfig
+from flythinker_pl.config import DecodeConfig
 from flythinker_pl.decoding.generate import generate, prompts_of
 from flythinker_pl.decoding.sampler import Sampler
-from flythinker_pl.models.backbones import lora_config, set_mode
-from flythinker_pl.models.fusion import LatentFusion
 from flythinker_pl.models.sft import SFT
-from flythinker_pl.models.shared import SharedBaseFlyThinker
 
-from helpers import GREEDY, IDS, PROMPTS, argmax_chain_matches, left_padded, prompt_batch, randomise_lora, sizes
+from helpers import GREEDY, IDS, LAM, PROMPTS, argmax_chain_matches, left_padded, prompt_batch
 
 
-LAM = 4.0  # large enough that latents change greedy choices of random models (checked below)
 SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, top_k=50, max_new_tokens=10, seed=7)
-
-
-@pytest.fixture
-def shared_model(tokenizer):
-    from flythinker_pl.models import tiny
-
-    generator = tiny.build_model(sizes(64), tokenizer, seed=3)
-    peft_model = set_mode(generator, BackboneConfig(mode="lora"), "generator", "CAUSAL_LM")
-    peft_model.add_adapter("reasoner", lora_config(BackboneConfig(), "CAUSAL_LM"))
-    randomise_lora(peft_model, std=0.05)  # distinct, nonzero adapters: "which adapter ran" shows in the output
-    return SharedBaseFlyThinker(peft_model, LatentFusion(64, 64, FusionConfig(lam=LAM))).eval()
 
 
 def methods(make_flythinker, shared_model):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 IMAGE_PACKAGES = ["torch", "lightning", "transformers", "peft", "pandas", "tensorboard", "torchmetrics", "sacrebleu"]
 
