@@ -145,7 +145,7 @@ gpu-wheels: $(STAMP) ## download what an offline GPU node lacks into .gpu-wheels
 	@ls .gpu-wheels
 
 bench-data: $(STAMP) ## records/s preparing 20,000 records (retrieval + rendering + tokenisation)
-	$(OFFLINE) $(PY) -m flythinker_pl.data.bench_prepare
+	$(OFFLINE) $(FLY) bench data
 
 real-data: $(STAMP) ## convert ../shared/data (Amazon reviews) to LongLaMP product_review files in data/real
 	$(PY) -m flythinker_pl.data.convert --source amazon --out data/real

@@ -10,6 +10,7 @@
     flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
     flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
     flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
+    flythinker bench data                              # records/s of data preparation
     flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
     flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
     flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--batches", type=int, default=4)
     bench_train.add_argument("--repeats", type=int, default=5)
     bench_train.add_argument("--out", default="bench/train.json")
+    bench_data = kinds.add_parser("data", help="records/s preparing synthetic records, and the speed-up over the "
+                                               "reference path (rank-bm25, one record tokenised at a time)")
+    bench_data.add_argument("--records", type=int, default=20_000)
+    bench_data.add_argument("--retriever", default="bm25")
+    bench_data.add_argument("--k", type=int, default=1)
+    bench_data.add_argument("--reference-records", type=int, default=2_000,
+                            help="records timed through the reference path too (0 = skip)")
     bench_decode = _with_config(kinds.add_parser("decode", help="decoding ms/token: SFT vs FlyThinker engines"))
     bench_decode.add_argument("--new-tokens", type=int, default=64)
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
@@ -262,6 +270,12 @@ def pretrain(args):
 
 
 def bench(args):
+    if args.benchmark == "data":
+        from .bench.data import bench_data
+
+        for name, value in bench_data(args.records, args.retriever, args.k, args.reference_records).items():
+            print(f"{name:>28}: {value}")
+        return
     if args.benchmark == "train":
         from .bench.train import bench_train
 

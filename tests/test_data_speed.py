@@ -203,7 +203,7 @@ def test_prepared_examples_equal_the_reference_with_a_slow_tokenizer(tokenizer):
 
 @pytest.fixture(scope="module")
 def synthetic_2000(tmp_path_factory):
-    """2,000 synthetic reviews (250 users x 8, as bench_prepare makes them) and a tokenizer trained on them."""
+    """2,000 synthetic reviews (250 users x 8, as bench/data.py makes them) and a tokenizer trained on them."""
     root = synthetic.generate(tmp_path_factory.mktemp("synthetic_2000"), num_users=250, reviews_per_user=8, seed=0)
     cfg = DataConfig(synthetic_dir=str(root.parent), rationales="oracle")
     cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 250, 8
@@ -245,8 +245,8 @@ def test_a_backend_set_to_truncate_is_called_through_the_tokenizer(tokenizer):
 
 def test_bench_data_times_the_reference_path_beside_the_fast_one():
     """`make bench-data` prints its speed-up over rank-bm25 + per-record tokenisation, measured in the same run."""
-    from flythinker_pl.data.bench_prepare import bench_prepare
+    from flythinker_pl.bench.data import bench_data
 
-    result = bench_prepare(records=160, reference_records=40)
+    result = bench_data(records=160, reference_records=40)
     assert result["records"] == 160 and result["records/s"] > 0
     assert result["speed-up over the reference (40 records)"] > 0

@@ -1,6 +1,6 @@
 """Data preparation throughput: read + validate, retrieve, render + tokenise N synthetic records.
 
-    python -m flythinker_pl.data.bench_prepare [--records 20000] [--retriever bm25] [--k 1]
+    flythinker bench data [--records 20000] [--retriever bm25] [--k 1] [--reference-records 2000]
 
 Synthetic product reviews (user setting, all three splits) with the paper's budgets
 (1250 / 300 / 1000) and a byte-level BPE tokenizer trained on the records, as the tiny presets do.
@@ -15,18 +15,17 @@ Their ratio (`speed-up over the reference`) is what the fast path buys, on this 
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
 from rank_bm25 import BM25Okapi
 
 from ..config import DataConfig
+from ..data.datamodule import load_split
+from ..data.encode import encode_records
+from ..data.readers import SPLITS
+from ..data.retrieval import BM25Corpus, bm25_document, bm25_query, retrieve
 from ..models import tiny
-from .datamodule import load_split
-from .encode import encode_record, encode_records
-from .readers import SPLITS
-from .retrieval import BM25Corpus, bm25_document, bm25_query, retrieve
 
 REVIEWS_PER_USER = 8
 
@@ -43,7 +42,7 @@ def reference_path(records: list[dict], cfg: DataConfig, tokenizer) -> None:
         documents = [bm25_document(cfg.task, item).split() for item in record["profile"]]
         index = BM25Okapi(documents)
         shown = index.get_top_n(bm25_query(cfg.task, record["input"]).split(), list(range(len(documents))), n=cfg.k)
-        encode_record(record, [record["profile"][i] for i in shown], cfg, tokenizer)
+        encode_records([record], [[record["profile"][i] for i in shown]], cfg, tokenizer)  # one record at a time
 
 
 def speed_up(records: list[dict], cfg: DataConfig, tokenizer) -> float:
@@ -56,7 +55,7 @@ def speed_up(records: list[dict], cfg: DataConfig, tokenizer) -> float:
     return seconds[0] / seconds[1]
 
 
-def bench_prepare(records: int = 20_000, retriever: str = "bm25", k: int = 1, reference_records: int = 2_000) -> dict:
+def bench_data(records: int = 20_000, retriever: str = "bm25", k: int = 1, reference_records: int = 2_000) -> dict:
     with tempfile.TemporaryDirectory() as root:
         cfg = DataConfig(synthetic_dir=root, retriever=retriever, k=k)
         cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = records // REVIEWS_PER_USER, REVIEWS_PER_USER
@@ -84,18 +83,3 @@ def bench_prepare(records: int = 20_000, retriever: str = "bm25", k: int = 1, re
             result[f"speed-up over the reference ({len(sample)} records)"] = round(speed_up(sample, cfg, tokenizer), 2)
     return result
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--retriever", default="bm25")
-    parser.add_argument("--k", type=int, default=1)
-    parser.add_argument("--reference-records", type=int, default=2_000,
-                        help="records timed through the reference path too (0 = skip)")
-    args = parser.parse_args()
-    for name, value in bench_prepare(args.records, args.retriever, args.k, args.reference_records).items():
-        print(f"{name:>28}: {value}")
-
-
-if __name__ == "__main__":
-    main()
