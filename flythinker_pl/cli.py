@@ -244,7 +244,7 @@ def table(args):
 def data(args):
     tokens = args.view == "show" or args.tokens
     cfg = _config(args, loads_models=tokens)[0]
-    from .data import inspect
+    from .data import describe
 
     tokenizer = None
     if tokens:  # the Generator's tokenizer only: no model is built, no tiny preset pretrained
@@ -253,10 +253,10 @@ def data(args):
 
         tokenizer = load_tokenizer(cfg, corpus=lambda: pretraining_corpus(cfg.data))
     if args.view == "stats":
-        print(inspect.stats(cfg.data, tokenizer))
+        print(describe.stats(cfg.data, tokenizer))
         return
     try:
-        print(inspect.show(cfg.data, tokenizer, args.split, args.index))
+        print(describe.show(cfg.data, tokenizer, args.split, args.index))
     except IndexError as err:  # an --index outside the split: a usage error, not a bug
         raise DataError(str(err)) from None
 

@@ -14,7 +14,7 @@ from rank_bm25 import BM25Okapi
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
-from flythinker_pl.data.inspect import show, stats
+from flythinker_pl.data.describe import show, stats
 from flythinker_pl.data.prompts import chat_prompt
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve

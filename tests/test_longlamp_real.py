@@ -9,7 +9,7 @@ import pytest
 from flythinker_pl.config import DataConfig, load_config
 from flythinker_pl.data.convert import convert
 from flythinker_pl.data.datamodule import load_split
-from flythinker_pl.data.inspect import show
+from flythinker_pl.data.describe import show
 from flythinker_pl.data.readers import SPLITS
 
 from helpers import ROOT
