@@ -13,8 +13,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.config import ConfigError
 from flythinker_pl.lit.callbacks import (GenerationSamples, LambdaSweep, PositionEval, Throughput, fusion_lambda,
-                                         peak_memory_mb, reset_peak_memory, run_callbacks)
+                                         run_callbacks)
 from flythinker_pl.lit.run import fit
+from flythinker_pl.measure import peak_memory_mb, reset_peak_memory
 
 TINY_DECODING = ("decode.max_new_tokens=8", "eval.segment_width=4", "eval.segment_max=8")
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from ..decoding.generate import synchronize  # noqa: F401  (re-exported for the benchmarks)
 from ..lit.module import method_loss
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from contextlib import nullcontext
 
 import pandas as pd
@@ -38,7 +37,8 @@ from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..decoding.generate import Generation, generate, prompts_of
 from ..models.build import build_method
 from ..models.lora_step import LeanLoRA
-from . import synchronize, write_json
+from ..measure import peak_memory_mb, reset_peak_memory, timed
+from . import write_json
 
 SHARED = ["method=flythinker", "reasoner.shared_base=true", "reasoner.mode=lora", "generator.mode=lora"]
 HF = "hf"  # the engine column of the Hugging Face generate() row
@@ -80,13 +80,10 @@ def hf_generate(model, rows: dict, new_tokens: int, eos_id: int, pad_id: int) ->
     """Hugging Face generate() on the SFT model (peft's forward, its default cache), greedy, exactly
     `new_tokens` tokens; its prompt pass timed as a 1-token generate() of its own."""
     def call(tokens: int):
-        synchronize(rows["ids"].device)
-        start = time.perf_counter()
-        out = model.generator.generate(input_ids=rows["ids"], attention_mask=rows["mask"], max_new_tokens=tokens,
-                                       min_new_tokens=tokens, do_sample=False, num_beams=1, eos_token_id=eos_id,
-                                       pad_token_id=pad_id)
-        synchronize(rows["ids"].device)
-        return out[:, rows["ids"].shape[1]:].tolist(), time.perf_counter() - start
+        out, seconds = timed(rows["ids"].device, lambda: model.generator.generate(
+            input_ids=rows["ids"], attention_mask=rows["mask"], max_new_tokens=tokens, min_new_tokens=tokens,
+            do_sample=False, num_beams=1, eos_token_id=eos_id, pad_token_id=pad_id))
+        return out[:, rows["ids"].shape[1]:].tolist(), seconds
 
     _, first = call(1)
     tokens, seconds = call(new_tokens)
@@ -147,13 +144,11 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
         if reference_of(name) not in references:
             references[reference_of(name)] = run(*reference_of(name)[:1], max(batch_sizes), reference_of(name)[1],
                                                  greedy=True).tokens
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         result = run(name, max(batch_sizes), greedy=True)
         same_tokens[name] = result.tokens == references[reference_of(name)]
         compile_seconds[name, max(batch_sizes)] = result.compile_seconds
-        synchronize(device)
-        peak[name] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        peak[name] = peak_memory_mb(device) if device.type == "cuda" else None
         if device.type == "cuda":
             model.cpu()
             torch.cuda.empty_cache()

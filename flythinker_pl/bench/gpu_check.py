@@ -31,7 +31,6 @@ both through decoding/generate.generate, medians of interleaved repeats: the pro
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -56,6 +55,7 @@ from ..config import BackboneConfig, DecodeConfig, FusionConfig, ReasonerConfig
 from ..data.encode import IGNORE_INDEX
 from ..decoding.engines import make_engine
 from ..decoding.generate import generate
+from ..measure import peak_memory_mb, release, reset_peak_memory, timed
 from ..models.backbones import decoder_of, lora_config, set_mode
 from ..models.flythinker import FlyThinker
 from ..models.fusion import LatentFusion
@@ -180,41 +180,9 @@ def weights_gb(module: torch.nn.Module) -> float:
 
 # ---------------------------------------------------------------- timing, memory, inputs
 
-def timed(device: torch.device, fn: Callable):
-    """(fn(), seconds). CUDA: events on the current stream around all that fn queues, after a synchronize
-    (so nothing earlier is counted); the end event is waited for. CPU: perf_counter."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        result = fn()
-        return result, time.perf_counter() - start
-    stream = torch.cuda.current_stream(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record(stream)
-    result = fn()
-    end.record(stream)
-    end.synchronize()
-    return result, start.elapsed_time(end) / 1000
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
-def reset_peak(device: torch.device) -> Optional[float]:
-    """Reset the peak counter; returns what is allocated now (GB). None on CPU (not measured)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    return torch.cuda.memory_allocated(device) / 2**30
-
-
-def peak(device: torch.device) -> Optional[float]:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def peak_gb(device: torch.device) -> Optional[float]:
+    """Peak CUDA memory since reset_peak_memory (GB); None on CPU (not measured there)."""
+    return peak_memory_mb(device) / 1024 if device.type == "cuda" else None
 
 
 def failure(error: BaseException) -> str:
@@ -416,14 +384,14 @@ def train_one(plan: Plan, device: torch.device, reasoner: str, mode: str, batch:
     trainable = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     weights = weights_gb(method)
-    reset_peak(device)
+    reset_peak_memory(device)
 
     optimizer_steps(method, optimizer, [batch], device)  # warm-up: kernels, allocator, optimiser state
     loss, seconds = timed(device, lambda: optimizer_steps(method, optimizer, [batch] * plan.train_steps, device))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
     tokens = int(batch["attention_mask"].sum()) * plan.train_steps
-    return {"tokens/s": tokens / seconds, "ms/step": 1000 * seconds / plan.train_steps, "peak GB": peak(device),
+    return {"tokens/s": tokens / seconds, "ms/step": 1000 * seconds / plan.train_steps, "peak GB": peak_gb(device),
             "weights GB": weights, "trainable M": sum(p.numel() for p in trainable) / 1e6, "loss": loss.item()}
 
 
@@ -541,9 +509,9 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
                 status[variant] = models[model]
                 continue
             try:
-                before = reset_peak(device)
+                before = reset_peak_memory(device)
                 run(variant, tokens)
-                extra[variant] = None if before is None else peak(device) - before
+                extra[variant] = None if before is None else (peak_memory_mb(device) - before) / 1024
                 status[variant] = "ok"
             except Exception as error:
                 status[variant] = failure(error)

@@ -8,7 +8,6 @@ over rounds of the ratio within a round, the two runs seconds apart on the same 
 from __future__ import annotations
 
 import statistics
-import time
 
 import pandas as pd
 import torch
@@ -16,7 +15,8 @@ import torch
 from ..config import Config, load_config
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..models.build import build_method
-from . import optimizer_steps, synchronize, write_json
+from ..measure import timed
+from . import optimizer_steps, write_json
 
 VARIANTS = {
     "sft": ["method=sft"],
@@ -29,11 +29,7 @@ VARIANTS = {
 
 def _train_steps(method, optimizer, batches, device) -> float:
     """Seconds for one optimiser step per batch (forward, backward, update)."""
-    synchronize(device)
-    start = time.perf_counter()
-    optimizer_steps(method, optimizer, batches, device)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(device, lambda: optimizer_steps(method, optimizer, batches, device))[1]
 
 
 def bench_train(config_path: str | list[str], overrides: list[str], batches: int = 4, repeats: int = 5,

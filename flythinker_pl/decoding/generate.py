@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import DecodeConfig
+from ..measure import synchronize
 from ..models.layout import gather_prompts, prompt_layout
 from ..models.lora_step import LeanLoRA
 from .engines import compilable, make_engine
@@ -24,12 +25,6 @@ class Generation:
     seconds: float  # prefill and every step (compiling included)
     prefill_seconds: float  # the prompt pass(es) alone: time to the first token's logits
     compile_seconds: float = 0.0  # of `seconds`, the steps that compiled a graph (decode.compile)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()

@@ -16,16 +16,12 @@ the data and meets the others in one collective (`PositionEval`: all_gather of t
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import math
 import re
-import sys
 import time
 from contextlib import contextmanager
 from itertools import islice
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import lightning as L
@@ -37,11 +33,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from ..config import REASONER_METHODS, Config, ConfigError
-from ..decoding.generate import synchronize
 from ..evaluation.metrics import METRICS
 from ..evaluation.report import log_position_panels
 from ..evaluation.segments import position_scores, text_units
 from ..evaluation.torchmetric import TextGenerationScores
+from ..measure import peak_memory_mb, reset_peak_memory, synchronize
 from .coconut_curriculum import CoconutCurriculum
 
 
@@ -135,36 +131,6 @@ def validation_loss(trainer: L.Trainer, module) -> float:
             batch_loss, count = module.batch_loss(trainer.strategy.batch_to_device(batch))
             loss.update(batch_loss, weight=count)
     return float(loss.compute())  # a collective under DDP: every rank is here
-
-
-PROC_SELF = Path("/proc/self")  # Linux: the peak resident set can be read and reset per run
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start measuring peak memory now, so that each run of a sweep (one process) reports its own."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif (PROC_SELF / "clear_refs").exists():
-        gc.collect()
-        try:  # glibc keeps what earlier runs freed resident until asked to hand it back
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # another C library: the earlier runs' leftovers count
-            pass
-        (PROC_SELF / "clear_refs").write_text("5")  # resets VmHWM to the current resident set
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated tensor memory on `device` since `reset_peak_memory`. CPU: the process's
-    peak resident set since then (Linux), or over its lifetime (other POSIX systems)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if (PROC_SELF / "status").exists():
-        status = (PROC_SELF / "status").read_text()
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) / 2**10
-    import resource  # POSIX only: imported where needed
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
 
 
 def fenced(text: str) -> str:
