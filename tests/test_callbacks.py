@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flythinker_pl.config import ConfigError
-from flythinker_pl.lit.callbacks import (GenerationSamples, LambdaSweep, PositionEval, Throughput, fusion_lambda,
-                                         run_callbacks)
+from flythinker_pl.lit.callbacks import GenerationSamples, LambdaSweep, PositionEval, Throughput, run_callbacks
+from flythinker_pl.lit.in_fit import fusion_lambda
 from flythinker_pl.lit.run import fit
 from flythinker_pl.measure import peak_memory_mb, reset_peak_memory
 
