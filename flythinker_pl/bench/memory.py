@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 from ..config import Config
 from ..lit.sharding import decoder_layer_types
 from ..models import backbones, tiny
+from ..models.architectures import ARCHITECTURES, TINY_PRESETS
 from ..models.build import SFT_METHODS
 
 GIB = 1024 ** 3
@@ -38,10 +39,9 @@ class Counts:
 
 def architecture(name: str, key: str):
     """The model config of a backbone name, without weights."""
-    from .gpu_check import ARCHITECTURES
 
-    if name in tiny.PRESETS:
-        return Qwen2Config(vocab_size=tiny.VOCAB_SIZE, tie_word_embeddings=True, **tiny.PRESETS[name])
+    if name in TINY_PRESETS:
+        return Qwen2Config(vocab_size=tiny.VOCAB_SIZE, tie_word_embeddings=True, **TINY_PRESETS[name])
     if not Path(name).exists() and name.split("/")[-1] in ARCHITECTURES:
         return Qwen2Config(**ARCHITECTURES[name.split("/")[-1]])
     with backbones.explained(key, name):

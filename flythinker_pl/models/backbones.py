@@ -13,13 +13,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..config import BackboneConfig, ConfigError
 from . import tiny
+from .architectures import TINY_PRESETS
 from .hub import OFFLINE_FIX, not_loadable, offline
 
 
 def resolve(name: str, corpus: Callable[[], list[str]], steps: int, seed: int, cache_dir: str) -> str:
     """A loadable location: tiny presets are built (and cached) from `corpus`; anything else is
     a hub id or a local path, passed to `from_pretrained` unchanged."""
-    if name in tiny.PRESETS:
+    if name in TINY_PRESETS:
         return str(tiny.ensure_pretrained(name, corpus, steps=steps, seed=seed, cache_dir=cache_dir))
     return name
 
@@ -42,7 +43,7 @@ def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerB
     """The Generator's tokenizer for a run config, without loading any weights (a tiny preset's is
     trained on the corpus and cached, as its pretraining does, without the pretraining)."""
     name = cfg.generator.name
-    if name in tiny.PRESETS:
+    if name in TINY_PRESETS:
         return tiny.corpus_tokenizer(corpus(), cfg.logging.cache_dir)
     with explained("generator.name", name):
         return AutoTokenizer.from_pretrained(name)

@@ -20,16 +20,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ..console import progress
+from .architectures import TINY_PRESETS
 
-# Sizes for the Reasoner-size ablation (0.5B/1.5B/3B in the paper -> 64/128/256 here).
-PRESETS = {
-    "tiny-64": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=256),
-    "tiny-128": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                     intermediate_size=512),
-    "tiny-256": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-                     intermediate_size=1024),
-}
 VOCAB_SIZE = 2000
 PRETRAIN_FORMAT = "eos"  # in the cache key: documents end with EOS (earlier builds separated them with PAD)
 EOS, PAD, IM_START = "<|im_end|>", "<|endoftext|>", "<|im_start|>"
@@ -63,9 +55,9 @@ def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrain
 
 def build_model(preset: str | dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 of a preset's size (or of explicit Qwen2Config sizes)."""
-    if isinstance(preset, str) and preset not in PRESETS:
-        raise ValueError(f"unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    sizes = PRESETS[preset] if isinstance(preset, str) else preset
+    if isinstance(preset, str) and preset not in TINY_PRESETS:
+        raise ValueError(f"unknown tiny preset {preset!r}; choose one of {', '.join(TINY_PRESETS)}")
+    sizes = TINY_PRESETS[preset] if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
