@@ -301,9 +301,10 @@ def gpu_check(args):
 def memory(args):
     cfg = _config(args, loads_models=False)[0]  # counts from known architectures: no model needs to load
     from .bench.memory import method_counts, per_rank
+    from .lit.launch import processes
     from .lit.run import precision
 
-    world = cfg.trainer.devices * cfg.trainer.num_nodes if isinstance(cfg.trainer.devices, int) else 1
+    world = processes(cfg)  # the rule the sweep counts ranks by ("0,1" is two devices)
     counts = method_counts(cfg)
     print(f"{cfg.method}: {counts.total / 1e9:.3g} B parameters, {counts.trainable / 1e9:.3g} B trainable "
           f"(generator.mode={cfg.generator.mode}, reasoner.mode={cfg.reasoner.mode}); per rank, "

@@ -15,6 +15,7 @@ import torch
 from flythinker_pl.cli import main
 from flythinker_pl.config import load_config
 from flythinker_pl.evaluation.sweep_report import summary_table
+from flythinker_pl.lit import launch
 from flythinker_pl.sweep import runs as sweep_module
 from flythinker_pl.sweep.runs import aggregate, plan, run_sweep
 from flythinker_pl.sweep.spec import SweepError, load_sweep
@@ -186,7 +187,7 @@ def test_the_baselines_sweep_runs_every_method_from_its_own_config_with_three_se
 
 @pytest.mark.parametrize("devices,processes", [("auto", 1), (1, 1), (2, 2), ("3", 3), ("0,1", 2), ([0, 1, 2], 3)])
 def test_a_sweep_counts_the_processes_of_its_runs(run_config, devices, processes):
-    assert sweep_module.processes(dataclasses.replace(
+    assert launch.processes(dataclasses.replace(
         run_config(), trainer=dataclasses.replace(run_config().trainer, accelerator="cpu", devices=devices))) == processes
 
 

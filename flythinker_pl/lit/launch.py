@@ -26,6 +26,8 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.distributed import DistError, TCPStore
 
+from ..config import Config
+
 AGREEMENT_TIMEOUT = timedelta(minutes=10)
 SRUN_HINT = "The `srun` command is available on your system but is not used"  # Lightning's, on SLURM machines
 # Rank 0's store server must outlive the agreement: the other ranks may read late, and the
@@ -136,3 +138,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+
+
+def processes(cfg: Config) -> int:
+    """How many processes (ranks) a run of `cfg` uses: devices per node, as Lightning counts them, x nodes."""
+    devices = cfg.trainer.devices
+    if devices in ("auto", -1, "-1"):
+        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, str) and "," in devices:  # "0,1": device indices
+        devices = len([index for index in devices.split(",") if index.strip()])
+    elif isinstance(devices, (list, tuple)):  # [0, 1]: device indices
+        devices = len(devices)
+    return int(devices) * cfg.trainer.num_nodes

@@ -23,7 +23,8 @@ from typing import Optional
 
 from ..config import Config
 from .jobs import Manifest, PointJob
-from .runs import aggregate, completed_run, processes
+from ..lit.launch import processes
+from .runs import aggregate, completed_run
 from .spec import LauncherSettings, Run, SlurmSettings, Sweep, SweepError
 from .status import RESUBMIT, status_table, statuses
 

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..config import Config
 from ..evaluation.sweep_report import write_results
-from ..lit.launch import external_launch
+from ..lit.launch import external_launch, processes
 from ..lit.run import run_experiment
 from ..lit.rundirs import completed_run, decoded_and_scored, finished_run, unfinished_run
 from .spec import Sweep, SweepError
@@ -36,19 +36,6 @@ def plan(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame([{"point": run.point.label, "seed": run.seed, "experiment": run.config.logging.experiment,
                           "status": status(run.config)} for run in sweep.runs],
                         index=pd.RangeIndex(1, len(sweep.runs) + 1, name="#"))
-
-
-def processes(cfg: Config) -> int:
-    """How many processes (ranks) a run of `cfg` uses: devices per node, as Lightning counts them, x nodes."""
-    devices = cfg.trainer.devices
-    if devices in ("auto", -1, "-1"):
-        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        devices = torch.cuda.device_count() if on_gpu else 1
-    elif isinstance(devices, str) and "," in devices:  # "0,1": device indices
-        devices = len([index for index in devices.split(",") if index.strip()])
-    elif isinstance(devices, (list, tuple)):  # [0, 1]: device indices
-        devices = len(devices)
-    return int(devices) * cfg.trainer.num_nodes
 
 
 def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
