@@ -6,7 +6,7 @@ Synthetic product reviews (user setting, all three splits) with the paper's budg
 (1250 / 300 / 1000) and a byte-level BPE tokenizer trained on the records, as the tiny presets do.
 Prints records/s per stage and in all. One pass, as in real use (each split is prepared once), and
 the way PersonalisationDataModule prepares a split: one BM25 corpus per split, records encoded in
-batched chunks (tests/test_data_speed.py: the examples equal the plain per-record path's).
+batched chunks (tests/test_encode_equals_reference.py: the examples equal the plain per-record path's).
 
 Records/s depend on the machine (about 2x between two machines of the same kind), so the run also
 times the reference path on the first --reference-records records of the train split, beside the fast
