@@ -3,8 +3,14 @@
 `import flythinker_pl` stays light; the Hugging Face classes of exported models load on first use:
     flythinker_pl.FlyThinkerForCausalLM.from_pretrained(FOLDER)   # a folder written by `flythinker export`
 """
-HF_CLASSES = ("FlyThinkerConfig", "FlyThinkerForCausalLM", "StaticFlyThinkerForCausalLM", "CoconutForCausalLM",
-              "SFTForCausalLM")
+
+HF_CLASSES = (
+    "FlyThinkerConfig",
+    "FlyThinkerForCausalLM",
+    "StaticFlyThinkerForCausalLM",
+    "CoconutForCausalLM",
+    "SFTForCausalLM",
+)
 __all__ = list(HF_CLASSES)
 
 

@@ -1,25 +1,26 @@
 """`flythinker` command line.
 
-    flythinker run -c experiments/demo.yaml            # fit + predict + evaluate; reuses what is done
-    flythinker fit -c experiments/demo.yaml fusion.lam=1.0 trainer.max_steps=50
-    flythinker predict -c experiments/demo.yaml ckpt_path=lightning_logs/demo/version_0/checkpoints/last.ckpt
-    flythinker evaluate lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/compare
-    flythinker table lightning_logs/demo_sft lightning_logs/demo --segments --plot lightning_logs/compare
-    flythinker data stats -c experiments/demo.yaml     # records, users, words (--tokens: tokens, budget hits)
-    flythinker data show -c experiments/demo.yaml --index 3
-    flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
-    flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
-    flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
-    flythinker bench data                              # records/s of data preparation
-    flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
-    flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
-    flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
-    flythinker sweep ablations/lambda.yaml --launcher slurm   # every run a SLURM job; then:
-    flythinker sweep status ablations/lambda.yaml --wait      # one line per run; the tables when all are done
-    flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
-    flythinker export lightning_logs/demo --out exports/demo   # a Hugging Face model folder (from_pretrained)
-    flythinker generate exports/demo --record U00002-0   # stream one output (a run dir works too), then ms/token
+flythinker run -c experiments/demo.yaml            # fit + predict + evaluate; reuses what is done
+flythinker fit -c experiments/demo.yaml fusion.lam=1.0 trainer.max_steps=50
+flythinker predict -c experiments/demo.yaml ckpt_path=lightning_logs/demo/version_0/checkpoints/last.ckpt
+flythinker evaluate lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/compare
+flythinker table lightning_logs/demo_sft lightning_logs/demo --segments --plot lightning_logs/compare
+flythinker data stats -c experiments/demo.yaml     # records, users, words (--tokens: tokens, budget hits)
+flythinker data show -c experiments/demo.yaml --index 3
+flythinker pretrain -c experiments/demo.yaml       # build + cache the tiny backbones only
+flythinker bench train -c experiments/demo.yaml    # training tokens/s, ratio to SFT
+flythinker bench decode -c experiments/demo.yaml   # decoding ms/token, engines vs SFT
+flythinker bench data                              # records/s of data preparation
+flythinker gpu-check --out bench/gpu_check.json    # every CUDA path at paper sizes (tiny on CPU)
+flythinker memory -c experiments/gpu/longlamp_qwen.yaml trainer.devices=8   # per-rank GiB, DDP vs FSDP
+flythinker sweep ablations/lambda.yaml --dry-run   # an ablation: every point x seed, then tables + plots
+flythinker sweep ablations/lambda.yaml --launcher slurm   # every run a SLURM job; then:
+flythinker sweep status ablations/lambda.yaml --wait      # one line per run; the tables when all are done
+flythinker probe lightning_logs/demo_sft lightning_logs/demo --out lightning_logs/probe   # what latents know
+flythinker export lightning_logs/demo --out exports/demo   # a Hugging Face model folder (from_pretrained)
+flythinker generate exports/demo --record U00002-0   # stream one output (a run dir works too), then ms/token
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,30 +34,44 @@ from .data.schema import DataError
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("-c", "--config", action="append",
-                        help="experiment YAML (see experiments/); several -c merge in order, later wins "
-                             "(-c experiments/demo.yaml -c experiments/debug/tiny.yaml)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        help="experiment YAML (see experiments/); several -c merge in order, later wins "
+        "(-c experiments/demo.yaml -c experiments/debug/tiny.yaml)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. fusion.lam=1.0")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flythinker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flythinker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _with_config(commands.add_parser("run", help="train, decode and evaluate one experiment (reuses what is done)"))
     _with_config(commands.add_parser("fit", help="train one run"))
-    _with_config(commands.add_parser("predict", help="decode decode.split into predictions.jsonl "
-                                                     "(ckpt_path=RUN/checkpoints/last.ckpt, or none: zero-shot)"))
+    _with_config(
+        commands.add_parser(
+            "predict",
+            help="decode decode.split into predictions.jsonl (ckpt_path=RUN/checkpoints/last.ckpt, or none: zero-shot)",
+        )
+    )
     evaluate = commands.add_parser("evaluate", help="score predictions into their run dirs; one comparison table")
-    evaluate.add_argument("paths", nargs="+", help="predictions.jsonl files, run dirs or experiment dirs; "
-                                                   "key=value items override eval settings (eval.segment_width=25)")
+    evaluate.add_argument(
+        "paths",
+        nargs="+",
+        help="predictions.jsonl files, run dirs or experiment dirs; "
+        "key=value items override eval settings (eval.segment_width=25)",
+    )
     evaluate.add_argument("-c", "--config", help="take the eval settings from this experiment YAML")
     evaluate.add_argument("--out", help="where the combined position_eval.csv/.png of several runs go")
     table = commands.add_parser("table", help="compare finished runs from their run dirs (nothing is recomputed)")
     table.add_argument("runs", nargs="+", help="run dirs or experiment dirs (newest finished version)")
-    table.add_argument("--all", action="store_true", help="every metrics.json key (one column per run), "
-                                                          "not just the summary")
+    table.add_argument(
+        "--all", action="store_true", help="every metrics.json key (one column per run), not just the summary"
+    )
     table.add_argument("--segments", action="store_true", help="also the position-segment table")
     table.add_argument("--plot", help="write the runs' combined position_eval.csv/.png into this directory")
     data = commands.add_parser("data", help="inspect a config's data: stats per split, or one prompt")
@@ -64,73 +79,129 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(data)
     data.add_argument("--split", default="test", choices=["train", "val", "test"])
     data.add_argument("--index", type=int, default=0, help="record index for `show`")
-    data.add_argument("--tokens", action="store_true", help="`stats`: also token lengths and budget hits, from the "
-                                                            "Generator's tokenizer (no model is loaded)")
+    data.add_argument(
+        "--tokens",
+        action="store_true",
+        help="`stats`: also token lengths and budget hits, from the Generator's tokenizer (no model is loaded)",
+    )
     _with_config(commands.add_parser("pretrain", help="build and cache the tiny preset backbones"))
     kinds = commands.add_parser("bench", help="benchmarks: a table of side-by-side ratios + JSON").add_subparsers(
-        dest="benchmark", required=True)
+        dest="benchmark", required=True
+    )
     bench_train = _with_config(kinds.add_parser("train", help="training tokens/s of SFT and FlyThinker per mode"))
     bench_train.add_argument("--batches", type=int, default=4)
     bench_train.add_argument("--repeats", type=int, default=5)
     bench_train.add_argument("--out", default="bench/train.json")
-    bench_data = kinds.add_parser("data", help="records/s preparing synthetic records, and the speed-up over the "
-                                               "reference path (rank-bm25, one record tokenised at a time)")
+    bench_data = kinds.add_parser(
+        "data",
+        help="records/s preparing synthetic records, and the speed-up over the "
+        "reference path (rank-bm25, one record tokenised at a time)",
+    )
     bench_data.add_argument("--records", type=int, default=20_000)
     bench_data.add_argument("--retriever", default="bm25")
     bench_data.add_argument("--k", type=int, default=1)
-    bench_data.add_argument("--reference-records", type=int, default=2_000,
-                            help="records timed through the reference path too (0 = skip)")
+    bench_data.add_argument(
+        "--reference-records", type=int, default=2_000, help="records timed through the reference path too (0 = skip)"
+    )
     bench_decode = _with_config(kinds.add_parser("decode", help="decoding ms/token: SFT vs FlyThinker engines"))
     bench_decode.add_argument("--new-tokens", type=int, default=64)
     bench_decode.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     bench_decode.add_argument("--repeats", type=int, default=5)
     bench_decode.add_argument("--out", default="bench/decode.json")
-    bench_decode.add_argument("--no-compile", action="store_true",
-                              help="leave out the decode.compile=true rows (their first run compiles, seconds to minutes)")
-    gpu_check = commands.add_parser("gpu-check", help="every CUDA path at the paper's sizes (tiny ones on CPU): "
-                                                      "parity, training and decoding speed; JSON + markdown")
+    bench_decode.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave out the decode.compile=true rows (their first run compiles, seconds to minutes)",
+    )
+    gpu_check = commands.add_parser(
+        "gpu-check",
+        help="every CUDA path at the paper's sizes (tiny ones on CPU): "
+        "parity, training and decoding speed; JSON + markdown",
+    )
     gpu_check.add_argument("--out", default="bench/gpu_check.json", help="JSON; the markdown table goes beside it")
     gpu_check.add_argument("--sizes", choices=["paper", "tiny"], help="default: paper on CUDA, tiny on CPU")
-    gpu_check.add_argument("--only", nargs="+", choices=["parity", "train", "decode", "two_gpu", "ddp"],
-                           help="run only these sections")
-    memory = _with_config(commands.add_parser("memory", help="per-rank GiB of parameters, gradients and AdamW "
-                                                             "state: DDP vs FSDP (nothing is loaded)"))
-    memory.add_argument("--ranks", type=int, nargs="+", help="FSDP world sizes (default: the config's "
-                                                             "trainer.devices x trainer.num_nodes, and 8)")
-    sweep = commands.add_parser("sweep", help="run an ablation (every point x seed; reuses finished runs), "
-                                              "then its mean/std table, per-position table and plots; "
-                                              "`sweep status FILE`: where each run stands")
-    sweep.add_argument("file", help="sweep YAML (see ablations/ and the README's 'Ablations (sweeps)'), or "
-                                    "`status` then the sweep YAML")
+    gpu_check.add_argument(
+        "--only", nargs="+", choices=["parity", "train", "decode", "two_gpu", "ddp"], help="run only these sections"
+    )
+    memory = _with_config(
+        commands.add_parser(
+            "memory", help="per-rank GiB of parameters, gradients and AdamW state: DDP vs FSDP (nothing is loaded)"
+        )
+    )
+    memory.add_argument(
+        "--ranks",
+        type=int,
+        nargs="+",
+        help="FSDP world sizes (default: the config's trainer.devices x trainer.num_nodes, and 8)",
+    )
+    sweep = commands.add_parser(
+        "sweep",
+        help="run an ablation (every point x seed; reuses finished runs), "
+        "then its mean/std table, per-position table and plots; "
+        "`sweep status FILE`: where each run stands",
+    )
+    sweep.add_argument(
+        "file",
+        help="sweep YAML (see ablations/ and the README's 'Ablations (sweeps)'), or `status` then the sweep YAML",
+    )
     sweep.add_argument("overrides", nargs="*", help="dotlist overrides for every point, after the file's")
-    sweep.add_argument("--launcher", help="inline: in this process, in order; local: jobs on this machine; slurm: "
-                                          "SLURM jobs (default: the file's launcher.name, else inline)")
+    sweep.add_argument(
+        "--launcher",
+        help="inline: in this process, in order; local: jobs on this machine; slurm: "
+        "SLURM jobs (default: the file's launcher.name, else inline)",
+    )
     sweep.add_argument("--parallel", type=int, help="runs at once (local; slurm: of each job array)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
     sweep.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs only")
-    sweep.add_argument("--wait", action="store_true", help="status: one progress line until no run is pending "
-                                                           "or running, then the tables")
+    sweep.add_argument(
+        "--wait",
+        action="store_true",
+        help="status: one progress line until no run is pending or running, then the tables",
+    )
     sweep.add_argument("--out", help="results directory (default: results/<name>/ beside the sweep file)")
-    probe = commands.add_parser("probe", help="linear probes from each run's Reasoner and Generator hidden states "
-                                              "to the users' latent attributes, per response position")
+    probe = commands.add_parser(
+        "probe",
+        help="linear probes from each run's Reasoner and Generator hidden states "
+        "to the users' latent attributes, per response position",
+    )
     probe.add_argument("runs", nargs="+", help="run dirs or experiment dirs (newest finished version)")
-    probe.add_argument("--out", help="where probe.csv/.md, probe_vs_position.png and pca.png go "
-                                     "(default: <first run dir>/probe)")
-    probe.add_argument("--held-out", nargs="+", default=["val", "test"], choices=["val", "test"],
-                       help="the splits whose users score the probes (never the training users)")
+    probe.add_argument(
+        "--out", help="where probe.csv/.md, probe_vs_position.png and pca.png go (default: <first run dir>/probe)"
+    )
+    probe.add_argument(
+        "--held-out",
+        nargs="+",
+        default=["val", "test"],
+        choices=["val", "test"],
+        help="the splits whose users score the probes (never the training users)",
+    )
     probe.add_argument("--color-by", default="arc", help="the attribute that colours pca.png")
     probe.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of held-out users (0: none)")
-    probe.add_argument("--train-records-per-user", type=int, default=4,
-                       help="each training user's first N records fit the probes (0: all)")
-    probe.add_argument("--windows", type=int, nargs="+", default=None,
-                       help="first response position of each window, increasing from 0 (default: 0 1 8 32 64 128 "
-                            "192); e.g. 0 1 2 ... 9 probes every position of a short response")
-    export = commands.add_parser("export", help="a trained run as a Hugging Face model folder: from_pretrained, "
-                                                "generate(), its modeling code inside")
+    probe.add_argument(
+        "--train-records-per-user",
+        type=int,
+        default=4,
+        help="each training user's first N records fit the probes (0: all)",
+    )
+    probe.add_argument(
+        "--windows",
+        type=int,
+        nargs="+",
+        default=None,
+        help="first response position of each window, increasing from 0 (default: 0 1 8 32 64 128 "
+        "192); e.g. 0 1 2 ... 9 probes every position of a short response",
+    )
+    export = commands.add_parser(
+        "export",
+        help="a trained run as a Hugging Face model folder: from_pretrained, generate(), its modeling code inside",
+    )
     export.add_argument("run", help="a finished run dir (or an experiment dir: its newest finished run)")
     export.add_argument("--out", required=True, help="the folder to write (new, or empty)")
-    export.add_argument("--adapters", action="store_true",
-                        help="keep LoRA as peft adapters beside the base weights (default: merged into them)")
+    export.add_argument(
+        "--adapters",
+        action="store_true",
+        help="keep LoRA as peft adapters beside the base weights (default: merged into them)",
+    )
     generate = commands.add_parser("generate", help="stream one output of a run or exported folder, then ms/token")
     generate.add_argument("source", help="a run dir or a folder written by `flythinker export`")
     prompt = generate.add_mutually_exclusive_group(required=True)
@@ -148,8 +219,10 @@ def _config(args, loads_models: bool = True):
     of it before the heavy imports, so a typo or a missing model fails in a blink."""
     ckpt_path = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("ckpt_path=")), None)
     if ckpt_path is not None and args.command != "predict":
-        raise ConfigError(f"ckpt_path= is `flythinker predict`'s (the weights it decodes); `{args.command}` takes "
-                          f"none. To continue training from a checkpoint: train.resume={ckpt_path}")
+        raise ConfigError(
+            f"ckpt_path= is `flythinker predict`'s (the weights it decodes); `{args.command}` takes "
+            f"none. To continue training from a checkpoint: train.resume={ckpt_path}"
+        )
     cfg = load_config(args.config, [o for o in args.overrides if not o.startswith("ckpt_path=")])
     if loads_models:
         from .models.hub import check_backbones
@@ -190,14 +263,18 @@ def fit(args):
 def predict(args):
     cfg, ckpt_path = _config(args)
     if ckpt_path is None:  # decoding untrained weights by accident would be scored like a result
-        raise ConfigError("flythinker predict decodes trained weights: give ckpt_path=RUN/checkpoints/last.ckpt, "
-                          "or ckpt_path=none to decode the weights as loaded (zero-shot)")
+        raise ConfigError(
+            "flythinker predict decodes trained weights: give ckpt_path=RUN/checkpoints/last.ckpt, "
+            "or ckpt_path=none to decode the weights as loaded (zero-shot)"
+        )
     if ckpt_path.lower() == "none":
         ckpt_path = None
     elif Path(ckpt_path).is_dir():  # a sharded checkpoint (trainer.strategy=fsdp): one file per rank
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} is a sharded (FSDP) checkpoint folder; decode "
-                                f"{Path(ckpt_path).parent / 'weights.ckpt'}, the weights exported from it at the "
-                                "end of fit")
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} is a sharded (FSDP) checkpoint folder; decode "
+            f"{Path(ckpt_path).parent / 'weights.ckpt'}, the weights exported from it at the "
+            "end of fit"
+        )
     elif not Path(ckpt_path).is_file():  # before any model is built or run folder made
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     from .lit.run import predict as predict_run
@@ -220,12 +297,21 @@ def evaluate(args):
 
 def table(args):
     from .evaluation.report import COUNTS_NOTE
-    from .lit.evaluate import (DIFFERENCES_NOTE, differences, interval_notes, runs_segments, runs_table,
-                               scored_counts, summary_table)
+    from .lit.evaluate import (
+        DIFFERENCES_NOTE,
+        differences,
+        interval_notes,
+        runs_segments,
+        runs_table,
+        scored_counts,
+        summary_table,
+    )
 
     runs = runs_table(args.runs)
-    summary = [runs.T.to_markdown(floatfmt=".4g") if args.all else summary_table(runs).to_markdown(),
-               *interval_notes(scored_counts(runs))]
+    summary = [
+        runs.T.to_markdown(floatfmt=".4g") if args.all else summary_table(runs).to_markdown(),
+        *interval_notes(scored_counts(runs)),
+    ]
     if len(args.runs) > 1:  # what the numbers mean: each run against the first, paired
         compared, notes = differences(args.runs)
         if len(compared):
@@ -283,8 +369,15 @@ def bench(args):
     else:
         from .bench.decode import bench_decode
 
-        result = bench_decode(args.config, args.overrides, args.new_tokens, args.batch_sizes, args.repeats, args.out,
-                              compiled=not args.no_compile)
+        result = bench_decode(
+            args.config,
+            args.overrides,
+            args.new_tokens,
+            args.batch_sizes,
+            args.repeats,
+            args.out,
+            compiled=not args.no_compile,
+        )
     print(result.to_markdown(index=False))
     for note in result.attrs.get("notes", []):
         print(note)
@@ -306,9 +399,11 @@ def memory(args):
 
     world = processes(cfg)  # the rule the sweep counts ranks by ("0,1" is two devices)
     counts = method_counts(cfg)
-    print(f"{cfg.method}: {counts.total / 1e9:.3g} B parameters, {counts.trainable / 1e9:.3g} B trainable "
-          f"(generator.mode={cfg.generator.mode}, reasoner.mode={cfg.reasoner.mode}); per rank, "
-          "activations and the CUDA context not included:")
+    print(
+        f"{cfg.method}: {counts.total / 1e9:.3g} B parameters, {counts.trainable / 1e9:.3g} B trainable "
+        f"(generator.mode={cfg.generator.mode}, reasoner.mode={cfg.reasoner.mode}); per rank, "
+        "activations and the CUDA context not included:"
+    )
     print(per_rank(counts, precision(cfg), args.ranks or sorted({world, 8})).to_markdown(index=False))
 
 
@@ -371,8 +466,10 @@ def sweep_status(args):
     if args.wait:
         unfinished = [s.run.key for s in found if s.state != "done"]
         if unfinished:
-            raise SweepError(f"{path}: {len(unfinished)} of {len(found)} runs did not finish ({', '.join(unfinished)}); "
-                             "submit the sweep again to rerun them (they resume)")
+            raise SweepError(
+                f"{path}: {len(unfinished)} of {len(found)} runs did not finish ({', '.join(unfinished)}); "
+                "submit the sweep again to rerun them (they resume)"
+            )
         aggregate(spec, out)
         print_results(out)
 
@@ -382,8 +479,15 @@ def probe(args):
 
     from .probe.features import WINDOW_STARTS
 
-    frame, out = probe_runs(args.runs, args.out, tuple(args.held_out), args.color_by, args.n_bootstrap,
-                            tuple(args.windows or WINDOW_STARTS), train_per_user=args.train_records_per_user or None)
+    frame, out = probe_runs(
+        args.runs,
+        args.out,
+        tuple(args.held_out),
+        args.color_by,
+        args.n_bootstrap,
+        tuple(args.windows or WINDOW_STARTS),
+        train_per_user=args.train_records_per_user or None,
+    )
     print_summary(frame, out)
 
 
@@ -399,9 +503,22 @@ def generate(args):
     stream(args.source, args.record, args.history, args.query, args.max_new_tokens, args.greedy)
 
 
-COMMANDS = {"run": run, "fit": fit, "predict": predict, "evaluate": evaluate, "table": table, "data": data,
-            "pretrain": pretrain, "bench": bench, "gpu-check": gpu_check, "memory": memory, "sweep": sweep,
-            "probe": probe, "export": export, "generate": generate}
+COMMANDS = {
+    "run": run,
+    "fit": fit,
+    "predict": predict,
+    "evaluate": evaluate,
+    "table": table,
+    "data": data,
+    "pretrain": pretrain,
+    "bench": bench,
+    "gpu-check": gpu_check,
+    "memory": memory,
+    "sweep": sweep,
+    "probe": probe,
+    "export": export,
+    "generate": generate,
+}
 
 
 # Commands whose rerun continues: training resumes from the run's last checkpoint, finished stages are reused.
@@ -416,9 +533,12 @@ def _on_sigint(signum, frame):
 
 def _interrupted(command: str, signum: int) -> int:
     if command in RESUMABLE:
-        print(f"\ninterrupted ({signal.Signals(signum).name}): rerun the same command to continue; training "
-              "resumes from the run's checkpoints/last.ckpt (saved at every validation) and finished stages are "
-              "reused", file=sys.stderr)
+        print(
+            f"\ninterrupted ({signal.Signals(signum).name}): rerun the same command to continue; training "
+            "resumes from the run's checkpoints/last.ckpt (saved at every validation) and finished stages are "
+            "reused",
+            file=sys.stderr,
+        )
     else:
         print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
     return 128 + signum

@@ -4,6 +4,7 @@
 Unknown keys, wrong types and invalid choices fail before any work with a message naming the key
 and listing what is allowed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -277,7 +278,9 @@ class CallbacksConfig:
 
     position_eval_every: int = 0  # every N validations: decode val samples, log per-position scores + plot; 0 = off
     position_eval_samples: int = 16  # validation records decoded by it
-    samples: int = 2  # generation samples (prompt, reference, output with and without latents) logged as text at the end
+    samples: int = (
+        2  # generation samples (prompt, reference, output with and without latents) logged as text at the end
+    )
     throughput: bool = True  # training tokens/s and peak memory (metrics.json and TensorBoard)
     lambda_sweep: list[float] = field(default_factory=list)  # inference-time lambdas scored by val loss at the end
 
@@ -346,44 +349,65 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     if isinstance(err, ConfigKeyError):
         parent = key.rpartition(".")[0]
         valid = ", ".join(_valid_keys(parent))
-        return ConfigError(f"{source}: unknown config key '{key}'. Valid keys"
-                           f"{' under ' + repr(parent) if parent else ''}: {valid}")
+        return ConfigError(
+            f"{source}: unknown config key '{key}'. Valid keys{' under ' + repr(parent) if parent else ''}: {valid}"
+        )
     reason = str(getattr(err, "msg", err)).splitlines()[0]
     return ConfigError(f"{source}: bad value for '{key}': {reason}")
 
 
 def _coconut_checks(cfg: Config) -> list[tuple[bool, str]]:
     coconut = cfg.coconut
-    checks = [(coconut.k >= 0, f"coconut.k={coconut.k} must be >= 0"),
-              (coconut.eps > 0, f"coconut.eps={coconut.eps} must be > 0"),
-              # the checkpointed layers drop the KV cache that links the passes
-              (cfg.method != "coconut" or not cfg.train.gradient_checkpointing,
-               "method=coconut runs the prompt, its thoughts and the response as passes sharing one KV cache, "
-               "which train.gradient_checkpointing disables: set it to false")]
+    checks = [
+        (coconut.k >= 0, f"coconut.k={coconut.k} must be >= 0"),
+        (coconut.eps > 0, f"coconut.eps={coconut.eps} must be > 0"),
+        # the checkpointed layers drop the KV cache that links the passes
+        (
+            cfg.method != "coconut" or not cfg.train.gradient_checkpointing,
+            "method=coconut runs the prompt, its thoughts and the response as passes sharing one KV cache, "
+            "which train.gradient_checkpointing disables: set it to false",
+        ),
+    ]
     if not (cfg.method == "coconut" and coconut.curriculum):
-        return checks + [(not coconut.init_from or cfg.method == "coconut",
-                          f"coconut.init_from warm-starts method=coconut (got method={cfg.method})")]
+        return checks + [
+            (
+                not coconut.init_from or cfg.method == "coconut",
+                f"coconut.init_from warm-starts method=coconut (got method={cfg.method})",
+            )
+        ]
     final_stage = coconut.first_stage + (cfg.trainer.max_steps - 1) // max(coconut.steps_per_stage, 1)
     return checks + [
-        (coconut.c_thought >= 1 and coconut.max_latent_stage >= 1 and coconut.steps_per_stage >= 1,
-         "coconut.c_thought, coconut.max_latent_stage and coconut.steps_per_stage must be >= 1"),
-        (coconut.first_stage >= 0 and 0 <= coconut.uniform_prob <= 1,
-         "coconut.first_stage must be >= 0 and coconut.uniform_prob in [0, 1]"),
-        (bool(cfg.data.rationales),
-         "coconut.curriculum=true replaces the reasoning steps of data.rationales by thoughts: set "
-         "data.rationales=oracle (synthetic data) or a JSON-lines file of {id, rationale}"),
-        (coconut.k == coconut.max_latent_stage * coconut.c_thought,
-         f"coconut.curriculum=true ends with coconut.max_latent_stage x coconut.c_thought = "
-         f"{coconut.max_latent_stage * coconut.c_thought} thoughts, which decoding uses: set coconut.k to that "
-         f"(got {coconut.k})"),
-        (cfg.trainer.max_steps > 0 and final_stage > coconut.max_latent_stage,
-         f"coconut.curriculum=true must train past its last latent stage ({coconut.max_latent_stage}), so that "
-         "the final model writes the response with no rationale left: with coconut.first_stage="
-         f"{coconut.first_stage} and coconut.steps_per_stage={coconut.steps_per_stage}, trainer.max_steps="
-         f"{cfg.trainer.max_steps} ends at stage {final_stage}"),
-        (coconut.first_stage == 0 or bool(coconut.init_from),
-         f"coconut.first_stage={coconut.first_stage} skips stage 0 (plain CoT) because a method=cot run "
-         "was trained already: name it in coconut.init_from, or set coconut.first_stage=0"),
+        (
+            coconut.c_thought >= 1 and coconut.max_latent_stage >= 1 and coconut.steps_per_stage >= 1,
+            "coconut.c_thought, coconut.max_latent_stage and coconut.steps_per_stage must be >= 1",
+        ),
+        (
+            coconut.first_stage >= 0 and 0 <= coconut.uniform_prob <= 1,
+            "coconut.first_stage must be >= 0 and coconut.uniform_prob in [0, 1]",
+        ),
+        (
+            bool(cfg.data.rationales),
+            "coconut.curriculum=true replaces the reasoning steps of data.rationales by thoughts: set "
+            "data.rationales=oracle (synthetic data) or a JSON-lines file of {id, rationale}",
+        ),
+        (
+            coconut.k == coconut.max_latent_stage * coconut.c_thought,
+            f"coconut.curriculum=true ends with coconut.max_latent_stage x coconut.c_thought = "
+            f"{coconut.max_latent_stage * coconut.c_thought} thoughts, which decoding uses: set coconut.k to that "
+            f"(got {coconut.k})",
+        ),
+        (
+            cfg.trainer.max_steps > 0 and final_stage > coconut.max_latent_stage,
+            f"coconut.curriculum=true must train past its last latent stage ({coconut.max_latent_stage}), so that "
+            "the final model writes the response with no rationale left: with coconut.first_stage="
+            f"{coconut.first_stage} and coconut.steps_per_stage={coconut.steps_per_stage}, trainer.max_steps="
+            f"{cfg.trainer.max_steps} ends at stage {final_stage}",
+        ),
+        (
+            coconut.first_stage == 0 or bool(coconut.init_from),
+            f"coconut.first_stage={coconut.first_stage} skips stage 0 (plain CoT) because a method=cot run "
+            "was trained already: name it in coconut.init_from, or set coconut.first_stage=0",
+        ),
     ]
 
 
@@ -392,16 +416,24 @@ def _recurrent_checks(cfg: Config) -> list[tuple[bool, str]]:
     return [
         (recurrent.mu >= 0, f"recurrent.mu={recurrent.mu} must be >= 0"),
         (recurrent.window >= 0, f"recurrent.window={recurrent.window} must be >= 0 (0 = exact)"),
-        (not on or not cfg.reasoner.shared_base,
-         "method=flythinker_recurrent needs a Reasoner of its own: reasoner.shared_base=true is not supported"),
-        (not on or cfg.reasoner.sees_profile,
-         "method=flythinker_recurrent does not support reasoner.sees_profile=false"),
-        (not on or cfg.fusion.span != "prompt",
-         "method=flythinker_recurrent feeds the Reasoner's latents back at response positions, whose latents "
-         "fusion.span=prompt never injects: use fusion.span=global or response"),
-        (not on or recurrent.window > 0 or not cfg.train.gradient_checkpointing,
-         "recurrent.window=0 (exact) steps the Reasoner through its KV cache in training, which "
-         "train.gradient_checkpointing disables: set recurrent.window >= 1 or turn checkpointing off"),
+        (
+            not on or not cfg.reasoner.shared_base,
+            "method=flythinker_recurrent needs a Reasoner of its own: reasoner.shared_base=true is not supported",
+        ),
+        (
+            not on or cfg.reasoner.sees_profile,
+            "method=flythinker_recurrent does not support reasoner.sees_profile=false",
+        ),
+        (
+            not on or cfg.fusion.span != "prompt",
+            "method=flythinker_recurrent feeds the Reasoner's latents back at response positions, whose latents "
+            "fusion.span=prompt never injects: use fusion.span=global or response",
+        ),
+        (
+            not on or recurrent.window > 0 or not cfg.train.gradient_checkpointing,
+            "recurrent.window=0 (exact) steps the Reasoner through its KV cache in training, which "
+            "train.gradient_checkpointing disables: set recurrent.window >= 1 or turn checkpointing off",
+        ),
     ]
 
 
@@ -409,15 +441,21 @@ def _shared_base_checks(cfg: Config) -> list[tuple[bool, str]]:
     if not cfg.reasoner.shared_base:
         return []
     return [
-        (cfg.method == "flythinker",
-         f"reasoner.shared_base=true is implemented for method=flythinker only (got {cfg.method})"),
-        ((cfg.generator.mode, cfg.reasoner.mode) == ("lora", "lora"),
-         "reasoner.shared_base=true puts two LoRA adapters on one base model: it needs generator.mode=lora and "
-         f"reasoner.mode=lora (got {cfg.generator.mode}, {cfg.reasoner.mode})"),
+        (
+            cfg.method == "flythinker",
+            f"reasoner.shared_base=true is implemented for method=flythinker only (got {cfg.method})",
+        ),
+        (
+            (cfg.generator.mode, cfg.reasoner.mode) == ("lora", "lora"),
+            "reasoner.shared_base=true puts two LoRA adapters on one base model: it needs generator.mode=lora and "
+            f"reasoner.mode=lora (got {cfg.generator.mode}, {cfg.reasoner.mode})",
+        ),
         # recomputation in backward would run with whichever adapter is active then
-        (not cfg.train.gradient_checkpointing,
-         "reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward pass would recompute "
-         "the Reasoner's layers with the Generator's adapter"),
+        (
+            not cfg.train.gradient_checkpointing,
+            "reasoner.shared_base=true cannot use train.gradient_checkpointing: the backward pass would recompute "
+            "the Reasoner's layers with the Generator's adapter",
+        ),
     ]
 
 
@@ -432,64 +470,106 @@ def _check_choices(cfg: Config) -> None:
         (cfg.fusion.lam >= 0, f"fusion.lam={cfg.fusion.lam} must be >= 0"),
         (cfg.fusion.eps > 0, f"fusion.eps={cfg.fusion.eps} must be > 0"),
         (cfg.data.synthetic.rounds >= 1, f"data.synthetic.rounds={cfg.data.synthetic.rounds} must be >= 1"),
-        (cfg.data.synthetic.rounds == 1 or cfg.data.synthetic.kind == "reviews",
-         "data.synthetic.rounds lengthens the persona reviews: it needs data.synthetic.kind=reviews"),
-        (not cfg.data.synthetic.hint or cfg.data.synthetic.kind in ("rule", "signature"),
-         "data.synthetic.hint states the user's latent value in the query: it needs data.synthetic.kind=rule "
-         "or signature"),
-        (cfg.data.synthetic.reveal == "direct" or cfg.data.synthetic.kind == "signature",
-         "data.synthetic.reveal sets how the signature benchmark's history reveals the word: it needs "
-         "data.synthetic.kind=signature"),
+        (
+            cfg.data.synthetic.rounds == 1 or cfg.data.synthetic.kind == "reviews",
+            "data.synthetic.rounds lengthens the persona reviews: it needs data.synthetic.kind=reviews",
+        ),
+        (
+            not cfg.data.synthetic.hint or cfg.data.synthetic.kind in ("rule", "signature"),
+            "data.synthetic.hint states the user's latent value in the query: it needs data.synthetic.kind=rule "
+            "or signature",
+        ),
+        (
+            cfg.data.synthetic.reveal == "direct" or cfg.data.synthetic.kind == "signature",
+            "data.synthetic.reveal sets how the signature benchmark's history reveals the word: it needs "
+            "data.synthetic.kind=signature",
+        ),
         (0 < cfg.decode.top_p <= 1, f"decode.top_p={cfg.decode.top_p} must be in (0, 1]"),
-        (cfg.decode.compile in ("auto", True, False),
-         f"decode.compile={cfg.decode.compile!r} is not allowed; choose one of true, false, auto"),
-        (cfg.decode.compile is not True or cfg.method != "flythinker_recurrent",
-         "decode.compile=true: method=flythinker_recurrent's Reasoner carries its last hidden state from step to "
-         "step, which the compiled step does not; use decode.compile=false or auto"),
+        (
+            cfg.decode.compile in ("auto", True, False),
+            f"decode.compile={cfg.decode.compile!r} is not allowed; choose one of true, false, auto",
+        ),
+        (
+            cfg.decode.compile is not True or cfg.method != "flythinker_recurrent",
+            "decode.compile=true: method=flythinker_recurrent's Reasoner carries its last hidden state from step to "
+            "step, which the compiled step does not; use decode.compile=false or auto",
+        ),
         (cfg.decode.max_new_tokens >= 1, f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be >= 1"),
-        (cfg.decode.max_records is None or cfg.decode.max_records >= 1,
-         f"decode.max_records={cfg.decode.max_records} must be >= 1 (or null: every record)"),
-        (cfg.eval.bertscore_layer is None or cfg.eval.bertscore_layer >= 0,
-         f"eval.bertscore_layer={cfg.eval.bertscore_layer} must be >= 0 (0 = the embeddings) or null (the last layer)"),
-        (not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
-         "decode.reasoner_device places a separate Reasoner: it needs method=flythinker or static without "
-         "reasoner.shared_base"),
-        (cfg.decode.lora_path == "lean" or cfg.decode.engine != "shared",
-         "decode.engine=shared runs both adapters in one batched op of the lean LoRA forward: it needs "
-         "decode.lora_path=lean"),
-        (cfg.method != "nonpers" or cfg.data.retriever == "none",
-         f"method=nonpers prompts with the query alone: set data.retriever=none (got {cfg.data.retriever})"),
-        (cfg.method != "rag" or cfg.data.retriever != "none",
-         "method=rag prompts with retrieved profile items: data.retriever must not be none"),
-        (cfg.method != "cot" or bool(cfg.data.rationales),
-         "method=cot trains on rationale + response: set data.rationales=oracle (synthetic data) or a "
-         "JSON-lines file of {id, rationale}"),
-        (cfg.method == "cot" or not cfg.data.rationales or coconut_curriculum,
-         f"data.rationales puts a rationale before the response in the targets (coconut.curriculum=true "
-         f"replaces it step by step): only method=cot writes and splits one (got method={cfg.method})"),
-        (cfg.method != "static" or cfg.fusion.span == "response",
-         "method=static adds the prompt's one latent at every response position: set fusion.span=response "
-         f"(got {cfg.fusion.span})"),
+        (
+            cfg.decode.max_records is None or cfg.decode.max_records >= 1,
+            f"decode.max_records={cfg.decode.max_records} must be >= 1 (or null: every record)",
+        ),
+        (
+            cfg.eval.bertscore_layer is None or cfg.eval.bertscore_layer >= 0,
+            f"eval.bertscore_layer={cfg.eval.bertscore_layer} must be >= 0 (0 = the embeddings) or null (the last layer)",
+        ),
+        (
+            not cfg.decode.reasoner_device or (cfg.method in REASONER_METHODS and not cfg.reasoner.shared_base),
+            "decode.reasoner_device places a separate Reasoner: it needs method=flythinker or static without "
+            "reasoner.shared_base",
+        ),
+        (
+            cfg.decode.lora_path == "lean" or cfg.decode.engine != "shared",
+            "decode.engine=shared runs both adapters in one batched op of the lean LoRA forward: it needs "
+            "decode.lora_path=lean",
+        ),
+        (
+            cfg.method != "nonpers" or cfg.data.retriever == "none",
+            f"method=nonpers prompts with the query alone: set data.retriever=none (got {cfg.data.retriever})",
+        ),
+        (
+            cfg.method != "rag" or cfg.data.retriever != "none",
+            "method=rag prompts with retrieved profile items: data.retriever must not be none",
+        ),
+        (
+            cfg.method != "cot" or bool(cfg.data.rationales),
+            "method=cot trains on rationale + response: set data.rationales=oracle (synthetic data) or a "
+            "JSON-lines file of {id, rationale}",
+        ),
+        (
+            cfg.method == "cot" or not cfg.data.rationales or coconut_curriculum,
+            f"data.rationales puts a rationale before the response in the targets (coconut.curriculum=true "
+            f"replaces it step by step): only method=cot writes and splits one (got method={cfg.method})",
+        ),
+        (
+            cfg.method != "static" or cfg.fusion.span == "response",
+            "method=static adds the prompt's one latent at every response position: set fusion.span=response "
+            f"(got {cfg.fusion.span})",
+        ),
         *_coconut_checks(cfg),
         *_recurrent_checks(cfg),
         *_shared_base_checks(cfg),
-        (cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
-         f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})"),
-        (cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,
-         "reasoner.sees_profile=false is not supported with reasoner.shared_base=true"),
-        (cfg.reasoner.init == "pretrained" or not cfg.reasoner.shared_base,
-         "reasoner.init=random needs a Reasoner of its own (reasoner.shared_base=false)"),
-        (cfg.callbacks.position_eval_every >= 0 and cfg.callbacks.samples >= 0,
-         "callbacks.position_eval_every and callbacks.samples must be >= 0"),
-        (not cfg.callbacks.lambda_sweep or cfg.method in REASONER_METHODS,
-         f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)} "
-         f"(got method={cfg.method})"),
-        (not cfg.trainer.strategy.startswith(("deepspeed_stage_3", "fsdp_")),
-         f"trainer.strategy={cfg.trainer.strategy} releases the Generator's embedding table outside its forward, "
-         "where the latent rescale reads it (the official code's ZeRO-3 run injected nothing): use "
-         "trainer.strategy=fsdp (FSDP2 through Lightning; parameters sharded as under ZeRO-3, the rescale exact)"),
-        (all(lam >= 0 for lam in cfg.callbacks.lambda_sweep),
-         f"callbacks.lambda_sweep={cfg.callbacks.lambda_sweep}: every lambda must be >= 0"),
+        (
+            cfg.reasoner.sees_profile or cfg.method in REASONER_METHODS,
+            f"reasoner.sees_profile=false needs a method with a Reasoner ({', '.join(REASONER_METHODS)})",
+        ),
+        (
+            cfg.reasoner.sees_profile or not cfg.reasoner.shared_base,
+            "reasoner.sees_profile=false is not supported with reasoner.shared_base=true",
+        ),
+        (
+            cfg.reasoner.init == "pretrained" or not cfg.reasoner.shared_base,
+            "reasoner.init=random needs a Reasoner of its own (reasoner.shared_base=false)",
+        ),
+        (
+            cfg.callbacks.position_eval_every >= 0 and cfg.callbacks.samples >= 0,
+            "callbacks.position_eval_every and callbacks.samples must be >= 0",
+        ),
+        (
+            not cfg.callbacks.lambda_sweep or cfg.method in REASONER_METHODS,
+            f"callbacks.lambda_sweep rescales a Reasoner's latents: it needs method={' or '.join(REASONER_METHODS)} "
+            f"(got method={cfg.method})",
+        ),
+        (
+            not cfg.trainer.strategy.startswith(("deepspeed_stage_3", "fsdp_")),
+            f"trainer.strategy={cfg.trainer.strategy} releases the Generator's embedding table outside its forward, "
+            "where the latent rescale reads it (the official code's ZeRO-3 run injected nothing): use "
+            "trainer.strategy=fsdp (FSDP2 through Lightning; parameters sharded as under ZeRO-3, the rescale exact)",
+        ),
+        (
+            all(lam >= 0 for lam in cfg.callbacks.lambda_sweep),
+            f"callbacks.lambda_sweep={cfg.callbacks.lambda_sweep}: every lambda must be >= 0",
+        ),
     ]
     for holds, message in checks:
         if not holds:

@@ -5,6 +5,7 @@ log), where carriage-return bars become megabytes of redraws. Noise: known-harml
 notices are filtered where they come from (category and module, or logger and message), never with a
 blanket filter, so anything new still shows.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,15 @@ from typing import Iterable, Iterator, TypeVar
 LINES_PER_STAGE = 10
 T = TypeVar("T")
 # Lightning's per-Trainer notices (rank_zero_info) that say nothing about this run.
-_NOTICES = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "`Trainer.fit` stopped:",
-            "Restoring states from the checkpoint", "Loaded model weights from the checkpoint")
+_NOTICES = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",
+    "`Trainer.fit` stopped:",
+    "Restoring states from the checkpoint",
+    "Loaded model weights from the checkpoint",
+)
 
 
 class _DropNotices(logging.Filter):
@@ -29,16 +37,28 @@ class _DropNotices(logging.Filter):
 def silence_known_noise() -> None:
     """Call before the heavy imports (it sets an environment variable they read). Idempotent."""
     # transformers 5 deprecation, raised inside peft's gradient-checkpointing setup
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
-                            module="transformers.modeling_utils")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+        module="transformers.modeling_utils",
+    )
     # Lightning 2.6's own use of torch's pytree API
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", module="lightning.pytorch.utilities._pytree")
+    warnings.filterwarnings(
+        "ignore", message=r".*LeafSpec.*is deprecated", module="lightning.pytorch.utilities._pytree"
+    )
     # a frozen Reasoner is kept in eval mode on purpose (FlyThinker.train)
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training",
-                            module="lightning.pytorch.loops.fit_loop")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Found \d+ module\(s\) in eval mode at the start of training",
+        module="lightning.pytorch.loops.fit_loop",
+    )
     # val/loss and val/ppl come from a MeanMetric that already combined the ranks (MethodModule)
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/(loss|ppl)', \.\.\., sync_dist",
-                            module="lightning.pytorch.trainer.connectors.logger_connector.result")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"It is recommended to use `self.log\('val/(loss|ppl)', \.\.\., sync_dist",
+        module="lightning.pytorch.trainer.connectors.logger_connector.result",
+    )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in target.filters):

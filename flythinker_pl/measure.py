@@ -1,5 +1,6 @@
 """Measuring, one way everywhere (the benchmarks, the GPU check, training's Throughput callback and
 decoding's timings): wall-clock seconds of queued device work, and peak memory since a reset."""
+
 from __future__ import annotations
 
 import ctypes

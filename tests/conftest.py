@@ -2,6 +2,7 @@
 size, a debug run config whose data, cache and logs live in a temporary directory, local model
 folders, the settings of end-to-end runs, sweep files and a one-node SLURM. Plain helpers live in
 helpers.py."""
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,15 @@ def run_config(tmp_path, synthetic_dir):
     cache = tmp_path.parent / "model-cache"  # shared by the tests of one session (pretraining is cached)
 
     def make(*overrides: str):
-        return load_config(DEBUG_CONFIG, [f"data.synthetic_dir={synthetic_dir.parent}",
-                                          f"logging.cache_dir={cache}", f"logging.root_dir={tmp_path / 'logs'}",
-                                          *overrides])
+        return load_config(
+            DEBUG_CONFIG,
+            [
+                f"data.synthetic_dir={synthetic_dir.parent}",
+                f"logging.cache_dir={cache}",
+                f"logging.root_dir={tmp_path / 'logs'}",
+                *overrides,
+            ],
+        )
 
     return make
 
@@ -82,10 +89,20 @@ def write_sweep(run_config):
 
     def write(directory: Path, *overrides: str, **keys) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        spec = {"name": "tiny", "base": str(DEBUG_CONFIG), "seeds": [0, 1], "grid": {"fusion.lam": [0.5, 2.0]},
-                "overrides": [f"data.synthetic_dir={cfg.data.synthetic_dir}",
-                              f"logging.cache_dir={cfg.logging.cache_dir}",
-                              f"logging.root_dir={directory / 'logs'}", *FAST, *overrides], **keys}
+        spec = {
+            "name": "tiny",
+            "base": str(DEBUG_CONFIG),
+            "seeds": [0, 1],
+            "grid": {"fusion.lam": [0.5, 2.0]},
+            "overrides": [
+                f"data.synthetic_dir={cfg.data.synthetic_dir}",
+                f"logging.cache_dir={cfg.logging.cache_dir}",
+                f"logging.root_dir={directory / 'logs'}",
+                *FAST,
+                *overrides,
+            ],
+            **keys,
+        }
         path = directory / "sweep.yaml"
         path.write_text(yaml.safe_dump(spec))
         return path
@@ -130,8 +147,10 @@ def slurm_cluster():
 
 @pytest.fixture
 def local_models(tmp_path, tokenizer):
-    return [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
-            f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}"]
+    return [
+        f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
+        f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}",
+    ]
 
 
 @pytest.fixture(scope="module")

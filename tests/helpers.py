@@ -1,5 +1,6 @@
 """Helpers shared by several test files (their fixtures live in conftest.py); test files import
 from here, never from each other."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import (AutoModelForCausalLM, CohereConfig, Gemma2Config, Gemma3TextConfig, GraniteConfig,
-                          LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizer, Qwen2Config, Qwen3Config)
+from transformers import (
+    AutoModelForCausalLM,
+    CohereConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GraniteConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizer,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from flythinker_pl.config import BackboneConfig, DataConfig, DecodeConfig, ReasonerConfig, to_yaml
 from flythinker_pl.lit.rundirs import EVAL_CONFIG, eval_yaml
@@ -32,8 +44,13 @@ DEBUG_CONFIG = ROOT / "experiments" / "debug" / "tiny.yaml"
 
 
 def sizes(hidden: int, layers: int = 2) -> dict:
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=2 * hidden)
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * hidden,
+    )
 
 
 def save_tiny_model(tmp_path: Path, name: str, hidden: int, tokenizer, seed: int = 0) -> str:
@@ -51,10 +68,12 @@ def no_corpus():
 def random_lora_backbones(tokenizer):
     """(Generator d=64, Reasoner decoder d=32), LoRA on both, every lora_B random, nonzero and distinct
     (B = 0 would hide a wrong adapter)."""
-    generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=1), BackboneConfig(mode="lora"), "generator",
-                         "CAUSAL_LM")
-    reasoner = set_mode(decoder_of(tiny.build_model(sizes(32), tokenizer, seed=2)), ReasonerConfig(mode="lora"),
-                        "reasoner", None)
+    generator = set_mode(
+        tiny.build_model(sizes(64), tokenizer, seed=1), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
+    )
+    reasoner = set_mode(
+        decoder_of(tiny.build_model(sizes(32), tokenizer, seed=2)), ReasonerConfig(mode="lora"), "reasoner", None
+    )
     randomise_lora(generator, reasoner)
     return generator, reasoner
 
@@ -64,10 +83,9 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     ids = torch.full((len(rows), width), pad_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
     return ids, mask
-
 
 
 # ---- from test_backbone_families.py ----
@@ -80,14 +98,31 @@ FAMILIES = {  # config class, what the family has beyond Llama (strong enough to
     "mistral": (MistralConfig, dict(sliding_window=WINDOW)),
     "qwen2": (Qwen2Config, {}),
     "qwen3": (Qwen3Config, dict(head_dim=16)),
-    "gemma2": (Gemma2Config, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-                                  final_logit_softcapping=0.3, attn_logit_softcapping=2.0)),
-    "gemma3": (Gemma3TextConfig, dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-                                      final_logit_softcapping=0.3,
-                                      layer_types=["sliding_attention", "full_attention"])),
+    "gemma2": (
+        Gemma2Config,
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=WINDOW,
+            final_logit_softcapping=0.3,
+            attn_logit_softcapping=2.0,
+        ),
+    ),
+    "gemma3": (
+        Gemma3TextConfig,
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=WINDOW,
+            final_logit_softcapping=0.3,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
     "phi3": (Phi3Config, {}),
-    "granite": (GraniteConfig, dict(embedding_multiplier=6.0, logits_scaling=4.0, residual_multiplier=0.5,
-                                    attention_multiplier=0.2)),
+    "granite": (
+        GraniteConfig,
+        dict(embedding_multiplier=6.0, logits_scaling=4.0, residual_multiplier=0.5, attention_multiplier=0.2),
+    ),
     "cohere": (CohereConfig, dict(logit_scale=4.0)),
 }
 
@@ -97,10 +132,19 @@ LORA_TARGETS = {"phi3": "[qkv_proj,o_proj,gate_up_proj,down_proj]"}  # fused pro
 
 def family_config(family: str, hidden: int, tokenizer):
     config_class, extra = FAMILIES[family]
-    return config_class(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=256,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                        bos_token_id=None, **extra)
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **extra,
+    )
 
 
 def save_family(directory, family: str, hidden: int, tokenizer, seed: int, config=None) -> str:
@@ -113,9 +157,11 @@ def save_family(directory, family: str, hidden: int, tokenizer, seed: int, confi
 
 def family_folders(name: str, directory, tokenizer) -> tuple[str, str, str]:
     """(family name, generator folder (d=64), reasoner folder (d=32))."""
-    return (name, save_family(directory, name, 64, tokenizer, seed=1),
-            save_family(directory, name, 32, tokenizer, seed=2))
-
+    return (
+        name,
+        save_family(directory, name, 64, tokenizer, seed=1),
+        save_family(directory, name, 32, tokenizer, seed=2),
+    )
 
 
 # ---- from test_baselines_models.py ----
@@ -128,8 +174,10 @@ HISTORY = slice(1, 4)  # prompt tokens 1..3 of every row render the user's histo
 
 def token_rows(tokenizer, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, len(tokenizer), (p + r,), generator=g).tolist()
-            for p, r in zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)]
+    return [
+        torch.randint(3, len(tokenizer), (p + r,), generator=g).tolist()
+        for p, r in zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)
+    ]
 
 
 def profile_rows(rows):
@@ -148,19 +196,25 @@ def training_batch(tokenizer, rows=None) -> dict:
     labels = torch.full_like(ids, -100)
     last = last_prompt_column(mask, prompt_len)
     for row in range(len(rows)):
-        labels[row, last[row] + 1:] = ids[row, last[row] + 1:]
-    return {"input_ids": ids, "attention_mask": mask, "prompt_len": prompt_len, "labels": labels,
-            "profile_mask": left_padded(profile_rows(rows), 0)[0]}
+        labels[row, last[row] + 1 :] = ids[row, last[row] + 1 :]
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "prompt_len": prompt_len,
+        "labels": labels,
+        "profile_mask": left_padded(profile_rows(rows), 0)[0],
+    }
 
 
 def static_of(flythinker: FlyThinker) -> StaticFlyThinker:
     """Static with the same weights, Reasoner and fusion as `flythinker`."""
-    return StaticFlyThinker(flythinker.generator, flythinker.reasoner, flythinker.fusion, False,
-                            flythinker.reasoner_sees_profile)
-
+    return StaticFlyThinker(
+        flythinker.generator, flythinker.reasoner, flythinker.fusion, False, flythinker.reasoner_sees_profile
+    )
 
 
 # ---- from test_data_baselines.py ----
+
 
 def synthetic_cfg(synthetic_dir: Path, **options) -> DataConfig:
     cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), **options)
@@ -173,8 +227,9 @@ class PythonTokenizer(PreTrainedTokenizer):
 
     def __init__(self, fast, **kwargs):
         self.fast = fast
-        super().__init__(eos_token=fast.eos_token, pad_token=fast.pad_token,
-                         additional_special_tokens=["<|im_start|>"], **kwargs)
+        super().__init__(
+            eos_token=fast.eos_token, pad_token=fast.pad_token, additional_special_tokens=["<|im_start|>"], **kwargs
+        )
 
     def get_vocab(self):
         return self.fast.get_vocab()
@@ -194,7 +249,6 @@ class PythonTokenizer(PreTrainedTokenizer):
 
     def convert_tokens_to_string(self, tokens):
         return self.fast.convert_tokens_to_string(tokens)
-
 
 
 # ---- from test_decoding.py ----
@@ -220,9 +274,8 @@ def argmax_chain_matches(method, prompt: list[int], generated: list[int], eos_id
     produced = generated + [eos_id] if len(generated) < GREEDY.max_new_tokens else generated
     ids = torch.tensor([prompt + produced])
     logits = method(ids, torch.ones_like(ids), torch.tensor([len(prompt)]))
-    chain = logits[0, len(prompt) - 1: -1].argmax(-1).tolist()
+    chain = logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
     assert chain == produced
-
 
 
 # ---- from test_flythinker_math.py ----
@@ -242,14 +295,16 @@ def batch(tokenizer, seed=0):
     return ids, mask, torch.tensor(PROMPT_LENGTHS)
 
 
-
 # ---- from test_longlamp_fixtures.py ----
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longlamp"
 
 
-CONFIGS = [(task, setting) for task in ("product_review", "abstract_generation", "topic_writing")
-           for setting in ("user", "temporal")]
+CONFIGS = [
+    (task, setting)
+    for task in ("product_review", "abstract_generation", "topic_writing")
+    for setting in ("user", "temporal")
+]
 
 
 ROOMY = dict(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
@@ -261,7 +316,6 @@ def fixture_cfg(task: str = "product_review", setting: str = "user", **options) 
 
 def raw(task: str, setting: str, split: str) -> list[dict]:
     return json.loads((FIXTURES / f"{task}_{setting}" / f"{split}.json").read_text(encoding="utf-8"))
-
 
 
 # ---- from test_longlamp_validation.py ----
@@ -285,8 +339,8 @@ def encoded(record) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8")
 
 
-
 # ---- from test_lora_step.py ----
+
 
 def randomise_lora(*models: torch.nn.Module, seed: int = 0, std: float = 0.1, which: str = "lora_B") -> None:
     """Every `which` weight (lora_B; "lora_" for A too) drawn N(0, std), nonzero and distinct: an
@@ -299,7 +353,6 @@ def randomise_lora(*models: torch.nn.Module, seed: int = 0, std: float = 0.1, wh
                     param.normal_(0, std)
 
 
-
 # ---- from test_scaleout.py ----
 
 # One thread per process: the same arithmetic in the single-process, DDP and torchrun runs.
@@ -309,13 +362,29 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "
 # 80 training records / global batch 8 = 10 steps per epoch: checkpoints at steps 4, 8, 12, 16 are
 # mid-epoch, and the run crosses an epoch boundary (step 10) after any of them. Whole responses
 # (198-265 tokens), so lengths, padding and the ranks' token counts vary, and buckets matter.
-RUN = ["trainer.max_steps=20", "trainer.val_check_interval=4", "trainer.limit_val_batches=1.0",
-       "data.target_tokens=600", "data.length_buckets=true", "data.bucket_chunk_batches=2"]
+RUN = [
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1.0",
+    "data.target_tokens=600",
+    "data.length_buckets=true",
+    "data.bucket_chunk_batches=2",
+]
 
 
 def fit_command(settings: list[str], root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "flythinker_pl.cli", "fit", "-c", str(DEBUG_CONFIG), *settings,
-            f"logging.root_dir={root}", *RUN, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "flythinker_pl.cli",
+        "fit",
+        "-c",
+        str(DEBUG_CONFIG),
+        *settings,
+        f"logging.root_dir={root}",
+        *RUN,
+        *overrides,
+    ]
 
 
 def fit_cli(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -332,8 +401,15 @@ def metrics_of(root: Path) -> dict:
 # ---- sweeps ----
 
 # Runs of a few seconds each: 2 training steps, 8 new tokens, no bootstrap.
-FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8", "eval.n_bootstrap=0",
-        "eval.segment_width=4", "eval.segment_max=12", "callbacks.samples=0"]
+FAST = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "decode.max_new_tokens=8",
+    "eval.n_bootstrap=0",
+    "eval.segment_width=4",
+    "eval.segment_max=12",
+    "callbacks.samples=0",
+]
 
 
 def fake_run(cfg, metrics: dict, segment_values: list[float]) -> Path:
@@ -345,6 +421,13 @@ def fake_run(cfg, metrics: dict, segment_values: list[float]) -> Path:
     (run_dir / "predictions.jsonl").write_text("")
     (run_dir / EVAL_CONFIG).write_text(eval_yaml(cfg.eval))
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    pd.DataFrame({"segment_start": [0, 0, 4, 4], "segment_end": [4, 4, 8, 8], "metric": ["bleu", "rouge1"] * 2,
-                  "value": segment_values, "count": [3, 3, 2, 2]}).to_csv(run_dir / "position_eval.csv", index=False)
+    pd.DataFrame(
+        {
+            "segment_start": [0, 0, 4, 4],
+            "segment_end": [4, 4, 8, 8],
+            "metric": ["bleu", "rouge1"] * 2,
+            "value": segment_values,
+            "count": [3, 3, 2, 2],
+        }
+    ).to_csv(run_dir / "position_eval.csv", index=False)
     return run_dir

@@ -10,6 +10,7 @@ wrote) and begins from an empty STATE.
 
     python tests/slurm_cluster.py start|stop     # by hand, e.g. to look at a job: SLURM_CONF=... squeue
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,22 @@ LOCK = Path("/tmp/flythinker-slurm.lock")  # one test session at a time holds th
 CLUSTER = "flythinker"
 PORTS = {"slurmctld": 16817, "slurmd": 16818, "slurmdbd": 16819, "mariadbd": 13306}
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")  # in start order
-COMMANDS = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd", "sbatch",
-            "srun", "squeue", "sacct", "sacctmgr", "scontrol", "sinfo")
+COMMANDS = (
+    "munged",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "srun",
+    "squeue",
+    "sacct",
+    "sacctmgr",
+    "scontrol",
+    "sinfo",
+)
 DB_PASSWORD = "flythinker"
 
 
@@ -57,7 +72,7 @@ def _alive(pid: int, daemon: str) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
     if state == "Z":
         try:
             os.waitpid(pid, os.WNOHANG)
@@ -121,8 +136,18 @@ def _start_munge() -> Path:
     shutil.chown(key, "munge", "munge")
     key.chmod(0o400)
     socket_path = folder / "munge.socket"
-    _run(["munged", f"--socket={socket_path}", f"--key-file={key}", f"--pid-file={pid_file('munged')}",
-          f"--log-file={folder / 'munged.log'}", f"--seed-file={folder / 'munged.seed'}"], user="munge", group="munge")
+    _run(
+        [
+            "munged",
+            f"--socket={socket_path}",
+            f"--key-file={key}",
+            f"--pid-file={pid_file('munged')}",
+            f"--log-file={folder / 'munged.log'}",
+            f"--seed-file={folder / 'munged.seed'}",
+        ],
+        user="munge",
+        group="munge",
+    )
     _wait("munged", socket_path.exists, 30, folder / "munged.log")
     return socket_path
 
@@ -130,18 +155,48 @@ def _start_munge() -> Path:
 def _start_mariadb() -> None:
     folder = _own(STATE / "mysql", "mysql")
     data = folder / "data"
-    _run(["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={data}", "--skip-test-db",
-          "--auth-root-authentication-method=socket"])
+    _run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            "--user=mysql",
+            f"--datadir={data}",
+            "--skip-test-db",
+            "--auth-root-authentication-method=socket",
+        ]
+    )
     socket_path, log = folder / "mysqld.sock", folder / "mysqld.log"
     with open(log, "w") as out:
-        subprocess.Popen(["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}", f"--socket={socket_path}",
-                          f"--port={PORTS['mariadbd']}", "--bind-address=127.0.0.1", "--skip-name-resolve",
-                          f"--pid-file={pid_file('mariadbd')}", f"--log-error={log}"],
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                "--user=mysql",
+                f"--datadir={data}",
+                f"--socket={socket_path}",
+                f"--port={PORTS['mariadbd']}",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                f"--pid-file={pid_file('mariadbd')}",
+                f"--log-error={log}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     _wait("MariaDB", lambda: socket_path.exists() and _listening(PORTS["mariadbd"]), 60, log)
-    _run(["mariadb", "--no-defaults", f"--socket={socket_path}", "-u", "root", "-e",
-          f"CREATE DATABASE slurm_acct_db; CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
-          "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"])
+    _run(
+        [
+            "mariadb",
+            "--no-defaults",
+            f"--socket={socket_path}",
+            "-u",
+            "root",
+            "-e",
+            f"CREATE DATABASE slurm_acct_db; CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';",
+        ]
+    )
 
 
 def _write_configs(munge_socket: Path) -> Path:
@@ -151,11 +206,13 @@ def _write_configs(munge_socket: Path) -> Path:
     logs.mkdir()
     auth = f"AuthType=auth/munge\nAuthInfo=socket={munge_socket}\n"
     dbd = folder / "slurmdbd.conf"
-    dbd.write_text(f"{auth}DbdHost=localhost\nDbdPort={PORTS['slurmdbd']}\nSlurmUser=root\n"
-                   f"PidFile={pid_file('slurmdbd')}\nLogFile={logs / 'slurmdbd.log'}\n"
-                   "StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n"
-                   f"StoragePort={PORTS['mariadbd']}\nStorageUser=slurm\nStoragePass={DB_PASSWORD}\n"
-                   "StorageLoc=slurm_acct_db\n")
+    dbd.write_text(
+        f"{auth}DbdHost=localhost\nDbdPort={PORTS['slurmdbd']}\nSlurmUser=root\n"
+        f"PidFile={pid_file('slurmdbd')}\nLogFile={logs / 'slurmdbd.log'}\n"
+        "StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n"
+        f"StoragePort={PORTS['mariadbd']}\nStorageUser=slurm\nStoragePass={DB_PASSWORD}\n"
+        "StorageLoc=slurm_acct_db\n"
+    )
     dbd.chmod(0o600)  # slurmdbd refuses a readable password file
     # This machine's CPUs, sockets, cores and memory as slurmd sees them (a node line that matches)
     node = next(line for line in _run(["slurmd", "-C"]).splitlines() if line.startswith("NodeName="))
@@ -174,7 +231,8 @@ def _write_configs(munge_socket: Path) -> Path:
         f"AccountingStoragePort={PORTS['slurmdbd']}\nAccountingStoragePass={munge_socket}\nJobCompType=jobcomp/none\nSchedulerType=sched/backfill\n"
         # a cancelled job's processes get SIGKILL 10 s after SIGTERM; ended jobs stay in squeue 10 min
         "KillWait=10\nMinJobAge=600\nInactiveLimit=0\n"
-        f"{node}\nPartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
+        f"{node}\nPartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
+    )
     return conf
 
 
@@ -199,8 +257,12 @@ def start() -> dict[str, str]:
     _run(["sacctmgr", "-i", "add", "cluster", CLUSTER], env)
     for daemon in ("slurmctld", "slurmd"):
         _run([daemon], env)
-    _wait("the node", lambda: _run(["sinfo", "-h", "-o", "%T"], env).strip() == "idle", 60,
-          STATE / "log" / "slurmctld.log")
+    _wait(
+        "the node",
+        lambda: _run(["sinfo", "-h", "-o", "%T"], env).strip() == "idle",
+        60,
+        STATE / "log" / "slurmctld.log",
+    )
     return {"SLURM_CONF": str(conf)}
 
 

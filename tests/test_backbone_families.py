@@ -10,13 +10,14 @@ Post-processing is set strong (the tiny models' logits have std ~0.15), so a pat
 softcap, logits_scaling or logit_scale fails the logit comparisons; sliding windows are shorter
 than the sequences, so the sliding-attention masks run; LoRA B matrices are random and nonzero.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
-from transformers import (Gemma3Config, LlamaForCausalLM)
+from transformers import Gemma3Config, LlamaForCausalLM
 
 from flythinker_pl.config import ConfigError, load_config
 from flythinker_pl.decoding import prefill
@@ -24,11 +25,25 @@ from flythinker_pl.decoding.engines import make_engine
 from flythinker_pl.decoding.generate import generate
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.families import head_logits
-from flythinker_pl.models.fusion import real_positions
+from flythinker_pl.models.fusion_math import real_positions
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from helpers import FAMILIES, GREEDY, LAM, LORA_TARGETS, PROMPTS, RESPONSE_LEN, argmax_chain_matches, batch, family_config, family_folders, prompt_batch, randomise_lora, save_family
+from helpers import (
+    FAMILIES,
+    GREEDY,
+    LAM,
+    LORA_TARGETS,
+    PROMPTS,
+    RESPONSE_LEN,
+    argmax_chain_matches,
+    batch,
+    family_config,
+    family_folders,
+    prompt_batch,
+    randomise_lora,
+    save_family,
+)
 
 
 POST_PROCESSED = {"gemma2", "gemma3", "granite", "cohere"}
@@ -44,8 +59,14 @@ def family(request, tmp_path_factory, tokenizer):
 def build(family, kind: str, lam: float = LAM, **fusion):
     """kind: sft | flythinker | shared, LoRA on both models with random, distinct, nonzero adapters."""
     name, generator, reasoner = family
-    overrides = [f"generator.name={generator}", f"reasoner.name={reasoner}", "generator.mode=lora",
-                 "reasoner.mode=lora", f"fusion.lam={lam}", *(f"fusion.{k}={v}" for k, v in fusion.items())]
+    overrides = [
+        f"generator.name={generator}",
+        f"reasoner.name={reasoner}",
+        "generator.mode=lora",
+        "reasoner.mode=lora",
+        f"fusion.lam={lam}",
+        *(f"fusion.{k}={v}" for k, v in fusion.items()),
+    ]
     if name in LORA_TARGETS:
         overrides += [f"generator.lora_targets={LORA_TARGETS[name]}", f"reasoner.lora_targets={LORA_TARGETS[name]}"]
     overrides += {"sft": ["method=sft"], "flythinker": [], "shared": ["reasoner.shared_base=true"]}[kind]
@@ -75,10 +96,15 @@ def engine_logits(method, engine_name: str, ids, mask, prompt_len) -> torch.Tens
 def test_teacher_forced_equals_incremental_in_every_engine(family, tokenizer, kind):
     method = build(family, kind)
     ids, mask, prompt_len = batch(tokenizer)
-    full = method(ids, mask, prompt_len)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+    full = method(ids, mask, prompt_len)[:, ids.shape[1] - RESPONSE_LEN - 1 : -1]
     for engine in ENGINES[kind]:
-        torch.testing.assert_close(engine_logits(method, engine, ids, mask, prompt_len), full, atol=2e-5, rtol=1e-4,
-                                   msg=lambda m: f"{family[0]} {kind} {engine}: {m}")
+        torch.testing.assert_close(
+            engine_logits(method, engine, ids, mask, prompt_len),
+            full,
+            atol=2e-5,
+            rtol=1e-4,
+            msg=lambda m: f"{family[0]} {kind} {engine}: {m}",
+        )
 
 
 @pytest.mark.parametrize("kind", ["flythinker", "shared"])
@@ -94,27 +120,30 @@ def test_chunked_prompt_pass_equals_the_one_pass(family, tokenizer, kind, sees_p
     method.reasoner_sees_profile = sees_profile
     ids, mask, prompt_len = batch(tokenizer)
     profile_mask = torch.zeros_like(mask)
-    profile_mask[:, -RESPONSE_LEN - 4: -RESPONSE_LEN - 1] = 1  # three prompt columns of every row: its "history"
-    full = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+    profile_mask[:, -RESPONSE_LEN - 4 : -RESPONSE_LEN - 1] = 1  # three prompt columns of every row: its "history"
+    full = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1 : -1]
     width = ids.shape[1] - RESPONSE_LEN
     chunks = prefill._Prompt(method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]).bounds
     assert len(chunks) == 5
     if kind == "flythinker":
-        logits, state = prefill.prefill_two_models(method, ids[:, :width], mask[:, :width], prompt_len,
-                                                   profile_mask[:, :width])
+        logits, state = prefill.prefill_two_models(
+            method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]
+        )
         _, one_pass = method.prefill(ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width])
         torch.testing.assert_close(state.latents, one_pass.latents, atol=2e-5, rtol=1e-4)
         steps = [logits] + [method.step(state, ids[:, width + k]) for k in range(RESPONSE_LEN - 1)]
     else:
         with method.lora:
-            logits, state = prefill.prefill_shared(method, ids[:, :width], mask[:, :width], prompt_len,
-                                                   profile_mask[:, :width])
+            logits, state = prefill.prefill_shared(
+                method, ids[:, :width], mask[:, :width], prompt_len, profile_mask[:, :width]
+            )
             steps = [logits] + [method.batched_step(state, ids[:, width + k]) for k in range(RESPONSE_LEN - 1)]
-    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=2e-5, rtol=1e-4,
-                               msg=lambda m: f"{family[0]} {kind}: {m}")
+    torch.testing.assert_close(
+        torch.stack(steps, dim=1), full, atol=2e-5, rtol=1e-4, msg=lambda m: f"{family[0]} {kind}: {m}"
+    )
     if not sees_profile:  # the hidden history matters, so a chunk that ignored it would fail above
         method.reasoner_sees_profile = True
-        seen = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1:-1]
+        seen = method(ids, mask, prompt_len, profile_mask=profile_mask)[:, ids.shape[1] - RESPONSE_LEN - 1 : -1]
         assert (seen - full).abs().max() > 1e-3
 
 
@@ -182,8 +211,9 @@ def test_latents_are_added_in_the_space_the_decoder_layers_see(family, tokenizer
     method = build(family, "flythinker", norm=norm)
     ids, mask, prompt_len = batch(tokenizer)
     generator, positions = method.generator, real_positions(mask)
-    tokens = first_layer_inputs(generator, lambda: generator(input_ids=ids, attention_mask=mask,
-                                                             position_ids=positions))
+    tokens = first_layer_inputs(
+        generator, lambda: generator(input_ids=ids, attention_mask=mask, position_ids=positions)
+    )
     vocab = torch.arange(len(tokenizer))[None]
     table_norm = first_layer_inputs(generator, lambda: generator(input_ids=vocab)).norm(dim=-1).mean()
     hidden = method.reasoner(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -214,19 +244,28 @@ def test_lora_targets_a_family_lacks_are_refused_with_its_layer_names(tmp_path, 
     """Phi-3 fuses q/k/v and gate/up: peft would adapt only o_proj and down_proj of the default targets."""
     _, generator, reasoner = family_folders("phi3", tmp_path, tokenizer)
     cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={reasoner}", "generator.mode=lora"])
-    with pytest.raises(ConfigError, match=r"generator.lora_targets names \['q_proj', 'k_proj', 'v_proj', 'gate_proj', "
-                                          r"'up_proj'\].*\[down_proj,gate_up_proj,o_proj,qkv_proj\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"generator.lora_targets names \['q_proj', 'k_proj', 'v_proj', 'gate_proj', "
+        r"'up_proj'\].*\[down_proj,gate_up_proj,o_proj,qkv_proj\]",
+    ):
         build_method(cfg, corpus=None)
 
 
 def test_a_vision_language_checkpoint_is_refused(tmp_path, tokenizer):
     """Gemma 3 from 4B up loads as Gemma3ForConditionalGeneration: its text model beside a vision tower."""
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
-                  patch_size=14)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
     vocab = len(tokenizer)
-    config = Gemma3Config(text_config=family_config("gemma3", 64, tokenizer).to_dict(), vision_config=vision,
-                          mm_tokens_per_image=4, image_token_id=vocab - 1, boi_token_id=vocab - 2,
-                          eoi_token_id=vocab - 3)
+    config = Gemma3Config(
+        text_config=family_config("gemma3", 64, tokenizer).to_dict(),
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_id=vocab - 1,
+        boi_token_id=vocab - 2,
+        eoi_token_id=vocab - 3,
+    )
     path = save_family(tmp_path, "gemma3-vision", 64, tokenizer, seed=0, config=config)
     cfg = load_config(None, [f"generator.name={path}", "method=sft"])
     with pytest.raises(ConfigError, match=r"Gemma3ForConditionalGeneration, a vision-language model.*text-only"):

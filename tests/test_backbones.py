@@ -1,4 +1,5 @@
 """Backbones given as local paths take the same from_pretrained path as hub ids."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,11 @@ from flythinker_pl.models.sft import SFT
 from helpers import no_corpus, save_tiny_model
 
 
-
 def test_local_paths_build_flythinker_and_sft(tmp_path, tokenizer):
-    generator, reasoner = save_tiny_model(tmp_path, "gen", 64, tokenizer), save_tiny_model(tmp_path, "rea", 32, tokenizer)
+    generator, reasoner = (
+        save_tiny_model(tmp_path, "gen", 64, tokenizer),
+        save_tiny_model(tmp_path, "rea", 32, tokenizer),
+    )
     cfg = load_config(None, [f"generator.name={generator}", f"reasoner.name={reasoner}", "reasoner.mode=lora"])
     method, loaded_tokenizer = build_method(cfg, corpus=no_corpus)
     assert isinstance(method, FlyThinker) and method.fusion.pad_dims == 32

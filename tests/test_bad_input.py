@@ -1,5 +1,6 @@
 """Bad input that used to slip through (issue 16, item 11): each gives one clear error naming the
 file (and record), or an exact skip count that every stage of a run adds to data_skipped.json."""
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,19 @@ def test_an_enormous_validation_output_is_cut_for_the_loss_and_scored_whole(tmp_
     assert (batch["labels"] != IGNORE_INDEX).sum() == 64 and batch["reference"] == [output]
 
 
-@pytest.mark.parametrize("name,content", [("train.jsonl", b""), ("train.jsonl", b"\n  \n"), ("train.json", b"[]"),
-                                          ("train.json", b"\xef\xbb\xbf[ ]\n")])
+@pytest.mark.parametrize(
+    "name,content",
+    [("train.jsonl", b""), ("train.jsonl", b"\n  \n"), ("train.json", b"[]"), ("train.json", b"\xef\xbb\xbf[ ]\n")],
+)
 @pytest.mark.parametrize("on_bad_record", ["error", "skip"])
 def test_an_empty_split_file_is_an_error_naming_the_file(tmp_path, name, content, on_bad_record):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: the train split holds no records .*: put its "
-                                        "records there"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{re.escape(str(path))}: the train split holds no records .*: put its "
+        "records there",
+    ):
         load_split(DataConfig(files={"train": str(path)}, on_bad_record=on_bad_record), "train")
 
 
@@ -60,8 +66,11 @@ def test_a_train_split_with_every_record_skipped_is_an_error_for_fit_only(tmp_pa
     files = split_files(tmp_path, train=[encoded(BAD), b"{not json"])
     cfg = DataConfig(files=files, on_bad_record="skip")
     for read in (lambda: pretraining_corpus(cfg), lambda: PersonalisationDataModule(cfg, tokenizer).setup("fit")):
-        with pytest.raises(DataError, match=rf"^{re.escape(files['train'])}: the train split has no usable record: "
-                                            r"all 2 were left out \(empty_output: 1, invalid_json: 1\)"):
+        with pytest.raises(
+            DataError,
+            match=rf"^{re.escape(files['train'])}: the train split has no usable record: "
+            r"all 2 were left out \(empty_output: 1, invalid_json: 1\)",
+        ):
             read()
     datamodule = PersonalisationDataModule(cfg, tokenizer)  # decoding the test split never reads train
     datamodule.setup("predict")
@@ -72,9 +81,17 @@ def test_a_train_split_with_every_record_skipped_is_an_error_for_fit_only(tmp_pa
 def test_fit_on_an_empty_train_split_exits_with_one_error_line(run_config, tmp_path, capsys):
     files = split_files(tmp_path, train=[encoded(BAD)])
     cfg = run_config()
-    code = main(["fit", "-c", str(DEBUG_CONFIG), f"logging.cache_dir={cfg.logging.cache_dir}",
-                 f"logging.root_dir={cfg.logging.root_dir}", "data.on_bad_record=skip",
-                 *[f"data.files.{split}={path}" for split, path in files.items()]])
+    code = main(
+        [
+            "fit",
+            "-c",
+            str(DEBUG_CONFIG),
+            f"logging.cache_dir={cfg.logging.cache_dir}",
+            f"logging.root_dir={cfg.logging.root_dir}",
+            "data.on_bad_record=skip",
+            *[f"data.files.{split}={path}" for split, path in files.items()],
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"error: {files['train']}: the train split has no usable record" in err
     assert "Traceback" not in err
@@ -92,8 +109,11 @@ def test_a_tiny_preset_builds_from_a_one_record_data_set(tmp_path):
 
 def test_the_skip_report_merges_the_splits_each_stage_writes(tmp_path):
     def report(read, skipped):
-        return SplitReport("f.jsonl", read, [RecordError("f.jsonl", i, None, "output", "empty_output", "empty")
-                                             for i in range(skipped)])
+        return SplitReport(
+            "f.jsonl",
+            read,
+            [RecordError("f.jsonl", i, None, "output", "empty_output", "empty") for i in range(skipped)],
+        )
 
     path = write_skip_report({"train": report(5, 1), "val": report(4, 2)}, tmp_path)
     write_skip_report({"test": report(3, 0)}, tmp_path)
@@ -105,12 +125,24 @@ def test_the_skip_report_merges_the_splits_each_stage_writes(tmp_path):
 def test_the_skip_report_after_run_holds_train_val_and_test(run_config, synthetic_dir, tmp_path):
     folder = synthetic_dir / "product_review_user"
     bad = {"train": 1, "val": 2, "test": 3}
-    files = {split: str(write_jsonl(tmp_path / "data" / f"{split}.jsonl",
-                                    [b"{not json"] * n + (folder / f"{split}.jsonl").read_bytes().splitlines()))
-             for split, n in bad.items()}
-    cfg = run_config("method=sft", "data.on_bad_record=skip", "trainer.max_steps=1", "trainer.val_check_interval=1",
-                     "decode.max_new_tokens=2", "eval.n_bootstrap=0",
-                     *[f"data.files.{split}={path}" for split, path in files.items()])
+    files = {
+        split: str(
+            write_jsonl(
+                tmp_path / "data" / f"{split}.jsonl",
+                [b"{not json"] * n + (folder / f"{split}.jsonl").read_bytes().splitlines(),
+            )
+        )
+        for split, n in bad.items()
+    }
+    cfg = run_config(
+        "method=sft",
+        "data.on_bad_record=skip",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        "decode.max_new_tokens=2",
+        "eval.n_bootstrap=0",
+        *[f"data.files.{split}={path}" for split, path in files.items()],
+    )
     written = json.loads((run_experiment(cfg) / SKIP_REPORT).read_text())
     assert {split: written[split]["skipped"] for split in written} == bad
     assert all(written[split]["reasons"] == {"invalid_json": n} for split, n in bad.items())

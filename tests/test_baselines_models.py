@@ -1,6 +1,7 @@
 """The baselines and controls on the method interface: Static (one prompt latent at every response
 position), Coconut (k continuous thoughts), the Reasoner that does not see the user's history, the
 randomly initialised Reasoner, and the method -> module mapping."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,16 @@ from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.sft import SFT
 
-from helpers import HISTORY, PROMPT_LENGTHS, RESPONSE_LENGTHS, left_padded, no_corpus, static_of, token_rows, training_batch
+from helpers import (
+    HISTORY,
+    PROMPT_LENGTHS,
+    RESPONSE_LENGTHS,
+    left_padded,
+    no_corpus,
+    static_of,
+    token_rows,
+    training_batch,
+)
 
 
 GREEDY = DecodeConfig(do_sample=False, max_new_tokens=8)
@@ -27,7 +37,7 @@ GREEDY = DecodeConfig(do_sample=False, max_new_tokens=8)
 def scored_logits(logits, batch):
     """Per row, the logits that predict response tokens (what response_loss reads)."""
     last = last_prompt_column(batch["attention_mask"], batch["prompt_len"])
-    return [logits[row, last[row]:-1] for row in range(len(last))]
+    return [logits[row, last[row] : -1] for row in range(len(last))]
 
 
 def incremental_logits(method, batch, tokenizer):
@@ -50,6 +60,7 @@ def assert_rows_close(actual, expected):
 
 # --- Static -------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def test_static_equals_flythinker_until_the_second_response_token_then_differs(make_flythinker, tokenizer):
     flythinker = make_flythinker(span="response", lam=2.0)
@@ -58,8 +69,9 @@ def test_static_equals_flythinker_until_the_second_response_token_then_differs(m
     dynamic, static = flythinker(*args), static_of(flythinker)(*args)
     last = last_prompt_column(batch["attention_mask"], batch["prompt_len"])
     for row in range(len(last)):  # predicting response tokens 1 and 2: the same latent r_{P-1} (or none)
-        torch.testing.assert_close(static[row, last[row]:last[row] + 2], dynamic[row, last[row]:last[row] + 2],
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            static[row, last[row] : last[row] + 2], dynamic[row, last[row] : last[row] + 2], atol=1e-6, rtol=0
+        )
         later = slice(last[row] + 2, None)  # from token 3 on, FlyThinker's latents move, Static's do not
         assert not torch.allclose(static[row, later], dynamic[row, later], atol=1e-3), row
     # the same latent is added at every response position of a row
@@ -83,14 +95,21 @@ def test_static_teacher_forced_equals_incremental_and_decodes_without_reasoner_s
     for engine in ("auto", "sequential", "staggered"):
         assert type(make_engine(static, engine)) is Sequential  # nothing to overlap
     ids, mask, _ = prompts_of(batch, tokenizer.pad_token_id)
-    result = generate(static, ids, mask, batch["prompt_len"], ["a", "b", "c"],
-                      dataclasses.replace(GREEDY, engine="staggered"), eos_ids=-1)
+    result = generate(
+        static,
+        ids,
+        mask,
+        batch["prompt_len"],
+        ["a", "b", "c"],
+        dataclasses.replace(GREEDY, engine="staggered"),
+        eos_ids=-1,
+    )
     assert len(reasoner_calls) == 1  # the prompt, once
     for row, generated in enumerate(result.tokens):  # greedy == the teacher-forced argmax chain
         prompt = ids[row][mask[row].bool()].tolist()
         sequence = torch.tensor([prompt + generated])
-        chain = static(sequence, torch.ones_like(sequence), batch["prompt_len"][row:row + 1])
-        assert chain[0, len(prompt) - 1:-1].argmax(-1).tolist() == generated
+        chain = static(sequence, torch.ones_like(sequence), batch["prompt_len"][row : row + 1])
+        assert chain[0, len(prompt) - 1 : -1].argmax(-1).tolist() == generated
 
 
 def test_static_needs_the_response_span(make_flythinker):
@@ -100,6 +119,7 @@ def test_static_needs_the_response_span(make_flythinker):
 
 # --- Coconut ------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def test_coconut_without_thoughts_is_sft(make_flythinker, tokenizer):
     generator = make_flythinker().generator
@@ -107,11 +127,14 @@ def test_coconut_without_thoughts_is_sft(make_flythinker, tokenizer):
     args = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
     coconut_logits, sft_logits = Coconut(generator, 0)(*args), SFT(generator)(*args)
     assert_rows_close(scored_logits(coconut_logits, batch), scored_logits(sft_logits, batch))
-    torch.testing.assert_close(response_loss(coconut_logits, batch["labels"])[0],
-                               response_loss(sft_logits, batch["labels"])[0])
+    torch.testing.assert_close(
+        response_loss(coconut_logits, batch["labels"])[0], response_loss(sft_logits, batch["labels"])[0]
+    )
     ids, mask, _ = prompts_of(batch, tokenizer.pad_token_id)
-    decoded = [generate(method, ids, mask, batch["prompt_len"], ["a", "b", "c"], GREEDY, eos_ids=-1).tokens
-               for method in (Coconut(generator, 0), SFT(generator))]
+    decoded = [
+        generate(method, ids, mask, batch["prompt_len"], ["a", "b", "c"], GREEDY, eos_ids=-1).tokens
+        for method in (Coconut(generator, 0), SFT(generator))
+    ]
     assert decoded[0] == decoded[1]
     thinking = Coconut(generator, 2)(*args)  # thoughts change the logits, so the test has teeth
     assert not torch.allclose(scored_logits(thinking, batch)[0], scored_logits(sft_logits, batch)[0], atol=1e-3)
@@ -128,8 +151,8 @@ def test_coconut_teacher_forced_equals_incremental(make_flythinker, tokenizer):
     for row, generated in enumerate(result.tokens):  # greedy == the teacher-forced argmax chain
         prompt = ids[row][mask[row].bool()].tolist()
         sequence = torch.tensor([prompt + generated])
-        chain = coconut(sequence, torch.ones_like(sequence), batch["prompt_len"][row:row + 1])
-        assert chain[0, len(prompt) - 1:-1].argmax(-1).tolist() == generated
+        chain = coconut(sequence, torch.ones_like(sequence), batch["prompt_len"][row : row + 1])
+        assert chain[0, len(prompt) - 1 : -1].argmax(-1).tolist() == generated
 
 
 @pytest.mark.parametrize("norm", ["none", "table_mean"])
@@ -155,8 +178,7 @@ def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker
     coconut.generator.register_forward_pre_hook(record, with_kwargs=True)
     coconut.generator.register_forward_hook(final_hidden)
     batch = training_batch(tokenizer)
-    loss, _ = response_loss(coconut(batch["input_ids"], batch["attention_mask"], batch["prompt_len"]),
-                            batch["labels"])
+    loss, _ = response_loss(coconut(batch["input_ids"], batch["attention_mask"], batch["prompt_len"]), batch["labels"])
     loss.backward()
     assert len(calls) == k + 1
     assert [embeds.shape[1] for embeds, _ in calls[1:-1]] == [1] * (k - 1)
@@ -177,6 +199,7 @@ def test_coconut_feeds_thoughts_with_gradients_at_real_positions(make_flythinker
 
 # --- the Reasoner without the user's history ----------------------------------------------------
 
+
 def hidden_history_model(make_flythinker, static=False):
     model = make_flythinker(lam=2.0, span="response" if static else "global")
     model.reasoner_sees_profile = False
@@ -193,7 +216,7 @@ def test_reasoner_without_history_reads_exactly_the_prompt_without_it(make_flyth
 
     # the reference: a Reasoner that sees everything, given the rows with the history cut out
     rows = token_rows(tokenizer)
-    cut_rows = [row[:HISTORY.start] + row[HISTORY.stop:] for row in rows]
+    cut_rows = [row[: HISTORY.start] + row[HISTORY.stop :] for row in rows]
     cut_ids, cut_mask = left_padded(cut_rows, tokenizer.pad_token_id)
     model.reasoner_sees_profile = True
     reference, _ = model.reasoner_latents(cut_ids, cut_mask, None, norm)
@@ -218,8 +241,7 @@ def test_reasoner_without_history_reads_exactly_the_prompt_without_it(make_flyth
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["flythinker", "static"])
-def test_reasoner_without_history_teacher_forced_equals_incremental_in_every_engine(make_flythinker, tokenizer,
-                                                                                   static):
+def test_reasoner_without_history_teacher_forced_equals_incremental_in_every_engine(make_flythinker, tokenizer, static):
     model = hidden_history_model(make_flythinker, static)
     batch = training_batch(tokenizer)
     args = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
@@ -228,9 +250,19 @@ def test_reasoner_without_history_teacher_forced_equals_incremental_in_every_eng
         assert_rows_close(incremental_logits(model, batch, tokenizer), scored_logits(full, batch))
         assert not torch.allclose(full, _seeing(model)(*args))  # hiding matters
     ids, mask, profile_mask = prompts_of(batch, tokenizer.pad_token_id)
-    outputs = [generate(model, ids, mask, batch["prompt_len"], ["a", "b", "c"],
-                        dataclasses.replace(GREEDY, engine=engine), eos_ids=-1, profile_mask=profile_mask).tokens
-               for engine in ("sequential", "staggered")]
+    outputs = [
+        generate(
+            model,
+            ids,
+            mask,
+            batch["prompt_len"],
+            ["a", "b", "c"],
+            dataclasses.replace(GREEDY, engine=engine),
+            eos_ids=-1,
+            profile_mask=profile_mask,
+        ).tokens
+        for engine in ("sequential", "staggered")
+    ]
     assert outputs[0] == outputs[1]
     with pytest.raises(ValueError, match="profile_mask"):
         model(*args)
@@ -247,10 +279,13 @@ def _seeing(model):
 
 def test_every_method_builds_its_module(local_models):
     """(sft and flythinker: test_backbones.py)"""
-    expected = {("method=nonpers", "data.retriever=none"): SFT, ("method=rag",): SFT,
-                ("method=cot", "data.rationales=oracle"): SFT,
-                ("method=static", "fusion.span=response", "reasoner.sees_profile=false"): StaticFlyThinker,
-                ("method=coconut", "coconut.k=3"): Coconut}
+    expected = {
+        ("method=nonpers", "data.retriever=none"): SFT,
+        ("method=rag",): SFT,
+        ("method=cot", "data.rationales=oracle"): SFT,
+        ("method=static", "fusion.span=response", "reasoner.sees_profile=false"): StaticFlyThinker,
+        ("method=coconut", "coconut.k=3"): Coconut,
+    }
     built = {}
     for overrides, method_class in expected.items():
         built[overrides[0]], _ = build_method(load_config(None, [*local_models, *overrides]), corpus=no_corpus)
@@ -262,8 +297,9 @@ def test_every_method_builds_its_module(local_models):
 def test_random_reasoner_is_fresh_seeded_and_leaves_other_randomness_alone(local_models):
     def reasoner_and_next_draw(*overrides):
         torch.manual_seed(0)
-        method, _ = build_method(load_config(None, [*local_models, "reasoner.mode=frozen", *overrides]),
-                                 corpus=no_corpus)
+        method, _ = build_method(
+            load_config(None, [*local_models, "reasoner.mode=frozen", *overrides]), corpus=no_corpus
+        )
         return dict(method.reasoner.named_parameters()), torch.rand(3)
 
     pretrained, draw = reasoner_and_next_draw()

@@ -1,4 +1,5 @@
 """lit/callbacks.py: what a fit writes to TensorBoard and metrics.json beside the losses."""
+
 from __future__ import annotations
 
 import json
@@ -40,18 +41,34 @@ def hparams_of(accumulator: EventAccumulator):
 
 
 def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(run_config):
-    cfg = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-                     "callbacks.position_eval_every=1", "callbacks.position_eval_samples=3", "callbacks.samples=1",
-                     "callbacks.lambda_sweep=[0,0.5]", *TINY_DECODING)
+    cfg = run_config(
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "callbacks.position_eval_every=1",
+        "callbacks.position_eval_samples=3",
+        "callbacks.samples=1",
+        "callbacks.lambda_sweep=[0,0.5]",
+        *TINY_DECODING,
+    )
     kept = KeepModule()
     run_dir = fit(cfg, callbacks=[kept])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     accumulator = events(run_dir)
     scalars = set(accumulator.Tags()["scalars"])
 
-    assert {"val/loss", "val/ppl", "perf/train_tokens_per_s", "perf/peak_memory_mb", "position_eval/bleu",
-            "position_eval/rougeL", "position_eval/rouge1@0-4", "position_eval/rouge1@4-8",
-            LambdaSweep.SERIES_TAG, "train/lr"} <= scalars
+    assert {
+        "val/loss",
+        "val/ppl",
+        "perf/train_tokens_per_s",
+        "perf/peak_memory_mb",
+        "position_eval/bleu",
+        "position_eval/rougeL",
+        "position_eval/rouge1@0-4",
+        "position_eval/rouge1@4-8",
+        LambdaSweep.SERIES_TAG,
+        "train/lr",
+    } <= scalars
     # one value per run: under z_results/, the last section, not among the curves SCALARS opens first
     assert {"z_results/lambda_sweep/val_loss@0", "z_results/val/loss_before"} <= scalars
     assert "lambda_sweep/val_loss@0" not in scalars and "val/loss_before" not in scalars
@@ -71,8 +88,13 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
     text_tag = f"{GenerationSamples.TAG}/0/text_summary"
     assert accumulator.Tags()["tensors"].count(text_tag) == 1
     sample = accumulator.Tensors(text_tag)[0].tensor_proto.string_val[0].decode()
-    for heading in ("**Prompt**", "**Reference**", "**Output: flythinker (lambda=0.5)**",
-                    "**Output without latents (lambda=0)**", "not a separately trained SFT model"):
+    for heading in (
+        "**Prompt**",
+        "**Reference**",
+        "**Output: flythinker (lambda=0.5)**",
+        "**Output without latents (lambda=0)**",
+        "not a separately trained SFT model",
+    ):
         assert heading in sample
 
     metric_tags, hparams = hparams_of(accumulator)
@@ -85,10 +107,17 @@ def test_tensorboard_events_of_a_demo_run_hold_scalars_hparams_text_and_image(ru
 
 
 def test_decoding_callbacks_work_for_a_method_without_reasoner(run_config):
-    cfg = run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1",
-                     "trainer.limit_val_batches=1", "callbacks.position_eval_every=1",
-                     "callbacks.position_eval_samples=2", "callbacks.samples=1", "callbacks.throughput=false",
-                     *TINY_DECODING)
+    cfg = run_config(
+        "method=sft",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        "trainer.limit_val_batches=1",
+        "callbacks.position_eval_every=1",
+        "callbacks.position_eval_samples=2",
+        "callbacks.samples=1",
+        "callbacks.throughput=false",
+        *TINY_DECODING,
+    )
     run_dir = fit(cfg)
     accumulator = events(run_dir, "sft")
     assert "position_eval/rouge1" in accumulator.Tags()["scalars"]
@@ -97,8 +126,9 @@ def test_decoding_callbacks_work_for_a_method_without_reasoner(run_config):
     assert "**Output: sft**" in sample and "lambda=0" not in sample
     _, hparams = hparams_of(accumulator)  # settings SFT does not have are blank, not the defaults
     assert hparams["1 method"].string_value == "sft" and hparams["2 generator"].string_value == "tiny-64 (lora)"
-    assert not {"3 reasoner", "4 lambda"} & set(hparams) and not any(k.startswith(("fusion/", "reasoner/"))
-                                                                     for k in hparams)
+    assert not {"3 reasoner", "4 lambda"} & set(hparams) and not any(
+        k.startswith(("fusion/", "reasoner/")) for k in hparams
+    )
 
 
 def test_lambda_sweep_needs_a_method_with_fusion(run_config):
@@ -111,8 +141,14 @@ def test_lambda_sweep_needs_a_method_with_fusion(run_config):
 
 def test_run_callbacks_follow_the_config(run_config):
     assert [type(c) for c in run_callbacks(run_config())] == [Throughput, GenerationSamples]
-    every = run_callbacks(run_config("callbacks.position_eval_every=2", "callbacks.lambda_sweep=[0]",
-                                     "callbacks.samples=0", "callbacks.throughput=false"))
+    every = run_callbacks(
+        run_config(
+            "callbacks.position_eval_every=2",
+            "callbacks.lambda_sweep=[0]",
+            "callbacks.samples=0",
+            "callbacks.throughput=false",
+        )
+    )
     assert [type(c) for c in every] == [PositionEval, LambdaSweep]
     assert every[0].every == 2 and every[1].lams == [0.0]
 

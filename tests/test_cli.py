@@ -1,4 +1,5 @@
 """The commands users type: fit, table, bench train/decode (functional checks; nothing is timed here)."""
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,15 @@ from flythinker_pl.config import load_config, to_yaml
 from helpers import DEBUG_CONFIG
 
 
-
 def overrides(run_config):
     cfg = run_config()
-    return [f"data.synthetic_dir={cfg.data.synthetic_dir}", f"logging.cache_dir={cfg.logging.cache_dir}",
-            f"logging.root_dir={cfg.logging.root_dir}", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    return [
+        f"data.synthetic_dir={cfg.data.synthetic_dir}",
+        f"logging.cache_dir={cfg.logging.cache_dir}",
+        f"logging.root_dir={cfg.logging.root_dir}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    ]
 
 
 def test_fit_then_table(run_config, capsys):
@@ -38,8 +43,10 @@ def test_fit_then_table(run_config, capsys):
     assert main(["table", f"{root}/tiny", "--all"]) == 0
     assert "val/loss_before" in capsys.readouterr().out
     checkpoint = f"{root}/tiny/version_0/checkpoints/last.ckpt"
-    assert main(["predict", "-c", str(DEBUG_CONFIG), *args, "trainer.enable_progress_bar=true",
-                 f"ckpt_path={checkpoint}"]) == 0
+    assert (
+        main(["predict", "-c", str(DEBUG_CONFIG), *args, "trainer.enable_progress_bar=true", f"ckpt_path={checkpoint}"])
+        == 0
+    )
     assert "decoding batch 1/1" in capsys.readouterr().out  # 10 test records, decode.batch_size 16
 
 
@@ -86,11 +93,32 @@ def test_interrupts_say_that_rerunning_continues(monkeypatch, capsys):
 
 def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "train", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--batches", "1",
-                 "--repeats", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train",
+                "-c",
+                str(DEBUG_CONFIG),
+                *overrides(run_config),
+                "--batches",
+                "1",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["results"]
-    assert [r["method"] for r in results] == ["sft", "flythinker (reasoner frozen)", "flythinker (reasoner lora)",
-                                             "flythinker (reasoner full)", *(f"coconut (k={k})" for k in (0, 1, 2, 4))]
+    assert [r["method"] for r in results] == [
+        "sft",
+        "flythinker (reasoner frozen)",
+        "flythinker (reasoner lora)",
+        "flythinker (reasoner full)",
+        *(f"coconut (k={k})" for k in (0, 1, 2, 4)),
+    ]
     assert results[0]["ratio to sft"] == 1.0
     assert all(r["tokens/s"] > 0 for r in results)
     assert "ratio to sft" in capsys.readouterr().out
@@ -98,12 +126,38 @@ def test_bench_train_reports_every_variant_with_ratios(run_config, tmp_path, cap
 
 def test_bench_decode_checks_every_engine_against_its_reference(run_config, tmp_path, capsys):
     out = tmp_path / "decode.json"
-    assert main(["bench", "decode", "-c", str(DEBUG_CONFIG), *overrides(run_config), "--new-tokens", "4",
-                 "--batch-sizes", "1", "3", "--repeats", "1", "--out", str(out), "--no-compile"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "decode",
+                "-c",
+                str(DEBUG_CONFIG),
+                *overrides(run_config),
+                "--new-tokens",
+                "4",
+                "--batch-sizes",
+                "1",
+                "3",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+                "--no-compile",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     results = report["results"]
-    names = ["sft", "sft (peft path)", "sft (HF generate)", "flythinker sequential", "flythinker staggered",
-             "flythinker shared"]
+    names = [
+        "sft",
+        "sft (peft path)",
+        "sft (HF generate)",
+        "flythinker sequential",
+        "flythinker staggered",
+        "flythinker shared",
+    ]
     assert [r["method"] for r in results] == names * 2
     assert [r["batch"] for r in results] == [1] * 6 + [3] * 6
     assert all(r["greedy == reference"] is True for r in results)
@@ -154,11 +208,13 @@ def test_config_errors_come_before_any_heavy_import():
     import subprocess
     import sys
 
-    script = ("import sys; from flythinker_pl.cli import main\n"
-              "for command in ('run', 'fit', 'predict', 'data stats', 'pretrain'):\n"
-              "    assert main([*command.split(), '-c', 'experiments/demo.yaml', 'fusion.lamm=1']) == 2\n"
-              "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
-              "assert not heavy, heavy\n")
+    script = (
+        "import sys; from flythinker_pl.cli import main\n"
+        "for command in ('run', 'fit', 'predict', 'data stats', 'pretrain'):\n"
+        "    assert main([*command.split(), '-c', 'experiments/demo.yaml', 'fusion.lamm=1']) == 2\n"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=DEBUG_CONFIG.parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("unknown config key 'fusion.lamm'") == 5
@@ -182,7 +238,9 @@ def test_predict_needs_a_checkpoint_or_an_explicit_zero_shot(run_config, capsys)
 
 def test_a_hub_id_offline_is_one_error_line_naming_the_key_and_the_fix(run_config, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["fit", "-c", str(DEBUG_CONFIG), *overrides(run_config), "reasoner.name=Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    assert (
+        main(["fit", "-c", str(DEBUG_CONFIG), *overrides(run_config), "reasoner.name=Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    )
     stderr = capsys.readouterr().err  # (may also hold the Generator preset's pretraining bar)
     [error] = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert "Traceback" not in stderr and error.startswith("error: reasoner.name='Qwen/Qwen2.5-0.5B-Instruct'")
@@ -190,6 +248,7 @@ def test_a_hub_id_offline_is_one_error_line_naming_the_key_and_the_fix(run_confi
 
 
 # ---- commands that never mislead -----------------------------------------------------------------
+
 
 def no_version_folder(run_config) -> bool:
     root = Path(run_config().logging.root_dir)
@@ -232,8 +291,9 @@ def test_data_stats_counts_without_building_any_model(run_config, monkeypatch, c
 def test_a_tiny_evaluation_says_its_interval_means_nothing(tmp_path, capsys):
     run_dir = tmp_path / "one" / "version_0"
     run_dir.mkdir(parents=True)
-    (run_dir / "predictions.jsonl").write_text(json.dumps({"id": 0, "prediction": "a fine warm sound",
-                                                           "reference": "a warm sound"}) + "\n")
+    (run_dir / "predictions.jsonl").write_text(
+        json.dumps({"id": 0, "prediction": "a fine warm sound", "reference": "a warm sound"}) + "\n"
+    )
     assert main(["evaluate", str(run_dir), "eval.n_bootstrap=50"]) == 0
     printed = capsys.readouterr().out
     assert "scored over 1 record(s)" in printed and "means nothing" in printed  # today: a bare [x, x] interval
@@ -246,13 +306,16 @@ def test_an_offline_hub_id_fails_in_a_blink_before_any_heavy_import(tmp_path):
     """Today the error came after ~20 s of torch/transformers imports; the local cache answers first."""
     import subprocess
 
-    script = ("import sys; from flythinker_pl.cli import main\n"
-              "assert main(['fit', '-c', 'experiments/demo.yaml', 'reasoner.name=Qwen/Qwen2.5-0.5B-Instruct']) == 2\n"
-              "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
-              "assert not heavy, heavy\n")
+    script = (
+        "import sys; from flythinker_pl.cli import main\n"
+        "assert main(['fit', '-c', 'experiments/demo.yaml', 'reasoner.name=Qwen/Qwen2.5-0.5B-Instruct']) == 2\n"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty Hugging Face cache
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            cwd=DEBUG_CONFIG.parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=DEBUG_CONFIG.parents[2]
+    )
     assert result.returncode == 0, result.stderr
     [error] = result.stderr.splitlines()
     assert error.startswith("error: reasoner.name='Qwen/Qwen2.5-0.5B-Instruct' is neither a local folder")

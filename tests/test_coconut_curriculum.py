@@ -2,6 +2,7 @@
 schedule against a port of the official dataset.py, stage batches built from real chain-of-thought
 examples, the marker tokens (vocabulary, initial rows, trainable under LoRA), the warm start from a
 method=cot run, and a fit that walks the stages (optimiser reset, per-stage metrics)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,14 @@ from torch.utils.data import DataLoader
 
 from flythinker_pl.config import CoconutConfig, ConfigError, DecodeConfig, TrainConfig, load_config
 from flythinker_pl.data.batching import collate
-from flythinker_pl.data.coconut_schedule import (Schedule, decoding_plan, decoding_thoughts, stage_batch, step_counts,
-                                           training_plan)
+from flythinker_pl.data.coconut_schedule import (
+    Schedule,
+    decoding_plan,
+    decoding_thoughts,
+    stage_batch,
+    step_counts,
+    training_plan,
+)
 from flythinker_pl.data.datamodule import prepare_records, split_records
 from flythinker_pl.data.encode import IGNORE_INDEX, rationale_fields, token_ids
 from flythinker_pl.data.prompts import RATIONALE_PREFIX, RESPONSE_MARKER, with_rationale
@@ -43,6 +50,7 @@ PREFIX, MARKER = [901, 902], [903]  # our RATIONALE_PREFIX / RESPONSE_MARKER, as
 
 # The official rules are written out from facebookresearch/coconut at commit 0fd00ec (dataset.py)
 # and 07a5573 (run.py); line numbers are theirs.
+
 
 def official_training_sequence(stage, question, steps, answer, cfg, rng):
     """dataset.py L243-284, get_cot_latent_dataset's process_dataset (its module-level `random` as
@@ -70,27 +78,39 @@ def official_decoding_thoughts(stage, steps, cfg):
 def chain_of_thought_example(question, steps, answer, record_id, prefix=PREFIX, marker=MARKER):
     """What encode.py makes of a record with a rationale (stand-in token ids)."""
     rationale = prefix + sum(steps, []) + marker
-    return {"id": record_id, "input_ids": question + rationale + answer, "prompt_len": len(question),
-            "reference": "", **rationale_fields(len(rationale), steps)}
+    return {
+        "id": record_id,
+        "input_ids": question + rationale + answer,
+        "prompt_len": len(question),
+        "reference": "",
+        **rationale_fields(len(rationale), steps),
+    }
 
 
 def as_official(row, prompt_len, thoughts, answer_len, prefix=PREFIX, marker=MARKER):
     """Our stage row in the official layout: question, markers and latents, remaining steps, answer."""
     question, target = row[:prompt_len], row[prompt_len:]
-    steps = target[len(prefix): -len(marker) - answer_len] if target[:len(prefix)] == prefix else []
-    return question + [START] + [LATENT] * thoughts + [END] + steps + target[len(target) - answer_len:]
+    steps = target[len(prefix) : -len(marker) - answer_len] if target[: len(prefix)] == prefix else []
+    return question + [START] + [LATENT] * thoughts + [END] + steps + target[len(target) - answer_len :]
 
 
-RECORDS = [([11, 12, 13], [[21, 22], [23], [24, 25, 26]], [31, 32]),  # 3 steps
-           ([14], [[27]], [33]),  # 1 step
-           ([15, 16], [], [34, 35, 36]),  # no rationale (an evaluation record)
-           ([17, 18], [[28, 29], [30]], [37])]  # 2 steps
-SCHEDULES = [CoconutConfig(c_thought=c, max_latent_stage=m, pad_latent_to_max=pad, uniform_prob=p)
-             for c, m, pad, p in itertools.product((1, 2), (1, 3), (True, False), (0.0, 0.5))]
+RECORDS = [
+    ([11, 12, 13], [[21, 22], [23], [24, 25, 26]], [31, 32]),  # 3 steps
+    ([14], [[27]], [33]),  # 1 step
+    ([15, 16], [], [34, 35, 36]),  # no rationale (an evaluation record)
+    ([17, 18], [[28, 29], [30]], [37]),
+]  # 2 steps
+SCHEDULES = [
+    CoconutConfig(c_thought=c, max_latent_stage=m, pad_latent_to_max=pad, uniform_prob=p)
+    for c, m, pad, p in itertools.product((1, 2), (1, 3), (True, False), (0.0, 0.5))
+]
 
 
-@pytest.mark.parametrize("cfg", SCHEDULES, ids=lambda c: f"c{c.c_thought}-max{c.max_latent_stage}-"
-                                                         f"pad{int(c.pad_latent_to_max)}-u{c.uniform_prob}")
+@pytest.mark.parametrize(
+    "cfg",
+    SCHEDULES,
+    ids=lambda c: f"c{c.c_thought}-max{c.max_latent_stage}-pad{int(c.pad_latent_to_max)}-u{c.uniform_prob}",
+)
 def test_stage_batches_match_the_official_schedule(cfg):
     batch = collate([chain_of_thought_example(q, s, a, f"r{i}") for i, (q, s, a) in enumerate(RECORDS)], pad_id=0)
     assert step_counts(batch) == [len(steps) for _, steps, _ in RECORDS]
@@ -101,12 +121,12 @@ def test_stage_batches_match_the_official_schedule(cfg):
         for row, (question, steps, answer) in enumerate(RECORDS):
             ours = staged["input_ids"][row][staged["attention_mask"][row].bool()].tolist()
             theirs = official_training_sequence(stage, question, steps, answer, cfg, theirs_rng)
-            assert as_official(ours, len(question), int(staged["thoughts"][row]), len(answer)) == theirs, \
-                (stage, row)
+            assert as_official(ours, len(question), int(staged["thoughts"][row]), len(answer)) == theirs, (stage, row)
             labels = staged["labels"][row][staged["attention_mask"][row].bool()].tolist()
-            assert labels == [IGNORE_INDEX] * len(question) + ours[len(question):]
-        assert decoding_plan(Schedule.of(cfg), stage, batch).tolist() == \
-            [official_decoding_thoughts(stage, steps, cfg) for _, steps, _ in RECORDS]
+            assert labels == [IGNORE_INDEX] * len(question) + ours[len(question) :]
+        assert decoding_plan(Schedule.of(cfg), stage, batch).tolist() == [
+            official_decoding_thoughts(stage, steps, cfg) for _, steps, _ in RECORDS
+        ]
 
 
 def test_stages_follow_the_optimiser_step_as_the_official_epochs_do():
@@ -115,8 +135,7 @@ def test_stages_follow_the_optimiser_step_as_the_official_epochs_do():
     assert [curriculum.scheduled_stage(step) for step in range(9)] == [(3 + e) // 3 for e in range(9)]
 
 
-def test_stage_zero_rebuilds_the_chain_of_thought_batch_exactly_and_later_stages_drop_steps(synthetic_dir,
-                                                                                           tokenizer):
+def test_stage_zero_rebuilds_the_chain_of_thought_batch_exactly_and_later_stages_drop_steps(synthetic_dir, tokenizer):
     cfg = synthetic_cfg(synthetic_dir, rationales="oracle", rationale_tokens=10_000, **ROOMY)
     records, rationales, _ = split_records(cfg, "train")
     examples = prepare_records(records[:4], cfg, tokenizer, rationales)
@@ -160,14 +179,17 @@ def test_validation_batches_take_uniform_prob_stages_as_the_official_validation_
     at_random, by_validation = 0, {0: [], 40: []}
     for step, stage in itertools.product(by_validation, range(5)):
         curriculum.stage = stage
-        batch = collate([chain_of_thought_example(q, s, a, record_id, prefix, marker)
-                         for q, s, a, record_id in records], tokenizer.pad_token_id)
+        batch = collate(
+            [chain_of_thought_example(q, s, a, record_id, prefix, marker) for q, s, a, record_id in records],
+            tokenizer.pad_token_id,
+        )
         curriculum.on_validation_batch_start(SimpleNamespace(global_step=step), module, batch, 0)
         for row, (question, steps, answer, record_id) in enumerate(records):
             ours = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
             ours = as_official(ours, len(question), int(batch["thoughts"][row]), len(answer), prefix, marker)
-            theirs = official_training_sequence(stage, question, steps, answer, cfg,
-                                                curriculum.draws(step, record_id, validation=True))
+            theirs = official_training_sequence(
+                stage, question, steps, answer, cfg, curriculum.draws(step, record_id, validation=True)
+            )
             assert ours == theirs, (step, stage, record_id)
             at_random += ours != official_training_sequence(stage, question, steps, answer, fixed, random.Random(0))
             by_validation[step].append(ours)
@@ -199,11 +221,18 @@ def test_decoding_gives_each_record_the_official_number_of_thoughts(tokenizer, m
     steps_of = [[[21 + n]] * n for n in range(5)]
     examples = [chain_of_thought_example([11, 12 + n], steps, [31], f"s{n}") for n, steps in enumerate(steps_of)]
     examples.append({"id": "plain", "input_ids": [17, 18, 37], "prompt_len": 2, "reference": ""})
-    loader = DataLoader(examples, batch_size=len(examples),
-                        collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))
+    loader = DataLoader(
+        examples, batch_size=len(examples), collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id)
+    )
     curriculum = CoconutCurriculum(cfg, seed=0)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[curriculum], max_steps=3 * cfg.steps_per_stage)  # its last stage: 1 + 2
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[curriculum],
+        max_steps=3 * cfg.steps_per_stage,
+    )  # its last stage: 1 + 2
     for restored, stage in [*zip(range(5), range(5)), (None, 3)]:
         curriculum.stage = restored  # as a checkpoint trained to that stage restores it; None: weights alone
         trainer.predict(module, loader, return_predictions=False)
@@ -216,14 +245,16 @@ def test_decoding_gives_each_record_the_official_number_of_thoughts(tokenizer, m
 
 # --- markers ------------------------------------------------------------------------------------
 
+
 def coconut_overrides(*extra):
     return ["method=coconut", "coconut.markers=true", "coconut.marker_init=<|im_end|>", *extra]
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_markers_join_the_vocabulary_as_copies_and_train_their_rows_only_under_lora(local_models, mode):
-    method, tokenizer = build_method(load_config(None, [*local_models, *coconut_overrides(f"generator.mode={mode}")]),
-                                     corpus=no_corpus)
+    method, tokenizer = build_method(
+        load_config(None, [*local_models, *coconut_overrides(f"generator.mode={mode}")]), corpus=no_corpus
+    )
     ids = tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
     assert (method.markers.start, method.markers.latent, method.markers.end) == tuple(ids)
     assert tokenizer.decode([ids[0], 50, ids[2]], skip_special_tokens=True) == tokenizer.decode([50])
@@ -250,25 +281,35 @@ def test_markers_join_the_vocabulary_as_copies_and_train_their_rows_only_under_l
 
 def test_a_marker_init_that_is_not_one_token_is_refused(local_models):
     with pytest.raises(ConfigError, match=r"coconut.marker_init='<<' is 2 tokens"):
-        build_method(load_config(None, [*local_models, "method=coconut", "coconut.markers=true",
-                                        "coconut.marker_init='<<'"]), corpus=no_corpus)
+        build_method(
+            load_config(None, [*local_models, "method=coconut", "coconut.markers=true", "coconut.marker_init='<<'"]),
+            corpus=no_corpus,
+        )
 
 
 # --- config checks ------------------------------------------------------------------------------
 
-CURRICULUM = ["method=coconut", "coconut.curriculum=true", "data.rationales=oracle", "coconut.first_stage=0",
-              "trainer.max_steps=200"]
+CURRICULUM = [
+    "method=coconut",
+    "coconut.curriculum=true",
+    "data.rationales=oracle",
+    "coconut.first_stage=0",
+    "trainer.max_steps=200",
+]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ([*CURRICULUM[:2], "coconut.first_stage=0"], "set data.rationales"),
-    ([*CURRICULUM, "coconut.k=3"], r"max_latent_stage x coconut.c_thought = 2 thoughts.*\(got 3\)"),
-    ([*CURRICULUM, "trainer.max_steps=80"], r"trainer.max_steps=80 ends at stage 1"),
-    ([*CURRICULUM, "coconut.first_stage=1"], "name it in coconut.init_from"),
-    (["method=sft", "coconut.init_from=x"], "warm-starts method=coconut"),
-    (["method=coconut", "coconut.norm=rescale"], "coconut.norm='rescale' is not allowed"),
-    (["method=coconut", "coconut.eps=0"], "coconut.eps=0.0 must be > 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([*CURRICULUM[:2], "coconut.first_stage=0"], "set data.rationales"),
+        ([*CURRICULUM, "coconut.k=3"], r"max_latent_stage x coconut.c_thought = 2 thoughts.*\(got 3\)"),
+        ([*CURRICULUM, "trainer.max_steps=80"], r"trainer.max_steps=80 ends at stage 1"),
+        ([*CURRICULUM, "coconut.first_stage=1"], "name it in coconut.init_from"),
+        (["method=sft", "coconut.init_from=x"], "warm-starts method=coconut"),
+        (["method=coconut", "coconut.norm=rescale"], "coconut.norm='rescale' is not allowed"),
+        (["method=coconut", "coconut.eps=0"], "coconut.eps=0.0 must be > 0"),
+    ],
+)
 def test_bad_coconut_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
@@ -279,6 +320,7 @@ def test_the_curriculum_is_the_one_other_reader_of_data_rationales():
 
 
 # --- warm start and a fit through the stages ------------------------------------------------------
+
 
 class Spy(Callback):
     """After the curriculum's hook: the stage's thoughts, the optimiser state it left, the thoughts
@@ -296,9 +338,19 @@ def test_a_fit_warm_starts_from_cot_and_walks_the_stages(run_config):
     cot_dir = fit(run_config("method=cot", *common, "trainer.max_steps=1", "trainer.val_check_interval=1"))
     cot_weights = torch.load(cot_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
-    cfg = run_config(*coconut_overrides(), *common, "coconut.curriculum=true", f"coconut.init_from={cot_dir.parent}",
-                     "coconut.max_latent_stage=1", "coconut.c_thought=2", "coconut.k=2", "coconut.steps_per_stage=2",
-                     "trainer.max_steps=4", "trainer.val_check_interval=2", "decode.max_new_tokens=4")
+    cfg = run_config(
+        *coconut_overrides(),
+        *common,
+        "coconut.curriculum=true",
+        f"coconut.init_from={cot_dir.parent}",
+        "coconut.max_latent_stage=1",
+        "coconut.c_thought=2",
+        "coconut.k=2",
+        "coconut.steps_per_stage=2",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "decode.max_new_tokens=4",
+    )
     warm = build(cfg)[0]
     for key, value in cot_weights.items():  # every adapter weight the CoT run trained, loaded
         torch.testing.assert_close(warm.state_dict()[key], value, atol=0, rtol=0)
@@ -327,7 +379,8 @@ def test_a_warm_start_needs_a_finished_cot_run_of_this_generator(run_config, tmp
 
     with pytest.raises(ConfigError, match="train the method=cot run first"):
         build_coconut(f"coconut.init_from={tmp_path / 'nothing'}")
-    sft_dir = fit(run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1",
-                             "callbacks.samples=0"))
+    sft_dir = fit(
+        run_config("method=sft", "trainer.max_steps=1", "trainer.val_check_interval=1", "callbacks.samples=0")
+    )
     with pytest.raises(ConfigError, match="must be a method=cot run of this Generator"):
         build_coconut(f"coconut.init_from={sft_dir}")

@@ -4,6 +4,7 @@ from the published code: logits, loss, gradients and greedy tokens, k = 0..3 tho
 without the <|start-latent|>/<|end-latent|> markers, and rows with different numbers of thoughts.
 
 Both run on the same tiny Qwen2 in float64, so the only differences left are summation order."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,6 +29,7 @@ IGNORE = -100
 
 # --- the port -----------------------------------------------------------------------------------
 
+
 def official_sequence(question, answer, thoughts, latent, markers):
     """dataset.py: question [+ start] + latent x k [+ end] + answer; labels only on the answer."""
     head = question + ([markers.start] if markers else []) + [latent] * thoughts + ([markers.end] if markers else [])
@@ -41,11 +43,19 @@ def official_collate(sequences, latent, pad_id):
     rows = []
     for ids, labels in sequences:
         shift = max(firsts) - ids.index(latent) if latent in ids else 0
-        rows.append(([pad_id] * shift + ids, [IGNORE] * shift + labels, [0] * shift + list(range(len(ids))),
-                     [0] * shift + [1] * len(ids)))
+        rows.append(
+            (
+                [pad_id] * shift + ids,
+                [IGNORE] * shift + labels,
+                [0] * shift + list(range(len(ids))),
+                [0] * shift + [1] * len(ids),
+            )
+        )
     width = max(len(ids) for ids, *_ in rows)
-    return [torch.tensor([values + [fill] * (width - len(values)) for values in column])
-            for column, fill in zip(zip(*rows), (pad_id, IGNORE, 0, 0))]
+    return [
+        torch.tensor([values + [fill] * (width - len(values)) for values in column])
+        for column, fill in zip(zip(*rows), (pad_id, IGNORE, 0, 0))
+    ]
 
 
 def official_forward(model, input_ids, attention_mask, labels, position_ids, latent):
@@ -61,9 +71,14 @@ def official_forward(model, input_ids, attention_mask, labels, position_ids, lat
         if cache is not None:  # drop what a previous pass computed past this pass's start
             for layer in cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, :start], layer.values[:, :, :start]
-        out = model(inputs_embeds=embeds[:, start:end], attention_mask=attention_mask[:, :end],
-                    position_ids=position_ids[:, start:end], past_key_values=cache or DynamicCache(),
-                    use_cache=True, output_hidden_states=True)
+        out = model(
+            inputs_embeds=embeds[:, start:end],
+            attention_mask=attention_mask[:, :end],
+            position_ids=position_ids[:, start:end],
+            past_key_values=cache or DynamicCache(),
+            use_cache=True,
+            output_hidden_states=True,
+        )
         logits.append(out.logits)
         if pass_index == passes:
             break
@@ -83,8 +98,9 @@ def official_generate(model, question, thoughts, latent, markers, max_new_tokens
     """coconut.py Coconut.generate (batch 1, greedy, no KV cache after the first forward)."""
     ids, _ = official_sequence(question, [], thoughts, latent, markers)
     ids = torch.tensor([ids])
-    logits, _, embeds = official_forward(model, ids, torch.ones_like(ids), ids.clone(),
-                                         torch.arange(ids.shape[1])[None], latent)
+    logits, _, embeds = official_forward(
+        model, ids, torch.ones_like(ids), ids.clone(), torch.arange(ids.shape[1])[None], latent
+    )
     tokens = [int(logits[0, -1].argmax())]
     for _ in range(max_new_tokens - 1):
         embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[tokens[-1]]]))], dim=1)
@@ -93,6 +109,7 @@ def official_generate(model, question, thoughts, latent, markers, max_new_tokens
 
 
 # --- the comparison -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
@@ -125,8 +142,8 @@ def ours(model, tokenizer, questions, answers, thoughts, markers):
     labels = torch.full_like(ids, IGNORE)
     last = last_prompt_column(mask, prompt_len)
     for row in range(len(ids)):
-        labels[row, last[row] + 1:] = ids[row, last[row] + 1:]
-    scored = [logits[row, last[row]:-1] for row in range(len(ids))]
+        labels[row, last[row] + 1 :] = ids[row, last[row] + 1 :]
+    scored = [logits[row, last[row] : -1] for row in range(len(ids))]
     # response_loss computes in fp32 (as training does); the same mean in float64 for the gradients
     exact = F.cross_entropy(torch.cat(scored), torch.cat([torch.tensor(a) for a in answers]))
     return scored, response_loss(logits, labels)[0], exact
@@ -139,7 +156,7 @@ def theirs(model, tokenizer, questions, answers, thoughts, latent, markers):
     scored = []
     for row, answer in enumerate(answers):
         first_answer = int((labels[row] != IGNORE).nonzero()[0])
-        scored.append(logits[row, first_answer - 1: first_answer - 1 + len(answer)])
+        scored.append(logits[row, first_answer - 1 : first_answer - 1 + len(answer)])
     return scored, loss
 
 
@@ -152,10 +169,12 @@ def test_logits_loss_and_gradients_equal_the_official_forward(model, tokenizer, 
     tokens = special_ids(tokenizer)
     questions, answers = rows_of(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    our_logits, our_loss, our_exact_loss = ours(model, tokenizer, questions, answers, thoughts,
-                                                tokens if markers else None)
-    their_logits, their_loss = theirs(model, tokenizer, questions, answers, thoughts, tokens.latent,
-                                      tokens if markers else None)
+    our_logits, our_loss, our_exact_loss = ours(
+        model, tokenizer, questions, answers, thoughts, tokens if markers else None
+    )
+    their_logits, their_loss = theirs(
+        model, tokenizer, questions, answers, thoughts, tokens.latent, tokens if markers else None
+    )
     for row, (a, b) in enumerate(zip(our_logits, their_logits)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=lambda m: f"row {row}: {m}")
     torch.testing.assert_close(our_loss.double(), their_loss, atol=1e-6, rtol=0)
@@ -176,8 +195,15 @@ def test_greedy_tokens_equal_the_official_generate(model, tokenizer, markers):
     decoded = {}
     for k in range(4):
         coconut = Coconut(model.eval(), k, markers=tokens if markers else None, pad_id=tokenizer.pad_token_id)
-        ours_ = generate(coconut, ids, mask, mask.sum(-1), ["a", "b", "c"],
-                         DecodeConfig(do_sample=False, max_new_tokens=6), eos_ids=-1).tokens
+        ours_ = generate(
+            coconut,
+            ids,
+            mask,
+            mask.sum(-1),
+            ["a", "b", "c"],
+            DecodeConfig(do_sample=False, max_new_tokens=6),
+            eos_ids=-1,
+        ).tokens
         theirs_ = [official_generate(model, q, k, tokens.latent, tokens if markers else None, 6) for q in questions]
         assert ours_ == theirs_, k
         decoded[k] = ours_

@@ -1,6 +1,7 @@
 """decode.compile: a static decoding state computes what the growing one does, a compiled step gives
 eager's greedy tokens in every engine, a failed compile falls back to eager; and bf16 decoding reads
 bf16 copies of the frozen weights, computing autocast's numbers exactly (decoding/precision.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,9 @@ def test_static_state_computes_what_the_growing_state_does(flythinker, tokenizer
         for token in (11, 12, 13):
             tokens = torch.full((3,), token)
             static.reserve_column()
-            torch.testing.assert_close(flythinker.step(static, tokens), flythinker.step(growing, tokens),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                flythinker.step(static, tokens), flythinker.step(growing, tokens), atol=1e-5, rtol=1e-5
+            )
             torch.testing.assert_close(static.latents, growing.latents, atol=1e-5, rtol=1e-5)
         assert static.attention_mask.shape == (3, ids.shape[1] + 3)
         assert torch.equal(static.reasoner_attention_mask, growing.reasoner_attention_mask)
@@ -73,8 +75,10 @@ def test_compiled_step_decodes_eagers_greedy_tokens(flythinker, tokenizer):
     reported on the first decode of a shape only."""
     batch = prompt_batch(tokenizer)
     eager = generate(flythinker, *batch, dataclasses.replace(GREEDY, engine="sequential"), eos_ids=-1)
-    first, again = (generate(flythinker, *batch, dataclasses.replace(GREEDY, engine="sequential", compile=True),
-                             eos_ids=-1) for _ in range(2))
+    first, again = (
+        generate(flythinker, *batch, dataclasses.replace(GREEDY, engine="sequential", compile=True), eos_ids=-1)
+        for _ in range(2)
+    )
     assert first.tokens == again.tokens == eager.tokens
     for prompt, generated in zip(PROMPTS, first.tokens):
         argmax_chain_matches(flythinker, prompt, generated, eos_id=-1)
@@ -86,12 +90,17 @@ def test_compiled_step_decodes_eagers_greedy_tokens(flythinker, tokenizer):
 @pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_every_engine_compiled_decodes_as_eager(flythinker, tokenizer, cfg):
     batch = prompt_batch(tokenizer)
-    for method, engine in [(SFT(flythinker.generator), "sequential"), (flythinker, "sequential"),
-                           (flythinker, "staggered")]:
+    for method, engine in [
+        (SFT(flythinker.generator), "sequential"),
+        (flythinker, "sequential"),
+        (flythinker, "staggered"),
+    ]:
         options = dataclasses.replace(cfg, engine=engine)
         eager = generate(method, *batch, options, eos_ids=tokenizer.eos_token_id).tokens
-        assert generate(method, *batch, dataclasses.replace(options, compile=True),
-                        eos_ids=tokenizer.eos_token_id).tokens == eager, engine
+        assert (
+            generate(method, *batch, dataclasses.replace(options, compile=True), eos_ids=tokenizer.eos_token_id).tokens
+            == eager
+        ), engine
 
 
 @pytest.mark.slow
@@ -111,6 +120,7 @@ def test_a_step_that_cannot_compile_decodes_eagerly_and_says_so(flythinker, toke
     def fails(function, device_type):
         def call(*args):
             raise torch._dynamo.exc.Unsupported("no C++ compiler here")
+
         return call
 
     monkeypatch.setattr(compiled_module, "compiled", fails)
@@ -120,7 +130,8 @@ def test_a_step_that_cannot_compile_decodes_eagerly_and_says_so(flythinker, toke
         result = generate(flythinker, *batch, dataclasses.replace(GREEDY, engine="sequential", compile=True), -1)
     assert result.tokens == generate(flythinker, *batch, dataclasses.replace(GREEDY, engine="sequential"), -1).tokens
     assert [r.getMessage() for r in caplog.records] == [
-        "decode.compile: FlyThinker.step could not be compiled (no C++ compiler here); it decodes eagerly"]  # once
+        "decode.compile: FlyThinker.step could not be compiled (no C++ compiler here); it decodes eagerly"
+    ]  # once
 
 
 def test_compile_setting_is_resolved_and_checked(flythinker, run_config):

@@ -1,4 +1,5 @@
 """Config errors fail fast and say what to change."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,6 @@ from flythinker_pl.models import tiny
 from flythinker_pl.models.backbones import check_same_vocabulary
 
 from helpers import ROOT
-
 
 
 def test_defaults_yaml_and_overrides_compose(tmp_path):
@@ -31,28 +31,40 @@ def test_a_list_of_bases_merges_in_order(tmp_path):
     assert (cfg.data.task, cfg.method, cfg.fusion.lam, cfg.trainer.max_steps) == ("topic_writing", "sft", 0.7, 3)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["fusion.lamda=1"], r"unknown config key 'fusion.lamda'. Valid keys under 'fusion': lam, norm, dims, span, eps"),
-    (["optimiser.lr=1"], r"unknown config key 'optimiser'. Valid keys: seed, method, generator"),
-    (["fusion.lam=high"], r"bad value for 'fusion.lam': Value 'high'"),
-    (["trainer.max_steps=1.5"], r"bad value for 'trainer.max_steps'"),
-    (["fusion.dims=concat"], r"fusion.dims='concat' is not allowed; choose one of pad, linear"),
-    (["reasoner.mode=lora_plus"], r"choose one of frozen, lora, full"),
-    (["method=gpt"], r"choose one of flythinker, sft"),
-    (["fusion.lam=-1"], r"fusion.lam=-1.0 must be >= 0"),
-    (["fusion.eps=0"], r"fusion.eps=0.0 must be > 0"),
-    (["decode.top_p=1.5"], r"decode.top_p=1.5 must be in \(0, 1\]"),
-    (["decode.max_new_tokens=0"], r"decode.max_new_tokens=0 must be >= 1"),
-    (["method=sft", "decode.reasoner_device=cuda:1"], r"needs method=flythinker"),
-    (["reasoner.shared_base=true", "decode.reasoner_device=cuda:1"], r"without reasoner.shared_base"),
-    (["method=sft", "callbacks.lambda_sweep=[0,1]"], r"lambda_sweep rescales a Reasoner's latents"),
-    (["method=sft", "data.rationales=oracle"], r"only method=cot writes and splits one \(got method=sft\)"),
-    (["callbacks.lambda_sweep=[1,-2]"], r"every lambda must be >= 0"),
-    (["method=coconut", "train.gradient_checkpointing=true"], r"passes sharing one KV cache"),
-    (["method=static", "fusion.span=response", "reasoner.shared_base=true"], r"implemented for method=flythinker only \(got static\)"),
-    (["reasoner.shared_base=true", "reasoner.mode=frozen"], r"needs generator.mode=lora and reasoner.mode=lora"),
-    (["reasoner.shared_base=true", "reasoner.mode=lora", "train.gradient_checkpointing=true"], r"recompute the Reasoner's layers"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["fusion.lamda=1"],
+            r"unknown config key 'fusion.lamda'. Valid keys under 'fusion': lam, norm, dims, span, eps",
+        ),
+        (["optimiser.lr=1"], r"unknown config key 'optimiser'. Valid keys: seed, method, generator"),
+        (["fusion.lam=high"], r"bad value for 'fusion.lam': Value 'high'"),
+        (["trainer.max_steps=1.5"], r"bad value for 'trainer.max_steps'"),
+        (["fusion.dims=concat"], r"fusion.dims='concat' is not allowed; choose one of pad, linear"),
+        (["reasoner.mode=lora_plus"], r"choose one of frozen, lora, full"),
+        (["method=gpt"], r"choose one of flythinker, sft"),
+        (["fusion.lam=-1"], r"fusion.lam=-1.0 must be >= 0"),
+        (["fusion.eps=0"], r"fusion.eps=0.0 must be > 0"),
+        (["decode.top_p=1.5"], r"decode.top_p=1.5 must be in \(0, 1\]"),
+        (["decode.max_new_tokens=0"], r"decode.max_new_tokens=0 must be >= 1"),
+        (["method=sft", "decode.reasoner_device=cuda:1"], r"needs method=flythinker"),
+        (["reasoner.shared_base=true", "decode.reasoner_device=cuda:1"], r"without reasoner.shared_base"),
+        (["method=sft", "callbacks.lambda_sweep=[0,1]"], r"lambda_sweep rescales a Reasoner's latents"),
+        (["method=sft", "data.rationales=oracle"], r"only method=cot writes and splits one \(got method=sft\)"),
+        (["callbacks.lambda_sweep=[1,-2]"], r"every lambda must be >= 0"),
+        (["method=coconut", "train.gradient_checkpointing=true"], r"passes sharing one KV cache"),
+        (
+            ["method=static", "fusion.span=response", "reasoner.shared_base=true"],
+            r"implemented for method=flythinker only \(got static\)",
+        ),
+        (["reasoner.shared_base=true", "reasoner.mode=frozen"], r"needs generator.mode=lora and reasoner.mode=lora"),
+        (
+            ["reasoner.shared_base=true", "reasoner.mode=lora", "train.gradient_checkpointing=true"],
+            r"recompute the Reasoner's layers",
+        ),
+    ],
+)
 def test_bad_config_names_the_key_and_the_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
@@ -82,8 +94,9 @@ def test_every_shipped_config_is_valid_and_round_trips(path, tmp_path):
     cfg = load_config(ROOT / path)
     (tmp_path / "saved.yaml").write_text(to_yaml(cfg))  # what a run folder's config.yaml holds
     assert load_config(tmp_path / "saved.yaml") == cfg
-    if path.startswith(("experiments/product_review", "experiments/abstract_generation", "experiments/topic_writing")) \
-            and not path.rpartition("/")[2].startswith("_"):
+    if path.startswith(
+        ("experiments/product_review", "experiments/abstract_generation", "experiments/topic_writing")
+    ) and not path.rpartition("/")[2].startswith("_"):
         task, method_file = path.split("/")[1], path.rpartition("/")[2]
         assert cfg.data.task == task and cfg.logging.experiment == f"{task}_{method_file[:-5]}"
 

@@ -1,4 +1,5 @@
 """The embedded default data set and the minimal encoding path."""
+
 from __future__ import annotations
 
 import filecmp
@@ -41,20 +42,24 @@ def test_records_follow_the_longlamp_product_review_schema(synthetic_dir):
 
 
 def test_user_split_has_disjoint_users_and_temporal_holds_out_the_latest(synthetic_dir):
-    users = {split: {r["reviewerId"] for r in read(synthetic_dir / "product_review_user" / f"{split}.jsonl")}
-             for split in ("train", "val", "test")}
+    users = {
+        split: {r["reviewerId"] for r in read(synthetic_dir / "product_review_user" / f"{split}.jsonl")}
+        for split in ("train", "val", "test")
+    }
     assert users["train"] and users["val"] and users["test"]
     assert not (users["train"] & users["val"] or users["train"] & users["test"] or users["val"] & users["test"])
-    temporal = {split: read(synthetic_dir / "product_review_temporal" / f"{split}.jsonl")
-                for split in ("train", "val", "test")}
+    temporal = {
+        split: read(synthetic_dir / "product_review_temporal" / f"{split}.jsonl") for split in ("train", "val", "test")
+    }
     for test_record in temporal["test"]:
         user = test_record["reviewerId"]
         val_record = next(r for r in temporal["val"] if r["reviewerId"] == user)
         # the latest item is the target; everything before it, including the val target, is its history
         assert val_record["output"] == test_record["profile"][-1]["reviewText"]
         assert len(test_record["profile"]) == len(val_record["profile"]) + 1
-        assert all(r["output"] != test_record["output"]
-                   for r in temporal["train"] + temporal["val"] if r["reviewerId"] == user)
+        assert all(
+            r["output"] != test_record["output"] for r in temporal["train"] + temporal["val"] if r["reviewerId"] == user
+        )
 
 
 def test_preferences_show_in_history_but_not_in_the_query(synthetic_dir):
@@ -80,16 +85,18 @@ def test_users_differ_in_their_latent_preferences(synthetic_dir):
 def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
     record = read(synthetic_dir / "product_review_user" / "train.jsonl")[0]
     latest = record["profile"][-1]
-    expected_message = (f'"{latest["overall"]}" is a rating for the product with description '
-                        f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
-                        f'. Following the given patterns {record["input"]}')
+    expected_message = (
+        f'"{latest["overall"]}" is a rating for the product with description '
+        f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
+        f". Following the given patterns {record['input']}"
+    )
     roomy = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
     example = encode_records([record], [[latest]], roomy, tokenizer)[0]
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     assert prompt == chat_prompt(tokenizer, expected_message, None)
     assert prompt.endswith("<|im_start|>assistant\n")
     assert example["input_ids"][-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(example["input_ids"][example["prompt_len"]:-1]) == record["output"]
+    assert tokenizer.decode(example["input_ids"][example["prompt_len"] : -1]) == record["output"]
 
     tight = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=20)
     short = encode_records([record], [[latest]], tight, tokenizer)[0]

@@ -1,6 +1,7 @@
 """The data side of the baselines: profile_mask (which prompt tokens render the user's history),
 chain-of-thought targets (data.rationales: JSON lines or the synthetic oracle), and prompts
 without any history for nonpers."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,23 @@ from flythinker_pl.config import DataConfig
 from flythinker_pl.data.batching import collate
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
 from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, tokens_and_span_masks, truncate
-from flythinker_pl.data.prompts import (RATIONALE_PREFIX, RESPONSE_MARKER, SEPARATOR, SUFFIX, chat_prompt,
-                                        render_profile_item, split_rationale, user_message, with_rationale)
+from flythinker_pl.data.prompts import (
+    RATIONALE_PREFIX,
+    RESPONSE_MARKER,
+    SEPARATOR,
+    SUFFIX,
+    chat_prompt,
+    render_profile_item,
+    split_rationale,
+    user_message,
+    with_rationale,
+)
 from flythinker_pl.data.rationales import RationaleFileError, load_rationales, read_rationale_file
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve
 from flythinker_pl.data.schema import DataError, RecordError
 
 from helpers import CONFIGS, ROOMY, fixture_cfg, PythonTokenizer, synthetic_cfg
-
 
 
 def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
@@ -34,8 +43,9 @@ def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
 
 def previous_encoding(record: dict, cfg: DataConfig, tokenizer) -> list[int]:
     """The ids as encoded before profile_mask existed: prompt string tokenised, then the target."""
-    message = user_message(cfg.task, history_of(record, cfg, tokenizer),
-                           truncate(tokenizer, record["input"], cfg.input_tokens))
+    message = user_message(
+        cfg.task, history_of(record, cfg, tokenizer), truncate(tokenizer, record["input"], cfg.input_tokens)
+    )
     target = token_ids(tokenizer, record["output"])
     target = target[: cfg.target_tokens] if len(target) > cfg.target_tokens else target + [tokenizer.eos_token_id]
     return token_ids(tokenizer, chat_prompt(tokenizer, message, cfg.system_prompt)) + target
@@ -48,7 +58,7 @@ def marked_text(example: dict, tokenizer) -> str:
 def assert_marks_the_history(example: dict, history_text: str, tokenizer, quoted_elsewhere: bool = False) -> None:
     mask = example["profile_mask"]
     assert mask.dtype == np.int8 and len(mask) == len(example["input_ids"])
-    assert not mask[example["prompt_len"]:].any()  # never on the target
+    assert not mask[example["prompt_len"] :].any()  # never on the target
     if not history_text:
         assert not mask.any()
         return
@@ -76,10 +86,12 @@ def test_profile_mask_marks_exactly_the_history_and_leaves_the_ids_unchanged(tok
 
 @pytest.mark.parametrize("template", ["chat", "plain"])
 def test_profile_mask_finds_the_user_turn_even_when_the_system_prompt_quotes_the_history(
-        tokenizer, synthetic_dir, template):
+    tokenizer, synthetic_dir, template
+):
     if template == "plain":
-        tokenizer = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>")
+        tokenizer = tokenizer.__class__(
+            tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        )
     cfg = synthetic_cfg(synthetic_dir, k=2, **ROOMY)
     for record in load_split(cfg, "val").records[:5]:
         history_text = history_of(record, cfg, tokenizer)
@@ -116,7 +128,9 @@ def test_an_empty_span_marks_nothing(tokenizer):
 def test_span_ends_on_characters_no_token_covers_fall_back_to_offsets():
     backend = Tokenizer(models.WordLevel({"the": 0, "sound": 1, "is": 2, "lovely": 3, "[UNK]": 4}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()  # spaces belong to no token
-    ids, mask = tokens_and_span_masks(PreTrainedTokenizerFast(tokenizer_object=backend), ["the sound is lovely"], [(3, 13)])[0]
+    ids, mask = tokens_and_span_masks(
+        PreTrainedTokenizerFast(tokenizer_object=backend), ["the sound is lovely"], [(3, 13)]
+    )[0]
     assert ids == [0, 1, 2, 3] and mask.tolist() == [0, 1, 1, 0]
 
 
@@ -124,8 +138,9 @@ def test_collate_left_pads_the_profile_mask_like_the_ids(tokenizer, synthetic_di
     cfg = synthetic_cfg(synthetic_dir, k=2, profile_tokens=40, input_tokens=30, target_tokens=20)
     records = load_split(cfg, "train").records[:3]
     examples = [prepare_record(r, cfg, tokenizer) for r in records]
-    examples[1] = prepare_record(records[1], synthetic_cfg(synthetic_dir, retriever="none", target_tokens=5),
-                                 tokenizer)  # shorter, with no history
+    examples[1] = prepare_record(
+        records[1], synthetic_cfg(synthetic_dir, retriever="none", target_tokens=5), tokenizer
+    )  # shorter, with no history
     batch = collate(examples, pad_id=tokenizer.pad_token_id)
     assert batch["profile_mask"].dtype == batch["input_ids"].dtype
     assert batch["profile_mask"].shape == batch["input_ids"].shape
@@ -134,8 +149,9 @@ def test_collate_left_pads_the_profile_mask_like_the_ids(tokenizer, synthetic_di
         assert batch["profile_mask"][row, :start].sum() == 0
         assert batch["profile_mask"][row, start:].tolist() == example["profile_mask"].tolist()
     assert batch["profile_mask"][1].sum() == 0 and batch["profile_mask"][0].sum() > 0
-    assert "profile_mask" not in collate([{k: v for k, v in e.items() if k != "profile_mask"} for e in examples],
-                                         pad_id=tokenizer.pad_token_id)  # hand-built examples: no mask, not zeros
+    assert "profile_mask" not in collate(
+        [{k: v for k, v in e.items() if k != "profile_mask"} for e in examples], pad_id=tokenizer.pad_token_id
+    )  # hand-built examples: no mask, not zeros
 
 
 def test_nonpers_prompts_show_no_profile_text_and_rag_prompts_do(run_config, tokenizer):
@@ -162,15 +178,23 @@ def test_nonpers_prompts_show_no_profile_text_and_rag_prompts_do(run_config, tok
     assert shown["rag"] == shown["sft"] > 0 == shown["nonpers"]
 
 
-RATIONALE = ("The user opens with a story, praises the sound first and always ends with a short sign-off; "
-             "expect warm words about the build and a grumble about the price.")
+RATIONALE = (
+    "The user opens with a story, praises the sound first and always ends with a short sign-off; "
+    "expect warm words about the build and a grumble about the price."
+)
 
 
 @pytest.mark.parametrize("rationale_tokens,target_tokens", [(10_000, 10_000), (12, 25)])
-def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer, synthetic_dir,
-                                                                      rationale_tokens, target_tokens):
-    cfg = synthetic_cfg(synthetic_dir, profile_tokens=200, input_tokens=200, target_tokens=target_tokens,
-                        rationale_tokens=rationale_tokens)
+def test_cot_targets_are_rationale_marker_output_within_their_budgets(
+    tokenizer, synthetic_dir, rationale_tokens, target_tokens
+):
+    cfg = synthetic_cfg(
+        synthetic_dir,
+        profile_tokens=200,
+        input_tokens=200,
+        target_tokens=target_tokens,
+        rationale_tokens=rationale_tokens,
+    )
     record = load_split(cfg, "train").records[0]
     plain = encode_records([record], [record["profile"][:1]], cfg, tokenizer)[0]
     cot = encode_records([record], [record["profile"][:1]], cfg, tokenizer, [RATIONALE])[0]
@@ -181,9 +205,9 @@ def test_cot_targets_are_rationale_marker_output_within_their_budgets(tokenizer,
     kept_rationale = truncate(tokenizer, RATIONALE, rationale_tokens)
     assert len(token_ids(tokenizer, kept_rationale)) <= rationale_tokens
     assert cot["cut"]["rationale"] == (kept_rationale != RATIONALE) == (rationale_tokens < 100)
-    target = cot["input_ids"][cot["prompt_len"]:].tolist()
-    plain_target = plain["input_ids"][plain["prompt_len"]:].tolist()
-    assert target[-len(plain_target):] == plain_target  # the output keeps its own budget (and EOS rule)
+    target = cot["input_ids"][cot["prompt_len"] :].tolist()
+    plain_target = plain["input_ids"][plain["prompt_len"] :].tolist()
+    assert target[-len(plain_target) :] == plain_target  # the output keeps its own budget (and EOS rule)
     output_cut = plain["target_tokens"] > target_tokens
     assert len(plain_target) == (target_tokens if output_cut else plain["target_tokens"] + 1)  # + EOS
     assert cot["cut"]["target"] == output_cut == (target_tokens < 100)
@@ -240,17 +264,21 @@ def test_oracle_needs_the_synthetic_users_file():
 
 
 def test_the_datamodule_puts_rationales_in_training_and_evaluation_targets_only(synthetic_dir, tokenizer):
-    plain, cot = (PersonalisationDataModule(synthetic_cfg(synthetic_dir, rationales=r, **ROOMY), tokenizer)
-                  for r in ("", "oracle"))
+    plain, cot = (
+        PersonalisationDataModule(synthetic_cfg(synthetic_dir, rationales=r, **ROOMY), tokenizer)
+        for r in ("", "oracle")
+    )
     for datamodule in (plain, cot):
         datamodule.setup()
     prefix = token_ids(tokenizer, RATIONALE_PREFIX)
     for split in SPLITS:
         assert [e["id"] for e in cot.examples[split]] == [e["id"] for e in plain.examples[split]]
         for with_cot, without in zip(cot.examples[split], plain.examples[split]):
-            assert with_cot["input_ids"][: with_cot["prompt_len"]].tolist() == \
-                without["input_ids"][: without["prompt_len"]].tolist()  # decoding reads the same prompt
-            target = with_cot["input_ids"][with_cot["prompt_len"]:].tolist()
+            assert (
+                with_cot["input_ids"][: with_cot["prompt_len"]].tolist()
+                == without["input_ids"][: without["prompt_len"]].tolist()
+            )  # decoding reads the same prompt
+            target = with_cot["input_ids"][with_cot["prompt_len"] :].tolist()
             assert target[: len(prefix)] == prefix and with_cot["reference"] == without["reference"]
             assert RESPONSE_MARKER in tokenizer.decode(target)
 
@@ -263,15 +291,18 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 GOOD_LINE = json.dumps({"id": "a", "rationale": "fine"})
 
 
-@pytest.mark.parametrize("bad_line,field,detail", [
-    ('{"id": "b", "rationale": "cut', "(line)", "not valid UTF-8 JSON"),
-    ('["b", "why"]', "(line)", "expected a JSON object, got list"),
-    ('{"rationale": "why"}', "id", "missing or null"),
-    ('{"id": true, "rationale": "why"}', "id", "expected str or int, got bool"),
-    ('{"id": "b", "rationale": 3}', "rationale", "expected str, got int"),
-    ('{"id": "b", "rationale": "  "}', "rationale", "empty or whitespace only"),
-    ('{"id": "a", "rationale": "again"}', "id", "duplicate id 'a' (first on line 1)"),
-])
+@pytest.mark.parametrize(
+    "bad_line,field,detail",
+    [
+        ('{"id": "b", "rationale": "cut', "(line)", "not valid UTF-8 JSON"),
+        ('["b", "why"]', "(line)", "expected a JSON object, got list"),
+        ('{"rationale": "why"}', "id", "missing or null"),
+        ('{"id": true, "rationale": "why"}', "id", "expected str or int, got bool"),
+        ('{"id": "b", "rationale": 3}', "rationale", "expected str, got int"),
+        ('{"id": "b", "rationale": "  "}', "rationale", "empty or whitespace only"),
+        ('{"id": "a", "rationale": "again"}', "id", "duplicate id 'a' (first on line 1)"),
+    ],
+)
 def test_a_bad_rationale_line_names_file_line_and_field(tmp_path, bad_line, field, detail):
     path = write_lines(tmp_path / "rationales.jsonl", [GOOD_LINE, "", bad_line])
     with pytest.raises(RationaleFileError) as caught:
@@ -293,8 +324,11 @@ def split_files(tmp_path, synthetic_dir) -> dict:
     folder = synthetic_dir / "product_review_user"
     train = (folder / "train.jsonl").read_text().splitlines()
     write_lines(tmp_path / "train.jsonl", ["{not json"] + train)
-    return {"train": str(tmp_path / "train.jsonl"), "val": str(folder / "val.jsonl"),
-            "test": str(folder / "test.jsonl")}
+    return {
+        "train": str(tmp_path / "train.jsonl"),
+        "val": str(folder / "val.jsonl"),
+        "test": str(folder / "test.jsonl"),
+    }
 
 
 def rationale_file_without(path: Path, split_files: dict, missing_id: str) -> Path:
@@ -310,8 +344,12 @@ def test_a_training_record_without_a_rationale_is_an_error_naming_file_and_id(tm
     with pytest.raises(RecordError) as caught:
         PersonalisationDataModule(cfg, tokenizer).setup("fit")
     error = caught.value
-    assert (error.record_id, error.field, error.reason, error.index) == (train_ids[2], "rationale",
-                                                                          "missing_rationale", 2)
+    assert (error.record_id, error.field, error.reason, error.index) == (
+        train_ids[2],
+        "rationale",
+        "missing_rationale",
+        2,
+    )
     assert cfg.files["train"] in str(error) and str(path) in str(error)
 
 
@@ -330,7 +368,8 @@ def test_skip_counts_records_without_a_rationale_and_evaluation_keeps_them(tmp_p
         assert len(datamodule.examples[split]) == len(load_split(cfg, split).records)
         assert datamodule.skip_reports[split].to_dict()["skipped"] == 0
         example = datamodule.examples[split][0]
-        assert example["input_ids"][example["prompt_len"]:].tolist() == \
-            token_ids(tokenizer, example["reference"]) + [tokenizer.eos_token_id]
+        assert example["input_ids"][example["prompt_len"] :].tolist() == token_ids(tokenizer, example["reference"]) + [
+            tokenizer.eos_token_id
+        ]
     written = json.loads(datamodule.write_skip_report(tmp_path / "run").read_text())
     assert written["train"]["reasons"]["missing_rationale"] == 1

@@ -1,5 +1,6 @@
 """DecodeCache appends in place yet holds exactly what DynamicCache holds, through growth, crop and
 batch selection; decoding with it is covered by every engine's parity test (test_decoding.py)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Decoding computes the teacher-forced function: greedy == argmax chain in every engine, sampling
 is per sample (batch- and engine-independent), lambda = 0 decodes as SFT."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,9 +21,11 @@ SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, top_k=50, max
 
 def methods(make_flythinker, shared_model):
     flythinker = make_flythinker(32, 64, lam=LAM)
-    return {"sft": (SFT(flythinker.generator), ["sequential"]),
-            "flythinker": (flythinker, ["sequential", "staggered"]),
-            "shared": (shared_model, ["sequential", "shared"])}
+    return {
+        "sft": (SFT(flythinker.generator), ["sequential"]),
+        "flythinker": (flythinker, ["sequential", "staggered"]),
+        "shared": (shared_model, ["sequential", "shared"]),
+    }
 
 
 def pick_mid_batch_eos(method, tokenizer):
@@ -42,8 +45,7 @@ def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_flythink
     ids, mask, prompt_len, sample_ids = prompt_batch(tokenizer)
     outputs = {}
     for engine in engines:
-        result = generate(method, ids, mask, prompt_len, sample_ids, dataclasses.replace(GREEDY, engine=engine),
-                          eos_id)
+        result = generate(method, ids, mask, prompt_len, sample_ids, dataclasses.replace(GREEDY, engine=engine), eos_id)
         outputs[engine] = result.tokens
         lengths = [len(t) for t in result.tokens]
         assert min(lengths) < GREEDY.max_new_tokens - 2 and max(lengths) == GREEDY.max_new_tokens  # EOS mid-batch
@@ -52,8 +54,10 @@ def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_flythink
             argmax_chain_matches(method, prompt, generated, eos_id)
     assert all(tokens == outputs[engines[0]] for tokens in outputs.values())
     # any of several stop ids ends a row (Qwen2.5-Instruct stops on <|im_end|> and <|endoftext|>)
-    assert generate(method, ids, mask, prompt_len, sample_ids, GREEDY, [tokenizer.pad_token_id, eos_id]).tokens \
+    assert (
+        generate(method, ids, mask, prompt_len, sample_ids, GREEDY, [tokenizer.pad_token_id, eos_id]).tokens
         == outputs[engines[0]]
+    )
     if name != "sft":  # the latents matter, so a wrongly timed latent could not pass unnoticed
         method.fusion.cfg.lam = 0.0
         assert generate(method, ids, mask, prompt_len, sample_ids, GREEDY, eos_id).tokens != outputs[engines[0]]
@@ -66,13 +70,21 @@ def test_sampling_is_identical_across_engines_and_batch_orders(make_flythinker, 
     for engine in engines:
         for order in [(0, 1, 2), (2, 0, 1)]:
             ids, mask, prompt_len, sample_ids = prompt_batch(tokenizer, order)
-            tokens = generate(method, ids, mask, prompt_len, sample_ids, dataclasses.replace(SAMPLED, engine=engine),
-                              eos_ids=tokenizer.eos_token_id).tokens
+            tokens = generate(
+                method,
+                ids,
+                mask,
+                prompt_len,
+                sample_ids,
+                dataclasses.replace(SAMPLED, engine=engine),
+                eos_ids=tokenizer.eos_token_id,
+            ).tokens
             by_id = dict(zip(sample_ids, tokens))
             reference = reference or by_id
             assert by_id == reference, (engine, order)
-    other_seed = generate(method, *prompt_batch(tokenizer), dataclasses.replace(SAMPLED, seed=8),
-                          eos_ids=tokenizer.eos_token_id).tokens
+    other_seed = generate(
+        method, *prompt_batch(tokenizer), dataclasses.replace(SAMPLED, seed=8), eos_ids=tokenizer.eos_token_id
+    ).tokens
     assert dict(zip(IDS, other_seed)) != reference  # the seed matters
 
 
@@ -80,8 +92,10 @@ def test_lambda_zero_flythinker_decodes_as_sft(make_flythinker, tokenizer):
     flythinker = make_flythinker(lam=0.0)
     batch = prompt_batch(tokenizer)
     for cfg in (GREEDY, SAMPLED):
-        assert (generate(flythinker, *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens
-                == generate(SFT(flythinker.generator), *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens)
+        assert (
+            generate(flythinker, *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens
+            == generate(SFT(flythinker.generator), *batch, cfg, eos_ids=tokenizer.eos_token_id).tokens
+        )
 
 
 def test_shared_base_holds_one_base_model_plus_adapters(shared_model):
@@ -117,17 +131,31 @@ def test_sampler_filters_and_penalties():
     prompt = torch.tensor([[1]])
 
     def draw(cfg, step=0):
-        return int(Sampler(cfg, ["x"], prompt, torch.ones_like(prompt), eos_ids=[4], vocab_size=5)(logits.clone(), step))
+        return int(
+            Sampler(cfg, ["x"], prompt, torch.ones_like(prompt), eos_ids=[4], vocab_size=5)(logits.clone(), step)
+        )
 
     assert draw(DecodeConfig(do_sample=False)) == 4
     assert draw(DecodeConfig(top_k=1)) == 4 and draw(DecodeConfig(top_p=0.01)) == 4
     assert draw(DecodeConfig(do_sample=False, min_new_tokens=1)) == 0  # EOS (4) blocked at step 0
     assert draw(DecodeConfig(do_sample=False, min_new_tokens=1), step=1) == 4
-    penalised = Sampler(DecodeConfig(do_sample=False, repetition_penalty=3.0), ["x"], torch.tensor([[0, 4]]),
-                        torch.tensor([[1, 1]]), eos_ids=[99], vocab_size=5)
+    penalised = Sampler(
+        DecodeConfig(do_sample=False, repetition_penalty=3.0),
+        ["x"],
+        torch.tensor([[0, 4]]),
+        torch.tensor([[1, 1]]),
+        eos_ids=[99],
+        vocab_size=5,
+    )
     assert int(penalised(logits.clone(), 0)) == 1  # 3.0 -> 1.0 and 2.0 -> 0.67: token 1 wins
-    padded = Sampler(DecodeConfig(do_sample=False, repetition_penalty=3.0), ["x"], torch.tensor([[4, 0]]),
-                     torch.tensor([[0, 1]]), eos_ids=[99], vocab_size=5)
+    padded = Sampler(
+        DecodeConfig(do_sample=False, repetition_penalty=3.0),
+        ["x"],
+        torch.tensor([[4, 0]]),
+        torch.tensor([[0, 1]]),
+        eos_ids=[99],
+        vocab_size=5,
+    )
     assert int(padded(logits.clone(), 0)) == 4  # a pad position (mask 0) is not "seen"
     with pytest.raises(ValueError, match="temperature must be > 0"):
         draw(DecodeConfig(temperature=0.0))

@@ -1,6 +1,7 @@
 """Copies between devices (models/devices.py), checked without a GPU: which copies may be
 asynchronous, when a copy to the CPU is waited for, and that the package copies through them.
 Also: generate() refuses max_new_tokens=0 with a clear error."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ from flythinker_pl.models import devices
 from flythinker_pl.models.devices import AsyncCopy, to_device
 
 from helpers import left_padded
-
 
 
 class FakeTensor:
@@ -48,10 +48,16 @@ def fake_cuda(monkeypatch):
     return log
 
 
-@pytest.mark.parametrize("source, target, non_blocking", [
-    ("cpu", "cuda", True), ("cpu", "cuda:1", True), ("cuda:0", "cuda:1", True),  # queued before any reader
-    ("cuda:0", "cpu", False), ("cuda:1", "cpu", False),  # the CPU reads at once: wait for the copy
-])
+@pytest.mark.parametrize(
+    "source, target, non_blocking",
+    [
+        ("cpu", "cuda", True),
+        ("cpu", "cuda:1", True),
+        ("cuda:0", "cuda:1", True),  # queued before any reader
+        ("cuda:0", "cpu", False),
+        ("cuda:1", "cpu", False),  # the CPU reads at once: wait for the copy
+    ],
+)
 def test_to_device_is_asynchronous_only_towards_cuda(source, target, non_blocking):
     log = []
     copied = to_device(FakeTensor(source, log), target)
@@ -87,13 +93,15 @@ def test_async_copy_elsewhere_is_to_device_with_no_event(fake_cuda, source, targ
 
 def test_the_package_copies_asynchronously_only_through_the_helper():
     package = Path(flythinker_pl.__file__).parent
-    offenders = [str(path.relative_to(package)) for path in package.rglob("*.py")
-                 if "non_blocking=True" in path.read_text() and path != Path(devices.__file__)]
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "non_blocking=True" in path.read_text() and path != Path(devices.__file__)
+    ]
     assert offenders == []
 
 
-def test_staggered_cpu_reasoner_copies_its_inputs_before_the_generator_step(make_flythinker, tokenizer,
-                                                                          monkeypatch):
+def test_staggered_cpu_reasoner_copies_its_inputs_before_the_generator_step(make_flythinker, tokenizer, monkeypatch):
     """The branch a GPU Generator with a CPU Reasoner takes (forced here on CPU): the Reasoner's
     inputs are copied (AsyncCopy) before the Generator's step is queued and waited for after it,
     and the tokens equal sequential decoding's."""

@@ -1,6 +1,7 @@
 """Fast data preparation (retrieval.BM25Corpus, encode.encode_records) gives exactly what the plain
 per-record path gave: BM25 scores and picks equal rank-bm25's BM25Okapi, and prepared examples equal
 a reference copy of the previous encoder, on every LongLaMP fixture and on 2,000 synthetic records."""
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,14 @@ from rank_bm25 import BM25Okapi
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data import synthetic
 from flythinker_pl.data.datamodule import load_split, prepare_record, prepare_records
-from flythinker_pl.data.prompts import (_MESSAGE_SLOT, chat_prompt, history, render_profile_item, user_message,
-                                        with_rationale)
+from flythinker_pl.data.prompts import (
+    _MESSAGE_SLOT,
+    chat_prompt,
+    history,
+    render_profile_item,
+    user_message,
+    with_rationale,
+)
 from flythinker_pl.data.rationales import rationale_steps, rationales_for_split
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import BM25Corpus, bm25_document, bm25_query
@@ -24,8 +31,8 @@ from flythinker_pl.models import tiny
 from helpers import CONFIGS, fixture_cfg, PythonTokenizer
 
 
-
 # --- the reference: the per-record path as it was before encode_records (rank-bm25, one record at a time)
+
 
 def reference_retrieve(record: dict, cfg: DataConfig) -> list[int]:
     profile = record["profile"]
@@ -78,30 +85,34 @@ def _tokens_and_span_mask(tokenizer, text: str, span: tuple[int, int]) -> tuple[
         ids = _ids(tokenizer, text)
         mask = np.zeros(len(ids), dtype=np.int8)
         if end > start:
-            mask[len(_ids(tokenizer, text[:start])): len(_ids(tokenizer, text[:end]))] = 1
+            mask[len(_ids(tokenizer, text[:start])) : len(_ids(tokenizer, text[:end]))] = 1
         return ids, mask
     encoding = tokenizer(text, add_special_tokens=False)
     mask = np.zeros(len(encoding["input_ids"]), dtype=np.int8)
     if end > start:
         first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
         if first is None or last is None:
-            offsets = np.asarray(tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                                 ["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+            offsets = np.asarray(
+                tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"], dtype=np.int64
+            ).reshape(-1, 2)
             mask[(offsets[:, 0] < end) & (offsets[:, 1] > start)] = 1
         else:
-            mask[first: last + 1] = 1
+            mask[first : last + 1] = 1
     return encoding["input_ids"], mask
 
 
-def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer,
-                     rationale: Optional[str] = None) -> dict:
+def reference_encode(
+    record: dict, items: list[dict], cfg: DataConfig, tokenizer, rationale: Optional[str] = None
+) -> dict:
     history_text, kept, profile_cut = _fit_history(
-        tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens)
+        tokenizer, [render_profile_item(cfg.task, item) for item in items], cfg.profile_tokens
+    )
     query = _truncate(tokenizer, record["input"], cfg.input_tokens)
     message = user_message(cfg.task, history_text, query)
     prompt = chat_prompt(tokenizer, message, cfg.system_prompt)
     prompt_ids, prompt_profile_mask = _tokens_and_span_mask(
-        tokenizer, prompt, _history_span(prompt, message, history_text, tokenizer, cfg.system_prompt))
+        tokenizer, prompt, _history_span(prompt, message, history_text, tokenizer, cfg.system_prompt)
+    )
     target_ids = _ids(tokenizer, record["output"])
     target_cut = len(target_ids) > cfg.target_tokens
     response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
@@ -113,15 +124,25 @@ def reference_encode(record: dict, items: list[dict], cfg: DataConfig, tokenizer
         rationale_part = _ids(tokenizer, with_rationale(kept_rationale))
         response = rationale_part + response
         steps = [_ids(tokenizer, step) for step in rationale_steps(kept_rationale)]
-        reasoning = {"rationale_len": len(rationale_part),
-                     "step_ids": np.asarray([token for step in steps for token in step], dtype=np.int32),
-                     "step_lengths": np.asarray(list(map(len, steps)), dtype=np.int32)}
+        reasoning = {
+            "rationale_len": len(rationale_part),
+            "step_ids": np.asarray([token for step in steps for token in step], dtype=np.int32),
+            "step_lengths": np.asarray(list(map(len, steps)), dtype=np.int32),
+        }
     input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
     profile_mask = np.zeros(len(input_ids), dtype=np.int8)
     profile_mask[: len(prompt_ids)] = prompt_profile_mask
-    return {"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
-            "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
-            "target_tokens": len(target_ids), "cut": cut, **reasoning}
+    return {
+        "id": record["id"],
+        "input_ids": input_ids,
+        "profile_mask": profile_mask,
+        "prompt_len": len(prompt_ids),
+        "reference": record["output"],
+        "items_shown": kept,
+        "target_tokens": len(target_ids),
+        "cut": cut,
+        **reasoning,
+    }
 
 
 def reference_prepare(record: dict, cfg: DataConfig, tokenizer, rationale: Optional[str] = None) -> dict:
@@ -142,6 +163,7 @@ def assert_same_examples(examples: list[dict], expected: list[dict]) -> None:
 
 
 # --- BM25
+
 
 def assert_bm25_equal(corpus: BM25Corpus, query: str, documents: list[str], k: int) -> None:
     if not any(d.split() for d in documents):
@@ -177,10 +199,17 @@ def test_bm25_equals_rank_bm25_with_ties_empty_documents_and_repeated_terms():
 
 # --- prepared examples
 
+
 @pytest.mark.parametrize("task,setting", CONFIGS)
-@pytest.mark.parametrize("budgets", [dict(k=1), dict(k=4, system_prompt="You write like the user."),
-                                     dict(k=3, profile_tokens=30, input_tokens=12, target_tokens=8),
-                                     dict(k=2, profile_tokens=1, input_tokens=0, target_tokens=0)])
+@pytest.mark.parametrize(
+    "budgets",
+    [
+        dict(k=1),
+        dict(k=4, system_prompt="You write like the user."),
+        dict(k=3, profile_tokens=30, input_tokens=12, target_tokens=8),
+        dict(k=2, profile_tokens=1, input_tokens=0, target_tokens=0),
+    ],
+)
 def test_prepared_examples_equal_the_reference_on_every_fixture(tokenizer, task, setting, budgets):
     cfg = fixture_cfg(task, setting, **budgets)
     for split in SPLITS:
@@ -210,8 +239,9 @@ def synthetic_2000(tmp_path_factory):
     return cfg, tiny.train_tokenizer([r["output"] for r in load_split(cfg, "val").records])
 
 
-@pytest.mark.parametrize("budgets", [dict(), dict(k=3, profile_tokens=400, input_tokens=40, target_tokens=100,
-                                                  rationale_tokens=20)])
+@pytest.mark.parametrize(
+    "budgets", [dict(), dict(k=3, profile_tokens=400, input_tokens=40, target_tokens=100, rationale_tokens=20)]
+)
 def test_prepared_examples_equal_the_reference_on_2000_synthetic_records(synthetic_2000, budgets):
     base, tokenizer = synthetic_2000
     cfg = replace(base, **budgets)
@@ -233,8 +263,11 @@ def test_prepared_examples_equal_the_reference_on_2000_synthetic_records(synthet
 
 def test_a_backend_set_to_truncate_is_called_through_the_tokenizer(tokenizer):
     """The Rust backend is called directly only where it gives what the tokenizer's call gives."""
-    truncating = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(
-        tokenizer.backend_tokenizer.to_str()), eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+    truncating = tokenizer.__class__(
+        tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str()),
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+    )
     truncating.chat_template = tokenizer.chat_template
     truncating.backend_tokenizer.enable_truncation(8)
     cfg = fixture_cfg("abstract_generation", k=2)

@@ -1,6 +1,7 @@
 """LongLaMP-exact scoring: METEOR's tokens with the trained English punkt model, empty predictions
 counted (kept and scored 0 by default, dropped by LongLaMP's rule under eval.empty=drop), and
 BERTScore through bert-score on a tiny BERT built here."""
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,19 @@ from flythinker_pl.evaluation.predictions import evaluate_predictions
 from flythinker_pl.evaluation.segments import position_scores
 from flythinker_pl.lit.evaluate import evaluate_run, summary_table
 
-needs_meteor = pytest.mark.skipif(metrics.meteor_unavailable_reason() is not None,
-                                  reason=f"METEOR unavailable: {metrics.meteor_unavailable_reason()}")
+needs_meteor = pytest.mark.skipif(
+    metrics.meteor_unavailable_reason() is not None, reason=f"METEOR unavailable: {metrics.meteor_unavailable_reason()}"
+)
 
 ABBREVIATIONS = "Mr. Smith bought it on Jan. 5, 2024. He said it was loud. Dr. Jones agreed at 3 p.m. today."
-TEXTS = [ABBREVIATIONS, "It's loud. Really, it is!", "The U.S. office opened in Sept. last year. St. Louis too.",
-         "No abbreviation here. Two sentences.", "  spaced   out text .  ", "e.g. this, i.e. that; etc. and so on."]
+TEXTS = [
+    ABBREVIATIONS,
+    "It's loud. Really, it is!",
+    "The U.S. office opened in Sept. last year. St. Louis too.",
+    "No abbreviation here. Two sentences.",
+    "  spaced   out text .  ",
+    "e.g. this, i.e. that; etc. and so on.",
+]
 
 
 @pytest.fixture
@@ -46,8 +54,11 @@ def nltk_punkt_tab(tmp_path, monkeypatch):
 def test_word_tokens_keep_abbreviations_whole():
     tokens = metrics.word_tokens(ABBREVIATIONS)
     assert tokens[:7] == ["Mr.", "Smith", "bought", "it", "on", "Jan.", "5"] and "Dr." in tokens
-    untrained = [word for sentence in PunktSentenceTokenizer().tokenize(ABBREVIATIONS)
-                 for word in nltk.tokenize.NLTKWordTokenizer().tokenize(sentence)]
+    untrained = [
+        word
+        for sentence in PunktSentenceTokenizer().tokenize(ABBREVIATIONS)
+        for word in nltk.tokenize.NLTKWordTokenizer().tokenize(sentence)
+    ]
     assert untrained[:3] == ["Mr", ".", "Smith"]  # what the untrained model did
 
 
@@ -77,11 +88,22 @@ def test_meteor_reproduces_nltks_documented_example():
     assert round(float(metrics.meteor([hypothesis], [reference])[0]), 4) == 0.6944
 
 
-PREDICTIONS = ["", "  Mr. Smith liked the blender. It is loud.  ", "The battery lasts two days.", "   ",
-               "Jan. was cold, said Mr. Jones.", "The screen is bright enough to read outside."]
-REFERENCES = ["A reference nobody answered.", "Mr. Smith said the blender is very loud.", "",
-              "A reference answered with spaces.", "In Jan. it was cold and wet, Mr. Jones said.",
-              "The screen is bright, even outside in the sun."]
+PREDICTIONS = [
+    "",
+    "  Mr. Smith liked the blender. It is loud.  ",
+    "The battery lasts two days.",
+    "   ",
+    "Jan. was cold, said Mr. Jones.",
+    "The screen is bright enough to read outside.",
+]
+REFERENCES = [
+    "A reference nobody answered.",
+    "Mr. Smith said the blender is very loud.",
+    "",
+    "A reference answered with spaces.",
+    "In Jan. it was cold and wet, Mr. Jones said.",
+    "The screen is bright, even outside in the sun.",
+]
 
 
 def test_empty_predictions_are_counted_and_kept_by_default():
@@ -97,13 +119,19 @@ def longlamp_scores(predictions, references, word_tokenize) -> dict:
     """LongLaMP's generation_metrics.py, written from its description: leave out the rows whose
     prediction or reference is empty, strip the rest, then sacrebleu, rouge-score (no stemmer;
     the plain mean) and nltk's METEOR on nltk.word_tokenize tokens."""
-    kept = [(prediction.strip(), reference.strip()) for prediction, reference in zip(predictions, references)
-            if len(prediction) > 0 and len(reference) > 0]
+    kept = [
+        (prediction.strip(), reference.strip())
+        for prediction, reference in zip(predictions, references)
+        if len(prediction) > 0 and len(reference) > 0
+    ]
     predictions, references = [p for p, _ in kept], [r for _, r in kept]
     rouge = [rouge_scorer.RougeScorer(["rouge1", "rougeL"]).score(r, p) for p, r in kept]
-    scores = {"count": len(kept), "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-              "rouge1": np.mean([score["rouge1"].fmeasure for score in rouge]),
-              "rougeL": np.mean([score["rougeL"].fmeasure for score in rouge])}
+    scores = {
+        "count": len(kept),
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "rouge1": np.mean([score["rouge1"].fmeasure for score in rouge]),
+        "rougeL": np.mean([score["rougeL"].fmeasure for score in rouge]),
+    }
     if metrics.meteor_unavailable_reason() is None:
         scores["meteor"] = np.mean([single_meteor_score(word_tokenize(r), word_tokenize(p)) for p, r in kept])
     return scores
@@ -121,8 +149,12 @@ def test_drop_equals_longlamps_rule(nltk_punkt_tab):
 
 def test_evaluate_predictions_drops_the_same_rows_for_the_segments(tmp_path):
     path = tmp_path / "predictions.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "prediction": p, "reference": r}) + "\n"
-                            for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))))
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "prediction": p, "reference": r}) + "\n"
+            for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))
+        )
+    )
     overall, segments = evaluate_predictions(path, segment_width=5, segment_max=10, empty="drop")
     assert overall == metrics.score_texts(PREDICTIONS, REFERENCES, empty="drop", bertscore_model="")
     kept = metrics.longlamp_rows(PREDICTIONS, REFERENCES)
@@ -132,8 +164,12 @@ def test_evaluate_predictions_drops_the_same_rows_for_the_segments(tmp_path):
 def test_metrics_json_counts_empty_predictions_and_a_rescore_replaces_the_scores(tmp_path):
     path = tmp_path / "exp" / "version_0" / "predictions.jsonl"
     path.parent.mkdir(parents=True)
-    path.write_text("".join(json.dumps({"id": i, "prediction": p, "reference": r}) + "\n"
-                            for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))))
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "prediction": p, "reference": r}) + "\n"
+            for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))
+        )
+    )
     evaluate_run(path, EvalConfig(n_bootstrap=0, empty="drop"))
     dropped = json.loads((path.parent / "metrics.json").read_text())
     assert (dropped["test/count"], dropped["test/empty"], dropped["test/dropped"]) == (4, 2, 2)
@@ -172,15 +208,20 @@ def tiny_bert(tmp_path_factory) -> str:
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
     BertTokenizer(vocab=vocab, model_max_length=512).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     BertModel(config).save_pretrained(folder)
     return str(folder)
 
 
 BERT_PREDICTIONS = ["the battery lasts two days .", "", "the blender is very loud", "ice"]
-BERT_REFERENCES = ["the battery lasts two days .", "the screen is bright",
-                   "the blender crushes ice quickly , but is very loud", "the screen"]
+BERT_REFERENCES = [
+    "the battery lasts two days .",
+    "the screen is bright",
+    "the blender crushes ice quickly , but is very loud",
+    "the screen",
+]
 
 
 def test_bertscore_with_a_local_model(tiny_bert):
@@ -191,8 +232,10 @@ def test_bertscore_with_a_local_model(tiny_bert):
     again, _ = metrics.bertscore([BERT_PREDICTIONS[i] for i in order], [BERT_REFERENCES[i] for i in order], tiny_bert)
     np.testing.assert_allclose(again, f1[order], atol=1e-6)
     scores = metrics.score_texts(BERT_PREDICTIONS, BERT_REFERENCES, n_bootstrap=20, bertscore_model=tiny_bert)
-    assert scores["bertscore"] == pytest.approx(f1.mean()) and \
-        scores["bertscore_ci_low"] <= scores["bertscore"] <= scores["bertscore_ci_high"]
+    assert (
+        scores["bertscore"] == pytest.approx(f1.mean())
+        and scores["bertscore_ci_low"] <= scores["bertscore"] <= scores["bertscore_ci_high"]
+    )
     first_layer, _ = metrics.bertscore(BERT_PREDICTIONS, BERT_REFERENCES, tiny_bert, layer=1)
     assert not np.allclose(first_layer[2:], f1[2:])
 

@@ -1,5 +1,6 @@
 """Metric values against the reference libraries (sacrebleu, rouge-score, nltk), bootstrap,
 empty predictions, and the validation Metric under 2-process CPU DDP."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from flythinker_pl.evaluation import metrics
 from flythinker_pl.evaluation.torchmetric import TextGenerationScores
 from flythinker_pl.evaluation.wordnet import wordnet_unavailable_reason
 
-needs_wordnet = pytest.mark.skipif(wordnet_unavailable_reason() is not None,
-                                   reason=f"METEOR needs WordNet: {wordnet_unavailable_reason()}")
+needs_wordnet = pytest.mark.skipif(
+    wordnet_unavailable_reason() is not None, reason=f"METEOR needs WordNet: {wordnet_unavailable_reason()}"
+)
 
 SENTENCES = [
     "The battery lasts two full days and the screen is bright enough to read in direct sunlight.",
@@ -65,11 +67,17 @@ def pairs():
 def reference_library_means(predictions, references) -> dict:
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
     rouge = [scorer.score(r, p) for p, r in zip(predictions, references)]
-    return {"bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-            "rouge1": np.mean([s["rouge1"].fmeasure for s in rouge]),
-            "rougeL": np.mean([s["rougeL"].fmeasure for s in rouge]),
-            "meteor": np.mean([single_meteor_score(metrics.word_tokens(r), metrics.word_tokens(p))
-                               for p, r in zip(predictions, references)])}
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "rouge1": np.mean([s["rouge1"].fmeasure for s in rouge]),
+        "rougeL": np.mean([s["rougeL"].fmeasure for s in rouge]),
+        "meteor": np.mean(
+            [
+                single_meteor_score(metrics.word_tokens(r), metrics.word_tokens(p))
+                for p, r in zip(predictions, references)
+            ]
+        ),
+    }
 
 
 @needs_wordnet
@@ -84,25 +92,27 @@ def test_scores_equal_reference_libraries(pairs):
 
 @needs_wordnet
 def test_meteor_docstring_example_and_synonyms():
-    hypothesis = ("It is a guide to action which ensures that the military always obeys the commands "
-                  "of the party").split()
+    hypothesis = (
+        "It is a guide to action which ensures that the military always obeys the commands of the party"
+    ).split()
     reference = "It is a guide to action that ensures that the military will forever heed Party commands".split()
     assert round(single_meteor_score(reference, hypothesis), 4) == 0.6944
-    synonym, unrelated = metrics.meteor(["I drove the auto home.", "I drove the tree home."],
-                                        ["I drove the car home."] * 2)
+    synonym, unrelated = metrics.meteor(
+        ["I drove the auto home.", "I drove the tree home."], ["I drove the car home."] * 2
+    )
     assert synonym > unrelated
 
 
 def test_word_tokens_split_every_sentence_without_downloads():
-    assert metrics.word_tokens("It's loud. Really, it is!") == ["It", "'s", "loud", ".", "Really", ",", "it",
-                                                                "is", "!"]
+    assert metrics.word_tokens("It's loud. Really, it is!") == ["It", "'s", "loud", ".", "Really", ",", "it", "is", "!"]
 
 
 @pytest.mark.parametrize("prediction", ["", "   "])
 def test_empty_prediction_scores_zero(prediction):
     scores = metrics.score_texts([prediction], ["A reference that is not empty."])
-    assert {name: scores[name] for name in metrics.METRICS if scores[name] is not None} == \
-        {name: 0.0 for name in metrics.METRICS if scores[name] is not None}
+    assert {name: scores[name] for name in metrics.METRICS if scores[name] is not None} == {
+        name: 0.0 for name in metrics.METRICS if scores[name] is not None
+    }
 
 
 def test_without_wordnet_meteor_is_unavailable_and_the_rest_runs(pairs, monkeypatch):
@@ -134,7 +144,8 @@ def test_bootstrap_bleu_rescores_each_resample_as_a_corpus(pairs):
     rows = np.random.default_rng(0).integers(0, len(predictions), len(predictions))
     summed = metrics.bleu_statistics(predictions, references)[rows].sum(0)
     assert metrics.bleu_from_statistics(summed) == pytest.approx(
-        sacrebleu.corpus_bleu([predictions[i] for i in rows], [[references[i] for i in rows]]).score, abs=1e-9)
+        sacrebleu.corpus_bleu([predictions[i] for i in rows], [[references[i] for i in rows]]).score, abs=1e-9
+    )
 
 
 def metric_values(metric: TextGenerationScores) -> dict[str, float]:
@@ -150,10 +161,12 @@ def test_metric_accumulates_batches_and_dedupes_ids(pairs):
         metric.update(list(rows), [predictions[i] for i in rows], [references[i] for i in rows])
     metric.update([0, 1], predictions[:2], references[:2])  # padded repeats, as DistributedSampler adds
     by_id = sorted(range(len(predictions)), key=str)  # the Metric scores in id order (bootstrap resamples)
-    expected = metrics.score_texts([predictions[i] for i in by_id], [references[i] for i in by_id],
-                                   n_bootstrap=50, seed=3)
+    expected = metrics.score_texts(
+        [predictions[i] for i in by_id], [references[i] for i in by_id], n_bootstrap=50, seed=3
+    )
     assert metric_values(metric) == pytest.approx(
-        {name: value for name, value in expected.items() if isinstance(value, (int, float))}, abs=1e-9)
+        {name: value for name, value in expected.items() if isinstance(value, (int, float))}, abs=1e-9
+    )
     metric.reset()
     with pytest.raises(ValueError, match="no samples"):
         metric.compute()
@@ -166,9 +179,8 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
         metric = TextGenerationScores(n_bootstrap=50, seed=3)
         shard = list(DistributedSampler(range(len(predictions)), world_size, rank, shuffle=False))
         for start in range(0, len(shard), 4):
-            rows = shard[start:start + 4]
-            metric.update([f"sample-{i}" for i in rows], [predictions[i] for i in rows],
-                          [references[i] for i in rows])
+            rows = shard[start : start + 4]
+            metric.update([f"sample-{i}" for i in rows], [predictions[i] for i in rows], [references[i] for i in rows])
         with open(f"{out_dir}/rank{rank}.json", "w") as out:
             json.dump(metric_values(metric), out)
     finally:
@@ -182,8 +194,7 @@ def test_metric_under_two_process_ddp_equals_single_process(tmp_path):
     expected = metric_values(single)
     assert expected["count"] == 31
     # fork (as Lightning's ddp_fork): the workers inherit the loaded libraries and WordNet (~10 s saved)
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                       start_method="fork")
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
     for rank in range(2):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(expected, abs=1e-9)
 
@@ -193,13 +204,20 @@ VERDICT = r"Verdict: (keeper|sending it back)"  # data/synthetic_rule.py's answe
 
 def test_answer_accuracy_on_a_hand_example(monkeypatch):
     monkeypatch.setattr(metrics, "wordnet_unavailable_reason", lambda: "skipped for speed")
-    predictions = ["Nice. Verdict: keeper.",                                   # right
-                   "Meh. Verdict: keeper. Verdict: sending it back.",          # wrong: the first match counts
-                   "Nice. Verdict: sending it back.",                          # right
-                   "Nice, no verdict.",                                        # wrong: no answer
-                   "Verdict: keeper."]                                         # not counted: reference has none
-    references = ["Verdict: keeper.", "Verdict: sending it back.", "x. Verdict: sending it back.",
-                  "Verdict: keeper.", "A reference without one."]
+    predictions = [
+        "Nice. Verdict: keeper.",  # right
+        "Meh. Verdict: keeper. Verdict: sending it back.",  # wrong: the first match counts
+        "Nice. Verdict: sending it back.",  # right
+        "Nice, no verdict.",  # wrong: no answer
+        "Verdict: keeper.",
+    ]  # not counted: reference has none
+    references = [
+        "Verdict: keeper.",
+        "Verdict: sending it back.",
+        "x. Verdict: sending it back.",
+        "Verdict: keeper.",
+        "A reference without one.",
+    ]
     scores = metrics.score_texts(predictions, references, answer_pattern=VERDICT)
     assert scores["answer_accuracy"] == 2 / 4
     assert scores["answer_missing_reference"] == 1 and scores["answer_missing_prediction"] == 1
@@ -236,8 +254,15 @@ def test_summary_table_shows_answer_accuracy_where_scored():
 
     from flythinker_pl.lit.evaluate import summary_table
 
-    runs = pd.DataFrame({"method": ["sft", "flythinker"], "test/bleu": [10.0, 11.0],
-                         "test/answer_accuracy": [0.5, 0.75], "test/answer_accuracy_ci_low": [0.4, 0.6],
-                         "test/answer_accuracy_ci_high": [0.6, 0.85]}, index=["a", "b"])
+    runs = pd.DataFrame(
+        {
+            "method": ["sft", "flythinker"],
+            "test/bleu": [10.0, 11.0],
+            "test/answer_accuracy": [0.5, 0.75],
+            "test/answer_accuracy_ci_low": [0.4, 0.6],
+            "test/answer_accuracy_ci_high": [0.6, 0.85],
+        },
+        index=["a", "b"],
+    )
     assert summary_table(runs).loc["b", "test answer acc."] == "0.750 [0.600, 0.850]"
     assert "test answer acc." not in summary_table(runs[["method", "test/bleu"]])

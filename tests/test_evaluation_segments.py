@@ -1,4 +1,5 @@
 """Position-segmented evaluation, predictions.jsonl scoring, tables and plots."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,14 @@ import pytest
 
 from flythinker_pl.evaluation import metrics
 from flythinker_pl.evaluation.predictions import evaluate_predictions, read_predictions
-from flythinker_pl.evaluation.report import (CSV_NAME, PNG_NAME, comparison_table, plot_position_eval,
-                                             save_position_eval, segment_table)
+from flythinker_pl.evaluation.report import (
+    CSV_NAME,
+    PNG_NAME,
+    comparison_table,
+    plot_position_eval,
+    save_position_eval,
+    segment_table,
+)
 from flythinker_pl.evaluation.segments import position_scores, text_units, windows
 
 VOCABULARY = "the review praises battery life screen sound price and shipping speed of this phone".split()
@@ -46,8 +53,9 @@ def test_short_references_count_only_in_the_windows_they_reach():
     # the 100-150 window holds samples 0, 2 (whose prediction stopped at 70 words: empty) and 3
     reaching = (0, 2, 3)
     assert cut(predictions[2], 100, 150) == ""
-    expected = metrics.score_texts([cut(predictions[i], 100, 150) for i in reaching],
-                                   [cut(references[i], 100, 150) for i in reaching])
+    expected = metrics.score_texts(
+        [cut(predictions[i], 100, 150) for i in reaching], [cut(references[i], 100, 150) for i in reaching]
+    )
     window = frame[frame["segment_start"] == 100].set_index("metric")["value"]
     assert window.to_dict() == pytest.approx({name: expected[name] for name in ("bleu", "rouge1", "rougeL")})
 
@@ -79,18 +87,25 @@ def write_predictions(path, rows) -> None:
 
 
 def test_evaluate_predictions_file(tmp_path):
-    rows = [{"id": f"s{i}", "prediction": words(30 + 20 * i, offset=i), "reference": words(60 + 15 * i)}
-            for i in range(8)]
-    rows += [{"id": "s0", "prediction": "a repeat from a padded DDP shard", "reference": rows[0]["reference"]},
-             {"id": "s9", "prediction": None, "reference": words(20)}]
+    rows = [
+        {"id": f"s{i}", "prediction": words(30 + 20 * i, offset=i), "reference": words(60 + 15 * i)} for i in range(8)
+    ]
+    rows += [
+        {"id": "s0", "prediction": "a repeat from a padded DDP shard", "reference": rows[0]["reference"]},
+        {"id": "s9", "prediction": None, "reference": words(20)},
+    ]
     write_predictions(tmp_path / "predictions.jsonl", rows)
-    overall, frame = evaluate_predictions(tmp_path / "predictions.jsonl", segment_width=50, segment_max=300,
-                                          n_bootstrap=30, seed=0)
+    overall, frame = evaluate_predictions(
+        tmp_path / "predictions.jsonl", segment_width=50, segment_max=300, n_bootstrap=30, seed=0
+    )
     unique = rows[:8] + rows[-1:]
     predictions, references = [r["prediction"] or "" for r in unique], [r["reference"] for r in unique]
     assert overall == metrics.score_texts(predictions, references, n_bootstrap=30, seed=0, bertscore_model="")
-    assert overall["empty"] == 1 and overall["bertscore"] is None and "eval.bertscore_model" in \
-        overall["bertscore_unavailable"]  # reported unavailable when no model is given
+    assert (
+        overall["empty"] == 1
+        and overall["bertscore"] is None
+        and "eval.bertscore_model" in overall["bertscore_unavailable"]
+    )  # reported unavailable when no model is given
     # each window with its own seeded bootstrap interval, as the overall scores
     pd.testing.assert_frame_equal(frame, position_scores(predictions, references, 50, 300, n_bootstrap=30, seed=0))
     assert ((frame["ci_low"] <= frame["value"]) & (frame["value"] <= frame["ci_high"])).all()
@@ -104,8 +119,12 @@ def test_predictions_file_errors_name_the_line(tmp_path):
 
 def two_runs() -> pd.DataFrame:
     references = [words(90), words(160)]
-    return pd.concat([position_scores([words(90), words(40)], references).assign(run="sft"),
-                      position_scores(references, references).assign(run="flythinker")])
+    return pd.concat(
+        [
+            position_scores([words(90), words(40)], references).assign(run="sft"),
+            position_scores(references, references).assign(run="flythinker"),
+        ]
+    )
 
 
 def test_position_eval_files_plot_and_tables(tmp_path):
@@ -125,8 +144,10 @@ def test_position_eval_files_plot_and_tables(tmp_path):
 
 
 def test_comparison_table_orders_metrics_then_intervals():
-    scores = {"sft": metrics.score_texts([words(20)], [words(25)], n_bootstrap=10),
-              "flythinker": metrics.score_texts([words(25)], [words(25)], n_bootstrap=10)}
+    scores = {
+        "sft": metrics.score_texts([words(20)], [words(25)], n_bootstrap=10),
+        "flythinker": metrics.score_texts([words(25)], [words(25)], n_bootstrap=10),
+    }
     table = comparison_table(scores)
     assert list(table.index) == ["sft", "flythinker"]
     assert list(table.columns[:5]) == ["count", *metrics.METRICS] and "bleu_ci_low" in table

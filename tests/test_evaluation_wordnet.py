@@ -1,4 +1,5 @@
 """Offline WordNet for METEOR: the lexnames file, the copy, and an install that never breaks the caller."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,17 @@ def test_lexnames_follow_wordnet_order_and_format():
 
 
 @pytest.mark.skipif(wordnet.wordnet_unavailable_reason() is not None, reason="WordNet is not installed")
-@pytest.mark.parametrize("synset, lexname", [("dog.n.01", "noun.animal"), ("entity.n.01", "noun.Tops"),
-                                             ("rain.v.01", "verb.weather"), ("eat.v.01", "verb.consumption"),
-                                             ("quickly.r.01", "adv.all"), ("good.a.01", "adj.all")])
+@pytest.mark.parametrize(
+    "synset, lexname",
+    [
+        ("dog.n.01", "noun.animal"),
+        ("entity.n.01", "noun.Tops"),
+        ("rain.v.01", "verb.weather"),
+        ("eat.v.01", "verb.consumption"),
+        ("quickly.r.01", "adv.all"),
+        ("good.a.01", "adj.all"),
+    ],
+)
 def test_installed_wordnet_reads_lexicographer_files(synset, lexname):
     from nltk.corpus import wordnet as nltk_wordnet
 

@@ -7,6 +7,7 @@ that cannot import flythinker_pl (fixtures/load_exported.py: plain transformers,
 and must decode greedily to the tokens of the framework's sequential engine, alone and in a
 left-padded batch of four, with the framework's logits at every step and teacher-forced.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,26 +72,52 @@ def randomise_trained(method, seed: int) -> None:
 def write_run(root: Path, name: str, folders: tuple[str, str, str], overrides: list[str], synthetic_dir: Path) -> Path:
     """A finished run of the debug config's data as `flythinker fit` leaves it, its trained weights random."""
     family, generator, reasoner = folders
-    targets = [f"{side}.lora_targets={LORA_TARGETS[family]}" for side in ("generator", "reasoner")] \
-        if family in LORA_TARGETS else []
-    cfg = load_config(DEBUG_CONFIG, [
-        f"generator.name={generator}", f"reasoner.name={reasoner}", "generator.mode=lora", "reasoner.mode=lora",
-        f"fusion.lam={LAM}", f"decode.max_new_tokens={STEPS}", "decode.do_sample=true",
-        f"data.synthetic_dir={synthetic_dir.parent}", f"logging.root_dir={root}", f"logging.experiment={name}",
-        *targets, *overrides])
+    targets = (
+        [f"{side}.lora_targets={LORA_TARGETS[family]}" for side in ("generator", "reasoner")]
+        if family in LORA_TARGETS
+        else []
+    )
+    cfg = load_config(
+        DEBUG_CONFIG,
+        [
+            f"generator.name={generator}",
+            f"reasoner.name={reasoner}",
+            "generator.mode=lora",
+            "reasoner.mode=lora",
+            f"fusion.lam={LAM}",
+            f"decode.max_new_tokens={STEPS}",
+            "decode.do_sample=true",
+            f"data.synthetic_dir={synthetic_dir.parent}",
+            f"logging.root_dir={root}",
+            f"logging.experiment={name}",
+            *targets,
+            *overrides,
+        ],
+    )
     method, _ = build_method(cfg, corpus=no_corpus)
     randomise_trained(method, seed=len(name))
     module = MethodModule(method, cfg.train)
     run_dir = root / name / "version_0"
     (run_dir / "checkpoints").mkdir(parents=True)
     trained = module.trainable_names()
-    torch.save({"state_dict": {k: v for k, v in module.state_dict().items() if k in trained}},
-               run_dir / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": {k: v for k, v in module.state_dict().items() if k in trained}},
+        run_dir / "checkpoints" / "last.ckpt",
+    )
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     (run_dir / "git_commit.txt").write_text("0123abc\n")
-    (run_dir / "metrics.json").write_text(json.dumps({"method": cfg.method, "global_step": 6, "val/loss": 3.2,
-                                                      "test/bleu": 1.5, "test/bleu_ci_low": 1.1,
-                                                      "test/bleu_ci_high": 1.9}))
+    (run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "method": cfg.method,
+                "global_step": 6,
+                "val/loss": 3.2,
+                "test/bleu": 1.5,
+                "test/bleu_ci_low": 1.1,
+                "test/bleu_ci_high": 1.9,
+            }
+        )
+    )
     return run_dir
 
 
@@ -107,8 +134,12 @@ def framework_results(method, tokenizer, stops: list[int]) -> dict:
     ids, mask = left_padded(PROMPTS, tokenizer.pad_token_id)
     prompt_len = torch.tensor([len(p) for p in PROMPTS])
     names = [str(i) for i in range(len(PROMPTS))]
-    single = [generate(method, *left_padded([p], tokenizer.pad_token_id), torch.tensor([len(p)]), ["0"], GREEDY,
-                       stops).tokens[0] for p in PROMPTS]
+    single = [
+        generate(
+            method, *left_padded([p], tokenizer.pad_token_id), torch.tensor([len(p)]), ["0"], GREEDY, stops
+        ).tokens[0]
+        for p in PROMPTS
+    ]
     batch = generate(method, ids, mask, prompt_len, names, GREEDY, stops).tokens
     unstopped = torch.tensor(generate(method, ids, mask, prompt_len, names, GREEDY, eos_ids=-1).tokens)
     lean = getattr(method, "lora", None) or LeanLoRA(method)
@@ -119,16 +150,33 @@ def framework_results(method, tokenizer, stops: list[int]) -> dict:
     full = [p + row for p, row in zip(PROMPTS, unstopped.tolist())]
     full_ids, full_mask = left_padded(full, tokenizer.pad_token_id)
     teacher = {"input_ids": full_ids, "attention_mask": full_mask, "prompt_len": prompt_len}
-    return {"single": single, "batch": batch, "unstopped": unstopped, "step_logits": torch.stack(steps, dim=1),
-            "teacher": teacher, "teacher_logits": method(full_ids, full_mask, prompt_len)}
+    return {
+        "single": single,
+        "batch": batch,
+        "unstopped": unstopped,
+        "step_logits": torch.stack(steps, dim=1),
+        "teacher": teacher,
+        "teacher_logits": method(full_ids, full_mask, prompt_len),
+    }
 
 
 def load_in_fresh_python(jobs: list[dict], directory: Path) -> dict:
     torch.save(jobs, directory / "jobs.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(directory / "hf_modules"),
-           "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run([sys.executable, str(LOADER), str(directory / "jobs.pt"), str(directory / "results.pt")],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=directory)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(directory / "hf_modules"),
+        "OMP_NUM_THREADS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    done = subprocess.run(
+        [sys.executable, str(LOADER), str(directory / "jobs.pt"), str(directory / "results.pt")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=directory,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(directory / "results.pt", weights_only=False)
 
@@ -148,9 +196,16 @@ def export_and_load(cases: dict, tmp: Path, tokenizer, synthetic_dir: Path) -> d
         reference = framework_results(method, run_tokenizer, exporting.stop_ids(method, run_tokenizer))
         custom = cfg.method not in ("sft", "nonpers", "rag", "cot") or adapters
         teacher = None if cfg.method == "coconut" else {**reference["teacher"], "custom": custom}
-        jobs.append({"name": name, "folder": str(folder), "max_new_tokens": STEPS,
-                     "batch": left_padded(PROMPTS, run_tokenizer.pad_token_id),
-                     "teacher": teacher, "extras": name in EXTRAS})
+        jobs.append(
+            {
+                "name": name,
+                "folder": str(folder),
+                "max_new_tokens": STEPS,
+                "batch": left_padded(PROMPTS, run_tokenizer.pad_token_id),
+                "teacher": teacher,
+                "extras": name in EXTRAS,
+            }
+        )
         exported[name] = {"run": run_dir, "folder": folder, "framework": reference, "method": method, "cfg": cfg}
     loaded = load_in_fresh_python(jobs, tmp)
     assert loaded.pop("flythinker_pl imported") is False
@@ -171,8 +226,9 @@ def check_case(name: str, case: dict) -> None:
     torch.testing.assert_close(loaded["step_logits"], ours["step_logits"], atol=2e-5, rtol=1e-4, msg=name)
     if "teacher_logits" in loaded:
         real = ours["teacher"]["attention_mask"].bool()
-        torch.testing.assert_close(loaded["teacher_logits"][real], ours["teacher_logits"][real], atol=2e-5, rtol=1e-4,
-                                   msg=name)
+        torch.testing.assert_close(
+            loaded["teacher_logits"][real], ours["teacher_logits"][real], atol=2e-5, rtol=1e-4, msg=name
+        )
 
 
 @pytest.mark.parametrize("name", list(FAST))
@@ -211,7 +267,9 @@ def test_adapters_and_merged_exports_give_the_same_tokens(fast_cases, method):
         assert adapters[key] == merged[key], key
     assert torch.equal(adapters["unstopped"], merged["unstopped"])
     folder = fast_cases[f"{method}_adapters"]["folder"]
-    adapter_files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("adapters/*/adapter_model.safetensors"))
+    adapter_files = sorted(
+        p.relative_to(folder).as_posix() for p in folder.glob("adapters/*/adapter_model.safetensors")
+    )
     names = {"sft": ["generator"], "coconut": ["generator"]}.get(method, ["generator", "reasoner"])
     assert adapter_files == [f"adapters/{name}/adapter_model.safetensors" for name in names]
     assert not list(fast_cases[method]["folder"].glob("adapters"))
@@ -229,7 +287,7 @@ def test_beam_search_sampling_streamers_processors_and_stopping_criteria(fast_ca
         tokens = case["loaded"]["extras"]["beam_sequences"][row, width:].tolist()
         ids = torch.tensor([prompt + tokens])
         logits = method(ids, torch.ones_like(ids), torch.tensor([len(prompt)]))
-        logprobs = logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+        logprobs = logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
         expected = logprobs.gather(1, torch.tensor(tokens)[:, None]).sum()
         assert float(extras["beam_scores"][row]) == pytest.approx(float(expected), abs=1e-3), row
     assert 1 <= extras["sampled"] <= STEPS  # the folder's generation config: the run's max_new_tokens
@@ -246,16 +304,31 @@ def test_the_folder_holds_config_code_weights_tokenizer_sampler_and_card(fast_ca
     case = fast_cases["linear_response_frozen"]
     folder, cfg, method = case["folder"], case["cfg"], case["method"]
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "modeling_flythinker.py", "fusion_math.py", "flythinker_run.yaml", "README.md"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "modeling_flythinker.py",
+        "fusion_math.py",
+        "flythinker_run.yaml",
+        "README.md",
+    } <= names
     for shipped in ("modeling_flythinker.py", "fusion_math.py"):  # the framework's own files, verbatim
         assert (folder / shipped).read_bytes() == (Path(exporting.modeling.__file__).parent / shipped).read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "flythinker" and config["auto_map"] == {
         "AutoConfig": "modeling_flythinker.FlyThinkerConfig",
-        "AutoModelForCausalLM": "modeling_flythinker.FlyThinkerForCausalLM"}
+        "AutoModelForCausalLM": "modeling_flythinker.FlyThinkerForCausalLM",
+    }
     assert (config["lam"], config["norm"], config["dims"], config["span"], config["eps"]) == (
-        LAM, "table_mean", "linear", "response", 1e-6)
+        LAM,
+        "table_mean",
+        "linear",
+        "response",
+        1e-6,
+    )
     assert config["latent_norm"] == float(method.latent_norm())  # c, to the last bit
     assert config["generator"]["model_type"] == config["reasoner"]["model_type"] == "qwen2"
     assert (config["generator"]["hidden_size"], config["reasoner"]["hidden_size"]) == (64, 32)
@@ -265,8 +338,13 @@ def test_the_folder_holds_config_code_weights_tokenizer_sampler_and_card(fast_ca
     assert torch.equal(weights["latent_projection.weight"], method.fusion.project.weight)
     assert any(key.startswith("reasoner.layers.") for key in weights) and not any("lora" in key for key in weights)
     sampler = json.loads((folder / "generation_config.json").read_text())
-    assert (sampler["do_sample"], sampler["temperature"], sampler["top_p"], sampler["top_k"],
-            sampler["max_new_tokens"]) == (True, 0.8, 0.95, 0, STEPS)
+    assert (
+        sampler["do_sample"],
+        sampler["temperature"],
+        sampler["top_p"],
+        sampler["top_k"],
+        sampler["max_new_tokens"],
+    ) == (True, 0.8, 0.95, 0, STEPS)
     assert load_config(folder / "flythinker_run.yaml") == cfg
     card = (folder / "README.md").read_text()
     assert "1.50 [1.10, 1.90]" in card and "0123abc" in card and "trust_remote_code=True" in card
@@ -282,9 +360,12 @@ def test_flythinker_pl_loads_its_folders_and_its_import_stays_light(fast_cases, 
     model = flythinker_pl.FlyThinkerForCausalLM.from_pretrained(fast_cases["flythinker"]["folder"]).eval()
     ids, mask = left_padded(PROMPTS, tokenizer.pad_token_id)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=STEPS, eos_token_id=None)
-    assert torch.equal(out[:, ids.shape[1]:], fast_cases["flythinker"]["framework"]["unstopped"])
-    done = subprocess.run([sys.executable, "-c", "import sys, flythinker_pl; assert 'torch' not in sys.modules"],
-                          capture_output=True, text=True)
+    assert torch.equal(out[:, ids.shape[1] :], fast_cases["flythinker"]["framework"]["unstopped"])
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, flythinker_pl; assert 'torch' not in sys.modules"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -311,13 +392,23 @@ def test_generate_streams_the_prompt_the_run_trained_on(fast_cases, tmp_path, ca
     _, tokenizer = exporting.load_trained(cfg, None)
     example = prepare_record(record, cfg.data, tokenizer)
     prompt = torch.tensor([example["input_ids"][: example["prompt_len"]].tolist()])
-    tokens = generate(method, prompt, torch.ones_like(prompt), torch.tensor([prompt.shape[1]]), ["x"], GREEDY,
-                      exporting.stop_ids(method, tokenizer)).tokens[0]
+    tokens = generate(
+        method,
+        prompt,
+        torch.ones_like(prompt),
+        torch.tensor([prompt.shape[1]]),
+        ["x"],
+        GREEDY,
+        exporting.stop_ids(method, tokenizer),
+    ).tokens[0]
     expected = tokenizer.decode(tokens, skip_special_tokens=True)
     history = tmp_path / "history.json"
     history.write_text(json.dumps(record["profile"]))
-    for source, prompt_args in [(case["run"], {"record": record["id"]}), (case["folder"], {"record": record["id"]}),
-                                (case["folder"], {"history": history, "query": record["input"]})]:
+    for source, prompt_args in [
+        (case["run"], {"record": record["id"]}),
+        (case["folder"], {"record": record["id"]}),
+        (case["folder"], {"history": history, "query": record["input"]}),
+    ]:
         out, err = Pieces(), io.StringIO()
         result = stream(source, **prompt_args, greedy=True, out=out, err=err)
         assert result["text"] == expected and out.getvalue() == expected + "\n", source
@@ -380,8 +471,9 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(fast_cases, tmp_path
 
 @pytest.mark.slow
 def test_every_method_on_every_family(tmp_path, tokenizer, synthetic_dir):
-    cases = {f"{family}_{method}": (family, overrides, False) for family in FAMILIES
-             for method, overrides in METHODS.items()}
+    cases = {
+        f"{family}_{method}": (family, overrides, False) for family in FAMILIES for method, overrides in METHODS.items()
+    }
     cases.update({f"{family}_flythinker_adapters": (family, [], True) for family in FAMILIES})
     results = export_and_load(cases, tmp_path, tokenizer, synthetic_dir)
     for name, case in results.items():
@@ -411,7 +503,14 @@ def test_a_demo_style_run_exports_and_streams_end_to_end(run_config, tmp_path, c
     example = prepare_record(record, cfg.data, tokenizer)
     prompt = torch.tensor([example["input_ids"][: example["prompt_len"]].tolist()])
     greedy = dataclasses.replace(GREEDY, max_new_tokens=12)
-    tokens = generate(method, prompt, torch.ones_like(prompt), torch.tensor([prompt.shape[1]]), ["x"], greedy,
-                      exporting.stop_ids(method, tokenizer)).tokens[0]
+    tokens = generate(
+        method,
+        prompt,
+        torch.ones_like(prompt),
+        torch.tensor([prompt.shape[1]]),
+        ["x"],
+        greedy,
+        exporting.stop_ids(method, tokenizer),
+    ).tokens[0]
     assert streamed.out == tokenizer.decode(tokens, skip_special_tokens=True) + "\n"
     assert "ms/token" in streamed.err

@@ -1,19 +1,21 @@
 """DESIGN.md section 4: the fusion math, teacher-forced == incremental, lambda = 0 == SFT."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from flythinker_pl.config import ConfigError, FusionConfig
-from flythinker_pl.models.fusion import LatentFusion, embedding_norm, real_positions
+from flythinker_pl.models.fusion import LatentFusion, embedding_norm
+from flythinker_pl.models.fusion_math import real_positions
 from flythinker_pl.models.sft import SFT
 
 from helpers import RESPONSE_LEN, batch
 
 
-
-@pytest.mark.parametrize("reasoner_dim,generator_dim,dims", [
-    (32, 64, "pad"), (64, 64, "pad"), (32, 64, "linear"), (96, 64, "linear")])
+@pytest.mark.parametrize(
+    "reasoner_dim,generator_dim,dims", [(32, 64, "pad"), (64, 64, "pad"), (32, 64, "linear"), (96, 64, "linear")]
+)
 @pytest.mark.parametrize("span", ["global", "response", "prompt"])
 @torch.no_grad()
 def test_teacher_forced_equals_incremental(make_flythinker, tokenizer, reasoner_dim, generator_dim, dims, span):
@@ -28,7 +30,7 @@ def test_teacher_forced_equals_incremental(make_flythinker, tokenizer, reasoner_
         incremental.append(model.step(state, ids[:, prompt_width + k]))
     incremental = torch.stack(incremental, dim=1)
 
-    torch.testing.assert_close(incremental, full[:, prompt_width - 1:-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(incremental, full[:, prompt_width - 1 : -1], atol=1e-5, rtol=0)
 
 
 @torch.no_grad()
@@ -39,7 +41,7 @@ def test_sft_teacher_forced_equals_incremental(make_flythinker, tokenizer):
     prompt_width = ids.shape[1] - RESPONSE_LEN
     logits, state = sft.prefill(ids[:, :prompt_width], mask[:, :prompt_width], prompt_len)
     steps = [logits] + [sft.step(state, ids[:, prompt_width + k]) for k in range(RESPONSE_LEN - 1)]
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt_width - 1:-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt_width - 1 : -1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dims", ["pad", "linear"])

@@ -3,6 +3,7 @@
 The unit test shards a FlyThinker whose weights are all trainable (Generator and Reasoner full) and
 compares it with the same model unsharded: what each rank holds, the rescale constant c, logits and
 gradients, and lambda = 0 against SFT. The end-to-end tests (slow) train through Lightning."""
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,6 @@ from flythinker_pl.models.fusion import embedding_norm
 from flythinker_pl.models.sft import SFT
 
 from helpers import DEBUG_CONFIG, ENV, ROOT, fit_cli, fit_command, left_padded, metrics_of
-
 
 
 def _loss(method, ids, mask, prompt_len) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,32 +50,47 @@ def _fsdp_worker(rank: int, world_size: int, init_file: str, out_dir: str, make,
         expected_loss.backward()
         logits, loss = _loss(sharded, ids, mask, prompt_len)  # every rank the same batch: grads average to it
         loss.backward()
-        grads = {name: (_full(p.grad) - q.grad).abs().max().item() / q.grad.abs().max().clamp(min=1e-12).item()
-                 for (name, p), (_, q) in zip(sharded.named_parameters(), whole.named_parameters())
-                 if q.grad is not None}
+        grads = {
+            name: (_full(p.grad) - q.grad).abs().max().item() / q.grad.abs().max().clamp(min=1e-12).item()
+            for (name, p), (_, q) in zip(sharded.named_parameters(), whole.named_parameters())
+            if q.grad is not None
+        }
 
         silent = make(lam=0.0)  # lambda = 0 under FSDP is SFT under FSDP (the same Generator weights)
         sft = SFT(copy.deepcopy(silent.generator))
         silent_logits = shard(silent, mesh, "32-true")(ids, mask, prompt_len)
         sft_logits = shard(sft, mesh, "32-true")(ids, mask, prompt_len)
         with open(f"{out_dir}/rank{rank}.json", "w") as out:
-            json.dump({"shapes": shapes, "c": sharded_c, "full_c": float(embedding_norm(
-                whole.generator.get_input_embeddings())), "logits": (logits - expected_logits).abs().max().item(),
-                "loss": [loss.item(), expected_loss.item()], "grads": grads,
-                "lam0_vs_sft": (silent_logits - sft_logits).abs().max().item()}, out)
+            json.dump(
+                {
+                    "shapes": shapes,
+                    "c": sharded_c,
+                    "full_c": float(embedding_norm(whole.generator.get_input_embeddings())),
+                    "logits": (logits - expected_logits).abs().max().item(),
+                    "loss": [loss.item(), expected_loss.item()],
+                    "grads": grads,
+                    "lam0_vs_sft": (silent_logits - sft_logits).abs().max().item(),
+                },
+                out,
+            )
     finally:
         dist.destroy_process_group()
 
 
-def test_sharded_flythinker_holds_half_of_each_weight_and_computes_the_same_function(tokenizer, make_flythinker,
-                                                                                     tmp_path):
+def test_sharded_flythinker_holds_half_of_each_weight_and_computes_the_same_function(
+    tokenizer, make_flythinker, tmp_path
+):
     vocab = len(tokenizer)  # 600 rows: shards of 300; the Reasoner's 32-d and the Generator's 64-d layers halve too
     rows = [[(7 * i + 3 * j) % (vocab - 3) + 3 for j in range(length)] for i, length in enumerate((9, 14, 11))]
     ids, mask = left_padded(rows, tokenizer.pad_token_id)
     batch = (ids, mask, torch.tensor([4, 6, 5]))
     # fork: the workers inherit the tokenizer and the model factory (as Lightning's ddp_fork)
-    mp.start_processes(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), make_flythinker, batch),
-                       nprocs=2, start_method="fork")
+    mp.start_processes(
+        _fsdp_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), make_flythinker, batch),
+        nprocs=2,
+        start_method="fork",
+    )
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     for rank, result in enumerate(ranks):
         for name, (local, whole) in result["shapes"].items():  # dim 0 split in two, the rest whole
@@ -99,9 +114,11 @@ def test_zero3_is_refused_at_config_time_naming_fsdp():
 SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=1.0"]
 DDP = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp", *SHORT]
 FSDP = ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp", *SHORT]
-MODES = {"lora+frozen": ["generator.mode=lora", "reasoner.mode=frozen"],
-         "full+full": ["generator.mode=full", "reasoner.mode=full"],  # clipped at train.grad_clip=1 too
-         "lora+lora, accumulate 2": ["generator.mode=lora", "reasoner.mode=lora", "train.accumulate=2"]}
+MODES = {
+    "lora+frozen": ["generator.mode=lora", "reasoner.mode=frozen"],
+    "full+full": ["generator.mode=full", "reasoner.mode=full"],  # clipped at train.grad_clip=1 too
+    "lora+lora, accumulate 2": ["generator.mode=lora", "reasoner.mode=lora", "train.accumulate=2"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +158,9 @@ def test_exported_fsdp_weights_decode_on_one_process_as_ddp_checkpoints_do(fsdp_
     torch.save({**ddp_checkpoint, "state_dict": exported["state_dict"]}, as_ddp)
     outputs = []
     for checkpoint in (fsdp_run / "checkpoints" / "weights.ckpt", as_ddp):  # one process each
-        command = fit_command(settings, tmp_path, *MODES["full+full"], "decode.max_new_tokens=8",
-                              f"ckpt_path={checkpoint}")
+        command = fit_command(
+            settings, tmp_path, *MODES["full+full"], "decode.max_new_tokens=8", f"ckpt_path={checkpoint}"
+        )
         fit_cli([*command[:3], "predict", *command[4:]])
         predictions = (checkpoint.parent.parent / "predictions.jsonl").read_text().splitlines()
         outputs.append([json.loads(line)["prediction"] for line in predictions])
@@ -159,8 +177,9 @@ def test_a_sigkilled_fsdp_fit_rerun_ends_as_if_never_interrupted(fsdp_runs, sett
     run_dir = tmp_path / "tiny" / "version_0"
     last = run_dir / "checkpoints" / "last.ckpt"
     with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=ENV,
-                                  start_new_session=True)
+        killed = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+        )
         deadline = time.time() + 300
         while not (last / "meta.pt").exists() and killed.poll() is None and time.time() < deadline:
             time.sleep(0.01)
@@ -173,7 +192,8 @@ def test_a_sigkilled_fsdp_fit_rerun_ends_as_if_never_interrupted(fsdp_runs, sett
     uninterrupted = json.loads((fsdp_runs["fsdp", "lora+frozen"] / "metrics.json").read_text())
     assert resumed["global_step"] == 8
     assert {k: v for k, v in resumed.items() if k.startswith("val/")} == pytest.approx(
-        {k: v for k, v in uninterrupted.items() if k.startswith("val/")}, rel=1e-6)
+        {k: v for k, v in uninterrupted.items() if k.startswith("val/")}, rel=1e-6
+    )
 
 
 def os_kill_group(pid: int, sig: int) -> None:
@@ -185,8 +205,15 @@ def os_kill_group(pid: int, sig: int) -> None:
 def test_the_slurm_template_launches_multi_node_fsdp(tmp_path):
     from test_scaleout import SLURM_JOB, cli_call, launches
 
-    [srun] = launches("train.sbatch", tmp_path, "experiments/gpu/longlamp_qwen.yaml", "trainer.strategy=fsdp",
-                      "generator.mode=full", "reasoner.mode=full", **SLURM_JOB)
+    [srun] = launches(
+        "train.sbatch",
+        tmp_path,
+        "experiments/gpu/longlamp_qwen.yaml",
+        "trainer.strategy=fsdp",
+        "generator.mode=full",
+        "reasoner.mode=full",
+        **SLURM_JOB,
+    )
     args, cfg = cli_call(srun)
     assert args.command == "fit" and cfg.train.resume == "auto"
     assert (cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy) == (4, 2, "fsdp")
@@ -196,13 +223,27 @@ def test_the_slurm_template_launches_multi_node_fsdp(tmp_path):
 def test_memory_command_shows_fsdp_dividing_what_ddp_holds_per_rank(capsys):
     from flythinker_pl.cli import main
 
-    assert main(["memory", "-c", "experiments/gpu/longlamp_qwen.yaml", "generator.mode=full", "reasoner.mode=full",
-                 "trainer.devices=8"]) == 0
+    assert (
+        main(
+            [
+                "memory",
+                "-c",
+                "experiments/gpu/longlamp_qwen.yaml",
+                "generator.mode=full",
+                "reasoner.mode=full",
+                "trainer.devices=8",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "3.58 B parameters, 3.58 B trainable" in printed  # Qwen2.5-3B + 0.5B (d_R pad: no projection)
-    rows = {line.split("|")[1].strip() + line.split("|")[2].strip(): [float(x) for x in line.split("|")[3:8]]
-            for line in printed.splitlines() if line.startswith("| ddp") or line.startswith("| fsdp")}
+    rows = {
+        line.split("|")[1].strip() + line.split("|")[2].strip(): [float(x) for x in line.split("|")[3:8]]
+        for line in printed.splitlines()
+        if line.startswith("| ddp") or line.startswith("| fsdp")
+    }
     ddp, fsdp = rows["ddpany"], rows["fsdp8"]
-    assert ddp[0] == pytest.approx(3.58e9 * 4 / 1024 ** 3, rel=0.01)  # fp32 weights
+    assert ddp[0] == pytest.approx(3.58e9 * 4 / 1024**3, rel=0.01)  # fp32 weights
     assert ddp[2] == pytest.approx(2 * ddp[1], abs=0.02) and ddp[1] == ddp[0]  # all trainable; AdamW: 2 moments
     assert [f * 8 for f in fsdp[:3]] == pytest.approx(ddp[:3], abs=0.05)

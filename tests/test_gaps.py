@@ -1,5 +1,6 @@
 """Sweep `reference:` gaps (evaluation/gaps.py): which point is whose reference, paired bootstrap gaps
 whose interval excludes zero only when the difference is real, and the files a sweep writes."""
+
 from __future__ import annotations
 
 import json
@@ -26,20 +27,30 @@ def configs(**points) -> dict:
 
 
 def test_a_reference_without_grid_settings_is_everyones_and_a_specific_one_wins():
-    nodes = configs(sft={"method": "sft", "generator": {"name": "g64"}},
-                    sft128={"method": "sft", "generator": {"name": "g128"}},
-                    a={"method": "flythinker", "generator": {"name": "g64"}},
-                    b={"method": "flythinker", "generator": {"name": "g128"}},
-                    c={"method": "flythinker", "generator": {"name": "g256"}})
+    nodes = configs(
+        sft={"method": "sft", "generator": {"name": "g64"}},
+        sft128={"method": "sft", "generator": {"name": "g128"}},
+        a={"method": "flythinker", "generator": {"name": "g64"}},
+        b={"method": "flythinker", "generator": {"name": "g128"}},
+        c={"method": "flythinker", "generator": {"name": "g256"}},
+    )
     settings = {"sft": {}, "sft128": {"generator.name": "g128"}, "a": {}, "b": {}, "c": {}}
     assert references(nodes, settings, {"method": "sft"}) == {"a": "sft", "b": "sft128", "c": "sft"}
 
 
 def test_the_reference_key_itself_is_not_matched_and_unmatched_points_get_none():
-    nodes = configs(**{"sft,k=1": {"method": "sft", "k": 1}, "fly,k=1": {"method": "flythinker", "k": 1},
-                       "fly,k=4": {"method": "flythinker", "k": 4}})
-    settings = {"sft,k=1": {"method": "sft", "k": 1}, "fly,k=1": {"method": "flythinker", "k": 1},
-                "fly,k=4": {"method": "flythinker", "k": 4}}
+    nodes = configs(
+        **{
+            "sft,k=1": {"method": "sft", "k": 1},
+            "fly,k=1": {"method": "flythinker", "k": 1},
+            "fly,k=4": {"method": "flythinker", "k": 4},
+        }
+    )
+    settings = {
+        "sft,k=1": {"method": "sft", "k": 1},
+        "fly,k=1": {"method": "flythinker", "k": 1},
+        "fly,k=4": {"method": "flythinker", "k": 4},
+    }
     assert references(nodes, settings, {"method": "sft"}) == {"fly,k=1": "sft,k=1"}
 
 
@@ -64,8 +75,14 @@ def runs(tmp_path) -> pd.DataFrame:
     for point, predictions in (("ref", poor), ("same", poor), ("better", refs)):
         run_dir = tmp_path / point
         write_predictions(run_dir, predictions, refs)
-        rows.append({"point": point, "seed": 0, "run_dir": str(run_dir),
-                     "perf/train_tokens_per_s": {"ref": 100.0, "same": 50.0, "better": 100.0}[point]})
+        rows.append(
+            {
+                "point": point,
+                "seed": 0,
+                "run_dir": str(run_dir),
+                "perf/train_tokens_per_s": {"ref": 100.0, "same": 50.0, "better": 100.0}[point],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -100,8 +117,9 @@ def test_window_gaps_are_gap_tables_paired_bootstrap_cut_to_each_window(runs, tm
     refs = [" ".join(rng.permutation(WORDS)) for _ in range(30)]
     write_predictions(tmp_path / "early", [" ".join(r.split()[:5] + ["x"] * 11) for r in refs], refs)
     write_predictions(tmp_path / "late", refs, refs)
-    windows = window_gaps(tmp_path / "late", tmp_path / "early", [(0, 5), (5, 10), (10, 15), (15, 20)],
-                          text_units(), min_count=10, last=2)
+    windows = window_gaps(
+        tmp_path / "late", tmp_path / "early", [(0, 5), (5, 10), (10, 15), (15, 20)], text_units(), min_count=10, last=2
+    )
     assert windows[["segment_start", "segment_end", "count"]].values.tolist() == [[10, 15, 30], [15, 20, 30]]
     assert (windows["rouge1_ci_low"] > 0.5).all()  # the late windows: a clear difference ...
     early = window_gaps(tmp_path / "late", tmp_path / "early", [(0, 5)], text_units()).iloc[0]
@@ -114,10 +132,15 @@ def test_segment_gaps_subtract_the_references_column():
 
 
 def test_a_sweep_with_a_reference_writes_gaps_and_a_heatmap_over_two_grid_keys(tmp_path):
-    spec = {"name": "grid", "base": str(DEBUG_CONFIG), "seeds": [0],
-            "overrides": [f"logging.root_dir={tmp_path / 'logs'}"],
-            "grid": {"fusion.lam": [0.5, 2.0], "reasoner.lora_r": [4, 8]},
-            "points": [{"label": "sft", "overrides": ["method=sft"]}], "reference": "method=sft"}
+    spec = {
+        "name": "grid",
+        "base": str(DEBUG_CONFIG),
+        "seeds": [0],
+        "overrides": [f"logging.root_dir={tmp_path / 'logs'}"],
+        "grid": {"fusion.lam": [0.5, 2.0], "reasoner.lora_r": [4, 8]},
+        "points": [{"label": "sft", "overrides": ["method=sft"]}],
+        "reference": "method=sft",
+    }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = load_sweep(path)
@@ -138,7 +161,9 @@ def test_a_sweep_with_a_reference_writes_gaps_and_a_heatmap_over_two_grid_keys(t
 
 def test_a_reference_no_point_has_is_an_error_naming_it(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"base": str(DEBUG_CONFIG), "grid": {"fusion.lam": [0.5]}, "reference": "method=sft"}))
+    path.write_text(
+        yaml.safe_dump({"base": str(DEBUG_CONFIG), "grid": {"fusion.lam": [0.5]}, "reference": "method=sft"})
+    )
     with pytest.raises(SweepError, match="reference: no point has method=sft"):
         load_sweep(path)
 
@@ -157,9 +182,15 @@ def test_the_answer_accuracy_gap_counts_rows_whose_reference_has_an_answer(tmp_p
 
 
 def test_a_label_reference_is_everyones_and_an_unknown_label_is_an_error(tmp_path):
-    spec = {"base": str(DEBUG_CONFIG), "points": [{"label": "sft", "overrides": ["method=sft"]},
-                                                  {"label": "oracle", "overrides": ["method=sft"]},
-                                                  {"label": "fly", "overrides": []}], "reference": "sft"}
+    spec = {
+        "base": str(DEBUG_CONFIG),
+        "points": [
+            {"label": "sft", "overrides": ["method=sft"]},
+            {"label": "oracle", "overrides": ["method=sft"]},
+            {"label": "fly", "overrides": []},
+        ],
+        "reference": "sft",
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert load_sweep(path).reference == {"oracle": "sft", "fly": "sft"}
@@ -206,11 +237,20 @@ def test_the_share_of_the_ceilings_gap_is_taken_replicate_by_replicate(tmp_path)
     (its gap and the oracle's are drawn on the same seeds and records)."""
     right = {}
     for seed in range(3):
-        right |= {("sft", seed): 5 + seed, ("oracle", seed): 35 + seed, ("fly", seed): 20 + seed,
-                  ("twin", seed): 35 + seed, ("other", seed): 5 + seed}
+        right |= {
+            ("sft", seed): 5 + seed,
+            ("oracle", seed): 35 + seed,
+            ("fly", seed): 20 + seed,
+            ("twin", seed): 35 + seed,
+            ("other", seed): 5 + seed,
+        }
     runs = answer_runs(tmp_path, right)
-    table = gap_table(runs, {"oracle": "sft", "fly": "sft", "twin": "sft", "other": "sft"},
-                      answer_pattern=r"Overall: (\w+)", ceiling_of={"fly": "oracle", "twin": "oracle", "other": "oracle"})
+    table = gap_table(
+        runs,
+        {"oracle": "sft", "fly": "sft", "twin": "sft", "other": "sft"},
+        answer_pattern=r"Overall: (\w+)",
+        ceiling_of={"fly": "oracle", "twin": "oracle", "other": "oracle"},
+    )
     fly, twin = table.loc["fly"], table.loc["twin"]
     assert fly["answer_accuracy_share"] == pytest.approx(0.5) and fly["ceiling"] == "oracle"
     assert 0.3 < fly["answer_accuracy_share_low"] < 0.5 < fly["answer_accuracy_share_high"] < 0.7
@@ -225,16 +265,27 @@ def test_a_reference_of_several_conditions_and_a_ceiling_pair_each_difficulty(tm
     out of the references, and `ceiling: data.synthetic.hint=true` pairs every point with the oracle of
     its own difficulty."""
     level = "data.synthetic.reveal={}"
-    spec = {"base": str(DEBUG_CONFIG), "overrides": ["data.synthetic.kind=signature"],
-            "grid": {"data.synthetic.reveal": ["direct", "shared"]},  # FlyThinker (the debug config's method)
-            "points": [{"label": f"{name},{d}", "overrides": [*extra, level.format(d)]} for d in ("direct", "shared")
-                       for name, extra in (("sft", ["method=sft"]), ("oracle", ["method=sft", "data.synthetic.hint=true"]))],
-            "reference": ["method=sft", "data.synthetic.hint=false"], "ceiling": "data.synthetic.hint=true"}
+    spec = {
+        "base": str(DEBUG_CONFIG),
+        "overrides": ["data.synthetic.kind=signature"],
+        "grid": {"data.synthetic.reveal": ["direct", "shared"]},  # FlyThinker (the debug config's method)
+        "points": [
+            {"label": f"{name},{d}", "overrides": [*extra, level.format(d)]}
+            for d in ("direct", "shared")
+            for name, extra in (("sft", ["method=sft"]), ("oracle", ["method=sft", "data.synthetic.hint=true"]))
+        ],
+        "reference": ["method=sft", "data.synthetic.hint=false"],
+        "ceiling": "data.synthetic.hint=true",
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = load_sweep(path)
-    assert sweep.reference == {level.format(d): f"sft,{d}" for d in ("direct", "shared")} | {f"oracle,{d}": f"sft,{d}" for d in ("direct", "shared")}
-    assert sweep.ceiling == {level.format(d): f"oracle,{d}" for d in ("direct", "shared")} | {f"sft,{d}": f"oracle,{d}" for d in ("direct", "shared")}
+    assert sweep.reference == {level.format(d): f"sft,{d}" for d in ("direct", "shared")} | {
+        f"oracle,{d}": f"sft,{d}" for d in ("direct", "shared")
+    }
+    assert sweep.ceiling == {level.format(d): f"oracle,{d}" for d in ("direct", "shared")} | {
+        f"sft,{d}": f"oracle,{d}" for d in ("direct", "shared")
+    }
     path.write_text(yaml.safe_dump({**spec, "ceiling": ["method=sft", "data.synthetic.hint=maybe"]}))
     with pytest.raises(SweepError, match="ceiling: no point has method=sft and data.synthetic.hint=maybe"):
         load_sweep(path)
@@ -246,7 +297,11 @@ def test_no_share_where_the_ceilings_own_gap_holds_0(tmp_path):
     right = {}
     for seed in range(3):
         right |= {("sft", seed): 38, ("oracle", seed): 38, ("fly", seed): 36 + seed}
-    table = gap_table(answer_runs(tmp_path, right), {"oracle": "sft", "fly": "sft"}, answer_pattern=r"Overall: (\w+)",
-                      ceiling_of={"fly": "oracle"})
+    table = gap_table(
+        answer_runs(tmp_path, right),
+        {"oracle": "sft", "fly": "sft"},
+        answer_pattern=r"Overall: (\w+)",
+        ceiling_of={"fly": "oracle"},
+    )
     assert pd.isna(table.loc["fly", "answer_accuracy_share"]) and table.loc["fly", "ceiling"] == "oracle"
     assert "no gap to oracle" in gaps_markdown(table)

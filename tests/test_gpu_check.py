@@ -1,5 +1,6 @@
 """`flythinker gpu-check` at tiny sizes on CPU: the script behind `make gpu-check` runs every section,
 reports each one, and keeps going when one fails (the CUDA numbers themselves need a GPU)."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,18 @@ from flythinker_pl.bench import gpu_check
 from flythinker_pl.cli import main
 
 PARITY_CHECKS = {
-    "flythinker: teacher-forced == incremental (sequential)", "flythinker: teacher-forced == incremental (staggered)",
-    "sft: teacher-forced == incremental", "flythinker: greedy tokens staggered == sequential",
-    "lambda = 0 == sft: teacher-forced logits", "lambda = 0 == sft: greedy tokens (staggered vs sft)",
+    "flythinker: teacher-forced == incremental (sequential)",
+    "flythinker: teacher-forced == incremental (staggered)",
+    "sft: teacher-forced == incremental",
+    "flythinker: greedy tokens staggered == sequential",
+    "lambda = 0 == sft: teacher-forced logits",
+    "lambda = 0 == sft: greedy tokens (staggered vs sft)",
     "latents move the logits (the checks above can see a misplaced one)",
-    "shared base: teacher-forced == incremental (sequential)", "shared base: teacher-forced == incremental (shared)",
-    "shared base: greedy tokens shared == sequential", "LoRA adapters move the logits (a wrong adapter would show)"}
+    "shared base: teacher-forced == incremental (sequential)",
+    "shared base: teacher-forced == incremental (shared)",
+    "shared base: greedy tokens shared == sequential",
+    "LoRA adapters move the logits (a wrong adapter would show)",
+}
 
 
 def positive(value) -> bool:
@@ -38,7 +45,8 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     parity = sections["parity"]
     assert parity["status"] == "ok", parity["rows"]
     assert {(r["check"], r["dtype"]) for r in parity["rows"]} == {
-        (check, dtype) for check in PARITY_CHECKS for dtype in ("float32", "bfloat16")}
+        (check, dtype) for check in PARITY_CHECKS for dtype in ("float32", "bfloat16")
+    }
     exact = [r for r in parity["rows"] if r["check"].startswith("lambda = 0")]
     assert all(r["value"] in (0, 1) for r in exact)  # logits bit-equal, tokens all equal
     assert parity["tolerances"] == {"cpu/float32": 1e-5, "cpu/bfloat16": 1e-1}
@@ -46,8 +54,10 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     train = sections["train"]
     assert train["status"] == "ok", train["rows"]
     assert [r["variant"] for r in train["rows"]] == [
-        "sft", *(f"flythinker {size} {mode}" for size in ("0.5B", "1.5B") for mode in ("frozen", "lora", "full")),
-        "flythinker shared base"]
+        "sft",
+        *(f"flythinker {size} {mode}" for size in ("0.5B", "1.5B") for mode in ("frozen", "lora", "full")),
+        "flythinker shared base",
+    ]
     for row in train["rows"]:
         assert positive(row["tokens/s"]) and positive(row["ms/step"]) and positive(row["weights GB"])
         assert math.isfinite(row["loss"]) and row["peak GB"] is None  # no GPU: not measured
@@ -56,7 +66,8 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     decode = sections["decode"]
     assert decode["status"] == "ok", decode["rows"]
     assert [(r["method"], r["batch"]) for r in decode["rows"]] == [
-        (method, batch) for batch in (1, 2) for method in gpu_check.DECODE_VARIANTS]
+        (method, batch) for batch in (1, 2) for method in gpu_check.DECODE_VARIANTS
+    ]
     for row in decode["rows"]:
         assert positive(row["ms/token"]) and positive(row["prefill ms"]) and positive(row["tokens/s"])
     assert all(r["/ sft"] == 1.0 for r in decode["rows"] if r["method"] == "sft")

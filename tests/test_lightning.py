@@ -1,4 +1,5 @@
 """Training through Lightning: checkpoints, resume, run dirs, and that learning happens."""
+
 from __future__ import annotations
 
 import json
@@ -83,10 +84,17 @@ def test_run_dir_records_config_and_commit(run_config):
 @pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 @pytest.mark.parametrize("method", ["sft", "flythinker"])
 def test_a_few_hundred_steps_lower_validation_loss_clearly(run_config, method):
-    cfg = run_config(f"method={method}", "trainer.max_steps=200", "trainer.val_check_interval=200",
-                     "trainer.limit_val_batches=4", "train.lr=5e-3", "train.warmup_ratio=0.05",
-                     "generator.pretrain_steps=100", "reasoner.pretrain_steps=100",
-                     "data.target_tokens=600")  # long references: train on their whole length too
+    cfg = run_config(
+        f"method={method}",
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=200",
+        "trainer.limit_val_batches=4",
+        "train.lr=5e-3",
+        "train.warmup_ratio=0.05",
+        "generator.pretrain_steps=100",
+        "reasoner.pretrain_steps=100",
+        "data.target_tokens=600",
+    )  # long references: train on their whole length too
     metrics = json.loads((fit(cfg) / "metrics.json").read_text())
     assert metrics["global_step"] == 200
     assert metrics["val/loss"] < 0.9 * metrics["val/loss_before"], metrics  # measured: ~17% (SFT), ~30%

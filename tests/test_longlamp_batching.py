@@ -1,5 +1,6 @@
 """Batches: dynamic left padding, labels on the response only, ids carried; the length-bucketed
 order is a deterministic per-epoch permutation that survives Lightning's DDP wrapping."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,15 @@ LENGTHS = [random.Random(n).randint(5, 500) for n in range(203)]
 
 
 def padding(order: list[int], batch_size: int) -> int:
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return sum(max(LENGTHS[i] for i in b) * len(b) - sum(LENGTHS[i] for i in b) for b in batches)
 
 
 def test_collate_left_pads_masks_the_prompt_and_carries_ids():
-    examples = [{"id": "a", "input_ids": [5, 6, 7, 8], "prompt_len": 2, "reference": "ra"},
-                {"id": "b", "input_ids": [9, 10, 11], "prompt_len": 1, "reference": "rb"}]
+    examples = [
+        {"id": "a", "input_ids": [5, 6, 7, 8], "prompt_len": 2, "reference": "ra"},
+        {"id": "b", "input_ids": [9, 10, 11], "prompt_len": 1, "reference": "rb"},
+    ]
     batch = collate(examples, pad_id=0)
     assert batch["ids"] == ["a", "b"] and batch["reference"] == ["ra", "rb"]
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [0, 9, 10, 11]]
@@ -66,8 +69,14 @@ def test_under_ddp_each_rank_takes_its_share_of_every_bucketed_global_batch():
 
 
 def test_the_datamodule_uses_length_buckets_for_training_only(synthetic_dir, tokenizer):
-    cfg = DataConfig(path=str(synthetic_dir), batch_size=4, length_buckets=True, bucket_chunk_batches=4,
-                     profile_tokens=64, target_tokens=64)
+    cfg = DataConfig(
+        path=str(synthetic_dir),
+        batch_size=4,
+        length_buckets=True,
+        bucket_chunk_batches=4,
+        profile_tokens=64,
+        target_tokens=64,
+    )
     datamodule = PersonalisationDataModule(cfg, tokenizer, predict_split="val", predict_batch_size=3)
     datamodule.setup()
     train = datamodule.train_dataloader()
@@ -84,12 +93,26 @@ def test_the_datamodule_uses_length_buckets_for_training_only(synthetic_dir, tok
 def test_the_datamodule_runs_unchanged_under_ddp(run_config):
     """Two CPU processes (gloo), length buckets on, skip report written once into the shared run dir."""
     cfg = run_config()
-    command = [sys.executable, "-m", "flythinker_pl.cli", "fit", "-c", str(DEBUG_CONFIG),
-               f"data.synthetic_dir={cfg.data.synthetic_dir}", f"logging.cache_dir={cfg.logging.cache_dir}",
-               f"logging.root_dir={cfg.logging.root_dir}", "data.length_buckets=true", "data.on_bad_record=skip",
-               "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=4", "trainer.val_check_interval=2"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "flythinker_pl.cli",
+        "fit",
+        "-c",
+        str(DEBUG_CONFIG),
+        f"data.synthetic_dir={cfg.data.synthetic_dir}",
+        f"logging.cache_dir={cfg.logging.cache_dir}",
+        f"logging.root_dir={cfg.logging.root_dir}",
+        "data.length_buckets=true",
+        "data.on_bad_record=skip",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = next((Path(cfg.logging.root_dir) / "tiny").glob("version_*"))
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 4
@@ -101,6 +124,7 @@ def test_each_split_is_retrieved_and_encoded_once_not_per_epoch(synthetic_dir, t
 
     calls = []
     real_retrieve = module.retrieve
+
     def counting_retrieve(record, *args):
         calls.append(record["id"])
         return real_retrieve(record, *args)

@@ -1,5 +1,6 @@
 """Token budgets: never exceeded after re-tokenisation, whole items dropped before any cut, the
 chat template's tail intact, targets cut in every split (for the loss) and references always whole."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,24 +43,34 @@ def test_whole_items_are_dropped_before_any_item_is_cut(tokenizer):
 @pytest.mark.parametrize("task,setting", CONFIGS)
 @pytest.mark.parametrize("budgets", [(8, 6, 5), (40, 20, 16), (10_000, 10_000, 10_000)])
 @pytest.mark.parametrize("system_prompt", [None, "Be brief."])
-def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(tokenizer, task, setting, budgets,
-                                                                      system_prompt):
+def test_every_prompt_respects_its_budgets_and_keeps_the_template_tail(
+    tokenizer, task, setting, budgets, system_prompt
+):
     profile_tokens, input_tokens, target_tokens = budgets
-    cfg = fixture_cfg(task, setting, k=3, profile_tokens=profile_tokens, input_tokens=input_tokens,
-                      target_tokens=target_tokens, system_prompt=system_prompt)
+    cfg = fixture_cfg(
+        task,
+        setting,
+        k=3,
+        profile_tokens=profile_tokens,
+        input_tokens=input_tokens,
+        target_tokens=target_tokens,
+        system_prompt=system_prompt,
+    )
     for split in ("train", "test"):
         for record in load_split(cfg, split).records:
             items = [record["profile"][i] for i in retrieve(record, task, "bm25", 3)]
             example = encode_records([record], [items], cfg, tokenizer)[0]
             ids, prompt_len = example["input_ids"].tolist(), example["prompt_len"]
-            history_text, _, _ = fit_histories(tokenizer, [[render_profile_item(task, i) for i in items]], profile_tokens)[0]
+            history_text, _, _ = fit_histories(
+                tokenizer, [[render_profile_item(task, i) for i in items]], profile_tokens
+            )[0]
             query = truncate(tokenizer, record["input"], input_tokens)
             assert len(token_ids(tokenizer, history_text)) <= profile_tokens
             assert len(token_ids(tokenizer, query)) <= input_tokens
             prompt = tokenizer.decode(ids[:prompt_len])
             assert prompt == chat_prompt(tokenizer, user_message(task, history_text, query), system_prompt)
             tail = token_ids(tokenizer, TAIL)
-            assert prompt.endswith(TAIL) and ids[prompt_len - len(tail):prompt_len] == tail
+            assert prompt.endswith(TAIL) and ids[prompt_len - len(tail) : prompt_len] == tail
             response = ids[prompt_len:]
             full = token_ids(tokenizer, record["output"])
             if len(full) > target_tokens:  # cut in every split (the loss's budget), without EOS
@@ -80,5 +91,7 @@ def test_long_fields_hit_the_budgets_and_are_reported(tokenizer, synthetic_dir):
 def test_abstracts_keep_their_first_750_words_whitespace_normalised():
     words = [f"w{n}" for n in range(ABSTRACT_WORDS + 50)]
     item = {"title": "T", "abstract": "  ".join(words[:10]) + "\n" + " ".join(words[10:]), "id": "1", "year": 2020}
-    assert render_profile_item("abstract_generation", item) == \
-        f'"{" ".join(words[:ABSTRACT_WORDS])}" is the abstract for the title "T"'
+    assert (
+        render_profile_item("abstract_generation", item)
+        == f'"{" ".join(words[:ABSTRACT_WORDS])}" is the abstract for the title "T"'
+    )

@@ -1,5 +1,6 @@
 """Hand-written LongLaMP records (tests/fixtures/longlamp, every task and setting): load, retrieve,
 render exactly as LongLaMP's templates, tokenise, batch; readers for every supported layout."""
+
 from __future__ import annotations
 
 import json
@@ -24,28 +25,34 @@ from helpers import CONFIGS, ROOMY, fixture_cfg, raw
 
 # Typed from LongLaMP's templates (REFERENCE.md), not from the package: recency k, newest first.
 EXPECTED_MESSAGE = {
-    ("product_review", 2):
-        '"5.0" is a rating for the product with description "A 10 ft instrument cable with gold plated jacks.". '
-        '"Great cable" is summary for "No crackle at all and the jacks feel solid. I keep one in my gig bag.", and '
-        '"3.0" is a rating for the product with description "Nickel wound electric guitar strings, light gauge.". '
-        '"Strings are okay" is summary for "They sound bright for a week and then go dull. Fine for practice.". '
-        'Following the given patterns Generate the review text written by a reviewer who has a given an overall '
-        'rating of "5.0" for a product with description "A clip-on chromatic tuner with a backlit display.". '
-        'The summary of the review text is "Best tuner I have owned".',
-    ("abstract_generation", 3):
-        '"We compare subword tokenizers across 40 languages." is the abstract for the title "Multilingual Tokenizers", '
-        'and "Attention cost grows quadratically with document length. We propose a sparse attention pattern for '
-        'long documents and evaluate it on summarization." is the abstract for the title "Efficient Attention for '
-        'Long Documents", and "We train a dual encoder for open-domain question answering. It outperforms BM25 on '
-        'four benchmarks." is the abstract for the title "Dense Retrieval for Question Answering". Use the above '
-        'abstracts as context to understand the style and language of the user and, Generate an abstract for the '
-        'title "Sparse Attention for Long Documents" using the following items: sparse attention, long documents, '
-        'summarization',
-    ("topic_writing", 2):
-        '"Cast iron pizza night" is a summary for "Made pizza in the cast iron tonight. Crispy bottom, no stone '
-        'needed.", and "Best flour for sourdough?" is a summary for "Which flour gives the best rise for sourdough? '
-        'I have been using all-purpose.". Following the given patterns, Generate the content for a reddit post My '
-        'first sourdough loaf finally rose',
+    (
+        "product_review",
+        2,
+    ): '"5.0" is a rating for the product with description "A 10 ft instrument cable with gold plated jacks.". '
+    '"Great cable" is summary for "No crackle at all and the jacks feel solid. I keep one in my gig bag.", and '
+    '"3.0" is a rating for the product with description "Nickel wound electric guitar strings, light gauge.". '
+    '"Strings are okay" is summary for "They sound bright for a week and then go dull. Fine for practice.". '
+    "Following the given patterns Generate the review text written by a reviewer who has a given an overall "
+    'rating of "5.0" for a product with description "A clip-on chromatic tuner with a backlit display.". '
+    'The summary of the review text is "Best tuner I have owned".',
+    (
+        "abstract_generation",
+        3,
+    ): '"We compare subword tokenizers across 40 languages." is the abstract for the title "Multilingual Tokenizers", '
+    'and "Attention cost grows quadratically with document length. We propose a sparse attention pattern for '
+    'long documents and evaluate it on summarization." is the abstract for the title "Efficient Attention for '
+    'Long Documents", and "We train a dual encoder for open-domain question answering. It outperforms BM25 on '
+    'four benchmarks." is the abstract for the title "Dense Retrieval for Question Answering". Use the above '
+    "abstracts as context to understand the style and language of the user and, Generate an abstract for the "
+    'title "Sparse Attention for Long Documents" using the following items: sparse attention, long documents, '
+    "summarization",
+    (
+        "topic_writing",
+        2,
+    ): '"Cast iron pizza night" is a summary for "Made pizza in the cast iron tonight. Crispy bottom, no stone '
+    'needed.", and "Best flour for sourdough?" is a summary for "Which flour gives the best rise for sourdough? '
+    'I have been using all-purpose.". Following the given patterns, Generate the content for a reddit post My '
+    "first sourdough loaf finally rose",
 }
 
 
@@ -58,17 +65,20 @@ def test_rendered_prompt_is_the_longlamp_template_character_for_character(tokeni
     system = f"<|im_start|>system\n{system_prompt}<|im_end|>\n" if system_prompt else ""
     expected = f"{system}<|im_start|>user\n{EXPECTED_MESSAGE[task, k]}<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.decode(example["input_ids"][: example["prompt_len"]]) == expected
-    assert tokenizer.decode(example["input_ids"][example["prompt_len"]:]) == record["output"] + "<|im_end|>"
+    assert tokenizer.decode(example["input_ids"][example["prompt_len"] :]) == record["output"] + "<|im_end|>"
 
 
 def test_without_a_chat_template_the_plain_template_is_used(tokenizer):
-    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>",
-                                pad_token="<|endoftext|>")
+    plain = tokenizer.__class__(
+        tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     assert not plain.chat_template
     cfg = fixture_cfg("topic_writing", retriever="recency", k=2, **ROOMY)
     example = prepare_record(load_split(cfg, "train").records[0], cfg, plain)
-    assert plain.decode(example["input_ids"][: example["prompt_len"]]) == \
-        EXPECTED_MESSAGE["topic_writing", 2] + "\n\nResponse:\n"
+    assert (
+        plain.decode(example["input_ids"][: example["prompt_len"]])
+        == EXPECTED_MESSAGE["topic_writing", 2] + "\n\nResponse:\n"
+    )
 
 
 def test_an_empty_profile_gives_a_prompt_without_history(tokenizer):
@@ -82,11 +92,15 @@ def test_an_empty_profile_gives_a_prompt_without_history(tokenizer):
 
 
 LONGLAMP_FIELDS = {  # LongLaMP's retrieval code: (query from input, document from profile item)
-    "product_review": (lambda inp: inp,
-                       lambda p: f'{p["overall"]} {p["summary"]} {p["description"]} {p["reviewText"]}'),
-    "abstract_generation": (lambda inp: inp[inp.find("items:") + len("items:"):].strip(),
-                            lambda p: f'{p["title"]} {p["abstract"]}'),
-    "topic_writing": (lambda inp: inp, lambda p: f'{p["summary"]} {p["content"]}'),
+    "product_review": (
+        lambda inp: inp,
+        lambda p: f"{p['overall']} {p['summary']} {p['description']} {p['reviewText']}",
+    ),
+    "abstract_generation": (
+        lambda inp: inp[inp.find("items:") + len("items:") :].strip(),
+        lambda p: f"{p['title']} {p['abstract']}",
+    ),
+    "topic_writing": (lambda inp: inp, lambda p: f"{p['summary']} {p['content']}"),
 }
 
 
@@ -124,12 +138,17 @@ def test_every_config_loads_retrieves_renders_and_batches(tokenizer, task, setti
     cfg = fixture_cfg(task, setting, retriever=retriever, k=2, batch_size=2, eval_batch_size=2)
     datamodule = PersonalisationDataModule(cfg, tokenizer)
     datamodule.setup()
-    for split, loader in [("train", datamodule.train_dataloader()), ("val", datamodule.val_dataloader()),
-                          ("test", datamodule.test_dataloader()), ("test", datamodule.predict_dataloader())]:
+    for split, loader in [
+        ("train", datamodule.train_dataloader()),
+        ("val", datamodule.val_dataloader()),
+        ("test", datamodule.test_dataloader()),
+        ("test", datamodule.predict_dataloader()),
+    ]:
         records = raw(task, setting, split)
         batches = list(loader)
         assert sorted(i for b in batches for i in b["ids"]) == sorted(
-            r.get("id", f"{split}-{n}") for n, r in enumerate(records))
+            r.get("id", f"{split}-{n}") for n, r in enumerate(records)
+        )
         assert sorted(ref for b in batches for ref in b["reference"]) == sorted(r["output"] for r in records)
     for example, record in zip(datamodule.examples["val"], raw(task, setting, "val")):
         prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
@@ -216,8 +235,13 @@ def test_a_missing_split_names_the_expected_files(tmp_path):
 
 
 def test_stats_and_show_describe_what_the_model_reads(tokenizer):
-    cfg = fixture_cfg("product_review", retriever="recency", k=2, profile_tokens=40, **{
-        k: v for k, v in ROOMY.items() if k != "profile_tokens"})
+    cfg = fixture_cfg(
+        "product_review",
+        retriever="recency",
+        k=2,
+        profile_tokens=40,
+        **{k: v for k, v in ROOMY.items() if k != "profile_tokens"},
+    )
     lines = stats(cfg, tokenizer).splitlines()
     assert [c.strip() for c in lines[2].split("|")[2:-1]] == ["train", "val", "test"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[4:]}

@@ -1,4 +1,5 @@
 """The real-data converter (../shared/data, read in place) writes files this data layer loads."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ def test_converted_real_data_loads_in_both_settings(converted, source, task):
     for setting in ("user", "temporal"):
         cfg = DataConfig(task=task, setting=setting, path=str(out))  # on_bad_record=error
         splits = {split: load_split(cfg, split).records for split in SPLITS}
-        assert {split: len(r) for split, r in splits.items()} == \
-            {split: summary["records"][f"{setting}/{split}"] for split in SPLITS}
+        assert {split: len(r) for split, r in splits.items()} == {
+            split: summary["records"][f"{setting}/{split}"] for split in SPLITS
+        }
         users = {split: {r[user_key] for r in records} for split, records in splits.items()}
         if setting == "user":  # disjoint users; every item of a user is one record
             assert not (users["train"] & users["val"] or users["train"] & users["test"] or users["val"] & users["test"])
@@ -69,7 +71,7 @@ def test_converted_real_data_loads_in_both_settings(converted, source, task):
 @needs_real_data
 def test_a_converted_record_renders(converted, tokenizer):
     text = show(DataConfig(path=str(converted("amazon")[0]), max_records=5), tokenizer, "test", 0)
-    assert "is a rating for the product with description \"\"." in text and "<|im_start|>assistant" in text
+    assert 'is a rating for the product with description "".' in text and "<|im_start|>assistant" in text
 
 
 def test_the_real_data_experiment_reads_the_converters_output():
@@ -84,9 +86,11 @@ def test_a_shared_item_is_never_a_target_in_training_and_evaluation():
     def record(user, output, profile=()):
         return {"id": f"{user}-{output}", "output": output, "profile": [{"abstract": p} for p in profile]}
 
-    splits = {"train": [record("a", "paper 1"), record("a", "paper 2", ["paper 5"])],
-              "val": [record("b", "paper 1"), record("b", "paper 3")],
-              "test": [record("c", "paper 3"), record("c", "paper 4"), record("c", "paper 5")]}
+    splits = {
+        "train": [record("a", "paper 1"), record("a", "paper 2", ["paper 5"])],
+        "val": [record("b", "paper 1"), record("b", "paper 3")],
+        "test": [record("c", "paper 3"), record("c", "paper 4"), record("c", "paper 5")],
+    }
     assert without_leaks(splits, "abstract_generation") == {"train": 0, "val": 1, "test": 2}
     assert [r["output"] for r in splits["val"]] == ["paper 3"]
     assert [r["output"] for r in splits["test"]] == ["paper 4"]  # paper 5 was in a training profile

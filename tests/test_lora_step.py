@@ -1,6 +1,7 @@
 """The lean LoRA forward (models/lora_step.py) computes what peft's forward computes: one adapter,
 two adapters by row group, after an optimiser step, and inside every decoding engine. Adapters have
 random, distinct, nonzero B matrices: with B = 0 (peft's init) a wrong dispatch would go unseen."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ GREEDY = DecodeConfig(do_sample=False, max_new_tokens=12)
 
 @pytest.fixture
 def two_adapters(tokenizer):
-    model = set_mode(tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator",
-                     "CAUSAL_LM")
+    model = set_mode(
+        tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
+    )
     model.add_adapter("reasoner", lora_config(BackboneConfig(lora_alpha=8), "CAUSAL_LM"))  # another scaling
     randomise_lora(model, which="lora_")
     return model.eval()
@@ -72,8 +74,9 @@ def test_lean_reads_the_trained_weights_after_an_optimiser_step(two_adapters):
         with torch.no_grad():
             with lean, lean.rows("generator", "reasoner"):
                 batched = forward(model, torch.cat([ids, ids]))
-            reference = torch.cat([forward(with_adapter(model, "generator"), ids),
-                                   forward(with_adapter(model, "reasoner"), ids)])
+            reference = torch.cat(
+                [forward(with_adapter(model, "generator"), ids), forward(with_adapter(model, "reasoner"), ids)]
+            )
         torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-5)
         model.base_model.set_requires_grad(["generator", "reasoner"], True)
         forward(model.train(), ids).logsumexp(-1).mean().backward()
@@ -95,8 +98,9 @@ def test_layers_peft_treats_differently_keep_peft_forward(two_adapters):
 
 
 def test_rows_need_one_rank(tokenizer):
-    model = set_mode(tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator",
-                     "CAUSAL_LM")
+    model = set_mode(
+        tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
+    )
     model.add_adapter("reasoner", lora_config(BackboneConfig(lora_r=4), "CAUSAL_LM"))
     ids = torch.tensor([PROMPTS[0], PROMPTS[0]])
     with pytest.raises(ValueError, match="one LoRA rank"), torch.no_grad():
@@ -106,17 +110,21 @@ def test_rows_need_one_rank(tokenizer):
 
 @torch.no_grad()
 def test_sft_decodes_the_same_tokens_on_the_lean_and_peft_paths(tokenizer):
-    generator = set_mode(tiny.build_model(sizes(64), tokenizer, seed=5), BackboneConfig(mode="lora"), "generator",
-                         "CAUSAL_LM")
+    generator = set_mode(
+        tiny.build_model(sizes(64), tokenizer, seed=5), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
+    )
     randomise_lora(generator, seed=1, which="lora_")
     method = SFT(generator).eval()
     ids, mask = left_padded(PROMPTS, tokenizer.pad_token_id)
     prompt_len = torch.tensor([len(p) for p in PROMPTS])
-    outputs = {path: generate(method, ids, mask, prompt_len, ["a", "b", "c"],
-                              dataclasses.replace(GREEDY, lora_path=path), eos_ids=-1).tokens
-               for path in ("lean", "peft")}
+    outputs = {
+        path: generate(
+            method, ids, mask, prompt_len, ["a", "b", "c"], dataclasses.replace(GREEDY, lora_path=path), eos_ids=-1
+        ).tokens
+        for path in ("lean", "peft")
+    }
     assert outputs["lean"] == outputs["peft"]
     for prompt, generated in zip(PROMPTS, outputs["lean"]):  # == the teacher-forced argmax chain
         full = torch.tensor([prompt + generated])
         logits = method(full, torch.ones_like(full), torch.tensor([len(prompt)]))
-        assert logits[0, len(prompt) - 1: -1].argmax(-1).tolist() == generated
+        assert logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() == generated

@@ -1,4 +1,5 @@
 """`flythinker run` (fit -> predict -> evaluate, each stage reused when done) and `evaluate`."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,22 @@ def hparams_tab(events: EventAccumulator) -> tuple[list[str], list[str], dict]:
     content = events.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    return (sorted(h.name for h in experiment.hparam_infos), [m.name.tag for m in experiment.metric_infos],
-            dict(session.session_start_info.hparams))
+    return (
+        sorted(h.name for h in experiment.hparam_infos),
+        [m.name.tag for m in experiment.metric_infos],
+        dict(session.session_start_info.hparams),
+    )
 
 
 def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
-    cfg = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=8",
-                     "eval.n_bootstrap=20", "eval.segment_width=4", "eval.segment_max=12")
+    cfg = run_config(
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "decode.max_new_tokens=8",
+        "eval.n_bootstrap=20",
+        "eval.segment_width=4",
+        "eval.segment_max=12",
+    )
     run_dir = run_experiment(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/loss", "test/bleu", "test/rouge1", "test/rougeL", "test/meteor", "test/bleu_ci_low"} <= set(metrics)
@@ -48,14 +58,26 @@ def test_run_trains_decodes_scores_and_a_rerun_reuses_everything(run_config):
     stamps = {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()}
     assert run_experiment(cfg) == run_dir  # no new version, nothing recomputed
     assert {p.name: p.stat().st_mtime for p in run_dir.iterdir() if p.is_file() and p.name in stamps} == stamps
-    redecoded = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=5",
-                           "eval.n_bootstrap=0", "eval.segment_width=4", "eval.segment_max=12")
+    redecoded = run_config(
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "decode.max_new_tokens=5",
+        "eval.n_bootstrap=0",
+        "eval.segment_width=4",
+        "eval.segment_max=12",
+    )
     assert run_experiment(redecoded) == run_dir  # decoding settings alone: same trained run ...
     assert "max_new_tokens: 5" in (run_dir / "predictions.config.yaml").read_text()  # ... decoded again
     assert max(r["new_tokens"] for r in map(json.loads, (run_dir / "predictions.jsonl").read_text().splitlines())) <= 5
     assert "n_bootstrap: 0" in (run_dir / "eval_config.yaml").read_text()  # ... and rescored
-    assert run_experiment(run_config("trainer.max_steps=3", "trainer.val_check_interval=3",
-                                     "decode.max_new_tokens=8", "eval.n_bootstrap=0")) != run_dir
+    assert (
+        run_experiment(
+            run_config(
+                "trainer.max_steps=3", "trainer.val_check_interval=3", "decode.max_new_tokens=8", "eval.n_bootstrap=0"
+            )
+        )
+        != run_dir
+    )
 
 
 def test_zero_shot_run_validates_and_decodes_the_loaded_weights(run_config):
@@ -68,14 +90,27 @@ def test_zero_shot_run_validates_and_decodes_the_loaded_weights(run_config):
 
 
 def test_evaluate_command_scores_several_runs(run_config, tmp_path, capsys):
-    cfg = run_config("trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=6",
-                     "eval.n_bootstrap=0")
+    cfg = run_config(
+        "trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=6", "eval.n_bootstrap=0"
+    )
     first = run_experiment(cfg)
     cfg.logging.experiment = "other"
     second = run_experiment(cfg)
     out = tmp_path / "compare"
-    assert main(["evaluate", str(first / "predictions.jsonl"), str(second.parent), "eval.segment_width=3",
-                 "eval.n_bootstrap=0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(first / "predictions.jsonl"),
+                str(second.parent),
+                "eval.segment_width=3",
+                "eval.n_bootstrap=0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "tiny/version_0" in printed and "other/version_0" in printed and "meteor" in printed
     assert (out / "position_eval.png").exists()
@@ -84,9 +119,14 @@ def test_evaluate_command_scores_several_runs(run_config, tmp_path, capsys):
 
 
 METHOD_SETTINGS = {
-    "nonpers": ["data.retriever=none", "trainer.max_steps=0"], "rag": ["trainer.max_steps=0"], "sft": [],
-    "cot": ["data.rationales=oracle", "data.rationale_tokens=16"], "static": ["fusion.span=response"],
-    "coconut": ["coconut.k=2"], "flythinker": [], "no_profile": ["reasoner.sees_profile=false"],
+    "nonpers": ["data.retriever=none", "trainer.max_steps=0"],
+    "rag": ["trainer.max_steps=0"],
+    "sft": [],
+    "cot": ["data.rationales=oracle", "data.rationale_tokens=16"],
+    "static": ["fusion.span=response"],
+    "coconut": ["coconut.k=2"],
+    "flythinker": [],
+    "no_profile": ["reasoner.sees_profile=false"],
     "random_reasoner": ["reasoner.init=random", "reasoner.mode=frozen"],
 }
 
@@ -94,8 +134,14 @@ METHOD_SETTINGS = {
 @pytest.mark.parametrize("name", list(METHOD_SETTINGS))
 def test_every_method_trains_decodes_and_is_scored_by_the_shared_pipeline(run_config, name):
     method = {"no_profile": "flythinker", "random_reasoner": "flythinker"}.get(name, name)
-    cfg = run_config(f"method={method}", *METHOD_SETTINGS[name], "trainer.val_check_interval=1",
-                     "decode.max_new_tokens=4", "eval.n_bootstrap=0", "callbacks.samples=0")
+    cfg = run_config(
+        f"method={method}",
+        *METHOD_SETTINGS[name],
+        "trainer.val_check_interval=1",
+        "decode.max_new_tokens=4",
+        "eval.n_bootstrap=0",
+        "callbacks.samples=0",
+    )
     if cfg.trainer.max_steps:
         cfg.trainer.max_steps = 1
     run_dir = run_experiment(cfg)

@@ -1,6 +1,7 @@
 """Plots a reader can trust: lines named and coloured by method (sweeps: point and seeds), units on
 the axes, intervals as bands, the outputs' own counts per window, windows over few samples marked, one
 legend, a title with the split and the runs, one TensorBoard image per panel."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,22 @@ from flythinker_pl.config import EvalConfig
 from flythinker_pl.evaluation import metrics
 from flythinker_pl.evaluation.gaps import plot_gaps, plot_segment_gaps
 from flythinker_pl.evaluation.palette import METHOD_COLOURS, line_styles
-from flythinker_pl.evaluation.report import (CSV_NAME, MIN_SAMPLES, plot_position_eval, position_panels,
-                                             save_position_eval)
+from flythinker_pl.evaluation.report import (
+    CSV_NAME,
+    MIN_SAMPLES,
+    plot_position_eval,
+    position_panels,
+    save_position_eval,
+)
 from flythinker_pl.evaluation.segments import TextUnits, position_scores
 from flythinker_pl.lit.evaluate import evaluate_run, run_labels, runs_segments
-from flythinker_pl.evaluation.sweep_report import (plot_lambda_sweep, plot_metrics, plot_versus, segments_frame,
-                                                   summary_table)
+from flythinker_pl.evaluation.sweep_report import (
+    plot_lambda_sweep,
+    plot_metrics,
+    plot_versus,
+    segments_frame,
+    summary_table,
+)
 from matplotlib.colors import to_hex
 
 PANELS = ["bleu", "rouge1", "rougeL", "samples"]
@@ -45,20 +56,34 @@ def legend_texts(legend) -> list[str]:
 
 
 def test_lines_are_labelled_coloured_by_method_and_windows_with_few_samples_are_hollow():
-    frame = pd.concat([scores().assign(run="demo_sft/version_0", label="sft", method="sft"),
-                       scores(output_words=160).assign(run="demo/version_0", label="flythinker", method="flythinker")])
+    frame = pd.concat(
+        [
+            scores().assign(run="demo_sft/version_0", label="sft", method="sft"),
+            scores(output_words=160).assign(run="demo/version_0", label="flythinker", method="flythinker"),
+        ]
+    )
     figure = plot_position_eval(frame, "test split: sft vs flythinker")
     axes = figure.axes
     assert len(axes) == len(PANELS) and figure.get_suptitle() == "test split: sft vs flythinker"
     (legend,) = figure.legends  # one legend for the figure, not one panel's
-    assert legend_texts(legend) == ["sft", "flythinker", "references reaching the window",
-                                    f"fewer than {MIN_SAMPLES} samples"]
+    assert legend_texts(legend) == [
+        "sft",
+        "flythinker",
+        "references reaching the window",
+        f"fewer than {MIN_SAMPLES} samples",
+    ]
     assert all(axis.get_xlabel() == "position in output (words)" for axis in axes)
-    assert [axis.get_ylabel() for axis in axes] == ["BLEU (0-100)", "ROUGE-1 F1 (0-1)", "ROUGE-L F1 (0-1)",
-                                                  "outputs reaching window"]
+    assert [axis.get_ylabel() for axis in axes] == [
+        "BLEU (0-100)",
+        "ROUGE-1 F1 (0-1)",
+        "ROUGE-L F1 (0-1)",
+        "outputs reaching window",
+    ]
     line, hollow = axes[0].lines[:2]  # the sft line, then its low-count windows
-    assert to_hex(line.get_color()) == METHOD_COLOURS["sft"] and to_hex(axes[0].lines[2].get_color()) == \
-        METHOD_COLOURS["flythinker"]
+    assert (
+        to_hex(line.get_color()) == METHOD_COLOURS["sft"]
+        and to_hex(axes[0].lines[2].get_color()) == METHOD_COLOURS["flythinker"]
+    )
     assert list(line.get_xdata()) == [25, 75, 125, 175] and line.get_markevery() == [True, True, False, False]
     assert hollow.get_markerfacecolor() == "none" and list(hollow.get_xdata()) == [125, 175]
     assert hollow.get_linestyle() == "None" and hollow.get_color() == line.get_color()
@@ -106,12 +131,18 @@ def fake_run(root, experiment: str, method: str | None, in_metrics: bool = True)
 
 
 def test_runs_are_labelled_by_method_and_by_run_where_methods_repeat(tmp_path):
-    sft, fly, fly_again = (fake_run(tmp_path, "demo_sft", "sft"), fake_run(tmp_path, "demo", "flythinker"),
-                           fake_run(tmp_path, "demo_lam1", "flythinker", in_metrics=False))
+    sft, fly, fly_again = (
+        fake_run(tmp_path, "demo_sft", "sft"),
+        fake_run(tmp_path, "demo", "flythinker"),
+        fake_run(tmp_path, "demo_lam1", "flythinker", in_metrics=False),
+    )
     unknown = fake_run(tmp_path, "elsewhere", None)
     assert run_labels([sft, fly, fly_again, unknown]) == {
-        "demo_sft/version_0": "sft", "demo/version_0": "flythinker (demo/version_0)",
-        "demo_lam1/version_0": "flythinker (demo_lam1/version_0)", "elsewhere/version_0": "elsewhere/version_0"}
+        "demo_sft/version_0": "sft",
+        "demo/version_0": "flythinker (demo/version_0)",
+        "demo_lam1/version_0": "flythinker (demo_lam1/version_0)",
+        "elsewhere/version_0": "elsewhere/version_0",
+    }
     assert run_labels([sft, fly]) == {"demo_sft/version_0": "sft", "demo/version_0": "flythinker"}
 
     runs_segments([sft, fly], tmp_path / "compare")
@@ -142,13 +173,25 @@ def test_evaluate_run_writes_one_tensorboard_image_per_panel(tmp_path):
 def sweep_runs(tmp_path) -> pd.DataFrame:
     """Two points: lam=0.5 over seeds 0 and 1, sft over seed 0 only."""
     rows = []
-    for point, seed, lam, bleu in [("fusion.lam=0.5", 0, 0.5, 10.0), ("fusion.lam=0.5", 1, 0.5, 14.0),
-                                   ("sft", 0, None, 8.0)]:
+    for point, seed, lam, bleu in [
+        ("fusion.lam=0.5", 0, 0.5, 10.0),
+        ("fusion.lam=0.5", 1, 0.5, 14.0),
+        ("sft", 0, None, 8.0),
+    ]:
         run_dir = tmp_path / point / f"seed={seed}"
         save_position_eval(scores(), run_dir)
-        rows.append({"point": point, "seed": seed, "fusion.lam": lam, "run_dir": str(run_dir),
-                     "method": "sft" if point == "sft" else "flythinker",
-                     "test/bleu": bleu, "val/loss": bleu / 10, "lambda_sweep/val_loss@0": bleu / 5})
+        rows.append(
+            {
+                "point": point,
+                "seed": seed,
+                "fusion.lam": lam,
+                "run_dir": str(run_dir),
+                "method": "sft" if point == "sft" else "flythinker",
+                "test/bleu": bleu,
+                "val/loss": bleu / 10,
+                "lambda_sweep/val_loss@0": bleu / 5,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -167,7 +210,7 @@ def test_sweep_plots_name_points_seeds_units_and_show_spread_only_where_computed
     ticks = [tick.get_text() for tick in panels["test/bleu"].get_xticklabels()]
     assert ticks == ["fusion.lam=0.5 (n=2)", "sft (n=1)"]
     bars = [bar for bar in panels["test/bleu"].collections[0].get_segments() if len(bar)]  # sft: one seed, no bar
-    assert len(bars) == 1 and bars[0][:, 1].tolist() == pytest.approx([12 - 2 ** 1.5, 12 + 2 ** 1.5])
+    assert len(bars) == 1 and bars[0][:, 1].tolist() == pytest.approx([12 - 2**1.5, 12 + 2**1.5])
 
     versus = plot_versus(table, "fusion.lam", ["fusion.lam"]).axes[1]
     assert versus.get_xlabel() == "fusion.lam" and versus.get_ylabel() == "test BLEU (0-100)"
@@ -183,14 +226,23 @@ def test_sweep_plots_name_points_seeds_units_and_show_spread_only_where_computed
 
 def test_one_colour_per_method_in_every_plot():
     assert [style["color"] for style in line_styles(["sft", "flythinker", "flythinker", None, "probe-x"])] == [
-        METHOD_COLOURS["sft"], METHOD_COLOURS["flythinker"], METHOD_COLOURS["flythinker"], "#228833", "#aa3377"]
+        METHOD_COLOURS["sft"],
+        METHOD_COLOURS["flythinker"],
+        METHOD_COLOURS["flythinker"],
+        "#228833",
+        "#aa3377",
+    ]
     styles = line_styles(["flythinker", "flythinker"])
     assert styles[0]["linestyle"] != styles[1]["linestyle"]  # two points of one method stay apart
-    gaps = pd.DataFrame({"reference": ["sft", "sft"], "bleu_gap": [1.0, 2.0], "bleu_ci_low": [0.0, 1.0],
-                         "bleu_ci_high": [2.0, 3.0]}, index=["flythinker", "static"])
+    gaps = pd.DataFrame(
+        {"reference": ["sft", "sft"], "bleu_gap": [1.0, 2.0], "bleu_ci_low": [0.0, 1.0], "bleu_ci_high": [2.0, 3.0]},
+        index=["flythinker", "static"],
+    )
     axis = plot_gaps(gaps, {"flythinker": "flythinker", "static": "static"}, "Sweep `baselines`").axes[0]
     assert [to_hex(bar.lines[0].get_color()) for bar in axis.containers] == [
-        METHOD_COLOURS["flythinker"], METHOD_COLOURS["static"]]
+        METHOD_COLOURS["flythinker"],
+        METHOD_COLOURS["static"],
+    ]
     windows = pd.DataFrame({"flythinker": [1.0, 2.0]}, index=["0-50", "50-100"])
     line = plot_segment_gaps(windows, methods={"flythinker": "flythinker"}).axes[0].lines[0]
     assert to_hex(line.get_color()) == METHOD_COLOURS["flythinker"]

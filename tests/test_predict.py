@@ -1,4 +1,5 @@
 """Lightning predict: predictions.jsonl with every id once, the same under 2-process CPU DDP."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,14 +19,14 @@ from flythinker_pl.lit.writer import PredictionWriter
 from helpers import DEBUG_CONFIG
 
 
-
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_predict_from_checkpoint_writes_every_test_id_once(run_config):
-    cfg = run_config("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=6",
-                     "decode.batch_size=3")
+    cfg = run_config(
+        "trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=6", "decode.batch_size=3"
+    )
     run_dir = fit(cfg)
     output = predict(cfg, str(run_dir / "checkpoints" / "last.ckpt"))
     assert output == run_dir / "predictions.jsonl"
@@ -40,19 +41,39 @@ def test_predict_from_checkpoint_writes_every_test_id_once(run_config):
     assert (run_dir / "predictions.config.yaml").exists()
     assert not list(run_dir.glob("predictions.rank*.jsonl"))  # shards merged and removed
 
-    few = predict(dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, max_records=4)),
-                  str(run_dir / "checkpoints" / "last.ckpt"))
+    few = predict(
+        dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, max_records=4)),
+        str(run_dir / "checkpoints" / "last.ckpt"),
+    )
     assert [r["id"] for r in read_jsonl(few)] == [r["id"] for r in expected[:4]]  # decode.max_records: the first 4
 
 
 def _predict_cli(cfg, devices: int, experiment: str):
-    args = [sys.executable, "-m", "flythinker_pl.cli", "predict", "-c", str(DEBUG_CONFIG),
-            f"data.synthetic_dir={cfg.data.synthetic_dir}", f"logging.cache_dir={cfg.logging.cache_dir}",
-            f"logging.root_dir={cfg.logging.root_dir}", f"logging.experiment={experiment}",
-            f"trainer.devices={devices}", "trainer.strategy=" + ("ddp" if devices > 1 else "auto"),
-            "decode.max_new_tokens=5", "decode.batch_size=1", "decode.do_sample=true", "ckpt_path=none"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "flythinker_pl.cli",
+        "predict",
+        "-c",
+        str(DEBUG_CONFIG),
+        f"data.synthetic_dir={cfg.data.synthetic_dir}",
+        f"logging.cache_dir={cfg.logging.cache_dir}",
+        f"logging.root_dir={cfg.logging.root_dir}",
+        f"logging.experiment={experiment}",
+        f"trainer.devices={devices}",
+        "trainer.strategy=" + ("ddp" if devices > 1 else "auto"),
+        "decode.max_new_tokens=5",
+        "decode.batch_size=1",
+        "decode.do_sample=true",
+        "ckpt_path=none",
+    ]
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     if devices > 1:
         assert f"MEMBER: {devices}/{devices}" in done.stdout + done.stderr  # really {devices} ranks
@@ -77,11 +98,13 @@ def test_a_checkpoint_of_another_method_is_refused(run_config):
 
 
 def test_sigterm_stops_decoding_after_the_current_batch(run_config, monkeypatch):
-    cfg = run_config("trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=2",
-                     "decode.batch_size=2")
+    cfg = run_config(
+        "trainer.max_steps=1", "trainer.val_check_interval=1", "decode.max_new_tokens=2", "decode.batch_size=2"
+    )
     run_dir = fit(cfg)
-    monkeypatch.setattr(PredictionWriter, "on_predict_batch_start",
-                        lambda *_: os.kill(os.getpid(), signal.SIGTERM), raising=False)
+    monkeypatch.setattr(
+        PredictionWriter, "on_predict_batch_start", lambda *_: os.kill(os.getpid(), signal.SIGTERM), raising=False
+    )
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException
         predict(cfg, str(run_dir / "checkpoints" / "last.ckpt"))
     shard = run_dir / "predictions.rank0.jsonl"

@@ -1,5 +1,6 @@
 """`flythinker probe`: probes fitted on training users are scored on users they never saw, can decode an
 attribute the features carry and fall to chance on noise, and the command writes its files."""
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,24 @@ def tiny_runs(tmp_path_factory, synthetic_dir):
     logs = tmp_path_factory.mktemp("probe_logs")
 
     def train(*overrides):
-        return fit(load_config(DEBUG_CONFIG, [f"data.synthetic_dir={synthetic_dir.parent}",
-                                              f"logging.cache_dir={tmp_path_factory.getbasetemp() / 'model-cache'}",
-                                              f"logging.root_dir={logs}", "trainer.limit_val_batches=1",
-                                              "callbacks.samples=0", *overrides]))
+        return fit(
+            load_config(
+                DEBUG_CONFIG,
+                [
+                    f"data.synthetic_dir={synthetic_dir.parent}",
+                    f"logging.cache_dir={tmp_path_factory.getbasetemp() / 'model-cache'}",
+                    f"logging.root_dir={logs}",
+                    "trainer.limit_val_batches=1",
+                    "callbacks.samples=0",
+                    *overrides,
+                ],
+            )
+        )
 
-    return (train("trainer.max_steps=1", "trainer.val_check_interval=1"),
-            train("method=sft", "trainer.max_steps=0", "logging.experiment=tiny_sft"))
+    return (
+        train("trainer.max_steps=1", "trainer.val_check_interval=1"),
+        train("method=sft", "trainer.max_steps=0", "logging.experiment=tiny_sft"),
+    )
 
 
 def split_users(synthetic_dir, split: str) -> set[str]:
@@ -61,8 +73,15 @@ def test_probes_are_fitted_on_training_users_and_scored_on_the_held_out_ones(tin
     assert (first["n_train"] == train.sum()).all() and (first["n_test"] == held_out.sum()).all()
     assert (first["n_test_users"] == len(set(users[held_out]))).all()
     with pytest.raises(ValueError, match="not fitted on"):
-        score_probe(np.zeros((2, 1)), np.array(["a", "b"]), np.array(["u1", "u2"]), np.zeros((1, 1)),
-                    np.array(["a"]), np.array(["u2"]), n_bootstrap=0)
+        score_probe(
+            np.zeros((2, 1)),
+            np.array(["a", "b"]),
+            np.array(["u1", "u2"]),
+            np.zeros((1, 1)),
+            np.array(["a"]),
+            np.array(["u2"]),
+            n_bootstrap=0,
+        )
 
 
 def synthetic_users(rng, n_users: int, classes: int, signal: float, prefix: str):
@@ -93,10 +112,25 @@ def test_the_command_writes_its_tables_and_plots(tiny_runs, tmp_path, capsys):
     for name in ("probe.csv", "probe.md", "probe_vs_position.png", "pca.png"):
         assert (out / name).stat().st_size > 0
     frame = pd.read_csv(out / "probe.csv")
-    assert list(frame.columns[:12]) == ["run", "label", "method", "source", "attribute", "window", "accuracy",
-                                        "ci_low", "ci_high", "chance", "n_train", "n_test"]
-    assert set(zip(frame["method"], frame["source"])) == {("flythinker", "reasoner"), ("flythinker", "generator"),
-                                                          ("sft", "generator")}
+    assert list(frame.columns[:12]) == [
+        "run",
+        "label",
+        "method",
+        "source",
+        "attribute",
+        "window",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "chance",
+        "n_train",
+        "n_test",
+    ]
+    assert set(zip(frame["method"], frame["source"])) == {
+        ("flythinker", "reasoner"),
+        ("flythinker", "generator"),
+        ("sft", "generator"),
+    }
     assert frame["accuracy"].between(0, 1).all()
     printed = capsys.readouterr().out
     assert "chance" in printed and "arc" in printed and str(out) in printed
@@ -111,6 +145,7 @@ def test_data_without_users_file_is_a_clear_error(tmp_path, synthetic_dir):
 
 def test_the_rule_tasks_latent_truth_gives_every_user_the_value_they_keep(tmp_path):
     from flythinker_pl.data import synthetic_rule
+
     made = synthetic_rule.generate(tmp_path, num_users=8, items_per_user=4, seed=0)
     labels = user_labels(made / "users.jsonl")
     assert set(labels) == {"keeps", "opener", "mean_rating"}
@@ -119,6 +154,7 @@ def test_the_rule_tasks_latent_truth_gives_every_user_the_value_they_keep(tmp_pa
 
 def test_the_signature_tasks_latent_truth_gives_every_user_their_word(tmp_path):
     from flythinker_pl.data import synthetic_signature
+
     made = synthetic_signature.generate(tmp_path, num_users=16, items_per_user=4, reveal="shared", seed=0)
     labels = user_labels(made / "users.jsonl")
     assert set(labels) == {"word", "opener", "mean_rating"}

@@ -1,6 +1,7 @@
 """method=flythinker_recurrent (models/recurrent.py): the exact teacher-forced pass is decoding's
 computation, a truncated window is exact where it claims to be, mu = 0 is FlyThinker, gradients
 cross the recurrence, every engine decodes it alike, and the config refuses what it cannot run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,8 @@ from flythinker_pl.decoding.reasoner_process import reasoner_process
 from flythinker_pl.lit.module import response_loss
 from flythinker_pl.models.build import build_method
 from flythinker_pl.models.flythinker import FlyThinker
-from flythinker_pl.models.fusion import LatentFusion, real_positions
+from flythinker_pl.models.fusion import LatentFusion
+from flythinker_pl.models.fusion_math import real_positions
 from flythinker_pl.models.layout import last_prompt_column
 from flythinker_pl.models.recurrent import RecurrentFlyThinker
 
@@ -44,8 +46,10 @@ def model(backbones, mu=1.0, window=0, lam=2.0, span="global", cls=RecurrentFlyT
 
 def batch(tokenizer, seed=0):
     g = torch.Generator().manual_seed(seed)
-    rows = [torch.randint(3, len(tokenizer), (p + r,), generator=g).tolist()
-            for p, r in zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)]
+    rows = [
+        torch.randint(3, len(tokenizer), (p + r,), generator=g).tolist()
+        for p, r in zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)
+    ]
     ids, mask = left_padded(rows, tokenizer.pad_token_id)
     return ids, mask, torch.tensor(PROMPT_LENGTHS)
 
@@ -53,7 +57,7 @@ def batch(tokenizer, seed=0):
 def response_logits(logits, mask, prompt_len):
     """Per row, the logits predicting its response tokens: columns last prompt .. end - 1."""
     last = last_prompt_column(mask, prompt_len)
-    return [logits[row, last[row]:last[row] + length] for row, length in enumerate(RESPONSE_LENGTHS)]
+    return [logits[row, last[row] : last[row] + length] for row, length in enumerate(RESPONSE_LENGTHS)]
 
 
 def incremental_logits(method, ids, mask, prompt_len, pad_id):
@@ -105,7 +109,7 @@ def test_truncated_window_is_exact_where_it_claims_and_only_there(backbones, tok
         for row in range(ids.shape[0]):
             exact_until = last[row] + 1 + window  # states: positions < P + w; logits: positions <= P + w
             torch.testing.assert_close(states[row, :exact_until], exact_states[row, :exact_until], atol=1e-5, rtol=0)
-            torch.testing.assert_close(logits[row, :exact_until + 1], exact[row, :exact_until + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits[row, : exact_until + 1], exact[row, : exact_until + 1], atol=1e-5, rtol=0)
             if exact_until < ids.shape[1]:  # the first state beyond the claim is not exact
                 assert not torch.allclose(states[row, exact_until], exact_states[row, exact_until], atol=1e-4)
             if exact_until + 1 < ids.shape[1]:
@@ -120,10 +124,14 @@ def test_truncated_window_is_exact_where_it_claims_and_only_there(backbones, tok
 def test_mu_zero_is_flythinker(backbones, tokenizer, window):
     ids, mask, prompt_len = batch(tokenizer)
     recurrent, flythinker = model(backbones, mu=0.0, window=window), model(backbones, cls=FlyThinker)
-    torch.testing.assert_close(recurrent(ids, mask, prompt_len), flythinker(ids, mask, prompt_len),
-                               atol=0 if window else 1e-5, rtol=0)
-    assert_rows_close(incremental_logits(recurrent, ids, mask, prompt_len, tokenizer.pad_token_id),
-                      incremental_logits(flythinker, ids, mask, prompt_len, tokenizer.pad_token_id), atol=1e-6)
+    torch.testing.assert_close(
+        recurrent(ids, mask, prompt_len), flythinker(ids, mask, prompt_len), atol=0 if window else 1e-5, rtol=0
+    )
+    assert_rows_close(
+        incremental_logits(recurrent, ids, mask, prompt_len, tokenizer.pad_token_id),
+        incremental_logits(flythinker, ids, mask, prompt_len, tokenizer.pad_token_id),
+        atol=1e-6,
+    )
 
 
 def reasoner_lora_grads(method, ids, mask, prompt_len):
@@ -157,8 +165,11 @@ def test_a_training_step_moves_the_reasoner(backbones, tokenizer):
     optimizer = torch.optim.SGD(lora, lr=0.1)
     reasoner_lora_grads(method, ids, mask, prompt_len)
     optimizer.step()
-    moved = {n for (n, p), b in zip(((n, p) for n, p in method.named_parameters() if "lora_" in n), before)
-             if not torch.equal(p, b)}
+    moved = {
+        n
+        for (n, p), b in zip(((n, p) for n, p in method.named_parameters() if "lora_" in n), before)
+        if not torch.equal(p, b)
+    }
     assert any(n.startswith("reasoner.") for n in moved) and any(n.startswith("generator.") for n in moved)
     with torch.no_grad():  # restore the module-scoped weights
         for p, b in zip(lora, before):
@@ -180,36 +191,53 @@ def test_every_engine_decodes_the_teacher_forced_recurrence(decoding_method, tok
     prompt_len = torch.tensor([len(p) for p in prompts])
     assert isinstance(make_engine(method, "staggered"), Staggered)
     for cfg in (GREEDY, SAMPLED):
-        outputs = {engine: generate(method, ids, mask, prompt_len, ["a", "b", "c"],
-                                    dataclasses.replace(cfg, engine=engine), eos_ids=-1).tokens
-                   for engine in ("sequential", "staggered")}  # staggered on CPU: the worker process
+        outputs = {
+            engine: generate(
+                method, ids, mask, prompt_len, ["a", "b", "c"], dataclasses.replace(cfg, engine=engine), eos_ids=-1
+            ).tokens
+            for engine in ("sequential", "staggered")
+        }  # staggered on CPU: the worker process
         assert outputs["sequential"] == outputs["staggered"]
-    flythinker = generate(model((method.generator, method.reasoner), lam=4.0, cls=FlyThinker), ids, mask, prompt_len,
-                          ["a", "b", "c"], GREEDY, eos_ids=-1).tokens
+    flythinker = generate(
+        model((method.generator, method.reasoner), lam=4.0, cls=FlyThinker),
+        ids,
+        mask,
+        prompt_len,
+        ["a", "b", "c"],
+        GREEDY,
+        eos_ids=-1,
+    ).tokens
     assert flythinker != outputs["sequential"]  # the recurrence steers greedy choices: the checks have teeth
     with torch.no_grad():  # greedy == the teacher-forced argmax chain, row by row
-        for prompt, generated in zip(prompts, generate(method, ids, mask, prompt_len, ["a", "b", "c"], GREEDY,
-                                                       eos_ids=-1).tokens):
+        for prompt, generated in zip(
+            prompts, generate(method, ids, mask, prompt_len, ["a", "b", "c"], GREEDY, eos_ids=-1).tokens
+        ):
             sequence = torch.tensor([prompt + generated])
             chain = method(sequence, torch.ones_like(sequence), torch.tensor([len(prompt)]))
-            assert chain[0, len(prompt) - 1:-1].argmax(-1).tolist() == generated
+            assert chain[0, len(prompt) - 1 : -1].argmax(-1).tolist() == generated
 
 
 # --- building and config ---------------------------------------------------------------------------
 
+
 def test_build_and_config(tmp_path, tokenizer):
-    local = [f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
-             f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}", "method=flythinker_recurrent"]
+    local = [
+        f"generator.name={save_tiny_model(tmp_path, 'gen', 64, tokenizer)}",
+        f"reasoner.name={save_tiny_model(tmp_path, 'rea', 32, tokenizer, seed=5)}",
+        "method=flythinker_recurrent",
+    ]
     method, _ = build_method(load_config(None, [*local, "recurrent.mu=0.5", "recurrent.window=2"]), corpus=no_corpus)
     assert type(method) is RecurrentFlyThinker and (method.mu, method.window) == (0.5, 2)
     assert load_config(None, local).recurrent.window == 0  # exact by default
 
-    refused = {("recurrent.window=-1",): "recurrent.window=-1 must be >= 0",
-               ("recurrent.mu=-0.5",): "recurrent.mu=-0.5 must be >= 0",
-               ("reasoner.shared_base=true",): "reasoner.shared_base=true is not supported",
-               ("reasoner.sees_profile=false",): "does not support reasoner.sees_profile=false",
-               ("fusion.span=prompt",): "fusion.span=global or response",
-               ("train.gradient_checkpointing=true",): "recurrent.window=0 \\(exact\\)"}
+    refused = {
+        ("recurrent.window=-1",): "recurrent.window=-1 must be >= 0",
+        ("recurrent.mu=-0.5",): "recurrent.mu=-0.5 must be >= 0",
+        ("reasoner.shared_base=true",): "reasoner.shared_base=true is not supported",
+        ("reasoner.sees_profile=false",): "does not support reasoner.sees_profile=false",
+        ("fusion.span=prompt",): "fusion.span=global or response",
+        ("train.gradient_checkpointing=true",): "recurrent.window=0 \\(exact\\)",
+    }
     for overrides, message in refused.items():
         with pytest.raises(ConfigError, match=message):
             load_config(None, [*local, *overrides])

@@ -6,6 +6,7 @@ weights anyway), so `val/loss_before` of a DDP run equals the single process's; 
 per rank (each takes its share of every global batch: the sampler tests); decoding draws each
 sample from its own stream seeded by (decode.seed, id), the same on any number of ranks
 (tests/test_predict.py)."""
+
 from __future__ import annotations
 
 import itertools
@@ -56,7 +57,7 @@ def sampler(bucketed: bool, batch_size: int, num_replicas: int = 1, rank: int = 
 def batches_of(sampler_, epoch: int) -> list[list[int]]:
     sampler_.set_epoch(epoch)
     order = list(sampler_)
-    return [order[i:i + sampler_.batch_size] for i in range(0, len(order), sampler_.batch_size)]
+    return [order[i : i + sampler_.batch_size] for i in range(0, len(order), sampler_.batch_size)]
 
 
 @pytest.mark.parametrize("bucketed", [False, True])
@@ -83,8 +84,9 @@ def test_length_buckets_keep_both_ranks_batches_short_of_padding():
 
 
 def loader(bucketed: bool, num_workers: int = 0) -> ResumableDataLoader:
-    return ResumableDataLoader(list(range(len(LENGTHS))), batch_size=4, sampler=sampler(bucketed, 4),
-                               num_workers=num_workers)
+    return ResumableDataLoader(
+        list(range(len(LENGTHS))), batch_size=4, sampler=sampler(bucketed, 4), num_workers=num_workers
+    )
 
 
 def epochs_from(loader_: ResumableDataLoader, first_epoch: int, last_epoch: int) -> list[list[int]]:
@@ -134,6 +136,7 @@ def rank_of_two(rank: int) -> LightningEnvironment:
 
 def on_ranks(decide_on, ranks=(1, 0), timeout=30):
     """agree_across_ranks on each of `ranks`, in threads; their results or exceptions."""
+
     def run(rank):
         try:
             return agree_across_ranks("run_dir", lambda: decide_on(rank), rank_of_two(rank), timedelta(seconds=timeout))
@@ -180,8 +183,14 @@ def test_a_failure_of_rank_zero_is_raised_on_every_rank_and_a_silent_one_times_o
 def test_srun_tasks_are_recognised_as_an_external_launch(monkeypatch):
     for name in [n for n in os.environ if n.startswith(("SLURM_", "TORCHELASTIC_")) or n in ("RANK", "LOCAL_RANK")]:
         monkeypatch.delenv(name)
-    srun_task = {"SLURM_JOB_NAME": "flythinker-train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
-                 "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0"}
+    srun_task = {
+        "SLURM_JOB_NAME": "flythinker-train",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0",
+    }
     for name, value in srun_task.items():
         monkeypatch.setenv(name, value)
     found = external_launch()
@@ -223,9 +232,15 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_whole(tmp_path
 
 def test_lightning_saves_and_resumes_through_the_atomic_writer(tmp_path):
     def trainer(max_steps):
-        return L.Trainer(max_steps=max_steps, plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path, logger=False,
-                         callbacks=[ModelCheckpoint(tmp_path / "checkpoints", save_last=True)],
-                         enable_progress_bar=False, enable_model_summary=False)
+        return L.Trainer(
+            max_steps=max_steps,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=tmp_path,
+            logger=False,
+            callbacks=[ModelCheckpoint(tmp_path / "checkpoints", save_last=True)],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
 
     trainer(2).fit(BoringModel())
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
@@ -243,6 +258,7 @@ def test_the_frameworks_trainer_saves_through_the_atomic_writer(run_config, tmp_
 
 # ---- the SLURM / torchrun templates: valid bash that launches the CLI with existing keys ----
 
+
 def launches(script: str, tmp_path: Path, *args: str, **env: str) -> list[list[str]]:
     """Runs a template with `srun` and the Python interpreter replaced by recorders; the commands."""
     record, bin_dir = tmp_path / "record", tmp_path / "bin"
@@ -253,9 +269,20 @@ def launches(script: str, tmp_path: Path, *args: str, **env: str) -> list[list[s
     recorder.chmod(0o755)
     (bin_dir / "srun").symlink_to(recorder)
     (bin_dir / "python").symlink_to(recorder)
-    done = subprocess.run(["bash", str(SLURM / script), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record),
-                               "PYTHON": str(bin_dir / "python"), **env}, timeout=60)
+    done = subprocess.run(
+        ["bash", str(SLURM / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "RECORD": str(record),
+            "PYTHON": str(bin_dir / "python"),
+            **env,
+        },
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return [(record / str(n)).read_text().splitlines() for n in range(len(list(record.iterdir())))]
 
@@ -263,7 +290,7 @@ def launches(script: str, tmp_path: Path, *args: str, **env: str) -> list[list[s
 def cli_call(argv: list[str]):
     """The parsed `flythinker_pl.cli` command of a recorded launch, and its config."""
     module = argv.index("flythinker_pl.cli")
-    args = build_parser().parse_args(argv[module + 1:])
+    args = build_parser().parse_args(argv[module + 1 :])
     overrides = [o for o in getattr(args, "overrides", []) if not o.startswith("ckpt_path=")]
     return args, load_config(args.config, overrides) if getattr(args, "config", None) else None
 
@@ -289,8 +316,7 @@ def test_train_sbatch_requeues_and_launches_one_rank_per_task_resuming(tmp_path)
 
 def test_predict_sbatch_decodes_on_every_task_then_scores_the_run(tmp_path):
     checkpoint = "lightning_logs/longlamp_qwen/version_3/checkpoints/last.ckpt"
-    srun, evaluate = launches("predict.sbatch", tmp_path, "experiments/gpu/longlamp_qwen.yaml", checkpoint,
-                              **SLURM_JOB)
+    srun, evaluate = launches("predict.sbatch", tmp_path, "experiments/gpu/longlamp_qwen.yaml", checkpoint, **SLURM_JOB)
     args, cfg = cli_call(srun)
     assert args.command == "predict" and f"ckpt_path={checkpoint}" in args.overrides
     assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
@@ -301,8 +327,13 @@ def test_predict_sbatch_decodes_on_every_task_then_scores_the_run(tmp_path):
 @pytest.mark.parametrize("processes", ["2", None])  # None: one per GPU, at least one
 def test_torchrun_example_launches_the_cli_on_n_processes(tmp_path, monkeypatch, processes):
     monkeypatch.delenv("NPROC", raising=False)
-    [torchrun] = launches("torchrun.sh", tmp_path, "experiments/demo.yaml", "trainer.accelerator=cpu",
-                          **({"NPROC": processes} if processes else {}))
+    [torchrun] = launches(
+        "torchrun.sh",
+        tmp_path,
+        "experiments/demo.yaml",
+        "trainer.accelerator=cpu",
+        **({"NPROC": processes} if processes else {}),
+    )
     assert torchrun[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in torchrun
     nproc = torchrun[torchrun.index("--nproc-per-node") + 1]
     assert nproc == processes if processes else int(nproc) >= 1
@@ -363,8 +394,9 @@ def test_a_sigkilled_fit_rerun_with_the_same_command_ends_as_if_never_interrupte
             time.sleep(0.01)
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-    assert killed.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists(), \
-        (tmp_path / "killed.log").read_text()[-3000:]
+    assert killed.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists(), (
+        tmp_path / "killed.log"
+    ).read_text()[-3000:]
     saved = torch.load(last, weights_only=False)
     position = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert saved["global_step"] < 20 and 0 < position["batches"] < 10  # mid-epoch, mid-run
@@ -388,11 +420,23 @@ def test_torchrun_ranks_share_one_run_dir_even_when_one_starts_late(two_ranks, s
         "    deadline = time.time() + 240\n"
         "    while not list(Path(sys.argv[1]).glob('version_*')) and time.time() < deadline:\n"
         "        time.sleep(0.05)\n"
-        "from flythinker_pl.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+        "from flythinker_pl.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+    )
     root = tmp_path / "logs"
     fit = fit_command(settings, root, *TWO_RANKS)
-    done = fit_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    str(late_rank), str(root / "tiny"), *fit[fit.index("fit"):]])
+    done = fit_cli(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(late_rank),
+            str(root / "tiny"),
+            *fit[fit.index("fit") :],
+        ]
+    )
     assert re.findall(r"^Run: (.+)$", done.stdout, re.M) == [str(root / "tiny" / "version_0")] * 2
     metrics = metrics_of(root)
     assert metrics["global_step"] == 20
@@ -403,7 +447,7 @@ def test_torchrun_ranks_share_one_run_dir_even_when_one_starts_late(two_ranks, s
 # CHECKPOINTS (the file itself, or the file that is renamed into it) going through Python's file
 # write, copies included (no sendfile), and the first such write once a last.ckpt exists writing
 # half its bytes, then stalling until the test kills the process.
-STALLED_SAVE = '''
+STALLED_SAVE = """
 import builtins, io, os, shutil, sys, time
 from pathlib import Path
 
@@ -432,7 +476,7 @@ def open_(file, mode="r", *args, **kwargs):
 builtins.open = open_
 from flythinker_pl.cli import main
 sys.exit(main(sys.argv[3:]))
-'''
+"""
 
 
 def other_filesystem(path: Path) -> dict:
@@ -457,9 +501,13 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_last_ckpt_whole(on
     shim.write_text(STALLED_SAVE)
     env = {**ENV, **other_filesystem(tmp_path)}
     with open(tmp_path / "killed.log", "w") as log:
-        killed = subprocess.Popen([sys.executable, str(shim), str(last.parent), str(stalled),
-                                   *command[command.index("fit"):]],
-                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        killed = subprocess.Popen(
+            [sys.executable, str(shim), str(last.parent), str(stalled), *command[command.index("fit") :]],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             deadline = time.time() + 300
             while not stalled.exists() and killed.poll() is None and time.time() < deadline:

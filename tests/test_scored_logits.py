@@ -1,5 +1,6 @@
 """Logits only where they are scored: every method's teacher-forced pass with logits_to_keep =
 scored_width(labels) gives the loss and gradients of the full-width pass, with fewer LM-head columns."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,10 @@ from flythinker_pl.models.shared import SharedBaseFlyThinker
 from helpers import sizes, static_of, training_batch
 
 
-
 def shared_base(tokenizer):
-    model = set_mode(tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator",
-                     "CAUSAL_LM")
+    model = set_mode(
+        tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
+    )
     model.add_adapter("reasoner", lora_config(BackboneConfig(), "CAUSAL_LM"))
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -49,8 +50,9 @@ def test_scored_logits_only_keep_loss_and_gradients(make_flythinker, tokenizer, 
     batch = training_batch(tokenizer)
     keep = scored_width(batch["labels"])
     assert keep < batch["input_ids"].shape[1]  # the batch has prompt columns to skip
-    full_logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
-                         profile_mask=batch["profile_mask"])
+    full_logits = method(
+        batch["input_ids"], batch["attention_mask"], batch["prompt_len"], profile_mask=batch["profile_mask"]
+    )
     full_loss, full_grads = loss_and_grads(method, response_loss(full_logits, batch["labels"])[0])
     kept_loss, kept_grads = loss_and_grads(method, method_loss(method, batch)[0])
     torch.testing.assert_close(kept_loss, full_loss, atol=1e-6, rtol=1e-6)
@@ -60,7 +62,6 @@ def test_scored_logits_only_keep_loss_and_gradients(make_flythinker, tokenizer, 
 
 
 def test_scored_width_reaches_the_earliest_scored_token():
-    labels = torch.tensor([[-100, -100, -100, 5, 6],
-                           [-100, -100, -100, -100, 7]])
+    labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, -100, -100, 7]])
     assert scored_width(labels) == 3  # column 2 predicts the first scored token (column 3)
     assert scored_width(torch.full((2, 4), -100)) == 1  # nothing scored: one column, an empty loss

@@ -2,6 +2,7 @@
 a job, results equal to the inline sweep's, a requeued job resumed to the uninterrupted metrics, a
 2-task run equal to one process, an afterok dependency, a failed run's error in `status`, no
 duplicate on resubmission, and experiments/slurm/train.sbatch. Each job is a tiny run of seconds."""
+
 from __future__ import annotations
 
 import json
@@ -94,7 +95,10 @@ def test_a_job_requeued_mid_training_ends_with_the_uninterrupted_metrics(cluster
     path = write_sweep(tmp_path / "slurm", *longer, **keys)
     assert command(capsys, "sweep", str(path), "--launcher", "slurm")[0] == 0
     entry = jobs_of(path)["fusion.lam=0.5,seed=0"]
-    job, run_dir = entry["job_id"], tmp_path / "slurm" / "logs" / "ablation_tiny" / "fusion.lam=0.5,seed=0" / "version_0"
+    job, run_dir = (
+        entry["job_id"],
+        tmp_path / "slurm" / "logs" / "ablation_tiny" / "fusion.lam=0.5,seed=0" / "version_0",
+    )
     wait_until((run_dir / "checkpoints" / "last.ckpt").exists, "the first checkpoint")
     slurm("scancel", "--signal=USR2", job)  # what SLURM sends signal_delay_s before the time limit
     wait_until(lambda: slurm("squeue", "-h", "-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
@@ -117,17 +121,30 @@ def test_a_job_requeued_mid_training_ends_with_the_uninterrupted_metrics(cluster
 
 def test_a_two_task_run_equals_one_process(cluster, write_sweep, tmp_path, capsys):
     """One task per process under srun, Lightning's SLURM environment, gloo; 2 x 4 = 1 x 8 (test_scaleout)."""
-    points = [{"label": "one_process", "overrides": ["data.batch_size=8"]},
-              {"label": "two_tasks", "overrides": ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp"]}]
-    path = write_sweep(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=5", seeds=[0], grid=None,
-                       points=points, launcher=ON_SLURM)
+    points = [
+        {"label": "one_process", "overrides": ["data.batch_size=8"]},
+        {"label": "two_tasks", "overrides": ["data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp"]},
+    ]
+    path = write_sweep(
+        tmp_path,
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+        seeds=[0],
+        grid=None,
+        points=points,
+        launcher=ON_SLURM,
+    )
     assert command(capsys, "sweep", str(path), "--launcher", "slurm")[0] == 0
     code, printed = command(capsys, "sweep", "status", str(path), "--wait")
     assert code == 0, printed
     two_tasks = jobs_of(path)["two_tasks,seed=0"]
-    assert "MEMBER: 2/2" in log_of(two_tasks, task=1) + log_of(two_tasks, task=1, kind="stderr")  # srun's task 1: rank 1
-    metrics = {key: json.loads(next((tmp_path / "logs" / "ablation_tiny" / key).rglob("metrics.json")).read_text())
-               for key in ("one_process,seed=0", "two_tasks,seed=0")}
+    assert "MEMBER: 2/2" in log_of(two_tasks, task=1) + log_of(
+        two_tasks, task=1, kind="stderr"
+    )  # srun's task 1: rank 1
+    metrics = {
+        key: json.loads(next((tmp_path / "logs" / "ablation_tiny" / key).rglob("metrics.json")).read_text())
+        for key in ("one_process,seed=0", "two_tasks,seed=0")
+    }
     one, two = metrics["one_process,seed=0"], metrics["two_tasks,seed=0"]
     assert one["global_step"] == two["global_step"] == 10
     assert two["val/loss_before"] == pytest.approx(one["val/loss_before"], rel=1e-6)
@@ -137,24 +154,40 @@ def test_a_two_task_run_equals_one_process(cluster, write_sweep, tmp_path, capsy
 def test_coconut_official_waits_for_its_cot_run(cluster, write_sweep, tmp_path, capsys):
     rationales = ["data.rationales=oracle", "data.rationale_tokens=24"]
     cot = {"label": "cot", "overrides": ["method=cot", *rationales]}
-    coconut = {"label": "coconut_official", "overrides": [
-        "method=coconut", *rationales, "coconut.markers=true", "coconut.marker_init=<|im_end|>",
-        "coconut.curriculum=true", "coconut.init_from=${logging.root_dir}/ablation_tiny/cot,seed=0",
-        "coconut.max_latent_stage=1", "coconut.c_thought=2", "coconut.k=2", "coconut.steps_per_stage=1"]}
+    coconut = {
+        "label": "coconut_official",
+        "overrides": [
+            "method=coconut",
+            *rationales,
+            "coconut.markers=true",
+            "coconut.marker_init=<|im_end|>",
+            "coconut.curriculum=true",
+            "coconut.init_from=${logging.root_dir}/ablation_tiny/cot,seed=0",
+            "coconut.max_latent_stage=1",
+            "coconut.c_thought=2",
+            "coconut.k=2",
+            "coconut.steps_per_stage=1",
+        ],
+    }
     path = write_sweep(tmp_path, seeds=[0], grid=None, points=[cot, coconut], launcher=ON_SLURM)
     code, printed = command(capsys, "sweep", str(path), "--launcher", "slurm")
     assert code == 0, printed
     jobs = {key: entry["job_id"] for key, entry in jobs_of(path).items()}
-    assert f"Dependency=afterok:{jobs['cot,seed=0']}" in slurm("scontrol", "show", "job", jobs["coconut_official,seed=0"])
+    assert f"Dependency=afterok:{jobs['cot,seed=0']}" in slurm(
+        "scontrol", "show", "job", jobs["coconut_official,seed=0"]
+    )
     code, printed = command(capsys, "sweep", "status", str(path), "--wait")
     assert code == 0, printed
-    times = {line.split("|")[0]: line.split("|")[1:] for line in
-             slurm("sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(jobs.values())).splitlines()}
+    times = {
+        line.split("|")[0]: line.split("|")[1:]
+        for line in slurm(
+            "sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(jobs.values())
+        ).splitlines()
+    }
     assert times[jobs["coconut_official,seed=0"]][0] >= times[jobs["cot,seed=0"]][1]  # started after cot ended
 
 
-def test_status_shows_a_failed_runs_error_and_resubmitting_duplicates_nothing(cluster, write_sweep, tmp_path,
-                                                                            capsys):
+def test_status_shows_a_failed_runs_error_and_resubmitting_duplicates_nothing(cluster, write_sweep, tmp_path, capsys):
     broken = {"label": "broken", "overrides": ["method=coconut", f"coconut.init_from={tmp_path / 'no_cot_run'}"]}
     path = write_sweep(tmp_path, seeds=[0], grid={"fusion.lam": [0.5]}, points=[broken], launcher=ON_SLURM)
     assert command(capsys, "sweep", str(path), "--launcher", "slurm")[0] == 0
@@ -182,12 +215,29 @@ def test_train_sbatch_runs_on_the_cluster(cluster, run_config, tmp_path):
     """The template as users submit it (one task per device: 2 CPU tasks here, no GPU)."""
     cfg = run_config()
     done = subprocess.run(
-        ["sbatch", "--wait", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=30",
-         f"--output={tmp_path / 'train-%j.out'}", "experiments/slurm/train.sbatch", str(DEBUG_CONFIG),
-         "trainer.accelerator=cpu", f"data.synthetic_dir={cfg.data.synthetic_dir}",
-         f"logging.cache_dir={cfg.logging.cache_dir}", f"logging.root_dir={tmp_path / 'logs'}",
-         "trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            "sbatch",
+            "--wait",
+            "--ntasks-per-node=2",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=30",
+            f"--output={tmp_path / 'train-%j.out'}",
+            "experiments/slurm/train.sbatch",
+            str(DEBUG_CONFIG),
+            "trainer.accelerator=cpu",
+            f"data.synthetic_dir={cfg.data.synthetic_dir}",
+            f"logging.cache_dir={cfg.logging.cache_dir}",
+            f"logging.root_dir={tmp_path / 'logs'}",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "data.batch_size=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     [log] = tmp_path.glob("train-*.out")
     assert done.returncode == 0, log.read_text()[-3000:]
     assert "(restart 0): 1 node(s) x 2 task(s)" in log.read_text() and SRUN_HINT not in log.read_text()

@@ -1,6 +1,7 @@
 """Sweeps as jobs, without a cluster: the launcher block checked before anything is submitted, the
 sbatch file of a run, which runs a submission (re)submits and how they chain, job states, run dirs
 claimed atomically, and no `srun` hint outside a SLURM job. The real cluster: tests/test_slurm.py."""
+
 from __future__ import annotations
 
 import itertools
@@ -45,18 +46,25 @@ def fake_slurm(tmp_path, monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("launcher,message", [
-    ({"slurm": {"partiton": "gpu"}}, "launcher.slurm: unknown key 'partiton'; valid keys: partition, account, qos, "
-                                     "time, cpus_per_task, mem, gpus_per_node, constraint, setup, sbatch, "
-                                     "signal_delay_s, max_requeues"),
-    ({"nmae": "slurm"}, "launcher: unknown key 'nmae'; valid keys: name, parallel, slurm"),
-    ({"name": "cluster"}, "launcher: name='cluster' is not one of inline, local, slurm"),
-    ({"parallel": 0}, "launcher: parallel=0 must be >= 1"),
-    ({"slurm": {"time": "soon"}}, "launcher: Value 'soon' of type 'str' could not be converted to Integer"),
-    ({"slurm": ["partition=gpu"]}, "launcher.slurm must be a mapping with keys partition, account"),
-])
-def test_a_bad_launcher_block_is_one_line_before_anything_is_submitted(write_sweep, fake_slurm, tmp_path, capsys,
-                                                                       launcher, message):
+@pytest.mark.parametrize(
+    "launcher,message",
+    [
+        (
+            {"slurm": {"partiton": "gpu"}},
+            "launcher.slurm: unknown key 'partiton'; valid keys: partition, account, qos, "
+            "time, cpus_per_task, mem, gpus_per_node, constraint, setup, sbatch, "
+            "signal_delay_s, max_requeues",
+        ),
+        ({"nmae": "slurm"}, "launcher: unknown key 'nmae'; valid keys: name, parallel, slurm"),
+        ({"name": "cluster"}, "launcher: name='cluster' is not one of inline, local, slurm"),
+        ({"parallel": 0}, "launcher: parallel=0 must be >= 1"),
+        ({"slurm": {"time": "soon"}}, "launcher: Value 'soon' of type 'str' could not be converted to Integer"),
+        ({"slurm": ["partition=gpu"]}, "launcher.slurm must be a mapping with keys partition, account"),
+    ],
+)
+def test_a_bad_launcher_block_is_one_line_before_anything_is_submitted(
+    write_sweep, fake_slurm, tmp_path, capsys, launcher, message
+):
     path = write_sweep(tmp_path, launcher=launcher)
     assert main(["sweep", str(path), "--launcher", "slurm"]) == 2
     error = capsys.readouterr().err
@@ -64,8 +72,9 @@ def test_a_bad_launcher_block_is_one_line_before_anything_is_submitted(write_swe
     assert not fake_slurm.exists() and not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
-def test_slurm_without_sbatch_on_path_is_one_line_before_anything_is_submitted(write_sweep, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_slurm_without_sbatch_on_path_is_one_line_before_anything_is_submitted(
+    write_sweep, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     path = write_sweep(tmp_path)
     assert main(["sweep", str(path), "--launcher", "slurm"]) == 2
@@ -76,16 +85,41 @@ def test_slurm_without_sbatch_on_path_is_one_line_before_anything_is_submitted(w
 
 def test_the_sbatch_file_of_a_multi_gpu_run_with_a_dependency(run_config, tmp_path):
     cfg = run_config("trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2", "trainer.strategy=ddp")
-    slurm = SlurmSettings(partition="gpu", account="proj", qos="high", time=600, cpus_per_task=8, mem="64G",
-                          constraint="a100", setup=["module load cuda/12.1"], sbatch={"exclude": "n3"})
+    slurm = SlurmSettings(
+        partition="gpu",
+        account="proj",
+        qos="high",
+        time=600,
+        cpus_per_task=8,
+        mem="64G",
+        constraint="a100",
+        setup=["module load cuda/12.1"],
+        sbatch={"exclude": "n3"},
+    )
     parameters = sbatch_parameters(slurm, cfg, "lambda", parallel=2, after=("12_0", "13"))
-    text = _make_sbatch_string(command="python -m submitit.core._submit jobs", folder=tmp_path, map_count=3,
-                               **parameters)
+    text = _make_sbatch_string(
+        command="python -m submitit.core._submit jobs", folder=tmp_path, map_count=3, **parameters
+    )
     flags = {line.removeprefix("#SBATCH --") for line in text.splitlines() if line.startswith("#SBATCH")}
-    assert {"job-name=lambda", "partition=gpu", "account=proj", "qos=high", "time=600", "nodes=2",
-            "ntasks-per-node=4", "gpus-per-node=4", "cpus-per-task=8", "mem=64G", "constraint=a100", "exclude=n3",
-            "requeue", "dependency=afterok:12_0:13", "kill-on-invalid-dep=yes", "signal=USR2@120",
-            "array=0-2%2"} <= flags
+    assert {
+        "job-name=lambda",
+        "partition=gpu",
+        "account=proj",
+        "qos=high",
+        "time=600",
+        "nodes=2",
+        "ntasks-per-node=4",
+        "gpus-per-node=4",
+        "cpus-per-task=8",
+        "mem=64G",
+        "constraint=a100",
+        "exclude=n3",
+        "requeue",
+        "dependency=afterok:12_0:13",
+        "kill-on-invalid-dep=yes",
+        "signal=USR2@120",
+        "array=0-2%2",
+    } <= flags
     setup, command = text.index("module load cuda/12.1"), text.index("srun --unbuffered")
     assert setup < command and "python -m submitit.core._submit jobs" in text[command:]  # every task under srun
 
@@ -98,11 +132,16 @@ def test_the_sbatch_file_of_a_multi_gpu_run_with_a_dependency(run_config, tmp_pa
 def test_a_run_waits_for_the_run_whose_outputs_it_reads_which_must_come_first(write_sweep, tmp_path):
     sweep = load_sweep(ROOT / "ablations" / "baselines.yaml")
     assert {run.key: run.after for run in sweep.runs if run.after} == {"coconut_official,seed=0": ("cot,seed=0",)}
-    reader = {"label": "coconut", "overrides": ["method=coconut", "coconut.init_from=${logging.root_dir}/"
-                                                "ablation_tiny/cot,seed=0"]}
+    reader = {
+        "label": "coconut",
+        "overrides": ["method=coconut", "coconut.init_from=${logging.root_dir}/ablation_tiny/cot,seed=0"],
+    }
     writer = {"label": "cot", "overrides": ["method=cot", "data.rationales=oracle"]}
-    with pytest.raises(SweepError, match=r"point 'coconut' reads run 'cot,seed=0' \(coconut.init_from\), which comes "
-                                         r"after it: list point 'cot' first"):
+    with pytest.raises(
+        SweepError,
+        match=r"point 'coconut' reads run 'cot,seed=0' \(coconut.init_from\), which comes "
+        r"after it: list point 'cot' first",
+    ):
         load_sweep(write_sweep(tmp_path, seeds=[0], points=[reader, writer]))
 
 
@@ -111,14 +150,17 @@ def error_result(entry: dict, message: str) -> None:
     paths = job_paths(entry)
     paths.result_pickle.parent.mkdir(parents=True, exist_ok=True)
     with open(paths.result_pickle, "wb") as file:
-        pickle.dump(("error", f"Traceback (most recent call last):\n  File \"x.py\", line 1\n{message}\n"), file)
+        pickle.dump(("error", f'Traceback (most recent call last):\n  File "x.py", line 1\n{message}\n'), file)
 
 
 def test_a_submission_leaves_live_jobs_alone_resubmits_ended_ones_and_chains_dependencies(
-        write_sweep, fake_slurm, tmp_path, monkeypatch, capsys):
+    write_sweep, fake_slurm, tmp_path, monkeypatch, capsys
+):
     cot = {"label": "cot", "overrides": ["method=cot", "data.rationales=oracle"]}
-    coconut = {"label": "coconut", "overrides": ["method=coconut", "coconut.init_from=${logging.root_dir}/"
-                                                 "ablation_tiny/cot,seed=0"]}
+    coconut = {
+        "label": "coconut",
+        "overrides": ["method=coconut", "coconut.init_from=${logging.root_dir}/ablation_tiny/cot,seed=0"],
+    }
     two_tasks = {"label": "ddp", "overrides": ["trainer.devices=2", "trainer.strategy=ddp"]}
     sweep = load_sweep(write_sweep(tmp_path, seeds=[0], points=[cot, coconut, two_tasks]))
     submitted, scheduler, sbatch_ids = [], {}, itertools.count(10)
@@ -133,8 +175,11 @@ def test_a_submission_leaves_live_jobs_alone_resubmits_ended_ones_and_chains_dep
     out = tmp_path / "results" / "tiny"
     submit_slurm(sweep, sweep.launcher, out)
     # one array for the runs of one shape, one job for the 2-task run, the reader after its writer
-    assert submitted == [(None, 1, ["fusion.lam=0.5,seed=0", "fusion.lam=2.0,seed=0", "cot,seed=0"]),
-                         (None, 2, ["ddp,seed=0"]), ("afterok:10_2", 1, ["coconut,seed=0"])]
+    assert submitted == [
+        (None, 1, ["fusion.lam=0.5,seed=0", "fusion.lam=2.0,seed=0", "cot,seed=0"]),
+        (None, 2, ["ddp,seed=0"]),
+        ("afterok:10_2", 1, ["coconut,seed=0"]),
+    ]
     manifest = Manifest(out)
     assert [manifest.entry(run.key)["job_id"] for run in sweep.runs] == ["10_0", "10_1", "10_2", "12", "11"]
 
@@ -144,30 +189,45 @@ def test_a_submission_leaves_live_jobs_alone_resubmits_ended_ones_and_chains_dep
     error_result(manifest.entry("coconut,seed=0"), "ValueError: no cot checkpoint")
     found = {s.run.key: s for s in statuses(sweep, Manifest(out))}
     assert {key: s.state for key, s in found.items()} == {
-        "fusion.lam=0.5,seed=0": "running", "fusion.lam=2.0,seed=0": "pending", "cot,seed=0": "done",
-        "ddp,seed=0": "cancelled", "coconut,seed=0": "failed"}
+        "fusion.lam=0.5,seed=0": "running",
+        "fusion.lam=2.0,seed=0": "pending",
+        "cot,seed=0": "done",
+        "ddp,seed=0": "cancelled",
+        "coconut,seed=0": "failed",
+    }
     assert found["coconut,seed=0"].error.endswith("ValueError: no cot checkpoint")
     assert found["cot,seed=0"].step == 2 and found["cot,seed=0"].val_loss == 3.0
     submit_slurm(sweep, sweep.launcher, out)  # the live ones alone; the reader's writer is done: no dependency
     assert submitted == [(None, 1, ["coconut,seed=0"]), (None, 2, ["ddp,seed=0"])]
     manifest = Manifest(out)
     assert manifest.entry("coconut,seed=0") | {"submitted": ""} == {
-        "launcher": "slurm", "job_id": "13", "folder": str(out.resolve() / "jobs" / "%j"), "submitted": "",
-        "earlier": ["12"]}
+        "launcher": "slurm",
+        "job_id": "13",
+        "folder": str(out.resolve() / "jobs" / "%j"),
+        "submitted": "",
+        "earlier": ["12"],
+    }
     assert manifest.entry("fusion.lam=0.5,seed=0")["job_id"] == "10_0"
-    assert "left alone: fusion.lam=0.5,seed=0 (running, job 10_0), fusion.lam=2.0,seed=0 (pending, job 10_1)" in \
-        capsys.readouterr().out
+    assert (
+        "left alone: fusion.lam=0.5,seed=0 (running, job 10_0), fusion.lam=2.0,seed=0 (pending, job 10_1)"
+        in capsys.readouterr().out
+    )
 
     submitted.clear()
     scheduler.update({"13": "PENDING", "14": "RUNNING"})  # the same command again: every run done or live
     submit_slurm(sweep, sweep.launcher, out)
-    assert submitted == [] and Manifest(out).data == manifest.data and "submitted 0 job(s); 1 run(s) done" in \
-        capsys.readouterr().out
+    assert (
+        submitted == []
+        and Manifest(out).data == manifest.data
+        and "submitted 0 job(s); 1 run(s) done" in capsys.readouterr().out
+    )
 
     scheduler.update({"10_0": "COMPLETED"})  # ended without finishing its run: resubmitted, saying why
     found = {s.run.key: s for s in statuses(sweep, Manifest(out))}
-    assert (found["fusion.lam=0.5,seed=0"].state, found["fusion.lam=0.5,seed=0"].detail) == \
-        ("failed", "the job ended, the run did not finish")
+    assert (found["fusion.lam=0.5,seed=0"].state, found["fusion.lam=0.5,seed=0"].detail) == (
+        "failed",
+        "the job ended, the run did not finish",
+    )
 
 
 def test_local_jobs_split_the_visible_gpus(write_sweep, tmp_path, monkeypatch):
@@ -232,9 +292,17 @@ def test_outside_a_slurm_job_no_run_is_told_to_use_srun(srun_installed, run_conf
 
 
 def test_inside_a_slurm_job_step_lightning_takes_its_tasks_and_a_sweep_job_leaves_requeue_to_submitit(
-        srun_installed, run_config, tmp_path):
-    for name, value in {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
-                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "tiny"}.items():
+    srun_installed, run_config, tmp_path
+):
+    for name, value in {
+        "SLURM_JOB_ID": "7",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NAME": "tiny",
+    }.items():
         srun_installed.setenv(name, value)
     trainer, told = hints(lambda: build_trainer(run_config(), tmp_path / "run" / "version_0"))
     environment = trainer._accelerator_connector.cluster_environment
@@ -258,7 +326,8 @@ def test_results_are_renamed_into_place(write_sweep, tmp_path):
 
 
 def test_sweep_status_prints_a_line_per_run_with_the_submitted_overrides_and_waits_for_the_tables(
-        write_sweep, tmp_path, monkeypatch, capsys):
+    write_sweep, tmp_path, monkeypatch, capsys
+):
     from torch.utils.tensorboard import SummaryWriter
 
     path = write_sweep(tmp_path, seeds=[0], points=[{"label": "sft", "overrides": ["method=sft"]}])
@@ -281,18 +350,41 @@ def test_sweep_status_prints_a_line_per_run_with_the_submitted_overrides_and_wai
     printed = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in printed.splitlines()[1:4]}
     log = str(out.resolve() / "jobs" / "%j" / "%j_0_log.out")
-    assert lines["fusion.lam=0.5"] == ["fusion.lam=0.5", "0", "done", "10_0", "3", "2.5000", str(done),
-                                       log.replace("%j", "10_0")]
-    assert lines["fusion.lam=2.0"] == ["fusion.lam=2.0", "0", "running", "10_1", "3", "1.2500", str(running),
-                                       log.replace("%j", "10_1")]
+    assert lines["fusion.lam=0.5"] == [
+        "fusion.lam=0.5",
+        "0",
+        "done",
+        "10_0",
+        "3",
+        "2.5000",
+        str(done),
+        log.replace("%j", "10_0"),
+    ]
+    assert lines["fusion.lam=2.0"] == [
+        "fusion.lam=2.0",
+        "0",
+        "running",
+        "10_1",
+        "3",
+        "1.2500",
+        str(running),
+        log.replace("%j", "10_1"),
+    ]
     assert lines["sft"][:4] == ["sft", "0", "failed", "4242"]  # no result, no process: its error shows why
-    assert printed.splitlines()[4:] == ["", "sft,seed=0 failed (job 4242):", "    Traceback (most recent call last):",
-                                        '      File "x.py", line 1', "    RuntimeError: the local job broke"]
+    assert printed.splitlines()[4:] == [
+        "",
+        "sft,seed=0 failed (job 4242):",
+        "    Traceback (most recent call last):",
+        '      File "x.py", line 1',
+        "    RuntimeError: the local job broke",
+    ]
 
     monkeypatch.setattr(status, "slurm_states", lambda ids: dict.fromkeys(ids, "COMPLETED"))
     assert main(["sweep", "status", str(path), "--wait"]) == 2  # nothing runs any more, two did not finish
-    assert "2 of 3 runs did not finish (fusion.lam=2.0,seed=0, sft,seed=0); submit the sweep again" in \
-        capsys.readouterr().err
+    assert (
+        "2 of 3 runs did not finish (fusion.lam=2.0,seed=0, sft,seed=0); submit the sweep again"
+        in capsys.readouterr().err
+    )
     shutil.rmtree(running)
     for run in sweep.runs[1:]:  # both finished after all (rerun by hand, say)
         fake_run(run.config, {"val/loss": 2.0, "global_step": 3}, [1, 1, 1, 1])

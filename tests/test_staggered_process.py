@@ -1,6 +1,7 @@
 """The CPU staggered engine (the Reasoner steps in a worker process) computes sequential decoding's
 function with the parent's current weights, and its worker process never outlives its use.
 One method and one worker serve the module: starting a process that imports torch takes seconds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,16 @@ def batch(tokenizer):
 
 def decode(method, tokenizer, cfg, engine):
     ids, mask, prompt_len, sample_ids, profile_mask = batch(tokenizer)
-    return generate(method, ids, mask, prompt_len, sample_ids, dataclasses.replace(cfg, engine=engine),
-                    tokenizer.eos_token_id, profile_mask=profile_mask).tokens
+    return generate(
+        method,
+        ids,
+        mask,
+        prompt_len,
+        sample_ids,
+        dataclasses.replace(cfg, engine=engine),
+        tokenizer.eos_token_id,
+        profile_mask=profile_mask,
+    ).tokens
 
 
 @torch.no_grad()
@@ -61,7 +70,7 @@ def assert_argmax_chain(method, tokenizer, rows):
         ids = torch.tensor([prompt + produced])
         profile_mask = torch.tensor([profile + [0] * len(produced)])
         logits = method(ids, torch.ones_like(ids), torch.tensor([len(prompt)]), profile_mask=profile_mask)
-        assert logits[0, len(prompt) - 1: -1].argmax(-1).tolist() == produced
+        assert logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() == produced
 
 
 @pytest.mark.parametrize("lora_path", ["lean", "peft"])
@@ -124,8 +133,10 @@ def test_worker_follows_optimiser_steps_and_replaced_weights(method, tokenizer):
     assert reasoner_process(method).process.pid == pid  # still the same worker (no restart)
 
     torch.manual_seed(1)  # new storages, as after .to() or load_state_dict(assign=True): sent again
-    method.reasoner.load_state_dict({n: torch.randn_like(p) * 0.1 if "lora_B" in n else p.clone()
-                                     for n, p in method.reasoner.state_dict().items()}, assign=True)
+    method.reasoner.load_state_dict(
+        {n: torch.randn_like(p) * 0.1 if "lora_B" in n else p.clone() for n, p in method.reasoner.state_dict().items()},
+        assign=True,
+    )
     ours, theirs = hidden_states(method, tokenizer)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     assert decode(method, tokenizer, GREEDY, "staggered") == decode(method, tokenizer, GREEDY, "sequential")
@@ -181,9 +192,15 @@ def test_worker_ends_with_close_and_with_its_method(make_flythinker, tokenizer):
 @pytest.mark.slow  # a fresh interpreter and fork server: ~8 s
 def test_worker_exits_when_its_parent_dies():
     parent = subprocess.Popen(
-        [sys.executable, "-c", "from flythinker_pl.decoding.reasoner_process import ReasonerProcess\n"
-         "worker = ReasonerProcess()\nprint(worker.process.pid, flush=True)\nimport time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from flythinker_pl.decoding.reasoner_process import ReasonerProcess\n"
+            "worker = ReasonerProcess()\nprint(worker.process.pid, flush=True)\nimport time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         child = int(parent.stdout.readline())
         assert not gone(child)
@@ -202,8 +219,9 @@ def test_auto_picks_and_logs_the_engine(method, caplog):
         with caplog.at_level(logging.INFO, logger="flythinker_pl.decoding.engines"):
             assert isinstance(engines.make_engine(method, "auto"), engines.Staggered)
             engines.make_engine(method, "auto")
-        assert [r.getMessage() for r in caplog.records if "engine=auto" in r.getMessage()] == \
-            [f"decode.engine=auto chose staggered: {engines.auto_engine(method)[1]}"]  # once
+        assert [r.getMessage() for r in caplog.records if "engine=auto" in r.getMessage()] == [
+            f"decode.engine=auto chose staggered: {engines.auto_engine(method)[1]}"
+        ]  # once
         torch.set_num_threads(1)
         assert engines.auto_engine(method)[0] == "sequential"
     finally:
@@ -237,17 +255,25 @@ print("same tokens" if tokens["auto"] == tokens["staggered"] == tokens["sequenti
 """
 
 
-@pytest.mark.parametrize("how", ["script without a main guard", pytest.param("python -c", marks=pytest.mark.slow),
-                                 pytest.param("code from stdin", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "script without a main guard",
+        pytest.param("python -c", marks=pytest.mark.slow),
+        pytest.param("code from stdin", marks=pytest.mark.slow),
+    ],
+)
 def test_the_worker_starts_from_user_code_anywhere(tmp_path, how):
     """multiprocessing re-runs the caller's main module in a child: a script with no `__main__` guard (or
     code read from stdin) would decode again there and die. The worker starts without it (~10 s: a fresh
     interpreter and fork server)."""
     script = tmp_path / "decode.py"
     script.write_text(USER_CODE)
-    command = {"script without a main guard": ([sys.executable, str(script)], None),
-               "python -c": ([sys.executable, "-c", USER_CODE], None),
-               "code from stdin": ([sys.executable, "-"], USER_CODE)}[how]
+    command = {
+        "script without a main guard": ([sys.executable, str(script)], None),
+        "python -c": ([sys.executable, "-c", USER_CODE], None),
+        "code from stdin": ([sys.executable, "-"], USER_CODE),
+    }[how]
     result = subprocess.run(command[0], input=command[1], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "same tokens"

@@ -1,4 +1,5 @@
 """`flythinker sweep`: validation before any run, resume after an interruption, mean/std tables."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,13 +23,15 @@ from flythinker_pl.sweep.spec import SweepError, load_sweep
 
 from helpers import ROOT, fake_run
 
+
 def file_stamps(run_dir: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
-def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sweep, run_config, tmp_path,
-                                                                       monkeypatch, one_thread):
+def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(
+    write_sweep, run_config, tmp_path, monkeypatch, one_thread
+):
     path = write_sweep(tmp_path / "interrupted")
     finished, real_run = [], sweep_module.run_experiment
 
@@ -51,8 +54,16 @@ def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sw
         assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]
     assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0"]
     assert table["n_seeds"].tolist() == [2, 2]
-    assert {"val/loss", "val/loss_std", "test/bleu", "test/rougeL_std", "test/meteor", "perf/train_tokens_per_s",
-            "decode/ms_per_token", "decode/seconds_per_sample"} <= set(table)
+    assert {
+        "val/loss",
+        "val/loss_std",
+        "test/bleu",
+        "test/rougeL_std",
+        "test/meteor",
+        "perf/train_tokens_per_s",
+        "decode/ms_per_token",
+        "decode/seconds_per_sample",
+    } <= set(table)
 
     fresh_table, fresh_segments = run_sweep(load_sweep(write_sweep(tmp_path / "uninterrupted")))
     # Same seeds, same CPU, same thread count: the same numbers (a tolerance only for summation order).
@@ -62,8 +73,16 @@ def test_an_interrupted_sweep_resumes_and_gives_the_uninterrupted_table(write_sw
     pd.testing.assert_frame_equal(table[measured], fresh_table[measured], rtol=1e-6)
     pd.testing.assert_frame_equal(segments, fresh_segments, rtol=1e-6)
     results = path.parent / "results" / "tiny"
-    for name in ("table.csv", "table.md", "runs.csv", "segments.csv", "segments.md", "position_eval.png",
-                 "metrics.png", "metrics_vs_fusion.lam.png"):
+    for name in (
+        "table.csv",
+        "table.md",
+        "runs.csv",
+        "segments.csv",
+        "segments.md",
+        "position_eval.png",
+        "metrics.png",
+        "metrics_vs_fusion.lam.png",
+    ):
         assert (results / name).exists(), name
     pd.testing.assert_frame_equal(pd.read_csv(results / "table.csv", index_col="point"), table, check_names=False)
 
@@ -77,20 +96,23 @@ def test_dry_run_lists_runs_and_runs_nothing(write_sweep, tmp_path, capsys):
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize("keys,message", [
-    ({"grids": {}}, "unknown key 'grids'"),
-    ({"grid": {}}, "'grid' must map config keys"),
-    ({"grid": {"fusion.lam": []}}, "grid key 'fusion.lam' needs a non-empty list"),
-    ({"grid": {"fusion.lamb": [1]}}, "unknown config key 'fusion.lamb'"),
-    ({"grid": {"fusion.dims": ["diagonal"]}}, "fusion.dims='diagonal' is not allowed"),
-    ({"overrides": ["trainer.max_stepz=3"]}, "overrides: unknown config key 'trainer.max_stepz'"),
-    ({"overrides": ["seed=3"]}, "'seed' is set by the sweep itself"),
-    ({"points": [{"label": "sft", "overides": ["method=sft"]}]}, "points[0]: unknown key 'overides'"),
-    ({"points": [{"overrides": ["method=sft"]}]}, "points[0]: needs a `label`"),
-    ({"points": [{"label": "fusion.lam=0.5", "overrides": []}]}, "label 'fusion.lam=0.5' is used twice"),
-    ({"seeds": []}, "'seeds' must be a non-empty list"),
-    ({"base": "missing.yaml"}, "base: no such config file"),
-])
+@pytest.mark.parametrize(
+    "keys,message",
+    [
+        ({"grids": {}}, "unknown key 'grids'"),
+        ({"grid": {}}, "'grid' must map config keys"),
+        ({"grid": {"fusion.lam": []}}, "grid key 'fusion.lam' needs a non-empty list"),
+        ({"grid": {"fusion.lamb": [1]}}, "unknown config key 'fusion.lamb'"),
+        ({"grid": {"fusion.dims": ["diagonal"]}}, "fusion.dims='diagonal' is not allowed"),
+        ({"overrides": ["trainer.max_stepz=3"]}, "overrides: unknown config key 'trainer.max_stepz'"),
+        ({"overrides": ["seed=3"]}, "'seed' is set by the sweep itself"),
+        ({"points": [{"label": "sft", "overides": ["method=sft"]}]}, "points[0]: unknown key 'overides'"),
+        ({"points": [{"overrides": ["method=sft"]}]}, "points[0]: needs a `label`"),
+        ({"points": [{"label": "fusion.lam=0.5", "overrides": []}]}, "label 'fusion.lam=0.5' is used twice"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"base": "missing.yaml"}, "base: no such config file"),
+    ],
+)
 def test_bad_sweep_files_fail_before_any_run_naming_file_and_key(write_sweep, tmp_path, capsys, keys, message):
     path = write_sweep(tmp_path, **keys)
     assert main(["sweep", str(path)]) == 2
@@ -107,14 +129,22 @@ def test_a_command_line_override_error_names_the_key(write_sweep, tmp_path, caps
 def test_aggregate_takes_mean_and_sample_std_over_seeds_from_run_dirs(write_sweep, tmp_path, capsys):
     path = write_sweep(tmp_path, points=[{"label": "sft", "overrides": ["method=sft"]}])
     sweep = load_sweep(path)
-    values = {("fusion.lam=0.5", 0): 1.0, ("fusion.lam=0.5", 1): 3.0, ("fusion.lam=2.0", 0): 2.0,
-              ("fusion.lam=2.0", 1): 2.5, ("sft", 0): 4.0}  # sft seed 1 never finished
+    values = {
+        ("fusion.lam=0.5", 0): 1.0,
+        ("fusion.lam=0.5", 1): 3.0,
+        ("fusion.lam=2.0", 0): 2.0,
+        ("fusion.lam=2.0", 1): 2.5,
+        ("sft", 0): 4.0,
+    }  # sft seed 1 never finished
     for run in sweep.runs:
         value = values.get((run.point.label, run.seed))
         if value is not None:
             sweep_only = {"lambda_sweep/val_loss@10": value} if run.point.label == "fusion.lam=2.0" else {}
-            fake_run(run.config, {"val/loss": value, "test/bleu": 10 * value, "lambda_sweep/val_loss@2": value,
-                                  **sweep_only}, [value, 0.1, value / 2, 0.2])
+            fake_run(
+                run.config,
+                {"val/loss": value, "test/bleu": 10 * value, "lambda_sweep/val_loss@2": value, **sweep_only},
+                [value, 0.1, value / 2, 0.2],
+            )
 
     table, segments = aggregate(sweep)
     assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
@@ -141,15 +171,22 @@ def test_aggregate_takes_mean_and_sample_std_over_seeds_from_run_dirs(write_swee
 
 
 def test_summary_without_grid_keys_keeps_point_order():
-    runs = pd.DataFrame({"point": ["b", "a", "b"], "seed": [0, 0, 1], "val/loss": [1.0, 5.0, 2.0],
-                         "test/answer_accuracy": [0.5, 0.9, 0.7]})  # eval.answer_pattern runs
+    runs = pd.DataFrame(
+        {
+            "point": ["b", "a", "b"],
+            "seed": [0, 0, 1],
+            "val/loss": [1.0, 5.0, 2.0],
+            "test/answer_accuracy": [0.5, 0.9, 0.7],
+        }
+    )  # eval.answer_pattern runs
     table = summary_table(runs)
     assert table.index.tolist() == ["b", "a"] and table["val/loss"].tolist() == [1.5, 5.0]
     assert table["test/answer_accuracy"].tolist() == pytest.approx([0.6, 0.9])
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "ablations").glob("*.yaml") if not p.name.startswith("_")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "ablations").glob("*.yaml") if not p.name.startswith("_")), ids=lambda p: p.name
+)
 def test_shipped_sweeps_validate(path):
     sweep = load_sweep(path)
     assert sweep.runs and sweep.results_dir == ROOT / "ablations" / "results" / path.stem
@@ -187,8 +224,14 @@ def test_the_baselines_sweep_runs_every_method_from_its_own_config_with_three_se
 
 @pytest.mark.parametrize("devices,processes", [("auto", 1), (1, 1), (2, 2), ("3", 3), ("0,1", 2), ([0, 1, 2], 3)])
 def test_a_sweep_counts_the_processes_of_its_runs(run_config, devices, processes):
-    assert launch.processes(dataclasses.replace(
-        run_config(), trainer=dataclasses.replace(run_config().trainer, accelerator="cpu", devices=devices))) == processes
+    assert (
+        launch.processes(
+            dataclasses.replace(
+                run_config(), trainer=dataclasses.replace(run_config().trainer, accelerator="cpu", devices=devices)
+            )
+        )
+        == processes
+    )
 
 
 def test_a_multi_process_sweep_without_torchrun_or_srun_is_refused_before_any_run(write_sweep, tmp_path):
@@ -202,16 +245,36 @@ def test_a_multi_process_sweep_without_torchrun_or_srun_is_refused_before_any_ru
 def test_a_sweep_under_torchrun_runs_each_point_once_on_both_ranks(write_sweep, tmp_path):
     """Every rank runs the sweep; rank 0 chooses each point's run dir for both and alone writes the results."""
     path = write_sweep(tmp_path, seeds=[0], points=[{"label": "sft", "overrides": ["method=sft"]}])
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "flythinker_pl.cli", "sweep", str(path), "trainer.accelerator=cpu",
-                           "trainer.devices=2", "trainer.strategy=ddp"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "flythinker_pl.cli",
+            "sweep",
+            str(path),
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MEMBER: 2/2" in done.stdout + done.stderr  # really two ranks
     runs = tmp_path / "logs" / "ablation_tiny"
     assert {p.name: [v.name for v in p.iterdir()] for p in runs.iterdir()} == {
-        "fusion.lam=0.5,seed=0": ["version_0"], "fusion.lam=2.0,seed=0": ["version_0"], "sft,seed=0": ["version_0"]}
+        "fusion.lam=0.5,seed=0": ["version_0"],
+        "fusion.lam=2.0,seed=0": ["version_0"],
+        "sft,seed=0": ["version_0"],
+    }
     assert done.stdout.count("Results: ") == 1  # printed by rank 0 only
     table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv", index_col="point")
     assert table.index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
@@ -220,8 +283,13 @@ def test_a_sweep_under_torchrun_runs_each_point_once_on_both_ranks(write_sweep, 
 def test_seeds_on_the_command_line_replace_every_points_seeds(write_sweep, tmp_path, capsys):
     path = write_sweep(tmp_path, points=[{"label": "sft", "overrides": ["method=sft"], "seeds": [7]}])
     seeds = lambda *overrides: [(run.point.label, run.seed) for run in load_sweep(path, list(overrides)).runs]  # noqa: E731
-    assert seeds() == [("fusion.lam=0.5", 0), ("fusion.lam=0.5", 1), ("fusion.lam=2.0", 0), ("fusion.lam=2.0", 1),
-                       ("sft", 7)]
+    assert seeds() == [
+        ("fusion.lam=0.5", 0),
+        ("fusion.lam=0.5", 1),
+        ("fusion.lam=2.0", 0),
+        ("fusion.lam=2.0", 1),
+        ("sft", 7),
+    ]
     assert seeds("seeds=1") == [("fusion.lam=0.5", 0), ("fusion.lam=2.0", 0), ("sft", 0)]
     assert [seed for label, seed in seeds("seeds=3") if label == "sft"] == [0, 1, 2]
     assert seeds("decode.max_new_tokens=4", "seeds=[4, 5]")[:2] == [("fusion.lam=0.5", 4), ("fusion.lam=0.5", 5)]
@@ -249,8 +317,10 @@ def test_a_local_sweep_two_at_once_ends_with_the_inline_table(write_sweep, tmp_p
         run_sweep(load_sweep(write_sweep(tmp_path / "inline", seeds=[0], points=points)))
     finally:
         torch.set_num_threads(threads)
-    tables = [pd.read_csv(path / "results" / "tiny" / "table.csv", index_col="point") for path in (local.parent,
-                                                                                                  tmp_path / "inline")]
+    tables = [
+        pd.read_csv(path / "results" / "tiny" / "table.csv", index_col="point")
+        for path in (local.parent, tmp_path / "inline")
+    ]
     measured = [c for c in tables[1] if not c.startswith(("perf/", "decode/"))]
     assert tables[0].index.tolist() == ["fusion.lam=0.5", "fusion.lam=2.0", "sft"]
     pd.testing.assert_frame_equal(tables[0][measured], tables[1][measured], check_exact=True)

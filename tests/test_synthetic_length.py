@@ -1,5 +1,6 @@
 """Long synthetic targets (data.synthetic.rounds): the default set is unchanged, length grows with
 rounds, and in a long review the user's latent preferences still show in the last quarter."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,10 @@ import pytest
 from flythinker_pl.data import synthetic
 
 # sha256 over (relative path, bytes) of every .jsonl, from the generator as it was before `rounds`.
-BEFORE_ROUNDS = {(6, 4, 0): "3492a2c8d11424d6b686e62e2245bf4b62cd91b32c2473d1826f1134e59612ec",
-                 (6, 4, 3): "f3da6b03c1af8712d61ef9ef4f366566b135215f40d4e2c5c8810fb6b2af628b"}
+BEFORE_ROUNDS = {
+    (6, 4, 0): "3492a2c8d11424d6b686e62e2245bf4b62cd91b32c2473d1826f1134e59612ec",
+    (6, 4, 3): "f3da6b03c1af8712d61ef9ef4f366566b135215f40d4e2c5c8810fb6b2af628b",
+}
 LEXICON = set(synthetic.POSITIVE_WORDS) | set(synthetic.NEGATIVE_WORDS)
 SECTION = re.compile(r"([A-Z][^.:]*?,) (?:about|coming back to) the (\w+): ")
 RATING = re.compile(r'overall rating of "(\d)')
@@ -35,8 +38,11 @@ def read(path: Path) -> list[dict]:
 def reviews(out: Path) -> list[tuple[dict, int, str]]:
     """(persona, rating, text) of every target in the user setting's splits."""
     personas = {p["user_id"]: p for p in read(out / "users.jsonl")}
-    return [(personas[r["reviewerId"]], int(RATING.search(r["input"])[1]), r["output"])
-            for split in ("train", "val", "test") for r in read(out / "product_review_user" / f"{split}.jsonl")]
+    return [
+        (personas[r["reviewerId"]], int(RATING.search(r["input"])[1]), r["output"])
+        for split in ("train", "val", "test")
+        for r in read(out / "product_review_user" / f"{split}.jsonl")
+    ]
 
 
 def words(text: str) -> list[str]:
@@ -58,21 +64,25 @@ def late_vs_early(persona: dict, rating: int, text: str) -> dict:
         if section.start() < len(text) - quarter:
             continue
         end = sections[index + 1].start() if index + 1 < len(sections) else len(text)
-        body = set(words(text[section.end():end].split("Taking stock")[0].split("All things considered")[0]))
+        body = set(words(text[section.end() : end].split("Taking stock")[0].split("All things considered")[0]))
         tone = int(bool(body & set(persona["positive_words"])))
         score = (rating - 3) * 0.6 + ARC_SHIFT[persona["arc"]](index / max(1, len(sections) - 1))
         if abs(score) > 0.6:
             agree.append(tone == int(score > 0))
     walk = persona["aspects"] * len(sections)
-    return {"late_share": sum(w in own for w in late_lex) / max(1, len(late_lex)),
-            "density_ratio": (len(late_lex) / len(late)) / (len(early_lex) / len(early)),
-            "late_sections": len(tail),
-            "order": [s[2] for s in sections] == walk[:len(sections)] and len(sections) % len(persona["aspects"]) == 0,
-            "connectors": all(s[1] == persona["connectors"][i % len(persona["connectors"])] for i, s in enumerate(sections)),
-            "late_order": [s[2] for s in tail] == walk[len(sections) - len(tail): len(sections)],
-            "agree": agree,
-            "signoff": text.count("All things considered") == 1
-                       and re.search(r"All things considered, [^.]*\. " + re.escape(persona["signoff"]) + "$", text)}
+    return {
+        "late_share": sum(w in own for w in late_lex) / max(1, len(late_lex)),
+        "density_ratio": (len(late_lex) / len(late)) / (len(early_lex) / len(early)),
+        "late_sections": len(tail),
+        "order": [s[2] for s in sections] == walk[: len(sections)] and len(sections) % len(persona["aspects"]) == 0,
+        "connectors": all(
+            s[1] == persona["connectors"][i % len(persona["connectors"])] for i, s in enumerate(sections)
+        ),
+        "late_order": [s[2] for s in tail] == walk[len(sections) - len(tail) : len(sections)],
+        "agree": agree,
+        "signoff": text.count("All things considered") == 1
+        and re.search(r"All things considered, [^.]*\. " + re.escape(persona["signoff"]) + "$", text),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +109,11 @@ def test_longer_sets_get_their_own_directory_and_the_same_personas(sets):
 def test_targets_and_history_grow_linearly_with_rounds(sets):
     def mean_words(out: Path, field: str) -> float:
         records = read(out / "product_review_user" / "train.jsonl")
-        texts = [r["output"] for r in records] if field == "output" else \
-            [item["reviewText"] for r in records for item in r["profile"]]
+        texts = (
+            [r["output"] for r in records]
+            if field == "output"
+            else [item["reviewText"] for r in records for item in r["profile"]]
+        )
         return sum(len(t.split()) for t in texts) / len(texts)
 
     for field in ("output", "reviewText"):  # the history is written by the same function as the targets
@@ -140,8 +153,9 @@ def test_every_length_pretrains_on_its_own_long_reviews(tmp_path):
     from flythinker_pl.data.datamodule import load_split, pretraining_corpus
 
     def data(rounds: int) -> DataConfig:
-        return DataConfig(synthetic_dir=str(tmp_path),
-                          synthetic=SyntheticConfig(num_users=6, reviews_per_user=4, rounds=rounds))
+        return DataConfig(
+            synthetic_dir=str(tmp_path), synthetic=SyntheticConfig(num_users=6, reviews_per_user=4, rounds=rounds)
+        )
 
     for rounds in (1, 4):
         outputs = {record["output"] for record in load_split(data(rounds), "train").records}

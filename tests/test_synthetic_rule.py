@@ -1,5 +1,6 @@
 """The "thinking should pay" benchmark (data/synthetic_rule.py): the verdict follows the user's
 latent rule, is not readable from the query, and the history reveals the rule."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def records(root: Path, setting: str = "user") -> dict[str, list[dict]]:
 
 def as_item(record: dict) -> dict:
     """The record's target as a profile item (the description is quoted in the query)."""
-    return {"description": re.search(r'description "(.*?)"\.', record["input"]).group(1),
-            "reviewText": record["output"]}
+    return {
+        "description": re.search(r'description "(.*?)"\.', record["input"]).group(1),
+        "reviewText": record["output"],
+    }
 
 
 def best_accuracy(kept: list[bool], guesses: list[bool]) -> float:
@@ -45,16 +48,18 @@ def best_accuracy(kept: list[bool], guesses: list[bool]) -> float:
 
 def ideal_guess(history: list[tuple[bool, bool, bool]], wireless: bool, metal: bool) -> float:
     """P(kept) for the query given the history, every value a user may insist on equally likely."""
-    left = [value for value in synthetic_rule.VALUES
-            if all(synthetic_rule.kept(value, w, m) == k for w, m, k in history)]
+    left = [
+        value for value in synthetic_rule.VALUES if all(synthetic_rule.kept(value, w, m) == k for w, m, k in history)
+    ]
     return sum(synthetic_rule.kept(value, wireless, metal) for value in left) / len(left)
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[bool, Path]:
     out = tmp_path_factory.mktemp("rule")
-    return {hint: synthetic_rule.generate(out, num_users=60, items_per_user=8, seed=1, hint=hint)
-            for hint in (False, True)}
+    return {
+        hint: synthetic_rule.generate(out, num_users=60, items_per_user=8, seed=1, hint=hint) for hint in (False, True)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +81,9 @@ def test_deterministic_and_cached_apart_from_the_other_kind_and_the_hint(made, t
         for split in SPLITS:
             path = Path(f"product_review_{setting}") / f"{split}.jsonl"
             assert (again / path).read_text() == (made[False] / path).read_text()
-    assert (other / "product_review_user" / "train.jsonl").read_text() != \
-        (again / "product_review_user" / "train.jsonl").read_text()
+    assert (other / "product_review_user" / "train.jsonl").read_text() != (
+        again / "product_review_user" / "train.jsonl"
+    ).read_text()
     assert (again / "COMPLETE").exists()
 
 
@@ -96,9 +102,12 @@ def test_verdicts_are_balanced_follow_the_rule_and_nothing_in_the_query_alone(ro
     assert len(kept) == 480 and abs(sum(kept) / len(kept) - 0.5) < 0.05
     assert all(k == synthetic_rule.kept(keeps[r["reviewerId"]], w, m) for r, (w, m, k) in zip(rows, targets))
     ratings = [float(re.search(r'rating of "(.*?)"', r["input"]).group(1)) for r in rows]
-    chance = {"wireless": [w for w, _, _ in targets], "metal": [m for _, m, _ in targets],
-              "both attributes agree": [w == m for w, m, _ in targets],
-              **{f"rating >= {r}": [rating >= r for rating in ratings] for r in (2, 3, 4, 5)}}  # (and the summary)
+    chance = {
+        "wireless": [w for w, _, _ in targets],
+        "metal": [m for _, m, _ in targets],
+        "both attributes agree": [w == m for w, m, _ in targets],
+        **{f"rating >= {r}": [rating >= r for rating in ratings] for r in (2, 3, 4, 5)},
+    }  # (and the summary)
     for name, guesses in chance.items():
         assert best_accuracy(kept, guesses) < 0.57, name
 

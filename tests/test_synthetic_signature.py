@@ -1,6 +1,7 @@
 """The signature benchmark (data/synthetic_signature.py): the response ends with the user's word, the
 query alone gives chance, three shown history items determine the word at every difficulty (reveal),
 and the hint names it."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def named(item: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[tuple[int, bool], Path]:
     out = tmp_path_factory.mktemp("signature")
-    return {(level, hint): signature.generate(out, num_users=160, reveal=level, seed=1, hint=hint)
-            for level in LEVELS for hint in (False, True)}
+    return {
+        (level, hint): signature.generate(out, num_users=160, reveal=level, seed=1, hint=hint)
+        for level in LEVELS
+        for hint in (False, True)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,9 @@ def test_deterministic_cached_per_difficulty_and_hint_and_only_the_history_diffe
             path = Path(f"product_review_{setting}") / f"{split}.jsonl"
             assert (again / path).read_text() == (made["majority", False] / path).read_text()
     other_seed = signature.generate(tmp_path, num_users=160, reveal="majority", seed=2)
-    assert read(other_seed / "product_review_user" / "train.jsonl") != read(again / "product_review_user" / "train.jsonl")
+    assert read(other_seed / "product_review_user" / "train.jsonl") != read(
+        again / "product_review_user" / "train.jsonl"
+    )
     easy, hard = records(made["direct", False])["train"], records(made["crowded", False])["train"]
     for one, other in zip(easy, hard):  # the same users, queries and responses at every difficulty
         assert {**one, "profile": None} == {**other, "profile": None}
@@ -70,8 +76,10 @@ def test_every_response_ends_with_the_users_word_and_the_query_never_names_a_wor
             assert record["output"].endswith(f"Overall: {signature.phrase(answers[0])}.")
             assert not set(re.findall(r"\w+", record["input"])) & {*signature.WORDS, *signature.PARTNERS.values()}
             for text in [record["output"], *(item["reviewText"] for item in record["profile"])]:
-                assert all(signature.PARTNERS[w] == partner for w, partner in
-                           re.findall(rf"\b({'|'.join(signature.WORDS)}) (\w+)", text))  # always "amber glow"
+                assert all(
+                    signature.PARTNERS[w] == partner
+                    for w, partner in re.findall(rf"\b({'|'.join(signature.WORDS)}) (\w+)", text)
+                )  # always "amber glow"
 
 
 def test_the_query_alone_gives_chance(made, words):
@@ -82,10 +90,14 @@ def test_the_query_alone_gives_chance(made, words):
     for name, pattern in features.items():
         by_value: dict[str, Counter] = {}
         for record in splits["train"]:
-            by_value.setdefault(re.search(pattern, record["input"]).group(0), Counter())[words[record["reviewerId"]]] += 1
+            by_value.setdefault(re.search(pattern, record["input"]).group(0), Counter())[
+                words[record["reviewerId"]]
+            ] += 1
         held_out = splits["val"] + splits["test"]
-        guesses = [by_value.get(re.search(pattern, r["input"]).group(0), Counter({"": 1})).most_common(1)[0][0]
-                   for r in held_out]
+        guesses = [
+            by_value.get(re.search(pattern, r["input"]).group(0), Counter({"": 1})).most_common(1)[0][0]
+            for r in held_out
+        ]
         accuracy = sum(guess == words[r["reviewerId"]] for guess, r in zip(guesses, held_out)) / len(held_out)
         assert accuracy < 0.17, name
 
@@ -93,8 +105,9 @@ def test_the_query_alone_gives_chance(made, words):
 def test_every_split_holds_every_word_equally(made, words):
     for split, rows in records(made["direct", False]).items():
         counts = Counter(words[user] for user in {r["reviewerId"] for r in rows})
-        assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == min(len(signature.WORDS),
-                                                                                         sum(counts.values())), split
+        assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == min(
+            len(signature.WORDS), sum(counts.values())
+        ), split
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -110,14 +123,20 @@ def test_three_shown_items_determine_the_word_in_the_way_the_level_says(made, wo
                 word, shown = words[record["reviewerId"]], record["profile"][-3:]
                 names = [named(item) for item in shown]
                 if level in signature.NOTED_OTHERS:
-                    assert all("Overall" not in item["reviewText"] and word in n and
-                               len(set(n)) == len(n) == signature.NOTED_OTHERS[level] + 1 for item, n in zip(shown, names))
+                    assert all(
+                        "Overall" not in item["reviewText"]
+                        and word in n
+                        and len(set(n)) == len(n) == signature.NOTED_OTHERS[level] + 1
+                        for item, n in zip(shown, names)
+                    )
                     if len(shown) == 3:
                         assert set.intersection(*map(set, names)) == {word}
                         runner_up[sorted(Counter(w for n in names for w in n).values())[-2]] += 1
                     continue
-                assert all(item["reviewText"].endswith(f"Overall: {signature.phrase(n[0])}.") and len(n) == 1
-                           for item, n in zip(shown, names))
+                assert all(
+                    item["reviewText"].endswith(f"Overall: {signature.phrase(n[0])}.") and len(n) == 1
+                    for item, n in zip(shown, names)
+                )
                 others = [n[0] for n in names if n[0] != word]
                 assert not others if level == "direct" else len(others) <= 1
                 if len(shown) == 3:
@@ -133,7 +152,7 @@ def test_noted_words_repeat_in_at_most_2_of_4_consecutive_items(made, words, lev
     for record in records(made[level, False], "temporal")["test"]:  # the user's whole history, in order
         word, notes = words[record["reviewerId"]], [named(item) for item in record["profile"]]
         for start in range(len(notes)):
-            window = Counter(w for note in notes[start: start + signature.WINDOW] for w in note if w != word)
+            window = Counter(w for note in notes[start : start + signature.WINDOW] for w in note if w != word)
             assert max(window.values()) <= signature.MAX_REPEAT
 
 
@@ -141,7 +160,10 @@ def test_hint_only_with_hint_true_and_it_names_the_users_word(made, words):
     plain, hinted = records(made["majority", False]), records(made["majority", True])
     for split in SPLITS:
         for without, record in zip(plain[split], hinted[split]):
-            assert record["input"] == f"{without['input']} They end with Overall: {signature.phrase(words[record['reviewerId']])}."
+            assert (
+                record["input"]
+                == f"{without['input']} They end with Overall: {signature.phrase(words[record['reviewerId']])}."
+            )
             assert {**record, "input": without["input"]} == without
 
 
@@ -159,7 +181,10 @@ def test_the_corpus_tokenizer_keeps_every_word_one_token_at_one_response_positio
 
 
 def test_bad_difficulty_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="data.synthetic.reveal='hard' is not allowed; choose one of direct, majority, shared, crowded"):
+    with pytest.raises(
+        ConfigError,
+        match="data.synthetic.reveal='hard' is not allowed; choose one of direct, majority, shared, crowded",
+    ):
         load_config(EXPERIMENTS / "sft.yaml", ["data.synthetic.reveal=hard"])
     with pytest.raises(ConfigError, match="data.synthetic.reveal sets .* needs data.synthetic.kind=signature"):
         load_config(EXPERIMENTS.parent / "demo.yaml", ["data.synthetic.reveal=shared"])
@@ -168,6 +193,7 @@ def test_bad_difficulty_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="reveal='hard': choose one of direct, majority, shared, crowded"):
         signature.generate(tmp_path, num_users=8, reveal="hard")
     from flythinker_pl.config import CHOICES
+
     assert CHOICES["data.synthetic.reveal"] == signature.REVEALS
 
 

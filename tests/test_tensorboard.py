@@ -1,5 +1,6 @@
 """What TensorBoard shows of a demo-style comparison (SFT and FlyThinker trained, decoded, scored, then
 `flythinker table --plot`), read with TensorBoard's own event reader and hparams plugin protos."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ from flythinker_pl.cli import main
 from flythinker_pl.lit.logs import hparam_columns, result_tag
 from flythinker_pl.lit.run import run_experiment
 
-TINY = ("trainer.max_steps=2", "trainer.val_check_interval=2", "decode.max_new_tokens=6", "eval.n_bootstrap=50",
-        "eval.segment_width=2", "eval.segment_max=6", "callbacks.samples=0")
+TINY = (
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "decode.max_new_tokens=6",
+    "eval.n_bootstrap=50",
+    "eval.segment_width=2",
+    "eval.segment_max=6",
+    "callbacks.samples=0",
+)
 SHOWN_BY_DEFAULT = 5  # TensorBoard's HPARAMS ticks the first 5 settings and the first 5 metrics
 
 
@@ -23,8 +31,10 @@ def default_columns(experiment) -> tuple[list[str], list[str]]:
     (`differs` first, then by name; backend_context._sort_and_reduce_to_hparams_limit) and the
     frontend keeps them (a stable sort by `differs`), the metrics in the config's order."""
     settings = sorted(experiment.hparam_infos, key=lambda info: (not info.differs, info.name))
-    return ([info.display_name or info.name for info in settings[:SHOWN_BY_DEFAULT]],
-            [info.name.tag for info in experiment.metric_infos[:SHOWN_BY_DEFAULT]])
+    return (
+        [info.display_name or info.name for info in settings[:SHOWN_BY_DEFAULT]],
+        [info.name.tag for info in experiment.metric_infos[:SHOWN_BY_DEFAULT]],
+    )
 
 
 def hparams(accumulator) -> tuple[object, dict]:
@@ -56,10 +66,12 @@ def test_tensorboard_compares_the_runs_by_method(demo_logs):
     assert sft_experiment == experiment  # whichever run TensorBoard reads the columns from, they are the same
     columns, metrics = default_columns(experiment)
     assert columns == ["method", "Generator (mode)", "Reasoner (mode), span", "lambda", "task_setting, seed"]
-    assert metrics == [result_tag(key) for key in ("test/bleu", "test/bleu_ci_low", "test/bleu_ci_high", "test/rougeL",
-                                                   "test/meteor")]
+    assert metrics == [
+        result_tag(key) for key in ("test/bleu", "test/bleu_ci_low", "test/bleu_ci_high", "test/rougeL", "test/meteor")
+    ]
     assert {result_tag("test/rouge1"), result_tag("test/eos_share"), "val/loss", result_tag("decode/ms_per_token")} <= {
-        info.name.tag for info in experiment.metric_infos}
+        info.name.tag for info in experiment.metric_infos
+    }
     assert [info.display_name for info in experiment.metric_infos[:2]] == ["test BLEU", "test BLEU 95% low"]
     assert settings["1 method"].string_value == "flythinker" and settings["4 lambda"].number_value == 0.5
     assert settings["5 data"].string_value == "product_review_user, seed 42"
@@ -80,8 +92,11 @@ def test_tensorboard_compares_the_runs_by_method(demo_logs):
     assert "flythinker - sft" in text
 
     # the summary says what it means: each metric's paired difference with its interval and a verdict
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in printed.splitlines()
-            if line.startswith("| flythinker - sft")]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in printed.splitlines()
+        if line.startswith("| flythinker - sft")
+    ]
     assert "Paired bootstrap" in printed and rows[0][:3] == ["flythinker - sft", "all (10 records)", "BLEU"]
     assert all(row[-1] in ("no difference at 95%", "flythinker ahead", "sft ahead") for row in rows)
     assert {row[1] for row in rows} == {"all (10 records)", "words 2-4 (10 records)", "words 4-6 (10 records)"}

@@ -1,5 +1,6 @@
 """Who learns: gradient flow per Reasoner mode, and every trainable parameter gets a gradient
 (Lightning's DDP runs with find_unused_parameters=False)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,6 @@ from flythinker_pl.lit.module import response_loss
 from flythinker_pl.models.backbones import set_mode
 
 from helpers import left_padded
-
 
 
 def training_batch(tokenizer):
@@ -31,8 +31,9 @@ def snapshot(module):
 @pytest.mark.parametrize("reasoner_mode", ["frozen", "lora", "full"])
 @pytest.mark.parametrize("generator_mode", ["lora", "full"])
 @pytest.mark.parametrize("dims", ["pad", "linear"])
-def test_optimiser_step_updates_exactly_the_trainable_parts(make_flythinker, tokenizer, reasoner_mode,
-                                                            generator_mode, dims):
+def test_optimiser_step_updates_exactly_the_trainable_parts(
+    make_flythinker, tokenizer, reasoner_mode, generator_mode, dims
+):
     model = make_flythinker(reasoner_frozen=reasoner_mode == "frozen", dims=dims)
     model.generator = set_mode(model.generator, BackboneConfig(mode=generator_mode), "generator", "CAUSAL_LM")
     model.reasoner = set_mode(model.reasoner, ReasonerConfig(mode=reasoner_mode), "reasoner", None)

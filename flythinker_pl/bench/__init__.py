@@ -1,4 +1,5 @@
 """Benchmarks: commands that print a table of side-by-side ratios and write JSON (never timed tests)."""
+
 from __future__ import annotations
 
 import json

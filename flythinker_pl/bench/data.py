@@ -13,6 +13,7 @@ times the reference path on the first --reference-records records of the train s
 path on the same records: rank-bm25's BM25Okapi built per record and one record tokenised at a time.
 Their ratio (`speed-up over the reference`) is what the fast path buys, on this machine, now.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -72,14 +73,18 @@ def bench_data(records: int = 20_000, retriever: str = "bm25", k: int = 1, refer
             retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed, corpus) for r in loaded]
             seconds["retrieve"] += time.perf_counter() - start
             start = time.perf_counter()
-            encode_records(loaded, [[r["profile"][i] for i in shown] for r, shown in zip(loaded, retrieved)], cfg,
-                           tokenizer)
+            encode_records(
+                loaded, [[r["profile"][i] for i in shown] for r, shown in zip(loaded, retrieved)], cfg, tokenizer
+            )
             seconds["render + tokenise"] += time.perf_counter() - start
             count += len(loaded)
-        result = {"records": count, **{f"{stage} records/s": round(count / s) for stage, s in seconds.items()},
-                  "total s": round(sum(seconds.values()), 2), "records/s": round(count / sum(seconds.values()))}
+        result = {
+            "records": count,
+            **{f"{stage} records/s": round(count / s) for stage, s in seconds.items()},
+            "total s": round(sum(seconds.values()), 2),
+            "records/s": round(count / sum(seconds.values())),
+        }
         if retriever == "bm25" and reference_records > 0:
             sample = load_split(cfg, "train").records[:reference_records]
             result[f"speed-up over the reference ({len(sample)} records)"] = round(speed_up(sample, cfg, tokenizer), 2)
     return result
-

@@ -22,6 +22,7 @@ model's sequential engine. Below the table: the prompt pass's arithmetic (FLOPs 
 FlyThinker's, counted by torch's FlopCounterMode), which sets a floor under FlyThinker / SFT where SFT
 keeps every core busy, and whether compiling pays for a typical decode (the demo's test split).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,10 @@ VARIANTS = {  # name: (config overrides, engine, LoRA path, compiled)
     "flythinker staggered": (["method=flythinker"], "staggered", "lean", False),
     "flythinker shared": (SHARED, "shared", "lean", False),
 }
-COMPILED = {f"{name} (compiled)": (*VARIANTS[name][:3], True)
-            for name in ("sft", "flythinker sequential", "flythinker staggered", "flythinker shared")}
+COMPILED = {
+    f"{name} (compiled)": (*VARIANTS[name][:3], True)
+    for name in ("sft", "flythinker sequential", "flythinker staggered", "flythinker shared")
+}
 # A typical decode (the demo's test split): 96 records, batches of 16, up to 360 new tokens each.
 TYPICAL_DECODE = {"records": 96, "batch": 16, "max_new_tokens": 360}
 
@@ -64,8 +67,12 @@ def weights_mb(method: torch.nn.Module) -> float:
 def _rows(prompts: dict, count: int) -> dict:
     """The first `count` prompts, without columns that are padding in all of them."""
     keep = prompts["mask"][:count].any(0)
-    return {"ids": prompts["ids"][:count][:, keep], "mask": prompts["mask"][:count][:, keep],
-            "prompt_len": prompts["prompt_len"][:count], "sample_ids": prompts["sample_ids"][:count]}
+    return {
+        "ids": prompts["ids"][:count][:, keep],
+        "mask": prompts["mask"][:count][:, keep],
+        "prompt_len": prompts["prompt_len"][:count],
+        "sample_ids": prompts["sample_ids"][:count],
+    }
 
 
 def reference_of(name: str) -> tuple[str, str]:
@@ -79,11 +86,22 @@ def reference_of(name: str) -> tuple[str, str]:
 def hf_generate(model, rows: dict, new_tokens: int, eos_id: int, pad_id: int) -> Generation:
     """Hugging Face generate() on the SFT model (peft's forward, its default cache), greedy, exactly
     `new_tokens` tokens; its prompt pass timed as a 1-token generate() of its own."""
+
     def call(tokens: int):
-        out, seconds = timed(rows["ids"].device, lambda: model.generator.generate(
-            input_ids=rows["ids"], attention_mask=rows["mask"], max_new_tokens=tokens, min_new_tokens=tokens,
-            do_sample=False, num_beams=1, eos_token_id=eos_id, pad_token_id=pad_id))
-        return out[:, rows["ids"].shape[1]:].tolist(), seconds
+        out, seconds = timed(
+            rows["ids"].device,
+            lambda: model.generator.generate(
+                input_ids=rows["ids"],
+                attention_mask=rows["mask"],
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            ),
+        )
+        return out[:, rows["ids"].shape[1] :].tolist(), seconds
 
     _, first = call(1)
     tokens, seconds = call(new_tokens)
@@ -99,8 +117,15 @@ def prompt_flops(method, rows: dict, lora_path: str) -> float:
     return counter.get_total_flops()
 
 
-def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens: int = 64, batch_sizes=(1, 16),
-                 repeats: int = 5, out: str = "bench/decode.json", compiled: bool = True) -> pd.DataFrame:
+def bench_decode(
+    config_path: str | list[str],
+    overrides: list[str],
+    new_tokens: int = 64,
+    batch_sizes=(1, 16),
+    repeats: int = 5,
+    out: str = "bench/decode.json",
+    compiled: bool = True,
+) -> pd.DataFrame:
     if new_tokens < 2:
         raise ValueError(f"--new-tokens {new_tokens}: at least 2, so that decoding steps follow the prompt pass")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,13 +138,18 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
             method, tokenizer = build_method(cfg, corpus=lambda cfg=cfg: pretraining_corpus(cfg.data))
             models[tuple(extra)] = method.eval()  # on the CPU until measured
 
-    datamodule = PersonalisationDataModule(base.data, tokenizer, predict_split="val",
-                                           predict_batch_size=max(batch_sizes))
+    datamodule = PersonalisationDataModule(
+        base.data, tokenizer, predict_split="val", predict_batch_size=max(batch_sizes)
+    )
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
     ids, mask, _ = prompts_of(batch, tokenizer.pad_token_id)
-    prompts = {"ids": ids.to(device), "mask": mask.to(device), "prompt_len": batch["prompt_len"].to(device),
-               "sample_ids": batch["ids"]}
+    prompts = {
+        "ids": ids.to(device),
+        "mask": mask.to(device),
+        "prompt_len": batch["prompt_len"].to(device),
+        "sample_ids": batch["ids"],
+    }
     if len(prompts["sample_ids"]) < max(batch_sizes):
         raise ValueError(f"the val split has {len(prompts['sample_ids'])} records, fewer than batch {max(batch_sizes)}")
 
@@ -128,22 +158,39 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
         rows = _rows(prompts, batch_size)
         if (engine or variant_engine) == HF:
             return hf_generate(models[tuple(extra)], rows, new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        cfg = dataclasses.replace(base.decode, engine=engine or variant_engine, lora_path=lora_path,
-                                  min_new_tokens=new_tokens, max_new_tokens=new_tokens, compile=compile_steps,
-                                  do_sample=base.decode.do_sample and not greedy)
-        return generate(models[tuple(extra)], rows["ids"], rows["mask"], rows["prompt_len"], rows["sample_ids"],
-                        cfg, tokenizer.eos_token_id)
+        cfg = dataclasses.replace(
+            base.decode,
+            engine=engine or variant_engine,
+            lora_path=lora_path,
+            min_new_tokens=new_tokens,
+            max_new_tokens=new_tokens,
+            compile=compile_steps,
+            do_sample=base.decode.do_sample and not greedy,
+        )
+        return generate(
+            models[tuple(extra)],
+            rows["ids"],
+            rows["mask"],
+            rows["prompt_len"],
+            rows["sample_ids"],
+            cfg,
+            tokenizer.eos_token_id,
+        )
 
     peak = {}  # GPU memory of one batch-max run with only that variant's model resident
     same_tokens, compile_seconds = {}, {}  # greedy tokens == the reference; seconds compiling per (variant, batch)
     references = {}
     for index, (name, (extra, _, _, _)) in enumerate(variants.items(), 1):
-        print(f"bench decode: greedy tokens of {name} vs its reference, batch {max(batch_sizes)} "
-              f"({index}/{len(variants)})", flush=True)
+        print(
+            f"bench decode: greedy tokens of {name} vs its reference, batch {max(batch_sizes)} "
+            f"({index}/{len(variants)})",
+            flush=True,
+        )
         model = models[tuple(extra)].to(device)
         if reference_of(name) not in references:
-            references[reference_of(name)] = run(*reference_of(name)[:1], max(batch_sizes), reference_of(name)[1],
-                                                 greedy=True).tokens
+            references[reference_of(name)] = run(
+                *reference_of(name)[:1], max(batch_sizes), reference_of(name)[1], greedy=True
+            ).tokens
         reset_peak_memory(device)
         result = run(name, max(batch_sizes), greedy=True)
         same_tokens[name] = result.tokens == references[reference_of(name)]
@@ -167,8 +214,10 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
             for name in variants:
                 timings[name].append(run(name, batch_size))
         # per token: the steps after the prompt pass; total: prompt pass + every step, over the tokens
-        step = {name: [(g.seconds - g.prefill_seconds - g.compile_seconds) / (new_tokens - 1) for g in runs]
-                for name, runs in timings.items()}
+        step = {
+            name: [(g.seconds - g.prefill_seconds - g.compile_seconds) / (new_tokens - 1) for g in runs]
+            for name, runs in timings.items()
+        }
         total = {name: [(g.seconds - g.compile_seconds) / new_tokens for g in runs] for name, runs in timings.items()}
         prefill = {name: [g.prefill_seconds for g in runs] for name, runs in timings.items()}
 
@@ -179,30 +228,48 @@ def bench_decode(config_path: str | list[str], overrides: list[str], new_tokens:
         for name, (extra, engine, _, compile_steps) in variants.items():
             eager = name.removesuffix(" (compiled)")
             like = " (compiled)" if compile_steps else ""  # compiled rows compare with compiled SFT
-            results.append({
-                "method": name, "batch": batch_size, "ms/token": round(1000 * statistics.median(step[name]), 2),
-                "/ sft": ratio(step, name, "sft" + like),
-                "/ sequential": ratio(step, name, "flythinker sequential" + like),
-                "prefill ms": round(1000 * statistics.median(prefill[name]), 1),
-                "prefill / sft": ratio(prefill, name, "sft" + like),
-                "ms/token with prefill": round(1000 * statistics.median(total[name]), 2),
-                "with prefill / sft": ratio(total, name, "sft" + like),
-                "with prefill / HF generate": ratio(total, name, "sft (HF generate)"),
-                "tokens/s": round(batch_size / statistics.median(total[name]), 1),
-                "eager / compiled": ratio(step, eager, name) if compile_steps else None,
-                "compile s": round(compile_seconds[name, batch_size], 1) if compile_steps else None,
-                "greedy == reference": same_tokens[name],
-                "weights MB": round(weights_mb(models[tuple(extra)]), 2),
-                "peak MB (GPU)": None if peak[name] is None else round(peak[name], 1)})
+            results.append(
+                {
+                    "method": name,
+                    "batch": batch_size,
+                    "ms/token": round(1000 * statistics.median(step[name]), 2),
+                    "/ sft": ratio(step, name, "sft" + like),
+                    "/ sequential": ratio(step, name, "flythinker sequential" + like),
+                    "prefill ms": round(1000 * statistics.median(prefill[name]), 1),
+                    "prefill / sft": ratio(prefill, name, "sft" + like),
+                    "ms/token with prefill": round(1000 * statistics.median(total[name]), 2),
+                    "with prefill / sft": ratio(total, name, "sft" + like),
+                    "with prefill / HF generate": ratio(total, name, "sft (HF generate)"),
+                    "tokens/s": round(batch_size / statistics.median(total[name]), 1),
+                    "eager / compiled": ratio(step, eager, name) if compile_steps else None,
+                    "compile s": round(compile_seconds[name, batch_size], 1) if compile_steps else None,
+                    "greedy == reference": same_tokens[name],
+                    "weights MB": round(weights_mb(models[tuple(extra)]), 2),
+                    "peak MB (GPU)": None if peak[name] is None else round(peak[name], 1),
+                }
+            )
         rows = _rows(prompts, batch_size)
         sft_flops = prompt_flops(models[("method=sft",)], rows, "lean")
         fly_flops = prompt_flops(models[("method=flythinker",)], rows, "lean")
-        floors[batch_size] = {"sft GFLOP": round(sft_flops / 1e9, 3), "flythinker GFLOP": round(fly_flops / 1e9, 3),
-                              "floor (flythinker / sft)": round(fly_flops / sft_flops, 3)}
+        floors[batch_size] = {
+            "sft GFLOP": round(sft_flops / 1e9, 3),
+            "flythinker GFLOP": round(fly_flops / 1e9, 3),
+            "floor (flythinker / sft)": round(fly_flops / sft_flops, 3),
+        }
     frame = pd.DataFrame(results)
     notes = summary(frame, floors, compiled)
-    write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "new_tokens": new_tokens,
-                     "repeats": repeats, "results": results, "prompt pass floor": floors, "notes": notes})
+    write_json(
+        out,
+        {
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "results": results,
+            "prompt pass floor": floors,
+            "notes": notes,
+        },
+    )
     frame.attrs["notes"] = notes
     return frame
 
@@ -211,20 +278,27 @@ def summary(frame: pd.DataFrame, floors: dict, compiled: bool) -> list[str]:
     """The lines printed under the table: the prompt pass's floor, and whether compiling pays."""
     lines = []
     for batch, floor in floors.items():
-        lines.append(f"batch {batch}: prompt pass {floor['sft GFLOP']} GFLOP for SFT, {floor['flythinker GFLOP']} for "
-                     f"FlyThinker (its Reasoner's share): where SFT keeps every core busy, FlyThinker / SFT cannot go "
-                     f"below {floor['floor (flythinker / sft)']}")
+        lines.append(
+            f"batch {batch}: prompt pass {floor['sft GFLOP']} GFLOP for SFT, {floor['flythinker GFLOP']} for "
+            f"FlyThinker (its Reasoner's share): where SFT keeps every core busy, FlyThinker / SFT cannot go "
+            f"below {floor['floor (flythinker / sft)']}"
+        )
     if not compiled:
         return lines
     typical = TYPICAL_DECODE
     steps = -(-typical["records"] // typical["batch"]) * (typical["max_new_tokens"] - 1)
-    rows = frame[frame["batch"] == typical["batch"]] if typical["batch"] in set(frame["batch"]) \
+    rows = (
+        frame[frame["batch"] == typical["batch"]]
+        if typical["batch"] in set(frame["batch"])
         else frame[frame["batch"] == frame["batch"].max()]
+    )
     for name in COMPILED:
         eager, fast = (rows[rows["method"] == n].iloc[0] for n in (name.removesuffix(" (compiled)"), name))
         saved = steps * (eager["ms/token"] - fast["ms/token"]) / 1000
         compile_s = frame[frame["method"] == name]["compile s"].sum()
-        lines.append(f"{name}: a typical decode ({typical['records']} records, batch {int(fast['batch'])}, "
-                     f"{typical['max_new_tokens']} tokens: {steps} steps) saves {saved:.1f} s of steps for "
-                     f"{compile_s:.1f} s compiling in this run: {'pays' if saved > compile_s else 'does not pay'}")
+        lines.append(
+            f"{name}: a typical decode ({typical['records']} records, batch {int(fast['batch'])}, "
+            f"{typical['max_new_tokens']} tokens: {steps} steps) saves {saved:.1f} s of steps for "
+            f"{compile_s:.1f} s compiling in this run: {'pays' if saved > compile_s else 'does not pay'}"
+        )
     return lines

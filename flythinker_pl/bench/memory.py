@@ -8,6 +8,7 @@ Lightning keeps fp32 weights, so 4 bytes each, 16 per trainable weight with Adam
 that. DDP holds all of it on every rank; FSDP 1/N of it, plus one decoder layer gathered (in bf16
 under bf16 precisions) while it computes. Activations and the CUDA context come on top.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..models import backbones, tiny
 from ..models.architectures import ARCHITECTURES, TINY_PRESETS
 from ..models.build import SFT_METHODS
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclass
@@ -33,8 +34,9 @@ class Counts:
     largest_layer: int  # the biggest decoder layer: what FSDP gathers at once
 
     def __add__(self, other: "Counts") -> "Counts":
-        return Counts(self.total + other.total, self.trainable + other.trainable,
-                      max(self.largest_layer, other.largest_layer))
+        return Counts(
+            self.total + other.total, self.trainable + other.trainable, max(self.largest_layer, other.largest_layer)
+        )
 
 
 def architecture(name: str, key: str):
@@ -55,9 +57,11 @@ def backbone_counts(cfg_backbone, key: str, reasoner: bool) -> Counts:
         model = backbones.decoder_of(model)
     model = backbones.set_mode(model, cfg_backbone, key.split(".")[0], task_type=None if reasoner else "CAUSAL_LM")
     layers = decoder_layer_types(model)
-    return Counts(sum(p.numel() for p in model.parameters()),
-                  sum(p.numel() for p in model.parameters() if p.requires_grad),
-                  max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, layers)))
+    return Counts(
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        max(sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, layers)),
+    )
 
 
 def method_counts(cfg: Config) -> Counts:
@@ -73,11 +77,21 @@ def per_rank(counts: Counts, precision: str, ranks: list[int]) -> pd.DataFrame:
     """GiB per rank for DDP (any number of ranks) and FSDP at each of `ranks`, under a Lightning precision."""
     weight = 2 if precision in ("bf16-true", "16-true") else 4
     gathered = 2 if precision.startswith(("bf16", "16")) else 4
-    whole = {"parameters": counts.total * weight, "gradients": counts.trainable * weight,
-             "AdamW moments": counts.trainable * 2 * weight}
+    whole = {
+        "parameters": counts.total * weight,
+        "gradients": counts.trainable * weight,
+        "AdamW moments": counts.trainable * 2 * weight,
+    }
     rows = [{"strategy": "ddp", "ranks": "any", **whole, "gathered layer": 0}]
-    rows += [{"strategy": "fsdp", "ranks": n, **{k: v / n for k, v in whole.items()},
-              "gathered layer": counts.largest_layer * gathered} for n in ranks]
+    rows += [
+        {
+            "strategy": "fsdp",
+            "ranks": n,
+            **{k: v / n for k, v in whole.items()},
+            "gathered layer": counts.largest_layer * gathered,
+        }
+        for n in ranks
+    ]
     table = pd.DataFrame(rows)
     table["total"] = table[[*whole, "gathered layer"]].sum(axis=1)
     for column in [*whole, "gathered layer", "total"]:

@@ -5,6 +5,7 @@ over rounds of the ratio within a round, the two runs seconds apart on the same 
 
     flythinker bench train -c experiments/demo.yaml [--batches 4 --repeats 5 --out bench/train.json]
 """
+
 from __future__ import annotations
 
 import statistics
@@ -32,11 +33,17 @@ def _train_steps(method, optimizer, batches, device) -> float:
     return timed(device, lambda: optimizer_steps(method, optimizer, batches, device))[1]
 
 
-def bench_train(config_path: str | list[str], overrides: list[str], batches: int = 4, repeats: int = 5,
-                out: str = "bench/train.json") -> pd.DataFrame:
+def bench_train(
+    config_path: str | list[str],
+    overrides: list[str],
+    batches: int = 4,
+    repeats: int = 5,
+    out: str = "bench/train.json",
+) -> pd.DataFrame:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    configs: dict[str, Config] = {name: load_config(config_path, [*overrides, *extra])
-                                  for name, extra in VARIANTS.items()}
+    configs: dict[str, Config] = {
+        name: load_config(config_path, [*overrides, *extra]) for name, extra in VARIANTS.items()
+    }
     methods, tokenizer = {}, None
     for name, cfg in configs.items():
         torch.manual_seed(cfg.seed)
@@ -45,8 +52,10 @@ def bench_train(config_path: str | list[str], overrides: list[str], batches: int
         methods[name] = (method.to(device).train(), torch.optim.AdamW(trainable, lr=1e-5))
     datamodule = PersonalisationDataModule(next(iter(configs.values())).data, tokenizer)
     datamodule.setup()
-    fixed = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-             for b, _ in zip(datamodule.val_dataloader(), range(batches))]
+    fixed = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+        for b, _ in zip(datamodule.val_dataloader(), range(batches))
+    ]
     tokens = sum(int(b["attention_mask"].sum()) for b in fixed)
 
     for method, optimizer in methods.values():  # warm-up, not timed
@@ -59,8 +68,23 @@ def bench_train(config_path: str | list[str], overrides: list[str], batches: int
     rows = []
     for name in methods:
         median = statistics.median(seconds[name])
-        rows.append({"method": name, "tokens/s": round(tokens / median), "ms/step": round(1000 * median / len(fixed)),
-                     "ratio to sft": round(statistics.median(a / b for a, b in zip(seconds["sft"], seconds[name])), 3)})
-    write_json(out, {"device": str(device), "torch_threads": torch.get_num_threads(), "batches": len(fixed),
-                     "tokens_per_round": tokens, "repeats": repeats, "results": rows})
+        rows.append(
+            {
+                "method": name,
+                "tokens/s": round(tokens / median),
+                "ms/step": round(1000 * median / len(fixed)),
+                "ratio to sft": round(statistics.median(a / b for a, b in zip(seconds["sft"], seconds[name])), 3),
+            }
+        )
+    write_json(
+        out,
+        {
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "batches": len(fixed),
+            "tokens_per_round": tokens,
+            "repeats": repeats,
+            "results": rows,
+        },
+    )
     return pd.DataFrame(rows)

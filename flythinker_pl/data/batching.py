@@ -1,4 +1,5 @@
 """Examples -> padded batches, and an optional length-bucketed order for training."""
+
 from __future__ import annotations
 
 import random
@@ -28,12 +29,17 @@ def collate(examples: list[dict], pad_id: int) -> dict:
         start = width - len(ids)
         input_ids[row, start:] = ids
         attention_mask[row, start:] = 1
-        labels[row, start + example["prompt_len"]:] = ids[example["prompt_len"]:]
+        labels[row, start + example["prompt_len"] :] = ids[example["prompt_len"] :]
         if "profile_mask" in example:
             profile_mask[row, start:] = torch.as_tensor(example["profile_mask"], dtype=torch.long)
-    batch = {"ids": [e["id"] for e in examples], "input_ids": input_ids, "attention_mask": attention_mask,
-             "labels": labels, "prompt_len": torch.tensor([e["prompt_len"] for e in examples]),
-             "reference": [e["reference"] for e in examples]}
+    batch = {
+        "ids": [e["id"] for e in examples],
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "prompt_len": torch.tensor([e["prompt_len"] for e in examples]),
+        "reference": [e["reference"] for e in examples],
+    }
     if all("profile_mask" in e for e in examples):
         batch["profile_mask"] = profile_mask
     if any("step_ids" in e for e in examples):  # chain-of-thought examples, for Coconut's curriculum
@@ -52,8 +58,15 @@ class LengthBucketSampler(GlobalBatchSampler):
     rank takes its share of every global batch (data/sampling.py), so the order is the same on
     any number of ranks, Lightning leaves it unwrapped, and a resumed run continues it exactly."""
 
-    def __init__(self, lengths: list[int], batch_size: int, chunk_batches: int = 64, seed: int = 0,
-                 num_replicas: Optional[int] = None, rank: Optional[int] = None):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        chunk_batches: int = 64,
+        seed: int = 0,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+    ):
         super().__init__(len(lengths), batch_size, seed, num_replicas, rank)
         self.lengths, self.chunk_batches = lengths, chunk_batches
 
@@ -63,8 +76,8 @@ class LengthBucketSampler(GlobalBatchSampler):
         order = rng.sample(range(len(self.lengths)), len(self.lengths))
         batches = []
         for start in range(0, len(order), global_batch * self.chunk_batches):
-            chunk = sorted(order[start:start + global_batch * self.chunk_batches], key=self.lengths.__getitem__)
-            batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+            chunk = sorted(order[start : start + global_batch * self.chunk_batches], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
         partial = batches.pop() if batches and len(batches[-1]) < global_batch else []
         rng.shuffle(batches)  # the one partial batch stays last, so batches never straddle two of these
         return [index for batch in batches + [partial] for index in batch]

@@ -13,6 +13,7 @@ row, which the method puts after the prompt (models/coconut.py). One deliberate 
 no step remains the target is the response alone. The official answer keeps its "### " marker
 (its scorer splits on it); ours is scored as written, so the marker goes with the last step.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,8 +43,9 @@ def training_plan(schedule: Schedule, stage: int, steps: int, rng: random.Random
     if rng.random() < schedule.uniform_prob:
         stage = rng.choice(range(steps + 1))
     if stage > schedule.max_latent_stage:
-        latent_stages = schedule.max_latent_stage if schedule.pad_latent_to_max else \
-            min(steps, schedule.max_latent_stage)
+        latent_stages = (
+            schedule.max_latent_stage if schedule.pad_latent_to_max else min(steps, schedule.max_latent_stage)
+        )
         return steps, latent_stages * schedule.c_thought
     return min(stage, steps), stage * schedule.c_thought  # a stage past the record's steps keeps its thoughts
 
@@ -51,8 +53,11 @@ def training_plan(schedule: Schedule, stage: int, steps: int, rng: random.Random
 def decoding_thoughts(schedule: Schedule, stage: int, steps: int | None = None) -> int:
     """Thoughts before the response when decoding at `stage` (a record's step count matters only
     without pad_latent_to_max; None = unknown, as for a test record without a rationale)."""
-    latent_stages = schedule.max_latent_stage if schedule.pad_latent_to_max or steps is None else \
-        min(schedule.max_latent_stage, steps)
+    latent_stages = (
+        schedule.max_latent_stage
+        if schedule.pad_latent_to_max or steps is None
+        else min(schedule.max_latent_stage, steps)
+    )
     return min(latent_stages, stage) * schedule.c_thought
 
 
@@ -61,21 +66,28 @@ def decoding_plan(schedule: Schedule, stage: int, batch: dict) -> torch.Tensor:
     without a rationale (collate gives it no steps, which is not a rationale of none) as unknown."""
     if "step_lengths" not in batch:
         return torch.full((len(batch["ids"]),), decoding_thoughts(schedule, stage))
-    return torch.tensor([decoding_thoughts(schedule, stage, steps if length else None)
-                         for steps, length in zip(step_counts(batch), batch["rationale_len"].tolist())])
+    return torch.tensor(
+        [
+            decoding_thoughts(schedule, stage, steps if length else None)
+            for steps, length in zip(step_counts(batch), batch["rationale_len"].tolist())
+        ]
+    )
 
 
 def step_counts(batch: dict) -> list[int]:
     return [len(lengths) for lengths in batch["step_lengths"]]
 
 
-def stage_batch(batch: dict, plans: list[tuple[int, int]], prefix_ids: list[int], marker_ids: list[int],
-                pad_id: int) -> dict:
+def stage_batch(
+    batch: dict, plans: list[tuple[int, int]], prefix_ids: list[int], marker_ids: list[int], pad_id: int
+) -> dict:
     """The batch with each row's target rebuilt for its (steps removed, thoughts) plan, and
     `thoughts` [B]; left-padded like data/batching.collate, on the batch's device."""
     if "step_ids" not in batch:
-        raise ValueError("Coconut's curriculum needs batches of chain-of-thought examples (data.rationales): "
-                         "this batch has no rationale steps")
+        raise ValueError(
+            "Coconut's curriculum needs batches of chain-of-thought examples (data.rationales): "
+            "this batch has no rationale steps"
+        )
     device = batch["input_ids"].device
     rows, prompt_lens, profiles = [], batch["prompt_len"].tolist(), []
     for row, (removed, _) in enumerate(plans):
@@ -83,8 +95,8 @@ def stage_batch(batch: dict, plans: list[tuple[int, int]], prefix_ids: list[int]
         ids = batch["input_ids"][row][real].tolist()
         prompt_len, rationale_len = prompt_lens[row], int(batch["rationale_len"][row])
         bounds = np.cumsum([0, *batch["step_lengths"][row]])
-        remaining = batch["step_ids"][row][bounds[removed]:].tolist()
-        target = ids[prompt_len + rationale_len:]
+        remaining = batch["step_ids"][row][bounds[removed] :].tolist()
+        target = ids[prompt_len + rationale_len :]
         if removed < len(bounds) - 1:
             target = prefix_ids + remaining + marker_ids + target
         rows.append(ids[:prompt_len] + target)
@@ -99,12 +111,16 @@ def stage_batch(batch: dict, plans: list[tuple[int, int]], prefix_ids: list[int]
         start = width - len(ids)
         input_ids[row, start:] = torch.tensor(ids)
         attention_mask[row, start:] = 1
-        labels[row, start + prompt_len:] = input_ids[row, start + prompt_len:]
+        labels[row, start + prompt_len :] = input_ids[row, start + prompt_len :]
         if profiles:
             profile_mask[row, start:] = torch.tensor(profiles[row])
     staged = {key: value for key, value in batch.items() if key not in ("rationale_len", "step_ids", "step_lengths")}
-    staged |= {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-               "thoughts": torch.tensor([thoughts for _, thoughts in plans])}
+    staged |= {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "thoughts": torch.tensor([thoughts for _, thoughts in plans]),
+    }
     if "profile_mask" in batch:
         staged["profile_mask"] = profile_mask
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in staged.items()}

@@ -9,6 +9,7 @@ author (its `id` attribute, else the canonical name from name_variants.yaml), it
 (year, ACL id); keywords are the title+abstract's top TF-IDF terms. Items without text are left
 out and users with fewer than `min_items` items too; every count is in <out>/<source>_conversion.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def amazon_items(folder: Path, dropped: Counter) -> dict[str, list[dict]]:
                 dropped["empty reviewText"] += 1
                 continue
             users[review["reviewerID"]].append(
-                {"overall": review["overall"], "summary": review["summary"], "description": "",
-                 "reviewText": review["reviewText"], "time": review["unixReviewTime"]})
+                {
+                    "overall": review["overall"],
+                    "summary": review["summary"],
+                    "description": "",
+                    "reviewText": review["reviewText"],
+                    "time": review["unixReviewTime"],
+                }
+            )
     return {user: sorted(items, key=lambda item: item["time"]) for user, items in users.items()}  # stable
 
 
@@ -90,8 +97,7 @@ def acl_items(folder: Path, dropped: Counter) -> dict[str, list[dict]]:
                 if not abstract or not title:
                     dropped["no abstract or title"] += 1
                     continue
-                papers.append({"title": title, "abstract": abstract, "id": paper.findtext("url") or "",
-                               "year": year})
+                papers.append({"title": title, "abstract": abstract, "id": paper.findtext("url") or "", "year": year})
                 authors_of.append({author_key(a, names) for a in paper.findall("author")})
     tfidf_keywords(papers)
     users = defaultdict(list)
@@ -117,8 +123,9 @@ def without_leaks(splits: dict[str, list[dict]], task: str) -> dict[str, int]:
     return dropped
 
 
-def convert(source: str, out_dir: str | Path, data_root: str | Path = SHARED_DATA, seed: int = 0,
-            min_items: int = 4) -> dict:
+def convert(
+    source: str, out_dir: str | Path, data_root: str | Path = SHARED_DATA, seed: int = 0, min_items: int = 4
+) -> dict:
     """Writes <out_dir>/<task>_{user,temporal}/{train,val,test}.jsonl; returns (and writes) the counts."""
     task, folder_name = SOURCES[source]
     folder = Path(data_root) / folder_name
@@ -128,8 +135,15 @@ def convert(source: str, out_dir: str | Path, data_root: str | Path = SHARED_DAT
     users = (amazon_items if source == "amazon" else acl_items)(folder, dropped)
     kept = {user: items for user, items in users.items() if len(items) >= min_items}
     dropped[f"items of users with < {min_items} items"] = sum(len(v) for u, v in users.items() if u not in kept)
-    summary = {"source": str(folder), "task": task, "users": len(kept), "items": sum(map(len, kept.values())),
-               "users dropped (< min_items)": len(users) - len(kept), "items dropped": dict(dropped), "records": {}}
+    summary = {
+        "source": str(folder),
+        "task": task,
+        "users": len(kept),
+        "items": sum(map(len, kept.values())),
+        "users dropped (< min_items)": len(users) - len(kept),
+        "items dropped": dict(dropped),
+        "records": {},
+    }
     for setting in ("user", "temporal"):
         target_dir = Path(out_dir) / f"{task}_{setting}"
         target_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """A split's records -> validated -> retrieved -> encoded examples (once, in `setup`), and the
 LightningDataModule that batches them for fit / validate / test / predict."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,20 +43,30 @@ def split_records(cfg: DataConfig, split: str) -> tuple[list[dict], dict[str, st
     return records, rationales, loaded.report
 
 
-def prepare_records(records: list[dict], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                    rationales: Optional[dict[str, str]] = None) -> list[dict]:
+def prepare_records(
+    records: list[dict],
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    rationales: Optional[dict[str, str]] = None,
+) -> list[dict]:
     """Retrieval + rendering + tokenisation of a split's records (one BM25 corpus for all: each profile
     item's terms are counted once); `retrieved` = the profile indices shown; a record's rationale
     (`rationales` by id, data.rationales) goes before the output in its target."""
     corpus = BM25Corpus()
     retrieved = [retrieve(r, cfg.task, cfg.retriever, cfg.k, cfg.seed, corpus) for r in records]
-    examples = encode_records(records, [[r["profile"][i] for i in shown] for r, shown in zip(records, retrieved)],
-                              cfg, tokenizer, [(rationales or {}).get(r["id"]) for r in records])
+    examples = encode_records(
+        records,
+        [[r["profile"][i] for i in shown] for r, shown in zip(records, retrieved)],
+        cfg,
+        tokenizer,
+        [(rationales or {}).get(r["id"]) for r in records],
+    )
     return [{**example, "retrieved": shown[: example["items_shown"]]} for example, shown in zip(examples, retrieved)]
 
 
-def prepare_record(record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                   rationale: Optional[str] = None) -> dict:
+def prepare_record(
+    record: dict, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, rationale: Optional[str] = None
+) -> dict:
     rationales = {record["id"]: rationale} if rationale is not None else None
     return prepare_records([record], cfg, tokenizer, rationales)[0]
 
@@ -79,8 +90,14 @@ class PersonalisationDataModule(L.LightningDataModule):
 
     STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
-    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, predict_split: str = "test",
-                 predict_batch_size: Optional[int] = None, predict_records: Optional[int] = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        predict_split: str = "test",
+        predict_batch_size: Optional[int] = None,
+        predict_records: Optional[int] = None,
+    ):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.predict_split, self.predict_batch_size = predict_split, predict_batch_size or cfg.eval_batch_size
@@ -106,20 +123,27 @@ class PersonalisationDataModule(L.LightningDataModule):
     def write_skip_report(self, run_dir: str | Path) -> Path:
         return write_skip_report(self.skip_reports, run_dir)
 
-    def _loader(self, examples: list[dict], batch_size: int,
-                sampler: Optional[GlobalBatchSampler] = None) -> DataLoader:
+    def _loader(
+        self, examples: list[dict], batch_size: int, sampler: Optional[GlobalBatchSampler] = None
+    ) -> DataLoader:
         """In order, or (training) in the sampler's order, resumable mid-epoch."""
         loader = DataLoader if sampler is None else ResumableDataLoader
-        return loader(examples, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
-                      collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
+        return loader(
+            examples,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+        )
 
     def train_dataloader(self):
         """Shuffled per (data.seed, epoch) in global batches: the same batches on any number of
         ranks, and a resumed run continues the epoch it was in (data/sampling.py)."""
         examples, batch_size = self.examples["train"], self.cfg.batch_size
         if self.cfg.length_buckets:
-            sampler = LengthBucketSampler([len(e["input_ids"]) for e in examples], batch_size,
-                                          self.cfg.bucket_chunk_batches, self.cfg.seed)
+            sampler = LengthBucketSampler(
+                [len(e["input_ids"]) for e in examples], batch_size, self.cfg.bucket_chunk_batches, self.cfg.seed
+            )
         else:
             sampler = GlobalBatchSampler(len(examples), batch_size, self.cfg.seed)
         return self._loader(examples, batch_size, sampler)

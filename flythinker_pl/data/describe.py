@@ -1,5 +1,6 @@
 """What a config's data looks like: `flythinker data stats|show -c CONFIG`. Counting and validating
 needs no model; token statistics and `show` need the Generator's tokenizer only (never its weights)."""
+
 from __future__ import annotations
 
 import statistics
@@ -34,7 +35,7 @@ def split_stats(cfg: DataConfig, split: str, tokenizer: Optional[PreTrainedToken
         "skipped": len(report.skipped),
         "users": len({r[TASKS[cfg.task].user_key] for r in records}),
         "profile items: min / median / max": f"{min(profile_sizes)} / {statistics.median(profile_sizes):g} / "
-                                              f"{max(profile_sizes)}",
+        f"{max(profile_sizes)}",
         "empty profiles": sum(not r["profile"] for r in records),
         **({"with a rationale": sum(r["id"] in rationales for r in records)} if cfg.rationales else {}),
         "query words p50 / p90 / p99 / max": _percentiles([len(r["input"].split()) for r in records]),
@@ -44,8 +45,11 @@ def split_stats(cfg: DataConfig, split: str, tokenizer: Optional[PreTrainedToken
         return stats
     examples = [prepare_record(r, cfg, tokenizer, rationale=rationales.get(r["id"])) for r in records]
     return stats | {
-        **({f"hit rationale budget ({cfg.rationale_tokens})": sum(e["cut"].get("rationale", False)
-                                                                  for e in examples)} if cfg.rationales else {}),
+        **(
+            {f"hit rationale budget ({cfg.rationale_tokens})": sum(e["cut"].get("rationale", False) for e in examples)}
+            if cfg.rationales
+            else {}
+        ),
         "items shown: mean": f"{np.mean([e['items_shown'] for e in examples] or [0]):.2f}",
         "prompt tokens p50 / p90 / p99 / max": _percentiles([e["prompt_len"] for e in examples]),
         "target tokens p50 / p90 / p99 / max": _percentiles([e["target_tokens"] for e in examples]),
@@ -62,8 +66,7 @@ def stats(cfg: DataConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) 
     table = pd.DataFrame({split: split_stats(cfg, split, tokenizer) for split in SPLITS})
     header = f"{cfg.task}_{cfg.setting}: retriever={cfg.retriever} k={cfg.k}"
     if tokenizer is not None:
-        header += (f", budgets (tokens) profile={cfg.profile_tokens} input={cfg.input_tokens} "
-                   f"target={cfg.target_tokens}")
+        header += f", budgets (tokens) profile={cfg.profile_tokens} input={cfg.input_tokens} target={cfg.target_tokens}"
     return header + "\n\n" + table.to_markdown()
 
 
@@ -76,10 +79,15 @@ def show(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, split: str, index:
     example = prepare_record(record, cfg, tokenizer, rationale=rationales.get(record["id"]))
     prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
     cut = ", ".join(name for name, hit in example["cut"].items() if hit) or "nothing"
-    return (f"{split}[{index}] id={record['id']} user={record[TASKS[cfg.task].user_key]}\n"
-            f"retrieved ({cfg.retriever}, k={cfg.k}): profile items {example['retrieved']} "
-            f"of {len(record['profile'])}; budgets cut: {cut}\n"
-            f"----- prompt ({example['prompt_len']} tokens) -----\n{prompt}\n"
-            + (f"----- rationale (before the response in the target) -----\n{rationales[record['id']]}\n"
-               if record["id"] in rationales else "")
-            + f"----- target ({example['target_tokens']} tokens, untruncated reference) -----\n{record['output']}\n")
+    return (
+        f"{split}[{index}] id={record['id']} user={record[TASKS[cfg.task].user_key]}\n"
+        f"retrieved ({cfg.retriever}, k={cfg.k}): profile items {example['retrieved']} "
+        f"of {len(record['profile'])}; budgets cut: {cut}\n"
+        f"----- prompt ({example['prompt_len']} tokens) -----\n{prompt}\n"
+        + (
+            f"----- rationale (before the response in the target) -----\n{rationales[record['id']]}\n"
+            if record["id"] in rationales
+            else ""
+        )
+        + f"----- target ({example['target_tokens']} tokens, untruncated reference) -----\n{record['output']}\n"
+    )

@@ -28,6 +28,7 @@ A split is encoded in chunks (`encode_records`): each tokenizer call takes a chu
 (a fast tokenizer spreads them over its threads), a text is tokenised again only when it is over its
 budget (to cut it), and a history that several records show is counted once.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -36,8 +37,15 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
-from .prompts import (chat_prompt, history, history_span, render_profile_item, template_head, user_message,
-                      with_rationale)
+from .prompts import (
+    chat_prompt,
+    history,
+    history_span,
+    render_profile_item,
+    template_head,
+    user_message,
+    with_rationale,
+)
 from .rationales import rationale_steps
 
 IGNORE_INDEX = -100
@@ -52,8 +60,12 @@ def _backend(tokenizer: PreTrainedTokenizerBase):
     """A fast tokenizer's Rust tokenizer, when calling it directly gives what the tokenizer's own call
     gives (it sets no truncation or padding and splits special tokens as told), else None."""
     backend = tokenizer.backend_tokenizer if tokenizer.is_fast else None
-    if backend is None or backend.truncation or backend.padding or \
-            backend.encode_special_tokens != tokenizer.split_special_tokens:
+    if (
+        backend is None
+        or backend.truncation
+        or backend.padding
+        or backend.encode_special_tokens != tokenizer.split_special_tokens
+    ):
         return None
     return backend
 
@@ -81,8 +93,9 @@ def truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> 
     return ""
 
 
-def fit_histories(tokenizer: PreTrainedTokenizerBase, rendered: list[list[str]], budget: int,
-                  tokens: Optional[list[int]] = None) -> list[tuple[str, int, bool]]:
+def fit_histories(
+    tokenizer: PreTrainedTokenizerBase, rendered: list[list[str]], budget: int, tokens: Optional[list[int]] = None
+) -> list[tuple[str, int, bool]]:
     """Per record, (history text, items kept, whether anything was dropped or cut) within `budget`
     tokens, its items most relevant first. `tokens`: each whole history's token count, when known.
     Items are dropped in rounds, one tokenizer call per round for the histories still over budget."""
@@ -103,8 +116,9 @@ def fit_histories(tokenizer: PreTrainedTokenizerBase, rendered: list[list[str]],
     return fits
 
 
-def tokens_and_span_masks(tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                          spans: list[tuple[int, int]]) -> list[tuple[list[int], np.ndarray]]:
+def tokens_and_span_masks(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], spans: list[tuple[int, int]]
+) -> list[tuple[list[int], np.ndarray]]:
     """Per text: token_ids(text) and, per token, 1 if it overlaps the character span [start, end) of the text."""
     if not tokenizer.is_fast:
         return [_slow_tokens_and_span_mask(tokenizer, text, span) for text, span in zip(texts, spans)]
@@ -123,23 +137,29 @@ def tokens_and_span_masks(tokenizer: PreTrainedTokenizerBase, texts: list[str],
                 offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
                 mask[(offsets[:, 0] < end) & (offsets[:, 1] > start)] = 1
             else:
-                mask[first: last + 1] = 1
+                mask[first : last + 1] = 1
         results.append((encoding.ids, mask))
     return results
 
 
-def _slow_tokens_and_span_mask(tokenizer: PreTrainedTokenizerBase, text: str,
-                               span: tuple[int, int]) -> tuple[list[int], np.ndarray]:
+def _slow_tokens_and_span_mask(
+    tokenizer: PreTrainedTokenizerBase, text: str, span: tuple[int, int]
+) -> tuple[list[int], np.ndarray]:
     start, end = span
     ids = token_ids(tokenizer, text)
     mask = np.zeros(len(ids), dtype=np.int8)
     if end > start:
-        mask[len(token_ids(tokenizer, text[:start])): len(token_ids(tokenizer, text[:end]))] = 1
+        mask[len(token_ids(tokenizer, text[:start])) : len(token_ids(tokenizer, text[:end]))] = 1
     return ids, mask
 
 
-def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-                   rationales: Optional[list[Optional[str]]] = None) -> list[dict]:
+def encode_records(
+    records: list[dict],
+    items: list[list[dict]],
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    rationales: Optional[list[Optional[str]]] = None,
+) -> list[dict]:
     """Per record: prompt ids + target ids (+ EOS when the target is whole), the prompt's profile_mask
     (0 on the target), and what the budgets did; chunk by chunk.
 
@@ -148,21 +168,44 @@ def encode_records(records: list[dict], items: list[list[dict]], cfg: DataConfig
     rationales = rationales or [None] * len(records)
     head = template_head(tokenizer, cfg.system_prompt)
     history_tokens: dict[str, int] = {}  # history text -> token count (records that show the same items)
-    return [example for start in range(0, len(records), CHUNK) for example in _encode_chunk(
-        records[start: start + CHUNK], items[start: start + CHUNK], rationales[start: start + CHUNK],
-        cfg, tokenizer, head, history_tokens)]
+    return [
+        example
+        for start in range(0, len(records), CHUNK)
+        for example in _encode_chunk(
+            records[start : start + CHUNK],
+            items[start : start + CHUNK],
+            rationales[start : start + CHUNK],
+            cfg,
+            tokenizer,
+            head,
+            history_tokens,
+        )
+    ]
 
 
-def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list[Optional[str]], cfg: DataConfig,
-                  tokenizer: PreTrainedTokenizerBase, head: str,
-                  history_tokens: dict[str, int]) -> list[dict]:
+def _encode_chunk(
+    records: list[dict],
+    items: list[list[dict]],
+    rationales: list[Optional[str]],
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    head: str,
+    history_tokens: dict[str, int],
+) -> list[dict]:
     rendered = [[render_profile_item(cfg.task, item) for item in record_items] for record_items in items]
     histories = [history(r) for r in rendered]  # every item shown, if it fits
     new = list(dict.fromkeys(h for h in histories if h not in history_tokens))
     # one call for every text whose length decides a cut (and for the targets): new histories, queries,
     # targets, rationales
-    ids = iter(batch_token_ids(tokenizer, new + [r["input"] for r in records] + [r["output"] for r in records] +
-                               [r for r in rationales if r is not None]))
+    ids = iter(
+        batch_token_ids(
+            tokenizer,
+            new
+            + [r["input"] for r in records]
+            + [r["output"] for r in records]
+            + [r for r in rationales if r is not None],
+        )
+    )
     history_tokens.update((text, len(next(ids))) for text in new)
     queries, targets = [next(ids) for _ in records], [next(ids) for _ in records]
     rationale_tokens = [len(next(ids)) if r is not None else 0 for r in rationales]
@@ -170,9 +213,13 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
     fitted = fit_histories(tokenizer, rendered, cfg.profile_tokens, [history_tokens[h] for h in histories])
     prompts, spans, fits = [], [], []
     for record, (history_text, kept, profile_cut), query_ids, rationale, rationale_size in zip(
-            records, fitted, queries, rationales, rationale_tokens):
-        query = record["input"] if len(query_ids) <= cfg.input_tokens else \
-            truncate(tokenizer, record["input"], cfg.input_tokens)
+        records, fitted, queries, rationales, rationale_tokens
+    ):
+        query = (
+            record["input"]
+            if len(query_ids) <= cfg.input_tokens
+            else truncate(tokenizer, record["input"], cfg.input_tokens)
+        )
         if rationale is not None and rationale_size > cfg.rationale_tokens:
             rationale = truncate(tokenizer, rationale, cfg.rationale_tokens)
         message = user_message(cfg.task, history_text, query)
@@ -187,7 +234,8 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
 
     examples = []
     for record, given, (prompt_ids, prompt_profile_mask), target_ids, (kept, cut, rationale) in zip(
-            records, rationales, tokens_and_span_masks(tokenizer, prompts, spans), targets, fits):
+        records, rationales, tokens_and_span_masks(tokenizer, prompts, spans), targets, fits
+    ):
         target_cut = len(target_ids) > cfg.target_tokens
         cut["target"] = target_cut
         response = target_ids[: cfg.target_tokens] if target_cut else target_ids + [tokenizer.eos_token_id]
@@ -201,9 +249,19 @@ def _encode_chunk(records: list[dict], items: list[list[dict]], rationales: list
         input_ids = np.asarray(prompt_ids + response, dtype=np.int32)
         profile_mask = np.zeros(len(input_ids), dtype=np.int8)
         profile_mask[: len(prompt_ids)] = prompt_profile_mask
-        examples.append({"id": record["id"], "input_ids": input_ids, "profile_mask": profile_mask,
-                         "prompt_len": len(prompt_ids), "reference": record["output"], "items_shown": kept,
-                         "target_tokens": len(target_ids), "cut": cut, **reasoning})
+        examples.append(
+            {
+                "id": record["id"],
+                "input_ids": input_ids,
+                "profile_mask": profile_mask,
+                "prompt_len": len(prompt_ids),
+                "reference": record["output"],
+                "items_shown": kept,
+                "target_tokens": len(target_ids),
+                "cut": cut,
+                **reasoning,
+            }
+        )
     return examples
 
 
@@ -211,6 +269,8 @@ def rationale_fields(rationale_len: int, step_ids: list[list[int]]) -> dict:
     """What Coconut's curriculum (data/coconut_schedule.py) needs of a chain-of-thought example: how many
     target tokens precede the response (prefix + rationale + marker) and the rationale's steps,
     each tokenised alone (concatenated, and their lengths)."""
-    return {"rationale_len": rationale_len,
-            "step_ids": np.asarray([token for step in step_ids for token in step], dtype=np.int32),
-            "step_lengths": np.asarray([len(step) for step in step_ids], dtype=np.int32)}
+    return {
+        "rationale_len": rationale_len,
+        "step_ids": np.asarray([token for step in step_ids for token in step], dtype=np.int32),
+        "step_lengths": np.asarray([len(step) for step in step_ids], dtype=np.int32),
+    }

@@ -2,6 +2,7 @@
 ", and " (the history), then the task's suffix with the query; wrapped in the model's chat
 template when the tokenizer has one, else in a plain template. Also the text layout of
 chain-of-thought targets (rationale, then response) and how to split a generated one."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,7 +13,7 @@ from .schema import DataError
 
 PROFILE_ITEM = {
     "product_review": '"{overall}" is a rating for the product with description "{description}". '
-                      '"{summary}" is summary for "{reviewText}"',
+    '"{summary}" is summary for "{reviewText}"',
     "abstract_generation": '"{abstract}" is the abstract for the title "{title}"',
     "topic_writing": '"{summary}" is a summary for "{content}"',
 }
@@ -51,7 +52,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, message: str, system_prompt:
     """The text the Generator reads before the response: chat template + assistant header when
     the tokenizer has one (system_prompt None keeps the template's default), else plain text."""
     if tokenizer.chat_template:
-        turns = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else [])
+        turns = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
         turns.append({"role": "user", "content": message})
         return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     header = f"{system_prompt}\n\n" if system_prompt else ""
@@ -65,8 +66,9 @@ def template_head(tokenizer: PreTrainedTokenizerBase, system_prompt: Optional[st
     return chat_prompt(tokenizer, _MESSAGE_SLOT, system_prompt).partition(_MESSAGE_SLOT)[0]
 
 
-def history_span(tokenizer: PreTrainedTokenizerBase, prompt: str, message: str, history_text: str,
-                 head: str) -> tuple[int, int]:
+def history_span(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, message: str, history_text: str, head: str
+) -> tuple[int, int]:
     """Character span [start, end) of the history in `prompt` = chat_prompt(tokenizer, message,
     system_prompt), where `message` = user_message(task, history_text, query) and `head` =
     template_head(tokenizer, system_prompt).
@@ -77,8 +79,10 @@ def history_span(tokenizer: PreTrainedTokenizerBase, prompt: str, message: str, 
         return 0, 0
     start = len(head) if prompt.startswith(head) and prompt.startswith(message, len(head)) else prompt.rfind(message)
     if start < 0:
-        raise DataError(f"the chat template of {tokenizer.name_or_path or type(tokenizer).__name__} changes the "
-                        "user message, so the profile history cannot be located in the prompt (profile_mask)")
+        raise DataError(
+            f"the chat template of {tokenizer.name_or_path or type(tokenizer).__name__} changes the "
+            "user message, so the profile history cannot be located in the prompt (profile_mask)"
+        )
     return start, start + len(history_text)
 
 

@@ -14,6 +14,7 @@ records file and id; `skip` leaves it out and counts it in the split's skip repo
 splits keep every record (every method must be scored on the same records): those without a
 rationale keep the plain output as their target, and a warning counts them.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 
 ORACLE = "oracle"
 USERS_FILE = "users.jsonl"  # data/synthetic.py writes each user's latent truth here
-ARC_WORDS = {"rising": "grows warmer towards the end", "falling": "grows harsher towards the end",
-             "steady": "keeps a steady tone"}
+ARC_WORDS = {
+    "rising": "grows warmer towards the end",
+    "falling": "grows harsher towards the end",
+    "steady": "keeps a steady tone",
+}
 
 
 # Before the whitespace that follows a sentence's end, and before every line break.
@@ -53,8 +57,10 @@ class RationaleFileError(DataError):
 def read_rationale_file(path: Path) -> dict[str, str]:
     """{record id: rationale} from a JSON-lines file of {"id": str|int, "rationale": non-empty str}."""
     if not path.is_file():
-        raise DataError(f"data.rationales={str(path)!r}: no such file; give a JSON-lines file of "
-                        '{"id": ..., "rationale": ...} or "oracle" (synthetic data)')
+        raise DataError(
+            f"data.rationales={str(path)!r}: no such file; give a JSON-lines file of "
+            '{"id": ..., "rationale": ...} or "oracle" (synthetic data)'
+        )
     rationales: dict[str, str] = {}
     line_of: dict[str, int] = {}
     with open(path, "rb") as f:
@@ -74,8 +80,9 @@ def read_rationale_file(path: Path) -> dict[str, str]:
                 raise RationaleFileError(path, line_no, "rationale", "empty or whitespace only")
             record_id = str(row["id"])
             if record_id in line_of:
-                raise RationaleFileError(path, line_no, "id", f"duplicate id {record_id!r} (first on line "
-                                                              f"{line_of[record_id]})")
+                raise RationaleFileError(
+                    path, line_no, "id", f"duplicate id {record_id!r} (first on line {line_of[record_id]})"
+                )
             line_of[record_id] = line_no
             rationales[record_id] = row["rationale"].strip()
     return rationales
@@ -85,17 +92,21 @@ def oracle_rationale(persona: dict) -> str:
     """What a user's history shows, in two plain sentences, from their latent truth (synthetic.Persona):
     opening, aspects in order, connectors, praise and complaint words, intensifiers, tone arc, sign-off."""
     aspects, connectors = persona["aspects"], [f'"{c}"' for c in persona["connectors"]]
-    return (f'Opens "{persona["opener"].split("{product}")[0].strip()}" and covers {", ".join(aspects[:-1])} and '
-            f'{aspects[-1]} in that order, after {" ".join(connectors[:-1])} and {connectors[-1]}. Uses '
-            f'{", ".join(persona["positive_words"])} for praise, {", ".join(persona["negative_words"])} for '
-            f'complaints, {" and ".join(persona["intensifiers"])} for emphasis, {ARC_WORDS[persona["arc"]]} and '
-            f'signs off "{persona["signoff"]}"')
+    return (
+        f'Opens "{persona["opener"].split("{product}")[0].strip()}" and covers {", ".join(aspects[:-1])} and '
+        f"{aspects[-1]} in that order, after {' '.join(connectors[:-1])} and {connectors[-1]}. Uses "
+        f"{', '.join(persona['positive_words'])} for praise, {', '.join(persona['negative_words'])} for "
+        f"complaints, {' and '.join(persona['intensifiers'])} for emphasis, {ARC_WORDS[persona['arc']]} and "
+        f'signs off "{persona["signoff"]}"'
+    )
 
 
 def users_file(cfg: DataConfig) -> Path:
     """users.jsonl of the synthetic set the records come from, or an error saying what oracle needs."""
-    hint = ("data.rationales=oracle writes rationales from the synthetic data set's latent truth (users.jsonl "
-            "beside its split directories); for other data give a JSON-lines file of {\"id\", \"rationale\"}")
+    hint = (
+        "data.rationales=oracle writes rationales from the synthetic data set's latent truth (users.jsonl "
+        'beside its split directories); for other data give a JSON-lines file of {"id", "rationale"}'
+    )
     if cfg.files or (cfg.hub and not cfg.path) or cfg.task != "product_review":
         source = "data.files" if cfg.files else "data.hub" if cfg.hub and not cfg.path else f"data.task={cfg.task}"
         raise DataError(f"{hint} (this config reads {source})")
@@ -126,8 +137,9 @@ def load_rationales(cfg: DataConfig, records: list[dict]) -> tuple[dict[str, str
     return read_rationale_file(path), str(path)
 
 
-def rationales_for_split(cfg: DataConfig, split: str, records: list[dict],
-                         report: SplitReport) -> tuple[list[dict], dict[str, str]]:
+def rationales_for_split(
+    cfg: DataConfig, split: str, records: list[dict], report: SplitReport
+) -> tuple[list[dict], dict[str, str]]:
     """(the records to encode, {record id: rationale}); ({}, all records) when data.rationales is unset.
 
     A training record without a rationale raises a `RecordError` (on_bad_record=error) or is left
@@ -139,14 +151,25 @@ def rationales_for_split(cfg: DataConfig, split: str, records: list[dict],
     if not missing:
         return records, rationales
     if split != "train":
-        log.warning("%s: %d of %d records have no rationale in %s; their target is the output alone",
-                    split, len(missing), len(records), source)
+        log.warning(
+            "%s: %d of %d records have no rationale in %s; their target is the output alone",
+            split,
+            len(missing),
+            len(records),
+            source,
+        )
         return records, rationales
     skipped_before = {e.index for e in report.skipped}  # records' indices in the file, from validation
     file_index = [i for i in range(report.read) if i not in skipped_before]
     for position in missing:
-        error = RecordError(report.source, file_index[position], records[position]["id"], "rationale",
-                            "missing_rationale", f"no rationale for this id in {source}")
+        error = RecordError(
+            report.source,
+            file_index[position],
+            records[position]["id"],
+            "rationale",
+            "missing_rationale",
+            f"no rationale for this id in {source}",
+        )
         if cfg.on_bad_record == "error":
             raise error
         report.skipped.append(error)

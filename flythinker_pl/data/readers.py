@@ -8,6 +8,7 @@ Layouts under `data.path` (for config `<task>_<setting>`, split S):
     <path>[/<task>_<setting>]/S/ (save_to_disk) or a DatasetDict directory holding S
 `data.files` names one file (or `datasets` directory) per split instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def import_datasets():
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"reading a `datasets` directory or the hub needs the optional `datasets` library: "
-                          f"{DATASETS_HINT}; or convert the data to JSON lines / Parquet") from None
+        raise ImportError(
+            f"reading a `datasets` directory or the hub needs the optional `datasets` library: "
+            f"{DATASETS_HINT}; or convert the data to JSON lines / Parquet"
+        ) from None
     return datasets
 
 
@@ -42,8 +45,9 @@ def _utf8(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8-sig")  # a byte-order mark is not an error
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}: not valid UTF-8 at byte {err.start} (line {line}): {err.reason}; "
-                        "re-encode the file as UTF-8") from None
+        raise DataError(
+            f"{path}: not valid UTF-8 at byte {err.start} (line {line}): {err.reason}; re-encode the file as UTF-8"
+        ) from None
 
 
 def read_json(path: Path) -> list:
@@ -51,8 +55,10 @@ def read_json(path: Path) -> list:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg} "
-                        "(a truncated or malformed file; nothing in it can be read)") from None
+        raise DataError(
+            f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg} "
+            "(a truncated or malformed file; nothing in it can be read)"
+        ) from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON list of records, got a JSON {type(rows).__name__}")
     return rows
@@ -148,8 +154,9 @@ def resolve_root(cfg: DataConfig) -> Path:
         raise DataError(f"the synthetic data set is product_review only; set data.path for data.task={cfg.task}")
     made = cfg.synthetic
     if made.kind == "signature":
-        return synthetic_signature.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user,
-                                            made.reveal, made.seed, made.hint)
+        return synthetic_signature.generate(
+            cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.reveal, made.seed, made.hint
+        )
     if made.kind == "rule":
         return synthetic_rule.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.hint)
     return synthetic.generate(cfg.synthetic_dir, made.num_users, made.reviews_per_user, made.seed, made.rounds)
@@ -174,4 +181,5 @@ def read_split(cfg: DataConfig, split: str) -> tuple[str, list]:
     raise FileNotFoundError(
         f"no '{split}' split for {config_name(cfg)} under {root}: expected {root}/{config_name(cfg)}/{split}"
         f"{{{','.join(SUFFIXES)}}} (or the same directly under {root}, Parquet shards or a `datasets` "
-        "directory). Real data: python -m flythinker_pl.data.convert --source amazon|acl --out DIR")
+        "directory). Real data: python -m flythinker_pl.data.convert --source amazon|acl --out DIR"
+    )

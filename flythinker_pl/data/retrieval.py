@@ -2,6 +2,7 @@
 tokens, the task's query and document fields), recency, seeded random, or none. Results are profile
 indices, most relevant first, and depend only on the record (so a split is retrieved once, in any
 order)."""
+
 from __future__ import annotations
 
 import math
@@ -20,16 +21,16 @@ _NO_ENTRY = np.iinfo(np.int64).max
 def bm25_query(task: str, query: str) -> str:
     """LongLaMP queries with the whole input, except abstracts: the keywords after "items:"."""
     if task == "abstract_generation" and "items:" in query:
-        return query[query.index("items:") + len("items:"):].strip()
+        return query[query.index("items:") + len("items:") :].strip()
     return query  # (LongLaMP's abstract query is None without "items:"; the whole input is used here)
 
 
 def bm25_document(task: str, item: dict) -> str:
     if task == "product_review":
-        return f'{item["overall"]} {item["summary"]} {item["description"]} {item["reviewText"]}'
+        return f"{item['overall']} {item['summary']} {item['description']} {item['reviewText']}"
     if task == "abstract_generation":
-        return f'{item["title"]} {item["abstract"]}'
-    return f'{item["summary"]} {item["content"]}'
+        return f"{item['title']} {item['abstract']}"
+    return f"{item['summary']} {item['content']}"
 
 
 @lru_cache(maxsize=1024)
@@ -58,8 +59,11 @@ class BM25Corpus:
             terms = text.split()
             counts = Counter(terms)
             self.term_ids.update(zip([t for t in counts if t not in self.term_ids], count(len(self.term_ids))))
-            self.documents[text] = (np.fromiter(map(self.term_ids.__getitem__, counts), np.int64, len(counts)),
-                                    np.fromiter(counts.values(), np.int64, len(counts)), len(terms))
+            self.documents[text] = (
+                np.fromiter(map(self.term_ids.__getitem__, counts), np.int64, len(counts)),
+                np.fromiter(counts.values(), np.int64, len(counts)),
+                len(terms),
+            )
         return self.documents[text]
 
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
@@ -92,8 +96,9 @@ class BM25Corpus:
         frequency = np.zeros((len(query_ids), n))
         frequency[entry_row[hit], doc_of[hit]] = counts[hit]
         frequency = frequency[query_row]
-        term_scores = weights[:, None] * (frequency * (self.k1 + 1) /
-                                          (frequency + self.k1 * (1 - self.b + self.b * doc_len / avgdl)))
+        term_scores = weights[:, None] * (
+            frequency * (self.k1 + 1) / (frequency + self.k1 * (1 - self.b + self.b * doc_len / avgdl))
+        )
         return np.cumsum(term_scores, axis=0)[-1] + 0.0  # summed term by term, as rank-bm25 does (+0.0: no -0.0)
 
     def top_k(self, query: str, documents: list[str], k: int) -> list[int]:
@@ -108,8 +113,9 @@ def bm25_top_k(task: str, query: str, profile: list[dict], k: int, corpus: Optio
     return corpus.top_k(bm25_query(task, query), [bm25_document(task, item) for item in profile], k)
 
 
-def retrieve(record: dict, task: str, method: str, k: int, seed: int = 0,
-             corpus: Optional[BM25Corpus] = None) -> list[int]:
+def retrieve(
+    record: dict, task: str, method: str, k: int, seed: int = 0, corpus: Optional[BM25Corpus] = None
+) -> list[int]:
     """Indices into record["profile"] of the (at most) k items to show, most relevant first.
 
     bm25 counts terms in `corpus` (share one across a split's records: each document is counted

@@ -11,6 +11,7 @@ state_dict of every training loader that has one, and loads it on resume): the e
 batches of it were handed out. A run resumed mid-epoch continues with the next unseen batch of the
 same order, so it ends exactly where an uninterrupted run ends.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,11 +36,22 @@ class GlobalBatchSampler(DistributedSampler):
     number, which on one rank changes nothing. `num_replicas`/`rank` default to the initialised
     process group's. Lightning calls `set_epoch`; without Lightning, call it yourself."""
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int = 0, num_replicas: Optional[int] = None,
-                 rank: Optional[int] = None):
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+    ):
         world_size, group_rank = process_group()
-        super().__init__(range(num_examples), num_replicas=world_size if num_replicas is None else num_replicas,
-                         rank=group_rank if rank is None else rank, shuffle=True, seed=seed)
+        super().__init__(
+            range(num_examples),
+            num_replicas=world_size if num_replicas is None else num_replicas,
+            rank=group_rank if rank is None else rank,
+            shuffle=True,
+            seed=seed,
+        )
         self.batch_size = batch_size
         self.start = 0  # position in this rank's share where the next pass begins (set on resume)
 
@@ -52,9 +64,9 @@ class GlobalBatchSampler(DistributedSampler):
         in a length-sorted global batch all ranks get similar lengths."""
         global_batch, mine = self.batch_size * self.num_replicas, []
         for start in range(0, len(order), global_batch):
-            batch = order[start:start + global_batch]
+            batch = order[start : start + global_batch]
             batch += [batch[i % len(batch)] for i in range(-len(batch) % self.num_replicas)]
-            mine += batch[self.rank::self.num_replicas]
+            mine += batch[self.rank :: self.num_replicas]
         return mine
 
     def __iter__(self) -> Iterator[int]:

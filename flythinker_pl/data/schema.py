@@ -5,6 +5,7 @@ items carry the task's keys (REFERENCE.md). A bad record raises `RecordError` (f
 id, field), or with `on_bad_record=skip` is left out and counted in a `SplitReport`. A split with
 no record to use (an empty file, or every record left out) is a `DataError` naming its file.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,21 @@ class TaskSchema:
 
 TASKS = {
     "product_review": TaskSchema(
-        "reviewerId", {"overall": NUMBER_OR_TEXT, "summary": TEXT, "description": TEXT, "reviewText": TEXT},
+        "reviewerId",
+        {"overall": NUMBER_OR_TEXT, "summary": TEXT, "description": TEXT, "reviewText": TEXT},
         'Generate the review text written by a reviewer who has a given an overall rating of "{overall}" for a '
-        'product with description "{description}". The summary of the review text is "{summary}".', "reviewText"),
+        'product with description "{description}". The summary of the review text is "{summary}".',
+        "reviewText",
+    ),
     "abstract_generation": TaskSchema(
-        "name", {"title": TEXT, "abstract": TEXT, "id": ID, "year": ID},
-        'Generate an abstract for the title "{title}" using the following items: {keywords}', "abstract"),
+        "name",
+        {"title": TEXT, "abstract": TEXT, "id": ID, "year": ID},
+        'Generate an abstract for the title "{title}" using the following items: {keywords}',
+        "abstract",
+    ),
     "topic_writing": TaskSchema(
-        "author", {"summary": TEXT, "content": TEXT}, "Generate the content for a reddit post {summary}", "content"),
+        "author", {"summary": TEXT, "content": TEXT}, "Generate the content for a reddit post {summary}", "content"
+    ),
 }
 EXAMPLES_KEPT = 5  # problems quoted per split in the skip report
 SKIP_REPORT = "data_skipped.json"
@@ -48,9 +56,13 @@ SKIP_REPORT = "data_skipped.json"
 def make_record(task: str, user_id: str, index: int, target: dict, profile: list[dict]) -> dict:
     """A LongLaMP record for the `index`-th item of a user's history; profile items keep the task's keys."""
     schema = TASKS[task]
-    return {"id": f"{user_id}-{index}", schema.user_key: user_id, "input": schema.input_template.format(**target),
-            "output": target[schema.output_key],
-            "profile": [{key: item[key] for key in schema.profile_keys} for item in profile]}
+    return {
+        "id": f"{user_id}-{index}",
+        schema.user_key: user_id,
+        "input": schema.input_template.format(**target),
+        "output": target[schema.output_key],
+        "profile": [{key: item[key] for key in schema.profile_keys} for item in profile],
+    }
 
 
 class DataError(ValueError):
@@ -60,13 +72,26 @@ class DataError(ValueError):
 class RecordError(DataError):
     def __init__(self, source: str, index: int, record_id: Optional[str], field: str, reason: str, detail: str):
         self.source, self.index, self.record_id, self.field, self.reason, self.detail = (
-            source, index, record_id, field, reason, detail)
-        super().__init__(f"{source}: record {index} (id {record_id if record_id is not None else '?'}): "
-                         f"field '{field}': {detail} [{reason}]")
+            source,
+            index,
+            record_id,
+            field,
+            reason,
+            detail,
+        )
+        super().__init__(
+            f"{source}: record {index} (id {record_id if record_id is not None else '?'}): "
+            f"field '{field}': {detail} [{reason}]"
+        )
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "id": self.record_id, "field": self.field, "reason": self.reason,
-                "detail": self.detail}
+        return {
+            "index": self.index,
+            "id": self.record_id,
+            "field": self.field,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -127,9 +152,14 @@ class SplitReport:
         return ", ".join(f"{reason}: {count}" for reason, count in Counter(e.reason for e in self.skipped).items())
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "read": self.read, "kept": self.kept, "skipped": len(self.skipped),
-                "reasons": dict(Counter(e.reason for e in self.skipped)),
-                "examples": [e.to_dict() for e in self.skipped[:EXAMPLES_KEPT]]}
+        return {
+            "source": self.source,
+            "read": self.read,
+            "kept": self.kept,
+            "skipped": len(self.skipped),
+            "reasons": dict(Counter(e.reason for e in self.skipped)),
+            "examples": [e.to_dict() for e in self.skipped[:EXAMPLES_KEPT]],
+        }
 
 
 def validate(rows: list, task: str, split: str, source: str, on_bad_record: str) -> tuple[list[dict], SplitReport]:
@@ -153,9 +183,11 @@ def validate(rows: list, task: str, split: str, source: str, on_bad_record: str)
         records.append({**row, "id": record_id})
     if report.skipped:
         first = report.skipped[0]
-        warn_once(f"{split}: skipped {len(report.skipped)} of {report.read} records of {source} "
-                  f"({report.reasons()}); the first: record {first.index}, field '{first.field}': {first.detail}; "
-                  f"a run keeps the counts and the first {EXAMPLES_KEPT} in <run dir>/{SKIP_REPORT}")
+        warn_once(
+            f"{split}: skipped {len(report.skipped)} of {report.read} records of {source} "
+            f"({report.reasons()}); the first: record {first.index}, field '{first.field}': {first.detail}; "
+            f"a run keeps the counts and the first {EXAMPLES_KEPT} in <run dir>/{SKIP_REPORT}"
+        )
     require_records(records, report, split)
     return records, report
 
@@ -172,11 +204,15 @@ def require_records(records: list[dict], report: SplitReport, split: str) -> Non
     if records:
         return
     if not report.read:
-        raise DataError(f"{report.source}: the {split} split holds no records (an empty file or an empty list): "
-                        "put its records there, or point the split at the file that holds them")
-    raise DataError(f"{report.source}: the {split} split has no usable record: all {report.read} were left out "
-                    f"({report.reasons()}); fix them (data.on_bad_record=error stops at the first, naming it) or point "
-                    "the split at another file")
+        raise DataError(
+            f"{report.source}: the {split} split holds no records (an empty file or an empty list): "
+            "put its records there, or point the split at the file that holds them"
+        )
+    raise DataError(
+        f"{report.source}: the {split} split has no usable record: all {report.read} were left out "
+        f"({report.reasons()}); fix them (data.on_bad_record=error stops at the first, naming it) or point "
+        "the split at another file"
+    )
 
 
 def write_skip_report(reports: dict[str, SplitReport], run_dir: str | Path) -> Path:

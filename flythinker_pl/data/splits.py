@@ -1,5 +1,6 @@
 """User and temporal splits of per-user histories (LongLaMP's two settings), shared by the
 synthetic generator and the real-data converter."""
+
 from __future__ import annotations
 
 import random
@@ -9,8 +10,9 @@ from typing import Callable
 MakeRecord = Callable[[str, int, dict, list[dict]], dict]
 
 
-def split_users(users: dict[str, list[dict]], setting: str, seed: int,
-                make_record: MakeRecord) -> dict[str, list[dict]]:
+def split_users(
+    users: dict[str, list[dict]], setting: str, seed: int, make_record: MakeRecord
+) -> dict[str, list[dict]]:
     """`users`: each user's items in chronological order.
 
     user: whole users go to train/val/test (80/10/10, seeded), each item a record whose profile is
@@ -21,12 +23,13 @@ def split_users(users: dict[str, list[dict]], setting: str, seed: int,
         order = sorted(users)
         random.Random(f"split-{seed}").shuffle(order)
         n_val = n_test = max(1, len(order) // 10)
-        assignment = {u: "test" if i < n_test else "val" if i < n_test + n_val else "train"
-                      for i, u in enumerate(order)}
+        assignment = {
+            u: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, u in enumerate(order)
+        }
         for user_id in sorted(users):
             items = users[user_id]
             for index, target in enumerate(items):
-                others = items[:index] + items[index + 1:]
+                others = items[:index] + items[index + 1 :]
                 splits[assignment[user_id]].append(make_record(user_id, index, target, others))
     elif setting == "temporal":
         for user_id in sorted(users):

@@ -24,6 +24,7 @@ Each user also opens their reviews with their own phrase (a style a model can co
 history in one step, the contrast to the verdict).
 Deterministic in (num_users, items_per_user, seed); the latent truth is written as `users.jsonl`.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,11 +43,18 @@ BODY = {True: "metal", False: "plastic"}
 VALUES = ("wireless", "wired", "metal", "plastic")  # what a user may insist on
 HINT = "This reviewer keeps only {keeps} gear."
 
-CATEGORIES = ["headset", "microphone", "tuner", "amplifier", "looper pedal", "keyboard", "speaker",
-              "in-ear monitor"]
+CATEGORIES = ["headset", "microphone", "tuner", "amplifier", "looper pedal", "keyboard", "speaker", "in-ear monitor"]
 BRANDS = ["Arlo", "Brixton", "Calder", "Delmar", "Everly", "Fenwick", "Garnet", "Halden", "Ives", "Juno"]
-FEATURES = ["a long warranty", "a compact design", "a matte finish", "a travel pouch", "a bright display",
-            "a spare battery", "an adjustable fit", "a low-noise circuit"]
+FEATURES = [
+    "a long warranty",
+    "a compact design",
+    "a matte finish",
+    "a travel pouch",
+    "a bright display",
+    "a spare battery",
+    "an adjustable fit",
+    "a low-noise circuit",
+]
 OPENERS = ["Quick take", "Honest notes", "My thoughts", "A month in", "First impressions", "Straight talk"]
 # Sentiment follows the rating only (never the verdict): one phrase per rating.
 TONE = {5: "works beautifully", 4: "works well", 3: "works fine", 2: "works poorly", 1: "barely works"}
@@ -73,11 +81,15 @@ def make_item(rule: Rule, wireless: bool, metal: bool, rng: random.Random) -> di
     name = f"{rng.choice(BRANDS)} {rng.choice('ABCDEFGHJK')}{rng.randint(10, 99)} {rng.choice(CATEGORIES)}"
     rating = min(5, max(1, round(rng.gauss(rule.mean_rating, 1.0))))
     connection, body = CONNECTION[wireless], BODY[metal]
-    return {"overall": float(rating), "summary": SUMMARIES[rating],
-            "description": f"The {name} is {connection} with a {body} body and {rng.choice(FEATURES)}.",
-            "reviewText": f"{rule.opener}: {connection}, {body} body, {TONE[rating]}. "
-                          f"{VERDICTS[kept(rule.keeps, wireless, metal)]}",
-            "wireless": wireless, "metal": metal}
+    return {
+        "overall": float(rating),
+        "summary": SUMMARIES[rating],
+        "description": f"The {name} is {connection} with a {body} body and {rng.choice(FEATURES)}.",
+        "reviewText": f"{rule.opener}: {connection}, {body} body, {TONE[rating]}. "
+        f"{VERDICTS[kept(rule.keeps, wireless, metal)]}",
+        "wireless": wireless,
+        "metal": metal,
+    }
 
 
 def make_user_items(rule: Rule, count: int, rng: random.Random) -> list[dict]:
@@ -90,8 +102,7 @@ def make_user_items(rule: Rule, count: int, rng: random.Random) -> list[dict]:
     return items
 
 
-def _record(rules: dict[str, Rule], hint: bool, user_id: str, index: int, target: dict,
-            profile: list[dict]) -> dict:
+def _record(rules: dict[str, Rule], hint: bool, user_id: str, index: int, target: dict, profile: list[dict]) -> dict:
     """make_record, + the hint in the query."""
     record = make_record("product_review", user_id, index, target, profile)
     if hint:
@@ -99,8 +110,9 @@ def _record(rules: dict[str, Rule], hint: bool, user_id: str, index: int, target
     return record
 
 
-def generate(out_dir: str | Path, num_users: int = 120, items_per_user: int = 8, seed: int = 0,
-             hint: bool = False) -> Path:
+def generate(
+    out_dir: str | Path, num_users: int = 120, items_per_user: int = 8, seed: int = 0, hint: bool = False
+) -> Path:
     """Write `<out_dir>/rule-users{N}-items{R}-seed{S}[-hint]/product_review_{user,temporal}/
     {train,val,test}.jsonl` and `users.jsonl`; reuses a complete set. hint=true differs only in the
     queries, which name the value the user insists on."""
@@ -115,8 +127,9 @@ def balanced_values(user_ids: list[str], seed: int, values: tuple[str, ...] = VA
     so that train, val and test each hold (nearly) as many users of every value: no split is solved by
     the most common one."""
     splits = split_users({user: [None] for user in user_ids}, "user", seed, lambda user, *_: user)
-    return {user: values[position % len(values)]
-            for members in splits.values() for position, user in enumerate(members)}
+    return {
+        user: values[position % len(values)] for members in splits.values() for position, user in enumerate(members)
+    }
 
 
 def _write(out: Path, num_users: int, items_per_user: int, seed: int, hint: bool) -> None:

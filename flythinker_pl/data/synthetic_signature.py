@@ -27,6 +27,7 @@ with their own phrase, a style copied from the history. Deterministic in (num_us
 reveal, seed): every difficulty has the same users, queries and responses; the latent truth is
 written as `users.jsonl`.
 """
+
 from __future__ import annotations
 
 import random
@@ -47,8 +48,16 @@ WORDS = ("amber", "cobalt", "copper", "ivory", "maple", "olive", "slate", "velve
 # Each word is always written with its own second word ("amber glow"), as each opener is ("Quick take"):
 # a word followed by the same token everywhere ("the amber.") leaves its identity out of the hidden
 # state at its position, where a copy reads it, and a tiny Generator does not learn to copy it.
-PARTNERS = {"amber": "glow", "cobalt": "sky", "copper": "coin", "ivory": "keys", "maple": "leaf", "olive": "branch",
-            "slate": "roof", "velvet": "rope"}
+PARTNERS = {
+    "amber": "glow",
+    "cobalt": "sky",
+    "copper": "coin",
+    "ivory": "keys",
+    "maple": "leaf",
+    "olive": "branch",
+    "slate": "roof",
+    "velvet": "rope",
+}
 REVEALS = ("direct", "majority", "shared", "crowded")  # how the history reveals the word, easiest first
 NOTED_OTHERS = {"shared": 1, "crowded": 3}  # other words an item notes beside the user's
 WINDOW, MAX_REPEAT = 4, 2  # shared, crowded: any other word is in at most 2 of any 4 consecutive items
@@ -76,7 +85,7 @@ def phrase(word: str) -> str:
 def noted_words(word: str, others: int, before: list[list[str]], rng: random.Random) -> list[str]:
     """`word` and `others` other words, the least used in the WINDOW - 1 notes `before` it first (ties at
     random), none already in MAX_REPEAT of them (3 others of 7 always leave enough); in a random order."""
-    recent = [w for noted in before[-(WINDOW - 1):] for w in noted]
+    recent = [w for noted in before[-(WINDOW - 1) :] for w in noted]
     candidates = [w for w in WORDS if w != word and recent.count(w) < MAX_REPEAT]
     rng.shuffle(candidates)
     noted = [word, *sorted(candidates, key=recent.count)[:others]]
@@ -85,7 +94,7 @@ def noted_words(word: str, others: int, before: list[list[str]], rng: random.Ran
 
 
 def noted_text(words: list[str]) -> str:
-    """"the amber glow and the slate roof", "the amber glow, the slate roof, ... and the olive branch"."""
+    """ "the amber glow and the slate roof", "the amber glow, the slate roof, ... and the olive branch"."""
     named = [f"the {phrase(w)}" for w in words]
     return f"{', '.join(named[:-1])} and {named[-1]}"
 
@@ -101,13 +110,15 @@ def history_texts(word: str, count: int, reveal: str, rng: random.Random) -> lis
         return [f"; noticed {noted_text(noted)}." for noted in notes]
     off, others = rng.randrange(WINDOW), [w for w in WORDS if w != word]
     rng.shuffle(others)  # the odd items' words: a different one each (count // WINDOW + 1 <= 7 of them)
-    named = [others[index // WINDOW] if reveal == "majority" and index % WINDOW == off else word
-             for index in range(count)]
+    named = [
+        others[index // WINDOW] if reveal == "majority" and index % WINDOW == off else word for index in range(count)
+    ]
     return [f". Overall: {phrase(w)}." for w in named]
 
 
-def make_user_items(user: Signature, count: int, reveal: str, rng: random.Random,
-                    notes_rng: random.Random) -> list[dict]:
+def make_user_items(
+    user: Signature, count: int, reveal: str, rng: random.Random, notes_rng: random.Random
+) -> list[dict]:
     """Chronological items: what the history shows (reviewText) and the review a response writes
     (`response`), both opening with the user's phrase and following the rating. What the history
     reveals comes from `notes_rng` alone, so every difficulty has the same users, items, queries and
@@ -116,16 +127,23 @@ def make_user_items(user: Signature, count: int, reveal: str, rng: random.Random
     for shown in history_texts(user.word, count, reveal, notes_rng):
         rating = min(5, max(1, round(rng.gauss(user.mean_rating, 1.0))))
         name = f"{rng.choice(BRANDS)} {rng.choice('ABCDEFGHJK')}{rng.randint(10, 99)} {rng.choice(CATEGORIES)}"
-        items.append({"overall": float(rating), "summary": SUMMARIES[rating], "description": f"The {name}.",
-                      "reviewText": f"{user.opener}: {TONE[rating]}{shown}",
-                      "response": f"{user.opener}: {TONE[rating]}. Overall: {phrase(user.word)}.",
-                      "unixReviewTime": time})
+        items.append(
+            {
+                "overall": float(rating),
+                "summary": SUMMARIES[rating],
+                "description": f"The {name}.",
+                "reviewText": f"{user.opener}: {TONE[rating]}{shown}",
+                "response": f"{user.opener}: {TONE[rating]}. Overall: {phrase(user.word)}.",
+                "unixReviewTime": time,
+            }
+        )
         time += rng.randint(86_400, 90 * 86_400)
     return items
 
 
-def _record(users: dict[str, Signature], hint: bool, user_id: str, index: int, target: dict,
-            profile: list[dict]) -> dict:
+def _record(
+    users: dict[str, Signature], hint: bool, user_id: str, index: int, target: dict, profile: list[dict]
+) -> dict:
     """make_record with the target's review as the output (the history shows the notes), + the hint."""
     record = make_record("product_review", user_id, index, {**target, "reviewText": target["response"]}, profile)
     if hint:
@@ -133,8 +151,14 @@ def _record(users: dict[str, Signature], hint: bool, user_id: str, index: int, t
     return record
 
 
-def generate(out_dir: str | Path, num_users: int = 240, items_per_user: int = 8, reveal: str = "direct",
-             seed: int = 0, hint: bool = False) -> Path:
+def generate(
+    out_dir: str | Path,
+    num_users: int = 240,
+    items_per_user: int = 8,
+    reveal: str = "direct",
+    seed: int = 0,
+    hint: bool = False,
+) -> Path:
     """Write `<out_dir>/signature-users{N}-items{R}-{reveal}-seed{S}[-hint]/product_review_{user,temporal}/
     {train,val,test}.jsonl` and `users.jsonl`; reuses a complete set. hint=true differs only in the
     queries, which name the user's word."""
@@ -143,8 +167,9 @@ def generate(out_dir: str | Path, num_users: int = 240, items_per_user: int = 8,
     if reveal not in REVEALS:
         raise ValueError(f"reveal={reveal!r}: choose one of {', '.join(REVEALS)}")
     name = f"signature-users{num_users}-items{items_per_user}-{reveal}-seed{seed}{'-hint' * hint}"
-    return write_once(Path(out_dir).expanduser() / name,
-                      lambda out: _write(out, num_users, items_per_user, reveal, seed, hint))
+    return write_once(
+        Path(out_dir).expanduser() / name, lambda out: _write(out, num_users, items_per_user, reveal, seed, hint)
+    )
 
 
 def _write(out: Path, num_users: int, items_per_user: int, reveal: str, seed: int, hint: bool) -> None:
@@ -154,6 +179,7 @@ def _write(out: Path, num_users: int, items_per_user: int, reveal: str, seed: in
         rng = random.Random(f"signature-{seed}-{index}")
         user = Signature(user_id, words[user_id], opener=rng.choice(OPENERS), mean_rating=rng.uniform(2.0, 4.8))
         users[user_id] = user
-        items[user_id] = make_user_items(user, items_per_user, reveal, rng,
-                                         random.Random(f"signature-notes-{seed}-{index}"))
+        items[user_id] = make_user_items(
+            user, items_per_user, reveal, rng, random.Random(f"signature-notes-{seed}-{index}")
+        )
     write_set(out, items, seed, partial(_record, users, hint), users.values())

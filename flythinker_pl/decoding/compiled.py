@@ -12,6 +12,7 @@ compiling are counted apart (`CompiledSteps.seconds`).
 Where a graph cannot be compiled (no C++ compiler, an op dynamo cannot trace in one graph) the step
 runs eagerly from then on and one line says so: the same function either way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,8 +65,11 @@ class CompiledSteps:
             result = compiled(function, self.device.type)(*args)
         except _compile_failures() as error:  # raised while tracing or compiling: nothing ran yet
             _failed.add(function)
-            log.warning("decode.compile: %s could not be compiled (%s); it decodes eagerly",
-                        function.__qualname__, str(error).splitlines()[0][:200])
+            log.warning(
+                "decode.compile: %s could not be compiled (%s); it decodes eagerly",
+                function.__qualname__,
+                str(error).splitlines()[0][:200],
+            )
             return function(*args)
         if _graphs_compiled() != graphs:
             self.seconds += time.perf_counter() - start

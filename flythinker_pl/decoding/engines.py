@@ -20,6 +20,7 @@ compiled.py): the whole step where both models step in one process and place, ea
 where they are apart (two devices, the CPU worker, which compiles its own). On one GPU the staggered
 engine then replays the sequential step as one CUDA graph: launches are what its side stream could hide.
 """
+
 from __future__ import annotations
 
 import functools
@@ -149,17 +150,20 @@ class Staggered(Sequential):
         except Exception as error:
             if not self.fallback:
                 raise
-            _log_once(f"decode.engine=auto: the Reasoner's worker process could not start "
-                      f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                      "decoding sequentially in this process")
+            _log_once(
+                f"decode.engine=auto: the Reasoner's worker process could not start "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                "decoding sequentially in this process"
+            )
             self.worker, self.in_process = None, False
             return
         torch.set_num_threads(1)  # while stepping, each process has a core (the worker steps with 1)
 
     def step(self, state, tokens):
         method = self.method
-        if self.steps is not None and (self.stream is not None or not self.reasoner_on_cpu and
-                                       method.generator_device == method.reasoner_device):
+        if self.steps is not None and (
+            self.stream is not None or not self.reasoner_on_cpu and method.generator_device == method.reasoner_device
+        ):
             return super().step(state, tokens)  # one device, one graph: the sequential step
         if self.steps is not None:
             state.reserve_column()
@@ -210,8 +214,10 @@ class Shared(Sequential):
     def __init__(self, method: SharedBaseFlyThinker, compile: bool = False, max_new_tokens: int = 0):
         super().__init__(method, compile, max_new_tokens)
         if not method.lora.active:
-            raise ValueError("decode.engine=shared runs both adapters as one batched op of the lean LoRA "
-                             "forward: it needs decode.lora_path=lean")
+            raise ValueError(
+                "decode.engine=shared runs both adapters as one batched op of the lean LoRA "
+                "forward: it needs decode.lora_path=lean"
+            )
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
         if input_ids.device.type == "cuda":  # a GPU waits on launches: one batched forward a chunk
@@ -242,8 +248,10 @@ def make_engine(method, name: str, compile: bool = False, max_new_tokens: int = 
         return Shared(method, **options)
     if name == "staggered":
         if isinstance(method, SharedBaseFlyThinker):
-            raise ValueError("with reasoner.shared_base=true the two steps share one model (and its active "
-                             "adapter): use decode.engine=shared, or sequential")
+            raise ValueError(
+                "with reasoner.shared_base=true the two steps share one model (and its active "
+                "adapter): use decode.engine=shared, or sequential"
+            )
         return Staggered(method, **options, fallback=chosen_by_auto)
     return Sequential(method, **options)
 
@@ -262,8 +270,10 @@ def auto_engine(method: FlyThinker) -> tuple[str, str]:
         return "sequential", "CPU with 1 thread: two processes stepping side by side would share one core"
     if not fits_in_shared_memory(method.reasoner):
         return "sequential", "the Reasoner's weights do not fit in /dev/shm, which its worker process would share"
-    return "staggered", (f"CPU with {threads} threads: the Reasoner steps in its own process beside the "
-                         "Generator, one thread each (bench decode on 2 cores: 0.7-0.85 of sequential's step)")
+    return "staggered", (
+        f"CPU with {threads} threads: the Reasoner steps in its own process beside the "
+        "Generator, one thread each (bench decode on 2 cores: 0.7-0.85 of sequential's step)"
+    )
 
 
 @functools.cache

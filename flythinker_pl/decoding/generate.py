@@ -1,5 +1,6 @@
 """The decoding loop shared by every method and engine: prefill, then sample / step until each
 row has produced EOS or max_new_tokens."""
+
 from __future__ import annotations
 
 import time
@@ -28,9 +29,16 @@ class Generation:
 
 
 @torch.no_grad()
-def generate(method, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor,
-             sample_ids: list[str], cfg: DecodeConfig, eos_ids: int | list[int],
-             profile_mask: torch.Tensor | None = None) -> Generation:
+def generate(
+    method,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    sample_ids: list[str],
+    cfg: DecodeConfig,
+    eos_ids: int | list[int],
+    profile_mask: torch.Tensor | None = None,
+) -> Generation:
     """Decode a left-padded batch of prompts; a row stops at the first of `eos_ids` (Qwen's
     instruct models stop on two). `profile_mask` (prompt layout) marks the user's history, for a
     Reasoner that must not see it."""
@@ -59,8 +67,9 @@ def _decode(method, input_ids, attention_mask, prompt_len, sample_ids, cfg, eos_
     device = input_ids.device
     # On GPU, checking "all rows finished" costs a host sync: look only every few steps.
     check_every = 8 if device.type == "cuda" else 1
-    engine = make_engine(method, cfg.engine, compile=compile_steps(cfg, method, device),
-                         max_new_tokens=cfg.max_new_tokens)
+    engine = make_engine(
+        method, cfg.engine, compile=compile_steps(cfg, method, device), max_new_tokens=cfg.max_new_tokens
+    )
     synchronize(device)
     start = time.perf_counter()
     try:

@@ -10,6 +10,7 @@ being cast by autocast, so no second copy of them can go stale. A copy is kept f
 its source is unchanged (same storage, same version counter: an in-place load or update makes a new copy),
 at the memory of half the frozen Linear weights, for as long as the model lives.
 """
+
 from __future__ import annotations
 
 import weakref

@@ -19,6 +19,7 @@ What runs side by side is the engine's business (engines.py):
               (SharedBaseFlyThinker.batched_step). The prompt is left-padded to whole chunks: more
               padding, the same function.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from ..models.decode_cache import DecodeCache
 from ..models.families import head_logits
 from ..models.flythinker import FlyThinker
-from ..models.fusion import add_latents, real_positions
+from ..models.fusion_math import add_latents, real_positions
 from ..models.shared import SharedBaseFlyThinker
 from ..models.sft import DecodeState
 
@@ -75,8 +76,15 @@ class _Prompt:
         return add_latents(self.method.embed(self.input_ids[:, start:end]), shifted, self.inject[:, start:end])
 
 
-def prefill_two_models(method: FlyThinker, input_ids, attention_mask, prompt_len, profile_mask=None,
-                       beside: Callable = lambda run: run(), join: Callable = lambda handle: handle):
+def prefill_two_models(
+    method: FlyThinker,
+    input_ids,
+    attention_mask,
+    prompt_len,
+    profile_mask=None,
+    beside: Callable = lambda run: run(),
+    join: Callable = lambda handle: handle,
+):
     """The chunked prompt pass of a Generator and a Reasoner of its own: `beside(run)` starts the
     Reasoner's chunk `run()` (in order, or on a side stream) and returns a handle, `join(handle)` its
     latents, readable by the Generator. Returns prefill's (next-token logits, DecodeState)."""
@@ -85,9 +93,14 @@ def prefill_two_models(method: FlyThinker, input_ids, attention_mask, prompt_len
 
     def reasoner_chunk(start: int, end: int):
         def run():
-            hidden, _ = method.run_reasoner(input_ids[:, start:end], prompt.reasoner_mask[:, :end],
-                                            prompt.reasoner_positions[:, start:end], reasoner_cache)
+            hidden, _ = method.run_reasoner(
+                input_ids[:, start:end],
+                prompt.reasoner_mask[:, :end],
+                prompt.reasoner_positions[:, start:end],
+                reasoner_cache,
+            )
             return prompt.latents(hidden, start, end)
+
         return beside(run)
 
     pending, before, out = reasoner_chunk(*prompt.bounds[0]), None, None
@@ -98,13 +111,20 @@ def prefill_two_models(method: FlyThinker, input_ids, attention_mask, prompt_len
         if before is None:  # column -1 has no latent
             before = latents.new_zeros(latents.shape[0], 1, latents.shape[-1])
         embeds = prompt.generator_embeds(start, end, before, latents)
-        out = method.run_generator(embeds, attention_mask[:, :end], prompt.positions[:, start:end],
-                                   cache=generator_cache, last_only=True)
+        out = method.run_generator(
+            embeds, attention_mask[:, :end], prompt.positions[:, start:end], cache=generator_cache, last_only=True
+        )
         before = latents[:, -1:]
     masks_differ = prompt.reasoner_mask is not attention_mask
-    state = DecodeState(attention_mask, prompt_len, generator_cache, reasoner_cache, latents=before[:, 0],
-                        latent_norm=prompt.latent_norm,
-                        reasoner_attention_mask=prompt.reasoner_mask if masks_differ else None)
+    state = DecodeState(
+        attention_mask,
+        prompt_len,
+        generator_cache,
+        reasoner_cache,
+        latents=before[:, 0],
+        latent_norm=prompt.latent_norm,
+        reasoner_attention_mask=prompt.reasoner_mask if masks_differ else None,
+    )
     return out.logits[:, -1], state
 
 
@@ -142,10 +162,13 @@ def prefill_shared(method: SharedBaseFlyThinker, input_ids, attention_mask, prom
             reasoner_embeds, reasoner_positions = padding, no_positions
         embeds = torch.cat([generator_embeds, reasoner_embeds.to(generator_embeds.dtype)])
         with method.lora.rows("generator", "reasoner"):
-            hidden = method.reasoner(inputs_embeds=embeds,
-                                     attention_mask=mask[:, : (stage + 1) * width],
-                                     position_ids=torch.cat([generator_positions, reasoner_positions]),
-                                     past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = method.reasoner(
+                inputs_embeds=embeds,
+                attention_mask=mask[:, : (stage + 1) * width],
+                position_ids=torch.cat([generator_positions, reasoner_positions]),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
         if stage < len(prompt.bounds):
             latents = prompt.latents(hidden[rows:], *prompt.bounds[stage])
     logits = head_logits(method.generator.get_base_model(), hidden[:rows, -1:])[:, -1]

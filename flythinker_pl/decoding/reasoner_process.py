@@ -27,6 +27,7 @@ Decoding only: the child runs under no_grad (no graph crosses a process) and the
 Under decode.compile the child steps through its own compiled graph on a static state (static.py): the
 parent sends the capacity with the cache, and both processes compile (and find inductor's disk cache) at once.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,8 +53,11 @@ from .static import StaticDecodeState
 
 def _pack(tensor: torch.Tensor) -> tuple:
     """Plain bytes: pickling a tensor through the pipe would move it to new shared memory, per message."""
-    return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), \
-        tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    return (
+        str(tensor.dtype).removeprefix("torch."),
+        tuple(tensor.shape),
+        tensor.contiguous().view(torch.uint8).numpy().tobytes(),
+    )
 
 
 def _unpack(dtype: str, shape: tuple, data: bytes) -> torch.Tensor:
@@ -62,8 +66,13 @@ def _unpack(dtype: str, shape: tuple, data: bytes) -> torch.Tensor:
 
 def _hidden_step(reasoner: nn.Module, tokens: torch.Tensor, state: DecodeState, positions: torch.Tensor):
     """The Reasoner's final hidden state [B, d_R] for the newest tokens (after state.append_token)."""
-    return reasoner(input_ids=tokens, position_ids=positions, attention_mask=state.attention_mask,
-                    past_key_values=state.reasoner_cache, use_cache=True).last_hidden_state[:, -1]
+    return reasoner(
+        input_ids=tokens,
+        position_ids=positions,
+        attention_mask=state.attention_mask,
+        past_key_values=state.reasoner_cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
 
 
 def _serve(conn) -> None:
@@ -141,8 +150,11 @@ def fits_in_shared_memory(module: nn.Module) -> bool:
 def _signature(module: nn.Module):
     """What the child's copy must match: the storages it views and every submodule's train/eval mode."""
     tensors = list(chain(module.parameters(), module.buffers()))
-    return ([(t.data_ptr(), t.dtype, t.shape) for t in tensors], [m.training for m in module.modules()],
-            all(t.is_shared() for t in tensors))
+    return (
+        [(t.data_ptr(), t.dtype, t.shape) for t in tensors],
+        [m.training for m in module.modules()],
+        all(t.is_shared() for t in tensors),
+    )
 
 
 _preparing = threading.Lock()

@@ -5,6 +5,7 @@ consumes one uniform per step, turned into a token by inverse-CDF over the filte
 distribution. So a sample's tokens do not depend on which other samples share its batch, their
 order, or the engine, as long as its logits are the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,18 +20,31 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 
 class Sampler:
-    def __init__(self, cfg: DecodeConfig, sample_ids: list[str], prompt_ids: torch.Tensor,
-                 prompt_mask: torch.Tensor, eos_ids: list[int], vocab_size: int):
+    def __init__(
+        self,
+        cfg: DecodeConfig,
+        sample_ids: list[str],
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        eos_ids: list[int],
+        vocab_size: int,
+    ):
         if cfg.do_sample and cfg.temperature <= 0:
             raise ValueError("decode.temperature must be > 0 when sampling; set decode.do_sample=false for greedy")
         self.cfg, self.eos_ids = cfg, list(eos_ids)
         device = prompt_ids.device
         self.uniforms = None
         if cfg.do_sample:  # drawn up front: one host-to-device copy per batch, not per token
-            self.uniforms = torch.stack([
-                torch.rand(cfg.max_new_tokens, generator=torch.Generator().manual_seed(sample_seed(cfg.seed, i)),
-                           dtype=torch.float64)
-                for i in sample_ids]).to(device)
+            self.uniforms = torch.stack(
+                [
+                    torch.rand(
+                        cfg.max_new_tokens,
+                        generator=torch.Generator().manual_seed(sample_seed(cfg.seed, i)),
+                        dtype=torch.float64,
+                    )
+                    for i in sample_ids
+                ]
+            ).to(device)
         self.seen = None
         if cfg.repetition_penalty != 1.0:  # tokens of the prompt (real ones) and of the output so far
             # scatter_add, not scatter_: pads (mask 0) and real tokens may share an index
@@ -60,7 +74,7 @@ class Sampler:
     def _inverse_cdf(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         sorted_logits, order = (logits / self.cfg.temperature).sort(dim=-1, descending=True)
         if self.cfg.top_k > 0:
-            sorted_logits[:, self.cfg.top_k:] = float("-inf")
+            sorted_logits[:, self.cfg.top_k :] = float("-inf")
         probs = sorted_logits.softmax(dim=-1).double()
         if self.cfg.top_p < 1.0:  # keep the smallest prefix whose mass reaches top_p (at least one token)
             mass_before = probs.cumsum(dim=-1) - probs

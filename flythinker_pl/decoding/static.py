@@ -11,6 +11,7 @@ columns, so that prompts of similar widths share a compiled graph.
 
 Sliding-window families keep every column here too (as DecodeCache does); their mask applies the window.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,11 +58,14 @@ class StaticDecodeState(DecodeState):
             raise ValueError(f"the prompt has {columns} columns, more than the static capacity {capacity}")
         self._latents = None
         super().__init__(
-            _mask_buffer(state.attention_mask, capacity), state.prompt_len,
+            _mask_buffer(state.attention_mask, capacity),
+            state.prompt_len,
             None if state.generator_cache is None else static_cache(state.generator_cache, capacity),
             None if state.reasoner_cache is None else static_cache(state.reasoner_cache, capacity),
-            state.latents, state.latent_norm,
-            None if state.reasoner_attention_mask is None else _mask_buffer(state.reasoner_attention_mask, capacity))
+            state.latents,
+            state.latent_norm,
+            None if state.reasoner_attention_mask is None else _mask_buffer(state.reasoner_attention_mask, capacity),
+        )
         self.capacity = capacity
         self.length = torch.tensor([columns], device=state.attention_mask.device)  # the next token's column
         torch._dynamo.mark_static_address(self.length)
@@ -90,6 +94,8 @@ class StaticDecodeState(DecodeState):
     def reserve_column(self) -> None:
         """Host-side bookkeeping before a step (outside any compiled code): refuse one past capacity."""
         if self.columns >= self.capacity:
-            raise RuntimeError(f"the static decoding state holds {self.capacity} columns; a step past them was "
-                               "asked for (more steps than the engine was built for)")
+            raise RuntimeError(
+                f"the static decoding state holds {self.capacity} columns; a step past them was "
+                "asked for (more steps than the engine was built for)"
+            )
         self.columns += 1

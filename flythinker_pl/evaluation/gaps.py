@@ -18,6 +18,7 @@ gaps. Empty predictions score 0 (eval.empty=keep). Cost is a ratio: `train_cost_
 tokens/s / the point's.
 `window_gaps` is the records' paired bootstrap per position window (`flythinker table` prints both).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -67,7 +68,10 @@ def _corpus_bleu(stats: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _row_scores(stats: np.ndarray, per_sample: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     """Per metric: the score on each row set of `rows` (BLEU rescored as a corpus)."""
-    return {"bleu": _corpus_bleu(stats, rows), **{name: np.nanmean(values[rows], 1) for name, values in per_sample.items()}}
+    return {
+        "bleu": _corpus_bleu(stats, rows),
+        **{name: np.nanmean(values[rows], 1) for name, values in per_sample.items()},
+    }
 
 
 def _scores(run_dir: str, rows: np.ndarray, prediction_file: str, answer_pattern: str) -> tuple[tuple, dict]:
@@ -76,15 +80,17 @@ def _scores(run_dir: str, rows: np.ndarray, prediction_file: str, answer_pattern
     return ids, _row_scores(stats, per_sample, rows)
 
 
-def _pair_scores(run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str,
-                 answer_pattern: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _pair_scores(
+    run_dir: str, other_dir: str, resamples: np.ndarray, prediction_file: str, answer_pattern: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per metric: (point's score, reference's) on the full set (index 0) then on every resample."""
     rows = np.vstack([np.arange(resamples.shape[1]), resamples])
     ids, mine = _scores(run_dir, rows, prediction_file, answer_pattern)
     other_ids, theirs = _scores(other_dir, rows, prediction_file, answer_pattern)
     if ids != other_ids:
-        raise ValueError(f"{run_dir} and its reference {other_dir} decoded different records: a paired gap "
-                         "needs the same test set")
+        raise ValueError(
+            f"{run_dir} and its reference {other_dir} decoded different records: a paired gap needs the same test set"
+        )
     return {name: (mine[name], theirs[name]) for name in set(mine) & set(theirs)}
 
 
@@ -122,8 +128,14 @@ def _paired(runs: pd.DataFrame, point: str, reference: str) -> list[tuple[pd.Ser
     return [(m, t.iloc[0]) for m, t in pairs if len(t)] or [(mine.iloc[0], theirs.iloc[0])]
 
 
-def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file: str = "predictions.jsonl",
-              answer_pattern: str = "", seed: int = 0, ceiling_of: Optional[dict[str, str]] = None) -> pd.DataFrame:
+def gap_table(
+    runs: pd.DataFrame,
+    reference_of: dict[str, str],
+    prediction_file: str = "predictions.jsonl",
+    answer_pattern: str = "",
+    seed: int = 0,
+    ceiling_of: Optional[dict[str, str]] = None,
+) -> pd.DataFrame:
     """One row per point with a reference: `<metric>_gap`, its `_ci_low/_ci_high` (hierarchical bootstrap
     over seeds, then records), `_seed_std`; the point's own mean `<metric>` and its reference's
     `<metric>_reference`, each with `_low/_high`; where the point has a ceiling (`ceiling_of`) sharing its
@@ -133,8 +145,12 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
     for point, reference in reference_of.items():
         pairs = _paired(runs, point, reference)
         count = len(_sample_scores(str(Path(pairs[0][0]["run_dir"]) / prediction_file), answer_pattern)[0])
-        per_seed = [_pair_scores(m["run_dir"], t["run_dir"], _record_resamples(count, m["seed"], seed),
-                                 prediction_file, answer_pattern) for m, t in pairs]
+        per_seed = [
+            _pair_scores(
+                m["run_dir"], t["run_dir"], _record_resamples(count, m["seed"], seed), prediction_file, answer_pattern
+            )
+            for m, t in pairs
+        ]
         seeds = [m["seed"] for m, _ in pairs]
         draws = _seed_draws(seeds, seed)
         row = {"point": point, "reference": reference, "seeds": ",".join(str(s) for s in seeds)}
@@ -144,14 +160,20 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
             gap = hierarchical([mine - theirs for mine, theirs in (s[metric] for s in per_seed)], draws)
             replicates[point, metric] = (reference, seeds, gap)
             seed_gaps = [s[metric][0][0] - s[metric][1][0] for s in per_seed]
-            row.update({f"{metric}_gap": gap[0], **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap))),
-                        f"{metric}_seed_std": np.std(seed_gaps, ddof=1) if len(seed_gaps) > 1 else np.nan})
+            row.update(
+                {
+                    f"{metric}_gap": gap[0],
+                    **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap))),
+                    f"{metric}_seed_std": np.std(seed_gaps, ddof=1) if len(seed_gaps) > 1 else np.nan,
+                }
+            )
             for side, column in ((0, metric), (1, f"{metric}_reference")):
                 values = hierarchical([s[metric][side] for s in per_seed], draws)
                 row.update({column: values[0], **dict(zip((f"{column}_low", f"{column}_high"), _interval(values)))})
         if COST in runs:
-            row["train_cost_x"] = runs.loc[runs["point"] == reference, COST].mean() / \
-                runs.loc[runs["point"] == point, COST].mean()
+            row["train_cost_x"] = (
+                runs.loc[runs["point"] == reference, COST].mean() / runs.loc[runs["point"] == point, COST].mean()
+            )
         rows.append(row)
     for row in rows:
         ceiling = (ceiling_of or {}).get(row["point"])
@@ -166,14 +188,31 @@ def gap_table(runs: pd.DataFrame, reference_of: dict[str, str], prediction_file:
                 continue
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = mine[2] / top[2]
-            row.update({f"{metric}_share": share[0], **dict(zip((f"{metric}_share_low", f"{metric}_share_high"),
-                                                                 _interval(np.where(np.isfinite(share), share, np.nan))))})
+            row.update(
+                {
+                    f"{metric}_share": share[0],
+                    **dict(
+                        zip(
+                            (f"{metric}_share_low", f"{metric}_share_high"),
+                            _interval(np.where(np.isfinite(share), share, np.nan)),
+                        )
+                    ),
+                }
+            )
     return pd.DataFrame(rows).set_index("point") if rows else pd.DataFrame()
 
 
-def window_gaps(run_dir: str | Path, reference_dir: str | Path, windows: list[tuple[int, int]], units: TextUnits,
-                prediction_file: str = "predictions.jsonl", seed: int = 0, min_count: int = 1,
-                last: Optional[int] = None, training_seed: int = 0) -> pd.DataFrame:
+def window_gaps(
+    run_dir: str | Path,
+    reference_dir: str | Path,
+    windows: list[tuple[int, int]],
+    units: TextUnits,
+    prediction_file: str = "predictions.jsonl",
+    seed: int = 0,
+    min_count: int = 1,
+    last: Optional[int] = None,
+    training_seed: int = 0,
+) -> pd.DataFrame:
     """gap_table's bootstrap of one pair of runs (the run's `training_seed`) per position window
     (segments.py's windows, cut in `units`): one row per window that at least `min_count` references
     reach (only the `last` such windows, if given), with `count` (the records whose reference reaches
@@ -181,25 +220,33 @@ def window_gaps(run_dir: str | Path, reference_dir: str | Path, windows: list[tu
     ids, predictions, references_ = zip(*read_predictions(Path(run_dir) / prediction_file))
     other_ids, other_predictions, _ = zip(*read_predictions(Path(reference_dir) / prediction_file))
     if ids != other_ids:
-        raise ValueError(f"{run_dir} and its reference {reference_dir} decoded different records: a paired gap "
-                         "needs the same test set")
-    mine, theirs, referenced = ([units.split(text) for text in texts]
-                                for texts in (predictions, other_predictions, references_))
-    reaching_by_window = {(start, end): [i for i, reference in enumerate(referenced) if len(reference) > start]
-                          for start, end in windows}
+        raise ValueError(
+            f"{run_dir} and its reference {reference_dir} decoded different records: a paired gap "
+            "needs the same test set"
+        )
+    mine, theirs, referenced = (
+        [units.split(text) for text in texts] for texts in (predictions, other_predictions, references_)
+    )
+    reaching_by_window = {
+        (start, end): [i for i, reference in enumerate(referenced) if len(reference) > start] for start, end in windows
+    }
     kept = [window for window, reaching in reaching_by_window.items() if len(reaching) >= min_count]
     rows, draws = [], _seed_draws([training_seed], seed)
     for start, end in kept[-last:] if last else kept:
         reaching = reaching_by_window[(start, end)]
         cut = [units.join(referenced[i][start:end]) for i in reaching]
         rows_ = np.vstack([np.arange(len(reaching)), _record_resamples(len(reaching), training_seed, seed)])
-        run_scores, reference_scores = (_row_scores(*_text_scores([units.join(texts[i][start:end]) for i in reaching],
-                                                                  cut), rows_) for texts in (mine, theirs))
+        run_scores, reference_scores = (
+            _row_scores(*_text_scores([units.join(texts[i][start:end]) for i in reaching], cut), rows_)
+            for texts in (mine, theirs)
+        )
         gaps = {name: run_scores[name] - reference_scores[name] for name in set(run_scores) & set(reference_scores)}
         row = {"segment_start": start, "segment_end": end, "count": len(reaching)}
         for metric in (m for m in GAP_METRICS if m in gaps):
             gap = hierarchical([gaps[metric]], draws)
-            row.update({f"{metric}_gap": gap[0], **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap)))})
+            row.update(
+                {f"{metric}_gap": gap[0], **dict(zip((f"{metric}_ci_low", f"{metric}_ci_high"), _interval(gap)))}
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -209,7 +256,7 @@ def _cell(value: float, low: float, high: float, digits: int, sign: str = "+") -
 
 
 def gaps_markdown(table: pd.DataFrame) -> str:
-    """"gap [low, high] sd s" per metric (BLEU 0-100, the others 0-1; sd: over seeds, where several were
+    """ "gap [low, high] sd s" per metric (BLEU 0-100, the others 0-1; sd: over seeds, where several were
     paired); for the headline metric (answer accuracy where scored, else BLEU) also the point's and its
     reference's own scores and, with a ceiling, the share of its gap; the training cost and the seeds."""
     cells = pd.DataFrame(index=table.index)
@@ -219,17 +266,27 @@ def gaps_markdown(table: pd.DataFrame) -> str:
     digits = {m: 2 if m == "bleu" else 3 for m in metrics}  # BLEU 0-100, the others 0-1
     if headline:
         for column, title in ((headline, headline), (f"{headline}_reference", f"reference {headline}")):
-            cells[title] = [_cell(v, lo, hi, digits[headline], "") for v, lo, hi in
-                            table[[column, f"{column}_low", f"{column}_high"]].itertuples(index=False)]
+            cells[title] = [
+                _cell(v, lo, hi, digits[headline], "")
+                for v, lo, hi in table[[column, f"{column}_low", f"{column}_high"]].itertuples(index=False)
+            ]
     for metric in metrics:
         columns = [f"{metric}_gap", f"{metric}_ci_low", f"{metric}_ci_high", f"{metric}_seed_std"]
-        cells[f"{metric} gap"] = [_cell(g, lo, hi, digits[metric]) + ("" if pd.isna(sd) else f" sd {sd:.{digits[metric]}f}")
-                                  for g, lo, hi, sd in table[columns].itertuples(index=False)]
+        cells[f"{metric} gap"] = [
+            _cell(g, lo, hi, digits[metric]) + ("" if pd.isna(sd) else f" sd {sd:.{digits[metric]}f}")
+            for g, lo, hi, sd in table[columns].itertuples(index=False)
+        ]
     if headline and f"{headline}_share" in table:
         cells[f"share of the ceiling's {headline} gap"] = [
-            "" if pd.isna(ceiling) else f"no gap to {ceiling}" if pd.isna(v) else f"{_cell(v, lo, hi, 2, '')} of {ceiling}"
-            for v, lo, hi, ceiling in
-            table[[f"{headline}_share", f"{headline}_share_low", f"{headline}_share_high", "ceiling"]].itertuples(index=False)]
+            ""
+            if pd.isna(ceiling)
+            else f"no gap to {ceiling}"
+            if pd.isna(v)
+            else f"{_cell(v, lo, hi, 2, '')} of {ceiling}"
+            for v, lo, hi, ceiling in table[
+                [f"{headline}_share", f"{headline}_share_low", f"{headline}_share_high", "ceiling"]
+            ].itertuples(index=False)
+        ]
     if "train_cost_x" in table:
         cells["train cost (x reference)"] = table["train_cost_x"].map(lambda x: f"{x:.2f}" if pd.notna(x) else "")
     cells["seeds"] = table["seeds"]
@@ -238,9 +295,11 @@ def gaps_markdown(table: pd.DataFrame) -> str:
 
 def segment_gaps(segments: pd.DataFrame, reference_of: dict[str, str], metric: str = "bleu") -> pd.DataFrame:
     """Per position window (rows), each point's `metric` minus its reference's (mean over seeds)."""
-    columns = {point: segments[f"{metric} ({point})"] - segments[f"{metric} ({reference})"]
-               for point, reference in reference_of.items()
-               if f"{metric} ({point})" in segments and f"{metric} ({reference})" in segments}
+    columns = {
+        point: segments[f"{metric} ({point})"] - segments[f"{metric} ({reference})"]
+        for point, reference in reference_of.items()
+        if f"{metric} ({point})" in segments and f"{metric} ({reference})" in segments
+    }
     return pd.DataFrame(columns, index=segments.index)
 
 
@@ -256,8 +315,14 @@ def plot_gaps(table: pd.DataFrame, methods: Optional[dict[str, str]] = None, tit
         gap = table[f"{metric}_gap"]
         error = [gap - table[f"{metric}_ci_low"], table[f"{metric}_ci_high"] - gap]
         for x, style in enumerate(styles):
-            axis.errorbar([x], gap.iloc[[x]], yerr=[[error[0].iloc[x]], [error[1].iloc[x]]], fmt=style["marker"],
-                          color=style["color"], capsize=3)
+            axis.errorbar(
+                [x],
+                gap.iloc[[x]],
+                yerr=[[error[0].iloc[x]], [error[1].iloc[x]]],
+                fmt=style["marker"],
+                color=style["color"],
+                capsize=3,
+            )
         axis.axhline(0, color=REFERENCE_COLOUR, linestyle="--", linewidth=1)
         axis.set_xticks(range(len(table)), ticks, rotation=35, ha="right", fontsize=8)
         axis.set(title=f"{metric} gap", ylabel=f"{metric} difference" + (" (0-100)" if metric == "bleu" else ""))
@@ -267,8 +332,9 @@ def plot_gaps(table: pd.DataFrame, methods: Optional[dict[str, str]] = None, tit
     return figure
 
 
-def plot_segment_gaps(gaps: pd.DataFrame, metric: str = "bleu", methods: Optional[dict[str, str]] = None,
-                      title: str = "") -> Figure:
+def plot_segment_gaps(
+    gaps: pd.DataFrame, metric: str = "bleu", methods: Optional[dict[str, str]] = None, title: str = ""
+) -> Figure:
     """The gap per position window, one line per point in its method's colour."""
     figure = Figure(figsize=(6, 4.2), layout="constrained")
     axis = figure.subplots()
@@ -276,8 +342,11 @@ def plot_segment_gaps(gaps: pd.DataFrame, metric: str = "bleu", methods: Optiona
         axis.plot(range(len(gaps)), gaps[point], label=point, **style)
     axis.axhline(0, color=REFERENCE_COLOUR, linestyle="--", linewidth=1)
     axis.set_xticks(range(len(gaps)), gaps.index, rotation=35, ha="right", fontsize=8)
-    axis.set(title=f"{metric} gap vs the reference per position window", xlabel="position in output (words)",
-             ylabel=f"{metric} difference")
+    axis.set(
+        title=f"{metric} gap vs the reference per position window",
+        xlabel="position in output (words)",
+        ylabel=f"{metric} difference",
+    )
     if title:
         figure.suptitle(title, fontsize=9)
     axis.grid(alpha=0.3)
@@ -304,8 +373,14 @@ def plot_heatmaps(table: pd.DataFrame, rows_key: str, columns_key: str) -> Figur
             image.set_clim(-limit, limit)
         for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
             if np.isfinite(value):
-                axis.text(j, i, f"{value:+.2f}" if column == "bleu_gap" else f"{value:.2f}", ha="center",
-                          va="center", fontsize=9)
+                axis.text(
+                    j,
+                    i,
+                    f"{value:+.2f}" if column == "bleu_gap" else f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                )
         axis.set_xticks(range(grid.shape[1]), grid.columns)
         axis.set_yticks(range(grid.shape[0]), grid.index)
         axis.set(title=title, xlabel=columns_key, ylabel=rows_key)

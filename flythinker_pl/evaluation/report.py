@@ -1,4 +1,5 @@
 """Comparison tables and position-segment plots, rebuilt from scores alone (no run state)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,12 @@ from .metrics import METRICS
 from .palette import REFERENCE_COLOUR, line_styles
 
 CSV_NAME, PNG_NAME = "position_eval.csv", "position_eval.png"
-METRIC_LABELS = {"bleu": "BLEU (0-100)", "rouge1": "ROUGE-1 F1 (0-1)", "rougeL": "ROUGE-L F1 (0-1)",
-                 "meteor": "METEOR (0-1)"}
+METRIC_LABELS = {
+    "bleu": "BLEU (0-100)",
+    "rouge1": "ROUGE-1 F1 (0-1)",
+    "rougeL": "ROUGE-L F1 (0-1)",
+    "meteor": "METEOR (0-1)",
+}
 PANEL_LABELS = {**METRIC_LABELS, "samples": "outputs reaching window"}
 MIN_SAMPLES = 10  # windows scored over fewer samples are drawn hollow: a mean of 1-2 outputs is noise
 SAMPLE_COUNTS = ("count", "outputs")  # per window: samples scored (references reaching it), outputs reaching it
@@ -42,7 +47,8 @@ def segment_table(frame: pd.DataFrame) -> pd.DataFrame:
     the samples scored in each window ("count ...": their references reach it) and the outputs
     that reach it ("outputs ...", where the frame has them)."""
     frame = (frame if "run" in frame else frame.assign(run="")).assign(
-        segment=frame["segment_start"].astype(str) + "-" + frame["segment_end"].astype(str))
+        segment=frame["segment_start"].astype(str) + "-" + frame["segment_end"].astype(str)
+    )
     first = frame.drop_duplicates(["run", "segment"])
     counts = [first.assign(metric=name, value=first[name]) for name in SAMPLE_COUNTS if name in frame]
     table = pd.concat([frame, *counts]).pivot(index="segment", columns=["metric", "run"], values="value")
@@ -95,8 +101,9 @@ def _draw(axis, frame: pd.DataFrame, panel: str, min_samples: int) -> None:
                 continue
         y = rows["outputs" if panel == "samples" else "value"].to_numpy(dtype=float)
         axis.plot(x, y, markevery=list(~few), label=label, **style)
-        axis.plot(x[few], y[few], linestyle="none", marker=style["marker"], markerfacecolor="none",
-                  color=style["color"])
+        axis.plot(
+            x[few], y[few], linestyle="none", marker=style["marker"], markerfacecolor="none", color=style["color"]
+        )
         if panel != "samples" and "ci_low" in rows and rows["ci_low"].notna().any():
             axis.fill_between(x, rows["ci_low"], rows["ci_high"], color=style["color"], alpha=0.15, linewidth=0)
     if panel == "samples":
@@ -112,11 +119,28 @@ def _handles(axis, frame: pd.DataFrame, min_samples: int, panels: list[str]) -> 
     if set(panels) - {"samples"} and "ci_low" in frame and frame["ci_low"].notna().any():
         handles.append(Patch(color="grey", alpha=0.3, label="95% bootstrap interval"))
     if "samples" in panels:
-        handles.append(Line2D([], [], color=REFERENCE_COLOUR, linestyle="--", linewidth=1,
-                              label="references reaching the window" if "outputs" in frame else "samples"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=REFERENCE_COLOUR,
+                linestyle="--",
+                linewidth=1,
+                label="references reaching the window" if "outputs" in frame else "samples",
+            )
+        )
     if (frame["count"] < min_samples).any():
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="grey",
-                              label=f"fewer than {min_samples} samples"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                color="grey",
+                label=f"fewer than {min_samples} samples",
+            )
+        )
     return handles
 
 

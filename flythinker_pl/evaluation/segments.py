@@ -7,6 +7,7 @@ reported as `count`); a prediction that stops earlier contributes an empty windo
 `outputs` counts the predictions that reach the window themselves: where it falls below `count`,
 outputs stopped before their references did.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ COLUMNS = ["segment_start", "segment_end", "metric", "value", "ci_low", "ci_high
 @dataclass(frozen=True)
 class TextUnits:
     """How text is cut into units and a window of units turned back into text."""
+
     split: Callable[[str], Sequence]
     join: Callable[[Sequence], str]
     name: str = "words"  # one of UNITS: the plots' axis unit
@@ -47,9 +49,15 @@ def windows(width: int, max_len: int) -> list[tuple[int, int]]:
     return [(start, min(start + width, max_len)) for start in range(0, max_len, width)]
 
 
-def position_scores(predictions: Sequence[str], references: Sequence[str], width: int = 50,
-                    max_len: int = 300, units: TextUnits = text_units(), n_bootstrap: int = 0,
-                    seed: int = 0) -> pd.DataFrame:
+def position_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    width: int = 50,
+    max_len: int = 300,
+    units: TextUnits = text_units(),
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Tidy frame, one row per (window, metric): segment_start, segment_end, metric, value, ci_low and
     ci_high (the seeded 95% bootstrap interval over the window's samples, with n_bootstrap > 0; else
     NaN), count (samples scored), outputs (predictions reaching the window), unit (words | tokens).
@@ -63,10 +71,26 @@ def position_scores(predictions: Sequence[str], references: Sequence[str], width
         reaching = [i for i, reference in enumerate(referenced) if len(reference) > start]
         if not reaching:
             break
-        scores = score_texts([units.join(predicted[i][start:end]) for i in reaching],
-                             [units.join(referenced[i][start:end]) for i in reaching], n_bootstrap, seed)
+        scores = score_texts(
+            [units.join(predicted[i][start:end]) for i in reaching],
+            [units.join(referenced[i][start:end]) for i in reaching],
+            n_bootstrap,
+            seed,
+        )
         outputs = sum(len(prediction) > start for prediction in predicted)
-        rows += [(start, end, name, scores[name], scores.get(f"{name}_ci_low", np.nan),
-                  scores.get(f"{name}_ci_high", np.nan), len(reaching), outputs, units.name)
-                 for name in METRICS if scores[name] is not None]
+        rows += [
+            (
+                start,
+                end,
+                name,
+                scores[name],
+                scores.get(f"{name}_ci_low", np.nan),
+                scores.get(f"{name}_ci_high", np.nan),
+                len(reaching),
+                outputs,
+                units.name,
+            )
+            for name in METRICS
+            if scores[name] is not None
+        ]
     return pd.DataFrame(rows, columns=COLUMNS)

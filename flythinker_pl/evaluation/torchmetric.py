@@ -1,4 +1,5 @@
 """The text metrics as a torchmetrics Metric for validation: strings gathered across DDP ranks."""
+
 from __future__ import annotations
 
 from typing import Hashable, Sequence
@@ -30,8 +31,9 @@ class TextGenerationScores(Metric):
         for name in ("sample_ids", "predictions", "references"):
             self.add_state(name, default=[], dist_reduce_fx=None)
 
-    def update(self, ids: Sequence[Hashable] | torch.Tensor, predictions: Sequence[str],
-               references: Sequence[str]) -> None:
+    def update(
+        self, ids: Sequence[Hashable] | torch.Tensor, predictions: Sequence[str], references: Sequence[str]
+    ) -> None:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         if not len(ids) == len(predictions) == len(references):
             raise ValueError(f"{len(ids)} ids, {len(predictions)} predictions, {len(references)} references")
@@ -54,7 +56,11 @@ class TextGenerationScores(Metric):
             raise ValueError("no samples to score: call update() before compute()")
         _, predictions, references = zip(*samples)
         scores = score_texts(predictions, references, n_bootstrap=self.n_bootstrap, seed=self.seed)
-        self.unavailable = {key.removesuffix("_unavailable"): reason
-                            for key, reason in scores.items() if key.endswith("_unavailable")}
-        return {key: torch.tensor(float(value), dtype=torch.float64) for key, value in scores.items()
-                if isinstance(value, (int, float))}
+        self.unavailable = {
+            key.removesuffix("_unavailable"): reason for key, reason in scores.items() if key.endswith("_unavailable")
+        }
+        return {
+            key: torch.tensor(float(value), dtype=torch.float64)
+            for key, value in scores.items()
+            if isinstance(value, (int, float))
+        }

@@ -6,6 +6,7 @@ symlinked corpora, so the files are copied, and nltk also needs a `lexnames` fil
 
     python -m flythinker_pl.evaluation.wordnet     # idempotent; never fails the caller
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,8 +48,10 @@ def wordnet_unavailable_reason() -> Optional[str]:
     try:
         wordnet.ensure_loaded()
     except LookupError:
-        return ("WordNet is not installed for nltk (no network for nltk.download); "
-                "run `make install` or `python -m flythinker_pl.evaluation.wordnet` as root")
+        return (
+            "WordNet is not installed for nltk (no network for nltk.download); "
+            "run `make install` or `python -m flythinker_pl.evaluation.wordnet` as root"
+        )
     except Exception as error:  # a broken copy: say what is wrong rather than crash scoring
         return f"WordNet could not be loaded: {error}"
     return None

@@ -7,6 +7,7 @@ folder's greedy tokens are checked against the framework's sequential engine at 
 
     python -m flythinker_pl.hf.bench RUN_DIR [--new-tokens 64 --batch-sizes 1 16 --repeats 5 --out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def val_prompts(cfg, tokenizer, count: int) -> tuple[torch.Tensor, torch.Tensor,
     return ids, mask, batch["prompt_len"], batch["ids"]
 
 
-def bench_export(run: str, new_tokens: int = 64, batch_sizes=(1, 16), repeats: int = 5,
-                 out: str = "bench/export.json") -> pd.DataFrame:
+def bench_export(
+    run: str, new_tokens: int = 64, batch_sizes=(1, 16), repeats: int = 5, out: str = "bench/export.json"
+) -> pd.DataFrame:
     _, cfg, weights = check_run(run)
     method, tokenizer = load_trained(cfg, weights)
     folder = Path(tempfile.mkdtemp(prefix="flythinker-export-")) / "model"
@@ -54,17 +56,24 @@ def bench_export(run: str, new_tokens: int = 64, batch_sizes=(1, 16), repeats: i
         keep = mask[:rows].any(0)
         batch = ids[:rows][:, keep], mask[:rows][:, keep]
         if variant == "exported generate()":
-            produced = model.generate(input_ids=batch[0], attention_mask=batch[1], do_sample=False,
-                                      max_new_tokens=tokens, min_new_tokens=tokens)
-            return produced[:, batch[0].shape[1]:].tolist()
-        decode = dataclasses.replace(cfg.decode, engine=variant.split()[-1], do_sample=False, max_new_tokens=tokens,
-                                     min_new_tokens=tokens)
+            produced = model.generate(
+                input_ids=batch[0],
+                attention_mask=batch[1],
+                do_sample=False,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+            )
+            return produced[:, batch[0].shape[1] :].tolist()
+        decode = dataclasses.replace(
+            cfg.decode, engine=variant.split()[-1], do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens
+        )
         return generate(method, *batch, prompt_len[:rows], names[:rows], decode, stops).tokens
 
     variants = [f"framework {engine}" for engine in ENGINES] + ["exported generate()"]
     with torch.no_grad():
-        if call("exported generate()", max(batch_sizes), new_tokens) != \
-                call("framework sequential", max(batch_sizes), new_tokens):
+        if call("exported generate()", max(batch_sizes), new_tokens) != call(
+            "framework sequential", max(batch_sizes), new_tokens
+        ):
             raise RuntimeError("the exported folder's greedy tokens differ from the framework's sequential engine")
         timings = {(b, v): {"step": [], "first": []} for b in batch_sizes for v in variants}
         for round_index in range(repeats + 1):
@@ -84,12 +93,26 @@ def bench_export(run: str, new_tokens: int = 64, batch_sizes=(1, 16), repeats: i
         sequential = timings[batch_size, "framework sequential"]["step"]
         for variant in variants:
             timing = timings[batch_size, variant]
-            rows.append({"batch": batch_size, "variant": variant, "ms/token": statistics.median(timing["step"]),
-                         "first token ms": statistics.median(timing["first"]),
-                         "/ sequential": statistics.median(s / r for s, r in zip(timing["step"], sequential))})
+            rows.append(
+                {
+                    "batch": batch_size,
+                    "variant": variant,
+                    "ms/token": statistics.median(timing["step"]),
+                    "first token ms": statistics.median(timing["first"]),
+                    "/ sequential": statistics.median(s / r for s, r in zip(timing["step"], sequential)),
+                }
+            )
     table = pd.DataFrame(rows).round(3)
-    write_json(out, {"run": str(run), "new_tokens": new_tokens, "repeats": repeats,
-                     "threads": torch.get_num_threads(), "rows": table.to_dict("records")})
+    write_json(
+        out,
+        {
+            "run": str(run),
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "rows": table.to_dict("records"),
+        },
+    )
     return table
 
 

@@ -1,5 +1,6 @@
 """The model card (README.md) of an exported folder: how to load it, what it is, how its prompts are
 built, the run's data and scores (with their 95% intervals), and where it came from."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -30,16 +31,34 @@ def _what(cfg: Config, model, custom: bool, adapters: bool) -> str:
     rows.append(("Generator", _backbone(cfg, "generator", generator)))
     if custom and config.method in ("flythinker", "static"):
         reasoner = config.reasoner or config.generator
-        source = "the Generator's base model with its own LoRA adapter" if cfg.reasoner.shared_base else \
-            _backbone(cfg, "reasoner", reasoner)
-        rows += [("Reasoner", source),
-                 ("fusion", f"lambda {config.lam}, norm `{config.norm}` (c = {config.latent_norm:.6g}), dims "
-                            f"`{config.dims}`, span `{config.span}`, eps {config.eps}")]
+        source = (
+            "the Generator's base model with its own LoRA adapter"
+            if cfg.reasoner.shared_base
+            else _backbone(cfg, "reasoner", reasoner)
+        )
+        rows += [
+            ("Reasoner", source),
+            (
+                "fusion",
+                f"lambda {config.lam}, norm `{config.norm}` (c = {config.latent_norm:.6g}), dims "
+                f"`{config.dims}`, span `{config.span}`, eps {config.eps}",
+            ),
+        ]
     if custom and config.method == "coconut":
-        rows.append(("thoughts", f"{config.thoughts}, norm `{config.norm}`, markers "
-                                 f"{'on' if config.thought_markers else 'off'}"))
-    rows.append(("weights", "LoRA kept as peft adapters in adapters/ (peft needed)" if adapters and custom and
-                 config.adapters else "LoRA merged into the weights"))
+        rows.append(
+            (
+                "thoughts",
+                f"{config.thoughts}, norm `{config.norm}`, markers {'on' if config.thought_markers else 'off'}",
+            )
+        )
+    rows.append(
+        (
+            "weights",
+            "LoRA kept as peft adapters in adapters/ (peft needed)"
+            if adapters and custom and config.adapters
+            else "LoRA merged into the weights",
+        )
+    )
     return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
@@ -70,8 +89,13 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder"{remote})
 top-p {decode.top_p}, top-k {decode.top_k or "off"}, up to {decode.max_new_tokens} new tokens); pass
 `do_sample=False` for greedy decoding. Prompts are left-padded batches, built as in training
 (`flythinker generate FOLDER --record ID` or `--history FILE --query TEXT` builds and streams them).
-{"The modeling code (modeling_flythinker.py, fusion_math.py) is in this folder; it needs transformers "
- + transformers.__version__ + " or close, and peft for adapters/." if custom else ""}
+{
+        "The modeling code (modeling_flythinker.py, fusion_math.py) is in this folder; it needs transformers "
+        + transformers.__version__
+        + " or close, and peft for adapters/."
+        if custom
+        else ""
+    }
 
 ## Model
 

@@ -13,6 +13,7 @@
 
 Everything is written into a folder beside DIR, then renamed to DIR: nothing is ever half-written.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,12 @@ from ..models import modeling_flythinker as modeling
 
 SHIPPED = ("modeling_flythinker.py", "fusion_math.py")  # copied into every folder whose model needs its code
 RUN_CONFIG = "flythinker_run.yaml"
-MODEL_CLASSES = {"flythinker": modeling.FlyThinkerForCausalLM, "static": modeling.StaticFlyThinkerForCausalLM,
-                 "coconut": modeling.CoconutForCausalLM, "sft": modeling.SFTForCausalLM}
+MODEL_CLASSES = {
+    "flythinker": modeling.FlyThinkerForCausalLM,
+    "static": modeling.StaticFlyThinkerForCausalLM,
+    "coconut": modeling.CoconutForCausalLM,
+    "sft": modeling.SFTForCausalLM,
+}
 
 
 def check_run(path: str | Path) -> tuple[Path, Config, Path | None]:
@@ -43,32 +48,44 @@ def check_run(path: str | Path) -> tuple[Path, Config, Path | None]:
 
     path = Path(path)
     if path.is_dir() and path.suffix == ".ckpt":  # checkpoints/last.ckpt/ of trainer.strategy=fsdp: one file per rank
-        raise ConfigError(f"{path} is a sharded (FSDP) checkpoint folder: export its run folder {path.parent.parent}, "
-                          f"whose checkpoints/{EXPORT_NAME} holds the weights exported from it at the end of fit")
+        raise ConfigError(
+            f"{path} is a sharded (FSDP) checkpoint folder: export its run folder {path.parent.parent}, "
+            f"whose checkpoints/{EXPORT_NAME} holds the weights exported from it at the end of fit"
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run folder")
     if not (path / "config.yaml").exists():  # an experiment dir: its newest finished run
-        run_dir = holding(path, "metrics.json", "neither a run folder (config.yaml) nor an experiment folder with a "
-                                                "finished run (version_N/metrics.json)")
+        run_dir = holding(
+            path,
+            "metrics.json",
+            "neither a run folder (config.yaml) nor an experiment folder with a finished run (version_N/metrics.json)",
+        )
     else:
         run_dir = path
     if not (run_dir / "metrics.json").exists():
-        raise ConfigError(f"{run_dir} is unfinished: training has not ended (no metrics.json); rerun its `flythinker "
-                          "fit` (or `run`) command, which continues it from checkpoints/last.ckpt, then export")
+        raise ConfigError(
+            f"{run_dir} is unfinished: training has not ended (no metrics.json); rerun its `flythinker "
+            "fit` (or `run`) command, which continues it from checkpoints/last.ckpt, then export"
+        )
     cfg = load_config(run_dir / "config.yaml")
     if cfg.method == "flythinker_recurrent" or not cfg.reasoner.sees_profile:
-        raise ConfigError(f"{run_dir}: method={cfg.method} with reasoner.sees_profile={cfg.reasoner.sees_profile} "
-                          "does not export yet (its Reasoner's inputs are not the prompt's tokens alone); export "
-                          "runs of method flythinker, static, coconut, sft, nonpers, rag or cot")
+        raise ConfigError(
+            f"{run_dir}: method={cfg.method} with reasoner.sees_profile={cfg.reasoner.sees_profile} "
+            "does not export yet (its Reasoner's inputs are not the prompt's tokens alone); export "
+            "runs of method flythinker, static, coconut, sft, nonpers, rag or cot"
+        )
     if cfg.trainer.max_steps == 0:  # zero-shot: the loaded weights are the run's
         return run_dir, cfg, None
     weights = trained_weights(run_dir)
     if weights.name == EXPORT_NAME and not weights.exists():
-        raise FileNotFoundError(f"{weights.parent / 'last.ckpt'} is a sharded (FSDP) checkpoint and {weights}, the "
-                                "weights exported from it at the end of fit, is missing: rerun the run's fit command")
+        raise FileNotFoundError(
+            f"{weights.parent / 'last.ckpt'} is a sharded (FSDP) checkpoint and {weights}, the "
+            "weights exported from it at the end of fit, is missing: rerun the run's fit command"
+        )
     if not weights.exists():
-        raise FileNotFoundError(f"{run_dir}: no checkpoint ({weights} is missing), so there are no trained weights "
-                                "to export")
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint ({weights} is missing), so there are no trained weights to export"
+        )
     return run_dir, cfg, weights
 
 
@@ -129,9 +146,14 @@ def hf_model(method, cfg: Config, adapters: bool = False, adapters_dir: Path | N
     else:
         generator, reasoner = merged(generator, "generator"), merged(reasoner, "reasoner")
     config = modeling.FlyThinkerConfig(
-        generator=generator.config, reasoner=None if reasoner is None else reasoner.config, method=kind,
-        shared_base=shared_base and adapters, adapters=names if adapters and names else None,
-        pad_token_id=generator.config.pad_token_id, **settings)
+        generator=generator.config,
+        reasoner=None if reasoner is None else reasoner.config,
+        method=kind,
+        shared_base=shared_base and adapters,
+        adapters=names if adapters and names else None,
+        pad_token_id=generator.config.pad_token_id,
+        **settings,
+    )
     with torch.device("meta"):  # a shell: its parts are the method's own modules
         model = MODEL_CLASSES[kind](config)
     model.generator = generator
@@ -147,23 +169,40 @@ def _method_settings(method, cfg: Config) -> dict:
     if cfg.method == "coconut":
         markers = method.markers
         norm = embedding_norm(method.generator.get_input_embeddings()) if method.norm == "table_mean" else None
-        return dict(thoughts=method.thoughts, norm=method.norm, eps=method.eps,
-                    latent_norm=None if norm is None else float(norm),
-                    thought_markers=None if markers is None else [markers.start, markers.latent, markers.end])
+        return dict(
+            thoughts=method.thoughts,
+            norm=method.norm,
+            eps=method.eps,
+            latent_norm=None if norm is None else float(norm),
+            thought_markers=None if markers is None else [markers.start, markers.latent, markers.end],
+        )
     if cfg.method in SFT_METHODS:
         return {}
     fusion = cfg.fusion
-    return dict(lam=fusion.lam, norm=fusion.norm, dims=fusion.dims, span=fusion.span, eps=fusion.eps,
-                latent_norm=float(method.latent_norm()))
+    return dict(
+        lam=fusion.lam,
+        norm=fusion.norm,
+        dims=fusion.dims,
+        span=fusion.span,
+        eps=fusion.eps,
+        latent_norm=float(method.latent_norm()),
+    )
 
 
 def generation_config(cfg: Config, stop_ids: list[int], pad_id: int) -> GenerationConfig:
     """The run's sampler (decode.*), every knob written out: transformers' own defaults differ (top_k 50)."""
     decode = cfg.decode
-    return GenerationConfig(do_sample=decode.do_sample, temperature=decode.temperature, top_p=decode.top_p,
-                            top_k=decode.top_k, repetition_penalty=decode.repetition_penalty,
-                            min_new_tokens=decode.min_new_tokens or None, max_new_tokens=decode.max_new_tokens,
-                            eos_token_id=stop_ids, pad_token_id=pad_id)
+    return GenerationConfig(
+        do_sample=decode.do_sample,
+        temperature=decode.temperature,
+        top_p=decode.top_p,
+        top_k=decode.top_k,
+        repetition_penalty=decode.repetition_penalty,
+        min_new_tokens=decode.min_new_tokens or None,
+        max_new_tokens=decode.max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
 
 
 def stop_ids(method, tokenizer) -> list[int]:
@@ -189,8 +228,10 @@ def export(run: str | Path, out: str | Path, adapters: bool = False) -> Path:
         model.generation_config = generation_config(cfg, stops, tokenizer.pad_token_id)
         custom = isinstance(model, modeling.LatentCausalLM)
         if custom:
-            model.config.auto_map = {"AutoConfig": "modeling_flythinker.FlyThinkerConfig",
-                                     "AutoModelForCausalLM": f"modeling_flythinker.{type(model).__name__}"}
+            model.config.auto_map = {
+                "AutoConfig": "modeling_flythinker.FlyThinkerConfig",
+                "AutoModelForCausalLM": f"modeling_flythinker.{type(model).__name__}",
+            }
             for name in SHIPPED:
                 shutil.copyfile(Path(modeling.__file__).with_name(name), staging / name)
         model.save_pretrained(staging)

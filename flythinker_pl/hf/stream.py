@@ -5,6 +5,7 @@ The prompt is built as the run built its training prompts: its data config (conf
 flythinker_run.yaml of an exported folder) retrieves from the user's history, renders and budgets it.
 A run dir is decoded through the exported model built in memory (the same code as the folder's).
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def find_record(cfg: Config, record_id: str) -> dict:
         found = next((record for record in records if str(record["id"]) == record_id), None)
         if found is not None:
             return found
-    raise DataError(f"no record with id {record_id!r} in the run's data ({cfg.data.task}_{cfg.data.setting}: "
-                    f"{', '.join(SPLITS)})")
+    raise DataError(
+        f"no record with id {record_id!r} in the run's data ({cfg.data.task}_{cfg.data.setting}: {', '.join(SPLITS)})"
+    )
 
 
 def history_record(cfg: Config, history: str | Path, query: str) -> dict:
@@ -81,8 +83,10 @@ def history_record(cfg: Config, history: str | Path, query: str) -> dict:
     problem = find_problem({**record, "output": "(to be written)"}, schema)
     if problem:
         field, _, detail = problem
-        raise DataError(f"{history}: field '{field}': {detail} (a {cfg.data.task} profile item has "
-                        f"{', '.join(schema.profile_keys)})")
+        raise DataError(
+            f"{history}: field '{field}': {detail} (a {cfg.data.task} profile item has "
+            f"{', '.join(schema.profile_keys)})"
+        )
     return record
 
 
@@ -91,9 +95,16 @@ def prompt_ids(cfg: Config, tokenizer, record: dict) -> torch.Tensor:
     return torch.as_tensor(example["input_ids"][: example["prompt_len"]], dtype=torch.long)[None]
 
 
-def stream(source: str | Path, record: Optional[str] = None, history: Optional[str] = None,
-           query: Optional[str] = None, max_new_tokens: Optional[int] = None, greedy: bool = False,
-           out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> dict:
+def stream(
+    source: str | Path,
+    record: Optional[str] = None,
+    history: Optional[str] = None,
+    query: Optional[str] = None,
+    max_new_tokens: Optional[int] = None,
+    greedy: bool = False,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> dict:
     """Stream one output to `out` (stdout); the timing line goes to `err` (stderr). Returns the timing and
     the text."""
     out, err = out or sys.stdout, err or sys.stderr
@@ -106,12 +117,25 @@ def stream(source: str | Path, record: Optional[str] = None, history: Optional[s
     settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     started = time.perf_counter()
     with torch.no_grad():
-        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                **settings, **({"do_sample": False} if greedy else {}))
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            streamer=streamer,
+            **settings,
+            **({"do_sample": False} if greedy else {}),
+        )
     new = output.shape[1] - ids.shape[1]
     arrivals = streamer.arrivals
-    timing = {"new_tokens": new, "prompt_tokens": ids.shape[1], "prompt_ms": 1000 * (arrivals[0] - started),
-              "ms_per_token": 1000 * (arrivals[-1] - arrivals[0]) / max(len(arrivals) - 1, 1)}
-    print(f"[{new} tokens, {timing['ms_per_token']:.1f} ms/token; prompt of {timing['prompt_tokens']} tokens "
-          f"{timing['prompt_ms']:.0f} ms]", file=err, flush=True)
-    return {**timing, "text": tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)}
+    timing = {
+        "new_tokens": new,
+        "prompt_tokens": ids.shape[1],
+        "prompt_ms": 1000 * (arrivals[0] - started),
+        "ms_per_token": 1000 * (arrivals[-1] - arrivals[0]) / max(len(arrivals) - 1, 1),
+    }
+    print(
+        f"[{new} tokens, {timing['ms_per_token']:.1f} ms/token; prompt of {timing['prompt_tokens']} tokens "
+        f"{timing['prompt_ms']:.0f} ms]",
+        file=err,
+        flush=True,
+    )
+    return {**timing, "text": tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)}

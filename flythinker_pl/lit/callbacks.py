@@ -14,6 +14,7 @@ the data and meets the others in one collective (`PositionEval`: all_gather of t
 `LambdaSweep`: the MeanMetric reduction), or runs them on rank 0 alone with no collective at all
 (`GenerationSamples`: the inner method is called directly, never the DDP wrapper).
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,7 @@ from ..evaluation.segments import position_scores, text_units
 from ..evaluation.torchmetric import TextGenerationScores
 from ..measure import peak_memory_mb, reset_peak_memory, synchronize
 from .coconut_curriculum import CoconutCurriculum
-from .in_fit import (decode_validation, fenced, fusion_lambda, fusion_of, record_metrics, tensorboard,
-                     validation_loss)
+from .in_fit import decode_validation, fenced, fusion_lambda, fusion_of, record_metrics, tensorboard, validation_loss
 
 
 class Throughput(Callback):
@@ -60,10 +60,22 @@ class Throughput(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         seconds = self.seconds + time.perf_counter() - self.since
-        pl_module.log("perf/train_tokens_per_s", self.tokens / seconds, on_step=True, on_epoch=False,
-                      sync_dist=True, reduce_fx="sum")
-        pl_module.log("perf/peak_memory_mb", peak_memory_mb(pl_module.device), on_step=True, on_epoch=False,
-                      sync_dist=True, reduce_fx="max")
+        pl_module.log(
+            "perf/train_tokens_per_s",
+            self.tokens / seconds,
+            on_step=True,
+            on_epoch=False,
+            sync_dist=True,
+            reduce_fx="sum",
+        )
+        pl_module.log(
+            "perf/peak_memory_mb",
+            peak_memory_mb(pl_module.device),
+            on_step=True,
+            on_epoch=False,
+            sync_dist=True,
+            reduce_fx="max",
+        )
 
 
 class PositionEval(Callback):
@@ -75,11 +87,19 @@ class PositionEval(Callback):
 
     IMAGE_TAG = "position_eval/plot"  # + "/<panel>"; position_eval/<metric> are the scalars' tags
 
-    def __init__(self, every_n_validations: int, num_samples: int, segment_width: int = 50,
-                 segment_max: int = 300, segment_unit: str = "words", method: str = ""):
+    def __init__(
+        self,
+        every_n_validations: int,
+        num_samples: int,
+        segment_width: int = 50,
+        segment_max: int = 300,
+        segment_unit: str = "words",
+        method: str = "",
+    ):
         if every_n_validations < 1 or num_samples < 1:
-            raise ValueError(f"every_n_validations ({every_n_validations}) and num_samples ({num_samples}) "
-                             "must be >= 1")
+            raise ValueError(
+                f"every_n_validations ({every_n_validations}) and num_samples ({num_samples}) must be >= 1"
+            )
         self.every, self.num_samples = every_n_validations, num_samples
         self.segment_width, self.segment_max, self.segment_unit = segment_width, segment_max, segment_unit
         self.validations, self.method = 0, method
@@ -95,17 +115,31 @@ class PositionEval(Callback):
             scores.update([record["id"]], [record["prediction"]], [record["reference"]])
         overall = scores.compute()  # a collective: every rank is here
         _, predictions, references = zip(*scores.gathered_samples())
-        windows = position_scores(predictions, references, self.segment_width, self.segment_max,
-                                  text_units(self.segment_unit, pl_module.tokenizer))
+        windows = position_scores(
+            predictions,
+            references,
+            self.segment_width,
+            self.segment_max,
+            text_units(self.segment_unit, pl_module.tokenizer),
+        )
         # every rank holds the same gathered scores: logged without another reduction
         logged = {f"position_eval/{name}": overall[name] for name in METRICS if name in overall}
-        logged.update({f"position_eval/{row.metric}@{row.segment_start}-{row.segment_end}": row.value
-                       for row in windows.itertuples()})
+        logged.update(
+            {
+                f"position_eval/{row.metric}@{row.segment_start}-{row.segment_end}": row.value
+                for row in windows.itertuples()
+            }
+        )
         pl_module.log_dict(logged, sync_dist=False)
         writer = tensorboard(trainer)
         if writer is not None and len(windows):
-            log_position_panels(writer, self.IMAGE_TAG, windows.assign(method=self.method),
-                                f"{self.method} on validation, step {trainer.global_step}", trainer.global_step)
+            log_position_panels(
+                writer,
+                self.IMAGE_TAG,
+                windows.assign(method=self.method),
+                f"{self.method} on validation, step {trainer.global_step}",
+                trainer.global_step,
+            )
 
     def state_dict(self) -> dict:  # a resumed fit keeps counting validations where it stopped
         return {"validations": self.validations}
@@ -138,13 +172,21 @@ class GenerationSamples(Callback):
         name = self.method_name or type(pl_module.method).__name__
         label = f"{name} (lambda={fusion.cfg.lam:g})" if fusion is not None else name
         for i, record in enumerate(outputs):
-            parts = [f"**id** `{record['id']}`, step {trainer.global_step}", "**Prompt**", fenced(record["prompt"]),
-                     "**Reference**", fenced(record["reference"]), f"**Output: {label}**",
-                     fenced(record["prediction"])]
+            parts = [
+                f"**id** `{record['id']}`, step {trainer.global_step}",
+                "**Prompt**",
+                fenced(record["prompt"]),
+                "**Reference**",
+                fenced(record["reference"]),
+                f"**Output: {label}**",
+                fenced(record["prediction"]),
+            ]
             if without is not None:
-                parts += ["**Output without latents (lambda=0)**: the same trained model with the Reasoner's "
-                          "latents switched off at inference, not a separately trained SFT model",
-                          fenced(without[i]["prediction"])]
+                parts += [
+                    "**Output without latents (lambda=0)**: the same trained model with the Reasoner's "
+                    "latents switched off at inference, not a separately trained SFT model",
+                    fenced(without[i]["prediction"]),
+                ]
             writer.add_text(f"{self.TAG}/{i}", "\n\n".join(parts), trainer.global_step)
 
 
@@ -168,8 +210,7 @@ class LambdaSweep(Callback):
         for lam in self.lams:
             with fusion_lambda(pl_module.method, lam):
                 losses[lam] = validation_loss(trainer, pl_module)
-        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()},
-                       curve=False)
+        record_metrics(trainer, {f"lambda_sweep/val_loss@{lam:g}": loss for lam, loss in losses.items()}, curve=False)
         writer = tensorboard(trainer)
         if writer is not None:
             for lam, loss in sorted(losses.items()):
@@ -184,13 +225,22 @@ def run_callbacks(cfg: Config) -> list[Callback]:
         callbacks.append(Throughput())
     decoding = knobs.position_eval_every or knobs.samples
     if decoding and cfg.trainer.strategy == "fsdp":  # decoding needs whole models; each rank holds a shard
-        rank_zero_info("trainer.strategy=fsdp: callbacks.samples and callbacks.position_eval_every are off "
-                       "(decoding needs whole models); `flythinker run`/`predict` decode the exported weights")
+        rank_zero_info(
+            "trainer.strategy=fsdp: callbacks.samples and callbacks.position_eval_every are off "
+            "(decoding needs whole models); `flythinker run`/`predict` decode the exported weights"
+        )
     elif decoding:
         if knobs.position_eval_every:
-            callbacks.append(PositionEval(knobs.position_eval_every, knobs.position_eval_samples,
-                                          cfg.eval.segment_width, cfg.eval.segment_max, cfg.eval.segment_unit,
-                                          cfg.method))
+            callbacks.append(
+                PositionEval(
+                    knobs.position_eval_every,
+                    knobs.position_eval_samples,
+                    cfg.eval.segment_width,
+                    cfg.eval.segment_max,
+                    cfg.eval.segment_unit,
+                    cfg.method,
+                )
+            )
         if knobs.samples:
             callbacks.append(GenerationSamples(knobs.samples, cfg.method))
     if knobs.lambda_sweep:
@@ -198,4 +248,3 @@ def run_callbacks(cfg: Config) -> list[Callback]:
     if cfg.method == "coconut" and cfg.coconut.curriculum:  # not a knob: the training recipe itself
         callbacks.append(CoconutCurriculum(cfg.coconut, cfg.data.seed))
     return callbacks
-

@@ -10,6 +10,7 @@ its own count (without pad_latent_to_max, capped by the record's step count). Lo
 coconut/stage and coconut/thoughts while training, coconut/val_loss@stage<s> after each
 validation (TensorBoard and metrics.json).
 """
+
 from __future__ import annotations
 
 import random
@@ -42,8 +43,13 @@ class CoconutCurriculum(Callback):
 
     def restage(self, pl_module, batch: dict, plans: list[tuple[int, int]]) -> None:
         tokenizer = pl_module.tokenizer
-        staged = stage_batch(batch, plans, token_ids(tokenizer, RATIONALE_PREFIX),
-                             token_ids(tokenizer, RESPONSE_MARKER), tokenizer.pad_token_id)
+        staged = stage_batch(
+            batch,
+            plans,
+            token_ids(tokenizer, RATIONALE_PREFIX),
+            token_ids(tokenizer, RESPONSE_MARKER),
+            tokenizer.pad_token_id,
+        )
         batch.clear()
         batch.update(staged)  # the same dict goes on to the training or validation step
 
@@ -54,12 +60,13 @@ class CoconutCurriculum(Callback):
                 optimizer.state.clear()
         self.stage = stage
         pl_module.method.thoughts = decoding_thoughts(self.schedule, stage)
-        plans = [training_plan(self.schedule, stage, steps, self.draws(step, record_id))
-                 for record_id, steps in zip(batch["ids"], step_counts(batch))]
+        plans = [
+            training_plan(self.schedule, stage, steps, self.draws(step, record_id))
+            for record_id, steps in zip(batch["ids"], step_counts(batch))
+        ]
         self.restage(pl_module, batch, plans)
         thoughts = batch["thoughts"].float().mean()
-        pl_module.log_dict({"coconut/stage": float(stage), "coconut/thoughts": thoughts},
-                           batch_size=len(batch["ids"]))
+        pl_module.log_dict({"coconut/stage": float(stage), "coconut/thoughts": thoughts}, batch_size=len(batch["ids"]))
 
     def on_validation_start(self, trainer, pl_module):
         pl_module.method.thoughts = decoding_thoughts(self.schedule, self.current_stage(trainer))
@@ -68,8 +75,14 @@ class CoconutCurriculum(Callback):
         """As the official validation-loss set (run.py builds it with get_cot_latent_dataset): every
         record at the scheduled stage, or with uniform_prob at a random one, drawn anew each validation."""
         stage, step = self.current_stage(trainer), trainer.global_step
-        self.restage(pl_module, batch, [training_plan(self.schedule, stage, steps, self.draws(step, record_id, True))
-                                        for record_id, steps in zip(batch["ids"], step_counts(batch))])
+        self.restage(
+            pl_module,
+            batch,
+            [
+                training_plan(self.schedule, stage, steps, self.draws(step, record_id, True))
+                for record_id, steps in zip(batch["ids"], step_counts(batch))
+            ],
+        )
 
     def decoding_stage(self, trainer) -> int:
         """The stage of the weights decoded: the checkpoint's, else the schedule's last (trainer.max_steps)."""

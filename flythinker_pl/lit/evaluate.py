@@ -2,6 +2,7 @@
 TensorBoard the scores (HPARAMS), the plot's panels (IMAGES) and a results summary (TEXT); several
 runs also get one comparison table, plot (PNG and one TensorBoard image per panel, every run on one
 axis) and the paired difference of each run from the first (`differences`)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,15 @@ from ..config import EvalConfig, load_config
 from ..evaluation.gaps import GAP_METRICS, N_RESAMPLES, gap_table, window_gaps
 from ..evaluation.metrics import METRICS
 from ..evaluation.predictions import evaluate_predictions, read_predictions
-from ..evaluation.report import (CSV_NAME, MIN_SAMPLES, comparison_table, comparison_title, log_position_panels,
-                                 save_position_eval, segment_table)
+from ..evaluation.report import (
+    CSV_NAME,
+    MIN_SAMPLES,
+    comparison_table,
+    comparison_title,
+    log_position_panels,
+    save_position_eval,
+    segment_table,
+)
 from ..evaluation.segments import text_units, windows
 from .logs import SCORE_NAMES, events_dir, result_tag
 from .rundirs import EVAL_CONFIG, eval_yaml, finished_run_dir, holding
@@ -31,8 +39,10 @@ def predictions_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    return holding(path, "predictions.jsonl", "no predictions.jsonl here (run `flythinker predict` first)") \
+    return (
+        holding(path, "predictions.jsonl", "no predictions.jsonl here (run `flythinker predict` first)")
         / "predictions.jsonl"
+    )
 
 
 def run_name(run_dir: Path) -> str:
@@ -50,7 +60,7 @@ def run_method(run_dir: Path) -> Optional[str]:
 
 
 def run_title(run_dir: Path, method: Optional[str]) -> str:
-    """"sft (demo_sft/version_0)": the method and the run, for plot titles."""
+    """ "sft (demo_sft/version_0)": the method and the run, for plot titles."""
     return f"{method} ({run_name(run_dir)})" if method else run_name(run_dir)
 
 
@@ -58,8 +68,10 @@ def run_labels(run_dirs: list[Path]) -> dict[str, str]:
     """Plot labels by run name: the method where no other run has it, else "method (run name)"."""
     methods = {run_name(run_dir): run_method(run_dir) for run_dir in run_dirs}
     shared = list(methods.values())
-    return {name: name if method is None else method if shared.count(method) == 1 else f"{method} ({name})"
-            for name, method in methods.items()}
+    return {
+        name: name if method is None else method if shared.count(method) == 1 else f"{method} ({name})"
+        for name, method in methods.items()
+    }
 
 
 def _tokenizer_of(run_cfg):
@@ -77,8 +89,10 @@ def decode_cost(predictions: Path) -> dict:
     rows = pd.read_json(predictions, lines=True)
     if not {"ms_per_token", "batch_seconds", "batch_size"} <= set(rows):
         return {}
-    return {"ms_per_token": float(rows["ms_per_token"].mean()),
-            "seconds_per_sample": float((rows["batch_seconds"] / rows["batch_size"]).mean())}
+    return {
+        "ms_per_token": float(rows["ms_per_token"].mean()),
+        "seconds_per_sample": float((rows["batch_seconds"] / rows["batch_size"]).mean()),
+    }
 
 
 def output_stats(predictions: Path) -> dict:
@@ -86,8 +100,10 @@ def output_stats(predictions: Path) -> dict:
     (the rest were cut at decode.max_new_tokens; absent for predictions made elsewhere) and the
     mean length in words of predictions and references."""
     rows = pd.read_json(predictions, lines=True, dtype=False).drop_duplicates("id")
-    words = {"words": float(rows["prediction"].fillna("").str.split().str.len().mean()),
-             "reference_words": float(rows["reference"].str.split().str.len().mean())}
+    words = {
+        "words": float(rows["prediction"].fillna("").str.split().str.len().mean()),
+        "reference_words": float(rows["reference"].str.split().str.len().mean()),
+    }
     return ({"eos_share": float(rows["ended_by_eos"].mean())} if "ended_by_eos" in rows else {}) | words
 
 
@@ -95,8 +111,10 @@ def score_names(split: str) -> list[str]:
     """The metrics.json keys scoring a decoded split: generation metrics (and answer accuracy) with
     their intervals, the empty predictions, how outputs ended and their length, decoding cost."""
     scores = [f"{name}{side}" for name in [*METRICS, "bertscore", ANSWER[0]] for side in ("", "_ci_low", "_ci_high")]
-    return [f"{split}/{name}" for name in [*scores, "empty", "eos_share", "words", "reference_words"]] + \
-        ["decode/ms_per_token", "decode/seconds_per_sample"]
+    return [f"{split}/{name}" for name in [*scores, "empty", "eos_share", "words", "reference_words"]] + [
+        "decode/ms_per_token",
+        "decode/seconds_per_sample",
+    ]
 
 
 def log_scores(writer: SummaryWriter, metrics: dict, split: str) -> None:
@@ -107,8 +125,11 @@ def log_scores(writer: SummaryWriter, metrics: dict, split: str) -> None:
         if isinstance(metrics.get(name), (int, float)):
             writer.add_scalar(result_tag(name), metrics[name], metrics.get("global_step", 0))
     row = pd.DataFrame([metrics], index=["this run"])
-    writer.add_text(f"results/{split}", "\n\n".join([summary_table(row).T.to_markdown(), *interval_notes(
-        scored_counts(row))]), metrics.get("global_step", 0))
+    writer.add_text(
+        f"results/{split}",
+        "\n\n".join([summary_table(row).T.to_markdown(), *interval_notes(scored_counts(row))]),
+        metrics.get("global_step", 0),
+    )
 
 
 def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame]:
@@ -117,9 +138,19 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     if cfg.segment_unit == "tokens" and run_cfg is None:
         raise FileNotFoundError(f"{saved}: eval.segment_unit=tokens needs the config that made the predictions")
     tokenizer = _tokenizer_of(run_cfg) if cfg.segment_unit == "tokens" else None
-    overall, segments = evaluate_predictions(predictions, cfg.segment_width, cfg.segment_max, cfg.segment_unit,
-                                             tokenizer, cfg.n_bootstrap, cfg.bootstrap_seed, cfg.empty,
-                                             cfg.bertscore_model, cfg.bertscore_layer, cfg.answer_pattern)
+    overall, segments = evaluate_predictions(
+        predictions,
+        cfg.segment_width,
+        cfg.segment_max,
+        cfg.segment_unit,
+        tokenizer,
+        cfg.n_bootstrap,
+        cfg.bootstrap_seed,
+        cfg.empty,
+        cfg.bertscore_model,
+        cfg.bertscore_layer,
+        cfg.answer_pattern,
+    )
     run_dir = predictions.parent
     split, method = (run_cfg.decode.split, run_cfg.method) if run_cfg else ("test", run_method(run_dir))
     title = f"{run_title(run_dir, method)}, {split} split"
@@ -127,8 +158,11 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     save_position_eval(segments, run_dir, title)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    replaced = {f"{split}/{name}{suffix}" for name in ("count", "empty", "dropped", *METRICS, "bertscore", *ANSWER)
-                for suffix in ("", "_ci_low", "_ci_high", "_unavailable")}  # a rescore leaves no stale key
+    replaced = {
+        f"{split}/{name}{suffix}"
+        for name in ("count", "empty", "dropped", *METRICS, "bertscore", *ANSWER)
+        for suffix in ("", "_ci_low", "_ci_high", "_unavailable")
+    }  # a rescore leaves no stale key
     metrics = {key: value for key, value in metrics.items() if key not in replaced}
     metrics.update({f"{split}/{name}": value for name, value in (overall | output_stats(predictions)).items()})
     metrics.update({f"decode/{name}": value for name, value in decode_cost(predictions).items()})
@@ -140,8 +174,9 @@ def evaluate_run(predictions: Path, cfg: EvalConfig) -> tuple[dict, pd.DataFrame
     return overall, segments
 
 
-def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
-                  out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_runs(
+    paths: list[str | Path], cfg: EvalConfig, out_dir: Optional[str | Path] = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(comparison table, segment scores of every run). With several runs and `out_dir`, the
     combined comparison (save_comparison) is written there too."""
     scores, frames, run_dirs = {}, [], []
@@ -160,8 +195,10 @@ def evaluate_runs(paths: list[str | Path], cfg: EvalConfig,
 
 def labelled(frame: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
     """Segment scores of several runs (`run` column) with each line's `label` and `method`."""
-    return frame.assign(label=frame["run"].map(run_labels(run_dirs)),
-                        method=frame["run"].map({run_name(d): run_method(d) for d in run_dirs}))
+    return frame.assign(
+        label=frame["run"].map(run_labels(run_dirs)),
+        method=frame["run"].map({run_name(d): run_method(d) for d in run_dirs}),
+    )
 
 
 def run_split(run_dir: Path) -> str:
@@ -215,9 +252,12 @@ def scored_counts(runs: pd.DataFrame) -> dict[str, float]:
 
 def interval_notes(counts: dict[str, float]) -> list[str]:
     """One line per run scored over fewer than MIN_SAMPLES records: its intervals mean nothing."""
-    return [f"Note: {name} was scored over {count:.0f} record(s): a 95% interval over fewer than {MIN_SAMPLES} "
-            "means nothing (one record gives a zero-width one); score more records before reading or comparing it."
-            for name, count in counts.items() if pd.notna(count) and count < MIN_SAMPLES]
+    return [
+        f"Note: {name} was scored over {count:.0f} record(s): a 95% interval over fewer than {MIN_SAMPLES} "
+        "means nothing (one record gives a zero-width one); score more records before reading or comparing it."
+        for name, count in counts.items()
+        if pd.notna(count) and count < MIN_SAMPLES
+    ]
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -225,6 +265,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     accuracy, with eval.answer_pattern) with their 95% bootstrap intervals, the empty predictions
     (where there are any; "dropped" under eval.empty=drop), the share of outputs that ended by EOS
     and their length beside the references'. A column no run has is left out; a cell a run lacks is blank."""
+
     def summary(row: pd.Series) -> dict:
         def number(key: str, spec: str) -> Optional[str]:
             return format(row[key], spec) if pd.notna(row.get(key)) else None
@@ -235,15 +276,26 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         empty = number(f"{split}/empty", ".0f") if row.get(f"{split}/empty") else None
         if empty and pd.notna(row.get(f"{split}/dropped")):
             empty += " dropped"
-        return {"method": row.get("method"), "steps": row.get("global_step"),
-                "val loss": f"{before} -> {loss}" if before and loss else loss,
-                **{f"{split} {name}": _with_interval(row, f"{split}/{key}", digits) for name, key, digits in
-                   [("BLEU", "bleu", 2), ("ROUGE-1", "rouge1", 3), ("ROUGE-L", "rougeL", 3), ("METEOR", "meteor", 3),
-                    ("BERTScore", "bertscore", 3), ("answer acc.", ANSWER[0], 3)]},
-                "empty": empty,
-                "ended by EOS": number(f"{split}/eos_share", ".0%"),
-                "words (reference)": f"{words} ({reference})" if words else None,
-                "ms/token": number("decode/ms_per_token", ".1f")}
+        return {
+            "method": row.get("method"),
+            "steps": row.get("global_step"),
+            "val loss": f"{before} -> {loss}" if before and loss else loss,
+            **{
+                f"{split} {name}": _with_interval(row, f"{split}/{key}", digits)
+                for name, key, digits in [
+                    ("BLEU", "bleu", 2),
+                    ("ROUGE-1", "rouge1", 3),
+                    ("ROUGE-L", "rougeL", 3),
+                    ("METEOR", "meteor", 3),
+                    ("BERTScore", "bertscore", 3),
+                    ("answer acc.", ANSWER[0], 3),
+                ]
+            },
+            "empty": empty,
+            "ended by EOS": number(f"{split}/eos_share", ".0%"),
+            "words (reference)": f"{words} ({reference})" if words else None,
+            "ms/token": number("decode/ms_per_token", ".1f"),
+        }
 
     table = pd.DataFrame([summary(row) for _, row in runs.iterrows()], index=runs.index)
     return table.dropna(axis=1, how="all").fillna("")
@@ -300,31 +352,60 @@ def differences(paths: list[str | Path], last_windows: int = 2) -> tuple[pd.Data
         if not all((d / "predictions.jsonl").exists() for d in (run_dir, reference)):
             notes.append(f"{mine} vs {theirs}: no difference without both runs' predictions.jsonl")
             continue
-        runs = pd.DataFrame({"point": [run_name(run_dir), run_name(reference)],
-                             "seed": [seeds[run_dir], seeds[reference]], "run_dir": [str(run_dir), str(reference)]})
+        runs = pd.DataFrame(
+            {
+                "point": [run_name(run_dir), run_name(reference)],
+                "seed": [seeds[run_dir], seeds[reference]],
+                "run_dir": [str(run_dir), str(reference)],
+            }
+        )
         try:
-            overall = gap_table(runs, {run_name(run_dir): run_name(reference)}, answer_pattern=cfg.answer_pattern,
-                                seed=cfg.bootstrap_seed).iloc[0]
-            by_window = window_gaps(run_dir, reference, windows(cfg.segment_width, cfg.segment_max), units,
-                                    seed=cfg.bootstrap_seed, min_count=MIN_SAMPLES, last=last_windows,
-                                    training_seed=seeds[run_dir])
+            overall = gap_table(
+                runs,
+                {run_name(run_dir): run_name(reference)},
+                answer_pattern=cfg.answer_pattern,
+                seed=cfg.bootstrap_seed,
+            ).iloc[0]
+            by_window = window_gaps(
+                run_dir,
+                reference,
+                windows(cfg.segment_width, cfg.segment_max),
+                units,
+                seed=cfg.bootstrap_seed,
+                min_count=MIN_SAMPLES,
+                last=last_windows,
+                training_seed=seeds[run_dir],
+            )
         except ValueError as err:  # different records: nothing to pair
             notes.append(f"{mine} vs {theirs}: {err}")
             continue
         count = len(read_predictions(reference / "predictions.jsonl"))
         scopes = [(f"all ({count} records)", count, overall)] + [
-            (f"{cfg.segment_unit} {w['segment_start']:.0f}-{w['segment_end']:.0f} ({w['count']:.0f} records)",
-             int(w["count"]), w) for _, w in by_window.iterrows()]
+            (
+                f"{cfg.segment_unit} {w['segment_start']:.0f}-{w['segment_end']:.0f} ({w['count']:.0f} records)",
+                int(w["count"]),
+                w,
+            )
+            for _, w in by_window.iterrows()
+        ]
         for scope, n, gaps in scopes:
             for metric in (m for m in GAP_METRICS if pd.notna(gaps.get(f"{m}_gap"))):
                 digits = 2 if metric == "bleu" else 3
                 gap, low, high = (gaps[f"{metric}_{key}"] for key in ("gap", "ci_low", "ci_high"))
-                rows.append({"compared": f"{mine} - {theirs}", "records": scope, "metric": SCORE_NAMES[metric],
-                             "difference": f"{gap:+.{digits}f}",
-                             "95% interval": f"[{low:+.{digits}f}, {high:+.{digits}f}]",
-                             "verdict": verdict(low, high, n, mine, theirs, digits)})
+                rows.append(
+                    {
+                        "compared": f"{mine} - {theirs}",
+                        "records": scope,
+                        "metric": SCORE_NAMES[metric],
+                        "difference": f"{gap:+.{digits}f}",
+                        "95% interval": f"[{low:+.{digits}f}, {high:+.{digits}f}]",
+                        "verdict": verdict(low, high, n, mine, theirs, digits),
+                    }
+                )
     return pd.DataFrame(rows), notes
 
 
-DIFFERENCES_NOTE = (f"Paired bootstrap ({N_RESAMPLES} resamples of the records both runs decoded) of each run "
-                    "minus the first; BLEU 0-100, the others 0-1")
+DIFFERENCES_NOTE = (
+    f"Paired bootstrap ({N_RESAMPLES} resamples of the records both runs decoded) of each run "
+    "minus the first; BLEU 0-100, the others 0-1"
+)

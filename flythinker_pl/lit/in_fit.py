@@ -1,6 +1,7 @@
 """What the callbacks (callbacks.py) do inside a fit: find the run's TensorBoard writer and record
 metrics, decode or score the validation set with the module in eval mode (each rank its share under
 DDP), and rescale a Reasoner's latents to another lambda for a while."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,10 @@ def evaluating(module: torch.nn.Module) -> Iterator[None]:
 def fusion_of(method: torch.nn.Module):
     fusion = getattr(method, "fusion", None)
     if fusion is None:
-        raise ConfigError(f"{type(method).__name__} has no latent fusion: an inference-time lambda applies "
-                          f"only to the methods with a Reasoner ({', '.join(REASONER_METHODS)})")
+        raise ConfigError(
+            f"{type(method).__name__} has no latent fusion: an inference-time lambda applies "
+            f"only to the methods with a Reasoner ({', '.join(REASONER_METHODS)})"
+        )
     return fusion
 
 
@@ -84,12 +87,12 @@ def decode_validation(trainer: L.Trainer, module, count: int, shard: bool) -> li
     loader = validation_data(trainer)
     indices = list(range(min(count, len(loader.dataset))))
     if shard:
-        indices = indices[trainer.global_rank::trainer.world_size]
+        indices = indices[trainer.global_rank :: trainer.world_size]
     size = module.decode_cfg.batch_size
     records = []
     with evaluating(module), torch.no_grad(), trainer.precision_plugin.predict_step_context():
         for start in range(0, len(indices), size):
-            batch = loader.collate_fn([loader.dataset[i] for i in indices[start:start + size]])
+            batch = loader.collate_fn([loader.dataset[i] for i in indices[start : start + size]])
             records += module.predict_step(trainer.strategy.batch_to_device(batch), start // size)
     return records
 

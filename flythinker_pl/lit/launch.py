@@ -8,6 +8,7 @@ TCPStore, before Lightning initialises the process group: torchrun's agent store
 agent (srun, LSF, MPI) a store that rank 0 hosts on the address and port of the coming process
 group, multi-tenant, so that the process group later shares its server.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ from typing import Any, Callable, Optional
 
 import torch
 from fsspec.utils import get_protocol
-from lightning.fabric.plugins.environments import (ClusterEnvironment, LSFEnvironment, MPIEnvironment,
-                                                   SLURMEnvironment, TorchElasticEnvironment)
+from lightning.fabric.plugins.environments import (
+    ClusterEnvironment,
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.distributed import DistError, TCPStore
@@ -79,16 +85,23 @@ def _store(environment: ClusterEnvironment, timeout: timedelta) -> TCPStore:
     hosting = not agent_hosts and environment.global_rank() == 0
     if (host, port, hosting) not in _stores:
         try:
-            _stores[host, port, hosting] = TCPStore(host, port, is_master=hosting, timeout=timeout,
-                                                    wait_for_workers=False, multi_tenant=hosting)
+            _stores[host, port, hosting] = TCPStore(
+                host, port, is_master=hosting, timeout=timeout, wait_for_workers=False, multi_tenant=hosting
+            )
         except DistError as err:  # the store or the network timed out
-            raise TimeoutError(f"rank {environment.global_rank()}: no c10d store at {host}:{port} within "
-                               f"{timeout.total_seconds():g} s (is global rank 0 running?): {err}") from err
+            raise TimeoutError(
+                f"rank {environment.global_rank()}: no c10d store at {host}:{port} within "
+                f"{timeout.total_seconds():g} s (is global rank 0 running?): {err}"
+            ) from err
     return _stores[host, port, hosting]
 
 
-def agree_across_ranks(name: str, decide: Callable[[], Any], environment: Optional[ClusterEnvironment] = None,
-                       timeout: timedelta = AGREEMENT_TIMEOUT) -> Any:
+def agree_across_ranks(
+    name: str,
+    decide: Callable[[], Any],
+    environment: Optional[ClusterEnvironment] = None,
+    timeout: timedelta = AGREEMENT_TIMEOUT,
+) -> Any:
     """`decide()` (JSON-able) on global rank 0 of an external launch, the same value on every
     rank; just `decide()` otherwise. Every rank must make the same calls in the same order (the
     n-th call of `name` on each rank is one agreement). A failure of rank 0's `decide` is raised
@@ -111,9 +124,11 @@ def agree_across_ranks(name: str, decide: Callable[[], Any], environment: Option
     try:
         store.wait([key], timeout)
     except DistError as err:  # the store or the network timed out
-        raise TimeoutError(f"rank {rank}: global rank 0 did not publish '{name}' within {timeout.total_seconds():g} s "
-                           f"(store {environment.main_address}:{environment.main_port}, key {key}); "
-                           "see rank 0's log") from err
+        raise TimeoutError(
+            f"rank {rank}: global rank 0 did not publish '{name}' within {timeout.total_seconds():g} s "
+            f"(store {environment.main_address}:{environment.main_port}, key {key}); "
+            "see rank 0's log"
+        ) from err
     answer = json.loads(store.get(key))
     if "error" in answer:
         raise RuntimeError(f"rank {rank}: global rank 0 failed deciding '{name}': {answer['error']}")

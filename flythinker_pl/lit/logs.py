@@ -11,6 +11,7 @@
   run writes the same config, whose first columns are what defines a run (`HEADLINE`) and its results
   (`headline_metrics`). Settings a method does not have (`OWN_GROUPS`) are left blank in its row.
 """
+
 from __future__ import annotations
 
 import time
@@ -63,8 +64,9 @@ class LineProgress(ProgressBar):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        scores = ", ".join(f"{name} {float(value):.4f}" for name, value in trainer.callback_metrics.items()
-                           if name.startswith("val/"))
+        scores = ", ".join(
+            f"{name} {float(value):.4f}" for name, value in trainer.callback_metrics.items() if name.startswith("val/")
+        )
         self._line(f"validation at step {trainer.global_step}: {scores}")
 
     def on_predict_start(self, trainer, pl_module):
@@ -103,8 +105,12 @@ class RunLogger(TensorBoardLogger):
     `series`: the tags logged so far (curves), which log_hparams tells from one-value results."""
 
     def __init__(self, run_dir: Path, method: str):
-        super().__init__(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name,
-                         version=version_number(run_dir), default_hp_metric=False)
+        super().__init__(
+            save_dir=str(run_dir.parent.parent),
+            name=run_dir.parent.name,
+            version=version_number(run_dir),
+            default_hp_metric=False,
+        )
         self.events_dir, self.series = events_dir(run_dir, method), set()
 
     @property
@@ -123,28 +129,48 @@ class RunLogger(TensorBoardLogger):
 
 # The HPARAMS columns TensorBoard ticks first: (name, display name). Names sort before every config
 # key ("<group>/<key>", lower case), in this order; each is a setting the run's row states in words.
-HEADLINE = (("1 method", "method"), ("2 generator", "Generator (mode)"), ("3 reasoner", "Reasoner (mode), span"),
-            ("4 lambda", "lambda"), ("5 data", "task_setting, seed"))
+HEADLINE = (
+    ("1 method", "method"),
+    ("2 generator", "Generator (mode)"),
+    ("3 reasoner", "Reasoner (mode), span"),
+    ("4 lambda", "lambda"),
+    ("5 data", "task_setting, seed"),
+)
 # Config groups only some methods have: other methods' rows leave them blank (SFT has no fusion.lam).
-OWN_GROUPS = {"reasoner": REASONER_METHODS, "fusion": REASONER_METHODS, "coconut": ("coconut",),
-              "recurrent": ("flythinker_recurrent",)}
-SCORE_NAMES = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rougeL": "ROUGE-L", "meteor": "METEOR",
-               "bertscore": "BERTScore", "answer_accuracy": "answer accuracy"}
+OWN_GROUPS = {
+    "reasoner": REASONER_METHODS,
+    "fusion": REASONER_METHODS,
+    "coconut": ("coconut",),
+    "recurrent": ("flythinker_recurrent",),
+}
+SCORE_NAMES = {
+    "bleu": "BLEU",
+    "rouge1": "ROUGE-1",
+    "rougeL": "ROUGE-L",
+    "meteor": "METEOR",
+    "bertscore": "BERTScore",
+    "answer_accuracy": "answer accuracy",
+}
 
 
 def headline(cfg: Config) -> dict[str, object]:
     """The HEADLINE columns' values (None: a setting this method does not have)."""
     reasoning = cfg.method in REASONER_METHODS
     reasoner = "shared base" if cfg.reasoner.shared_base else cfg.reasoner.name
-    values = [cfg.method, f"{cfg.generator.name} ({cfg.generator.mode})",
-              f"{reasoner} ({cfg.reasoner.mode}), span {cfg.fusion.span}" if reasoning else None,
-              float(cfg.fusion.lam) if reasoning else None, f"{cfg.data.task}_{cfg.data.setting}, seed {cfg.seed}"]
+    values = [
+        cfg.method,
+        f"{cfg.generator.name} ({cfg.generator.mode})",
+        f"{reasoner} ({cfg.reasoner.mode}), span {cfg.fusion.span}" if reasoning else None,
+        float(cfg.fusion.lam) if reasoning else None,
+        f"{cfg.data.task}_{cfg.data.setting}, seed {cfg.seed}",
+    ]
     return {name: value for (name, _), value in zip(HEADLINE, values)}
 
 
 def _flat(cfg: Config) -> dict[str, object]:
     """Every config key as "<group>/<key>" (top-level keys as they are) with its value. A mapping with
     free keys (data.files) is one value: its keys differ between runs, the columns may not."""
+
     def flat(node: DictConfig, prefix: str = ""):
         for name in node:
             if isinstance(node[name], DictConfig) and OmegaConf.get_type(node, name) is not dict:  # a config group
@@ -173,11 +199,16 @@ def hparam_columns(cfg: Config) -> tuple[list[api_pb2.HParamInfo], dict[str, obj
     """(the columns, the same for every run: HEADLINE, then every config key, typed by its schema
     default; this run's values, without the groups its method does not have)."""
     defaults, displays = headline(Config()) | _flat(Config()), dict(HEADLINE)
-    columns = [api_pb2.HParamInfo(name=name, display_name=displays.get(name, ""), type=_kind(default))
-               for name, default in defaults.items()]
+    columns = [
+        api_pb2.HParamInfo(name=name, display_name=displays.get(name, ""), type=_kind(default))
+        for name, default in defaults.items()
+    ]
     own = {group for group, methods in OWN_GROUPS.items() if cfg.method not in methods}
-    values = {name: value for name, value in (headline(cfg) | _flat(cfg)).items()
-              if value is not None and name.split("/")[0] not in own}
+    values = {
+        name: value
+        for name, value in (headline(cfg) | _flat(cfg)).items()
+        if value is not None and name.split("/")[0] not in own
+    }
     kinds = {column.name: column.type for column in columns}  # a key no default has (none today): as text
     return columns, {name: _cell(value, kinds.get(name, api_pb2.DATA_TYPE_STRING)) for name, value in values.items()}
 
@@ -191,14 +222,20 @@ def headline_metrics(split: str) -> list[str]:
 
 
 def _metric_display(tag: str) -> str:
-    """"test BLEU", "test BLEU 95% low": the score's name, the split, the side of its interval."""
+    """ "test BLEU", "test BLEU 95% low": the score's name, the split, the side of its interval."""
     split, _, name = tag.removeprefix(f"{RESULTS}/").rpartition("/")
-    base, side = (name[:-7], " 95% low") if name.endswith("_ci_low") else \
-        (name[:-8], " 95% high") if name.endswith("_ci_high") else (name, "")
+    base, side = (
+        (name[:-7], " 95% low")
+        if name.endswith("_ci_low")
+        else (name[:-8], " 95% high")
+        if name.endswith("_ci_high")
+        else (name, "")
+    )
     if base in SCORE_NAMES and split and "/" not in split:
         return f"{split} {SCORE_NAMES[base]}{side}"
     return {"eos_share": f"{split} ended by EOS", "ms_per_token": "decode ms/token"}.get(
-        name, tag.removeprefix(f"{RESULTS}/"))
+        name, tag.removeprefix(f"{RESULTS}/")
+    )
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -224,10 +261,21 @@ def log_hparams(logger: RunLogger, cfg: Config, numbers: dict[str, float], step:
         field = {bool: "bool_value", float: "number_value"}.get(type(value), "string_value")
         setattr(start.hparams[name], field, value)
     writer = logger.experiment._get_file_writer()
-    for tag, data in [(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(
-                          experiment=api_pb2.Experiment(hparam_infos=columns, metric_infos=metrics))),
-                      (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)),
-                      (metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
-                          session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS,
-                                                                          end_time_secs=time.time())))]:
+    for tag, data in [
+        (
+            metadata.EXPERIMENT_TAG,
+            plugin_data_pb2.HParamsPluginData(
+                experiment=api_pb2.Experiment(hparam_infos=columns, metric_infos=metrics)
+            ),
+        ),
+        (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)),
+        (
+            metadata.SESSION_END_INFO_TAG,
+            plugin_data_pb2.HParamsPluginData(
+                session_end_info=plugin_data_pb2.SessionEndInfo(
+                    status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
+                )
+            ),
+        ),
+    ]:
         writer.add_summary(_summary(tag, data), step)

@@ -1,4 +1,5 @@
 """One LightningModule for every method: it knows batches, losses and optimisers, no method math."""
+
 from __future__ import annotations
 
 import math
@@ -32,15 +33,21 @@ def scored_width(labels: torch.Tensor) -> int:
 def method_loss(method: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """One teacher-forced pass of any method and its response loss: the one LM-head policy."""
     per_row = {"thoughts": batch["thoughts"]} if "thoughts" in batch else {}  # Coconut's curriculum
-    logits = method(batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
-                    profile_mask=batch.get("profile_mask"), logits_to_keep=scored_width(batch["labels"]), **per_row)
+    logits = method(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["prompt_len"],
+        profile_mask=batch.get("profile_mask"),
+        logits_to_keep=scored_width(batch["labels"]),
+        **per_row,
+    )
     return response_loss(logits, batch["labels"])
 
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over response tokens (+ EOS), and how many there were.
     `logits` may cover only the last columns (scored_width). Only response rows are upcast to fp32."""
-    labels = labels[:, labels.shape[1] - logits.shape[1]:]
+    labels = labels[:, labels.shape[1] - logits.shape[1] :]
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX
     total = F.cross_entropy(logits[:, :-1][scored].float(), targets[scored], reduction="sum")
@@ -49,8 +56,14 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 class MethodModule(L.LightningModule):
-    def __init__(self, method: nn.Module, train_cfg: TrainConfig, tokenizer=None, decode_cfg: DecodeConfig = None,
-                 writes_rationale: bool = False):
+    def __init__(
+        self,
+        method: nn.Module,
+        train_cfg: TrainConfig,
+        tokenizer=None,
+        decode_cfg: DecodeConfig = None,
+        writes_rationale: bool = False,
+    ):
         super().__init__()
         self.writes_rationale = writes_rationale  # cot: only the text after the rationale is the prediction
         self.method = method.train()  # from_pretrained returns eval mode; Lightning keeps modes as given
@@ -99,20 +112,40 @@ class MethodModule(L.LightningModule):
         """Decode the batch's prompts; one JSON-ready record per sample."""
         pad_id = self.tokenizer.pad_token_id
         prompt_ids, prompt_mask, profile_mask = prompts_of(batch, pad_id)
-        result = generate(self.method, prompt_ids, prompt_mask, batch["prompt_len"], batch["ids"], self.decode_cfg,
-                          self.stop_ids(), profile_mask=profile_mask)
+        result = generate(
+            self.method,
+            prompt_ids,
+            prompt_mask,
+            batch["prompt_len"],
+            batch["ids"],
+            self.decode_cfg,
+            self.stop_ids(),
+            profile_mask=profile_mask,
+        )
         # timing is per batch: every row of a batch is decoded in the same steps
-        timing = {"batch_seconds": round(result.seconds, 4), "batch_size": len(result.tokens),
-                  "ms_per_token": round(1000 * result.seconds / max(result.num_tokens), 3)}
+        timing = {
+            "batch_seconds": round(result.seconds, 4),
+            "batch_size": len(result.tokens),
+            "ms_per_token": round(1000 * result.seconds / max(result.num_tokens), 3),
+        }
         records = []
         for row, sample_id in enumerate(batch["ids"]):
             prompt = prompt_ids[row][prompt_mask[row].bool()]
             text = self.tokenizer.decode(result.tokens[row], skip_special_tokens=True)
             rationale, prediction = split_rationale(text) if self.writes_rationale else (None, text)
-            records.append({"id": sample_id, "prompt": self.tokenizer.decode(prompt), "prediction": prediction,
-                            **({"rationale": rationale} if self.writes_rationale else {}),
-                            "reference": batch["reference"][row], "prompt_tokens": len(prompt),
-                            "new_tokens": result.num_tokens[row], "ended_by_eos": result.ended[row], **timing})
+            records.append(
+                {
+                    "id": sample_id,
+                    "prompt": self.tokenizer.decode(prompt),
+                    "prediction": prediction,
+                    **({"rationale": rationale} if self.writes_rationale else {}),
+                    "reference": batch["reference"][row],
+                    "prompt_tokens": len(prompt),
+                    "new_tokens": result.num_tokens[row],
+                    "ended_by_eos": result.ended[row],
+                    **timing,
+                }
+            )
         return records
 
     def on_predict_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
@@ -125,10 +158,17 @@ class MethodModule(L.LightningModule):
         cfg = self.train_cfg
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
         total = self.trainer.estimated_stepping_batches
-        scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer,
-                                  num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total)
+        scheduler = get_scheduler(
+            SCHEDULES[cfg.schedule],
+            optimizer,
+            num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
+            num_training_steps=total,
+        )
         # named: LearningRateMonitor logs it as train/lr, beside train/loss in TensorBoard
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
 
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
@@ -138,8 +178,10 @@ class MethodModule(L.LightningModule):
         trainable ones: those mean the checkpoint belongs to another method or fusion setup."""
         missing = sorted(self.trainable_names() - set(checkpoint["state_dict"]))
         if missing:
-            raise RuntimeError(f"the checkpoint lacks {len(missing)} trainable weights of this model, e.g. "
-                               f"{missing[:3]}: it was trained with another method or model config")
+            raise RuntimeError(
+                f"the checkpoint lacks {len(missing)} trainable weights of this model, e.g. "
+                f"{missing[:3]}: it was trained with another method or model config"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = self.trainable_names()

@@ -1,4 +1,5 @@
 """Wiring a config into a run: data, method, Trainer, run directory, resume, results."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,19 @@ from .evaluate import evaluate_runs, score_names
 from .launch import AtomicCheckpointIO, cluster_environment
 from .logs import RunLogger, log_hparams, progress_bar
 from .module import MethodModule
-from .rundirs import (EVAL_CONFIG, NOT_DECODING, RESUME_ENV, RUN_DIR_ENV, choose_run_dir, cot_weights, eval_yaml,
-                      finished_run, git_commit, same_settings, trained_weights)
+from .rundirs import (
+    EVAL_CONFIG,
+    NOT_DECODING,
+    RESUME_ENV,
+    RUN_DIR_ENV,
+    choose_run_dir,
+    cot_weights,
+    eval_yaml,
+    finished_run,
+    git_commit,
+    same_settings,
+    trained_weights,
+)
 from .writer import PredictionWriter
 
 
@@ -48,21 +60,31 @@ def lightning_strategy(cfg: Config, decoding: bool = False):
 
 def build_trainer(cfg: Config, run_dir: Path, callbacks: list = (), decoding: bool = False) -> L.Trainer:
     logger = RunLogger(run_dir, cfg.method)  # events in <run dir>/<method>/: TensorBoard names the run by its method
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", monitor="val/loss",
-                                 save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step}",
+        monitor="val/loss",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
     progress = [progress_bar()] if cfg.trainer.enable_progress_bar else []
     environment = cluster_environment()
-    return L.Trainer(**{**dataclasses.asdict(cfg.trainer), "strategy": lightning_strategy(cfg, decoding)},
-                     precision=precision(cfg),
-                     gradient_clip_val=cfg.train.grad_clip or None, accumulate_grad_batches=cfg.train.accumulate,
-                     logger=logger, enable_model_summary=False,  # _fit prints the parameter counts
-                     # every strategy takes it; fsdp's sharded checkpoints bypass it (lit/sharding.py swaps them)
-                     plugins=[AtomicCheckpointIO(), *([environment] if environment else [])],
-                     callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
-                     default_root_dir=str(run_dir),
-                     # no_grad, not inference_mode: metric states touched by the validation before
-                     # fit must stay updatable by fit's own validation loops
-                     inference_mode=False)
+    return L.Trainer(
+        **{**dataclasses.asdict(cfg.trainer), "strategy": lightning_strategy(cfg, decoding)},
+        precision=precision(cfg),
+        gradient_clip_val=cfg.train.grad_clip or None,
+        accumulate_grad_batches=cfg.train.accumulate,
+        logger=logger,
+        enable_model_summary=False,  # _fit prints the parameter counts
+        # every strategy takes it; fsdp's sharded checkpoints bypass it (lit/sharding.py swaps them)
+        plugins=[AtomicCheckpointIO(), *([environment] if environment else [])],
+        callbacks=[checkpoint, LearningRateMonitor("step"), *progress, *run_callbacks(cfg), *callbacks],
+        default_root_dir=str(run_dir),
+        # no_grad, not inference_mode: metric states touched by the validation before
+        # fit must stay updatable by fit's own validation loops
+        inference_mode=False,
+    )
 
 
 def build(cfg: Config):
@@ -70,9 +92,13 @@ def build(cfg: Config):
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     warm_start = cot_weights(cfg) if cfg.method == "coconut" and cfg.coconut.init_from else None
     method, tokenizer = build_method(cfg, corpus=lambda: pretraining_corpus(cfg.data), warm_start=warm_start)
-    datamodule = PersonalisationDataModule(cfg.data, tokenizer, predict_split=cfg.decode.split,
-                                           predict_batch_size=cfg.decode.batch_size,
-                                           predict_records=cfg.decode.max_records)
+    datamodule = PersonalisationDataModule(
+        cfg.data,
+        tokenizer,
+        predict_split=cfg.decode.split,
+        predict_batch_size=cfg.decode.batch_size,
+        predict_records=cfg.decode.max_records,
+    )
     module = MethodModule(method, cfg.train, tokenizer, cfg.decode, writes_rationale=cfg.method == "cot")
     return module, datamodule, tokenizer
 
@@ -90,8 +116,13 @@ def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
     try:
         return work()
     except BaseException:
-        if launched_here and not existed and rank_zero_only.rank == 0 and not any(run_dir.rglob("*.ckpt")) and \
-                not any(run_dir.glob("*.jsonl")):
+        if (
+            launched_here
+            and not existed
+            and rank_zero_only.rank == 0
+            and not any(run_dir.rglob("*.ckpt"))
+            and not any(run_dir.glob("*.jsonl"))
+        ):
             shutil.rmtree(run_dir, ignore_errors=True)
             try:
                 run_dir.parent.rmdir()  # the experiment dir, if this run made it and no other run is there
@@ -106,9 +137,11 @@ def _in_run_dir(run_dir: Path, resume_from: Optional[str], work):
 def check_resume(cfg: Config) -> None:
     """train.resume=PATH names a checkpoint that exists: checked before any run dir, model or message."""
     if cfg.train.resume not in ("auto", "never") and not Path(cfg.train.resume).exists():
-        raise FileNotFoundError(f"train.resume={cfg.train.resume}: no such checkpoint (give an existing "
-                                "RUN/checkpoints/last.ckpt, or train.resume=auto to continue this experiment's "
-                                "newest unfinished run)")
+        raise FileNotFoundError(
+            f"train.resume={cfg.train.resume}: no such checkpoint (give an existing "
+            "RUN/checkpoints/last.ckpt, or train.resume=auto to continue this experiment's "
+            "newest unfinished run)"
+        )
 
 
 def fit(cfg: Config, callbacks: list = ()) -> Path:
@@ -128,8 +161,10 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         (run_dir / "git_commit.txt").write_text(git_commit() + "\n")
         trainer.logger.log_hyperparams(OmegaConf.to_container(OmegaConf.structured(cfg)))  # hparams.yaml
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        print(f"{cfg.method}: {trainable / 1e6:.3g} M of {sum(p.numel() for p in module.parameters()) / 1e6:.3g} M "
-              f"parameters trainable; run dir {run_dir}")
+        print(
+            f"{cfg.method}: {trainable / 1e6:.3g} M of {sum(p.numel() for p in module.parameters()) / 1e6:.3g} M "
+            f"parameters trainable; run dir {run_dir}"
+        )
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from}")
     initial, before = {}, run_dir / BEFORE_TRAINING
@@ -154,8 +189,13 @@ def _fit(cfg: Config, run_dir: Path, resume_from: Optional[str], callbacks: list
         results = {"method": cfg.method, "global_step": trainer.global_step, **initial, **final}
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         # written at the last step, so that each scalar series ends on the value the tab shows
-        log_hparams(trainer.logger, cfg, {k: v for k, v in results.items() if isinstance(v, float)},
-                    trainer.global_step, score_names(cfg.decode.split))
+        log_hparams(
+            trainer.logger,
+            cfg,
+            {k: v for k, v in results.items() if isinstance(v, float)},
+            trainer.global_step,
+            score_names(cfg.decode.split),
+        )
         trainer.logger.finalize("success")  # the Trainer closed its event file: flush the new one
     return run_dir
 
@@ -197,7 +237,10 @@ def run_experiment(cfg: Config) -> Path:
         trained = cfg.trainer.max_steps != 0  # zero-shot runs decode the loaded weights
         predict(cfg, str(trained_weights(run_dir)) if trained else None, run_dir)
     scored = run_dir / EVAL_CONFIG
-    if rank_zero_only.rank == 0 and not (scored.exists() and scored.read_text() == eval_yaml(cfg.eval)
-                                         and scored.stat().st_mtime >= predictions.stat().st_mtime):
+    if rank_zero_only.rank == 0 and not (
+        scored.exists()
+        and scored.read_text() == eval_yaml(cfg.eval)
+        and scored.stat().st_mtime >= predictions.stat().st_mtime
+    ):
         evaluate_runs([predictions], cfg.eval)
     return run_dir

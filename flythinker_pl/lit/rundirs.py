@@ -2,6 +2,7 @@
 atomically), which one a config continues (unfinished) or reuses (finished, decoded and scored), what
 they hold (checkpoints, the eval settings behind the scores, the commit), and the warm start a
 method=coconut run reads from a method=cot run."""
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,9 @@ def holding(path: str | Path, filename: str, missing: str) -> Path:
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return commit.strip() + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -75,9 +77,11 @@ def run_dirs(cfg: Config) -> list[Path]:
     """This experiment's run dirs, oldest first."""
     return versions(Path(cfg.logging.root_dir) / cfg.logging.experiment)
 
+
 def same_settings(saved: Path, cfg: Config, without: tuple[str, ...]) -> bool:
     """Whether the config saved at `saved` equals `cfg` on every group but `without`."""
     return saved.exists() and to_yaml(load_config(saved), without) == to_yaml(cfg, without)
+
 
 def finished_run(cfg: Config) -> Optional[Path]:
     """The newest run of this experiment that finished training with these training settings."""
@@ -86,11 +90,13 @@ def finished_run(cfg: Config) -> Optional[Path]:
             return run_dir
     return None
 
+
 def resume_checkpoint(run_dir: Path) -> Optional[Path]:
     """The run's newest checkpoint to continue from: checkpoints/last.ckpt (every validation) or
     an hpc_ckpt_N.ckpt that Lightning saved on SLURM's pre-emption signal, whichever is newer."""
     saved = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
     return max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
+
 
 def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     """(run dir, checkpoint to resume from). With train.resume=auto, the newest unfinished run of
@@ -102,6 +108,7 @@ def choose_run_dir(cfg: Config) -> tuple[Path, Optional[str]]:
     run_dir, resume_from = agree_across_ranks("run_dir", lambda: _new_or_unfinished(cfg))
     return Path(run_dir), resume_from
 
+
 def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
     """(run dir, checkpoint) of the run that train.resume=auto continues: this experiment's newest,
     stopped mid-training with these training settings. None if there is none (nothing is created)."""
@@ -109,10 +116,14 @@ def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
     if cfg.train.resume == "auto" and existing:
         newest = existing[-1]
         checkpoint = resume_checkpoint(newest)
-        if (checkpoint and not (newest / "metrics.json").exists()
-                and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)):
+        if (
+            checkpoint
+            and not (newest / "metrics.json").exists()
+            and same_settings(newest / "config.yaml", cfg, NOT_TRAINING)
+        ):
             return newest, checkpoint
     return None
+
 
 def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
     """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others.
@@ -123,6 +134,7 @@ def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
     run_dir = new_version(Path(cfg.logging.root_dir) / cfg.logging.experiment)
     return str(run_dir), None if cfg.train.resume in ("auto", "never") else cfg.train.resume
 
+
 def trained_weights(run_dir: Path) -> Path:
     """The checkpoint `predict` decodes a trained run with: last.ckpt, or under trainer.strategy=fsdp
     (a sharded last.ckpt/ directory) the weights exported from it at the end of fit."""
@@ -131,18 +143,26 @@ def trained_weights(run_dir: Path) -> Path:
     last = run_dir / "checkpoints" / "last.ckpt"
     return run_dir / "checkpoints" / EXPORT_NAME if last.is_dir() else last
 
+
 def eval_yaml(cfg: EvalConfig) -> str:
     """The eval settings as EVAL_CONFIG holds them: scores are reused while they match."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
 
 def finished_run_dir(path: str | Path) -> Path:
     """A run dir, or an experiment dir whose newest finished version (with metrics.json) is taken."""
     return holding(path, "metrics.json", "no finished run (a run dir with metrics.json) found")
 
+
 def decoded_and_scored(run_dir: Path, cfg: Config) -> bool:
     predictions, scored = run_dir / cfg.decode.output, run_dir / EVAL_CONFIG
-    return (predictions.exists() and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)
-            and scored.exists() and scored.read_text() == eval_yaml(cfg.eval))
+    return (
+        predictions.exists()
+        and same_settings(predictions.with_suffix(".config.yaml"), cfg, NOT_DECODING)
+        and scored.exists()
+        and scored.read_text() == eval_yaml(cfg.eval)
+    )
+
 
 def completed_run(cfg: Config) -> Optional[Path]:
     """The run dir holding this config's training, decoding and scores, or None."""
@@ -153,8 +173,11 @@ def completed_run(cfg: Config) -> Optional[Path]:
 def _newest_finished_cot(experiment_dir: Path) -> Path | None:
     """The newest run that finished training as method=cot (an experiment dir may hold other runs,
     this Coconut run among them once it finished)."""
-    runs = [p for p in versions(experiment_dir) if (p / "metrics.json").exists()
-            and load_config(p / "config.yaml").method == "cot"]
+    runs = [
+        p
+        for p in versions(experiment_dir)
+        if (p / "metrics.json").exists() and load_config(p / "config.yaml").method == "cot"
+    ]
     return runs[-1] if runs else None
 
 
@@ -169,9 +192,11 @@ def cot_checkpoint(init_from: str) -> tuple[Path, Path | None]:
     run_dir = path if (path / "config.yaml").exists() else _newest_finished_cot(path) if path.is_dir() else None
     checkpoint = run_dir / "checkpoints" / "last.ckpt" if run_dir else None
     if checkpoint is None or not checkpoint.exists():
-        raise ConfigError(f"coconut.init_from={init_from!r}: no checkpoint there (expected a .ckpt file, a run dir "
-                          "with checkpoints/last.ckpt or an experiment dir with a finished run): train the "
-                          "method=cot run first")
+        raise ConfigError(
+            f"coconut.init_from={init_from!r}: no checkpoint there (expected a .ckpt file, a run dir "
+            "with checkpoints/last.ckpt or an experiment dir with a finished run): train the "
+            "method=cot run first"
+        )
     return checkpoint, run_dir
 
 
@@ -180,14 +205,21 @@ def cot_weights(cfg: Config) -> dict[str, torch.Tensor]:
     checkpoint, run_dir = cot_checkpoint(cfg.coconut.init_from)
     if run_dir is not None:
         trained = load_config(run_dir / "config.yaml")
-        differing = [f"generator.{key}" for key in GENERATOR_KEYS
-                     if getattr(trained.generator, key) != getattr(cfg.generator, key)]
+        differing = [
+            f"generator.{key}"
+            for key in GENERATOR_KEYS
+            if getattr(trained.generator, key) != getattr(cfg.generator, key)
+        ]
         if trained.method != "cot" or differing:
-            raise ConfigError(f"coconut.init_from={cfg.coconut.init_from!r} ({run_dir}) must be a method=cot run of "
-                              f"this Generator (got method={trained.method}; differing: {differing or 'none'})")
+            raise ConfigError(
+                f"coconut.init_from={cfg.coconut.init_from!r} ({run_dir}) must be a method=cot run of "
+                f"this Generator (got method={trained.method}; differing: {differing or 'none'})"
+            )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     foreign = [key for key in state if not key.startswith(CHECKPOINT_PREFIX)]
     if foreign or not state:
-        raise ConfigError(f"coconut.init_from: {checkpoint} holds {foreign[:3] or 'no weights'}, not a Generator "
-                          "trained by method=cot")
+        raise ConfigError(
+            f"coconut.init_from: {checkpoint} holds {foreign[:3] or 'no weights'}, not a Generator "
+            "trained by method=cot"
+        )
     return {key.removeprefix(CHECKPOINT_PREFIX): value for key, value in state.items()}

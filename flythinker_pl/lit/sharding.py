@@ -14,6 +14,7 @@ and swapped in, so a kill mid-save keeps the previous checkpoint whole. At the e
 trainable weights are exported to `checkpoints/weights.ckpt`, an ordinary checkpoint that
 `flythinker predict` loads on one process or under DDP.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,15 +53,18 @@ class ShardedDataParallel(ModelParallelStrategy):
             shutil.rmtree(previous, ignore_errors=True)
         self.barrier("fsdp_checkpoint_swapped")
 
-
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
         """A sharded checkpoint holds the trainable weights only (MethodModule.on_save_checkpoint): load
         those into the sharded model, keep the rest as built; then the optimiser states. Returns the
         rest of the checkpoint (loops, callbacks, ...) and the weights it held."""
         from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader, load
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         path = Path(self.broadcast(str(checkpoint_path)))
         if not path.is_dir():  # an ordinary (whole) checkpoint, e.g. from DDP
@@ -91,12 +95,17 @@ def shard(method: nn.Module, mesh, precision: str) -> nn.Module:
     parameters in bf16 and reduce gradients in fp32."""
     if isinstance(method, FSDPModule):
         return method
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if precision.startswith("bf16") else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision.startswith("bf16")
+        else MixedPrecisionPolicy()
+    )
     layer_types = decoder_layer_types(method)
     if not layer_types:
-        raise RuntimeError("trainer.strategy=fsdp shards the backbones per decoder layer, but no module of this "
-                           "method is a Hugging Face decoder layer (`_no_split_modules`)")
+        raise RuntimeError(
+            "trainer.strategy=fsdp shards the backbones per decoder layer, but no module of this "
+            "method is a Hugging Face decoder layer (`_no_split_modules`)"
+        )
     for module in list(method.modules()):
         if isinstance(module, layer_types):
             fully_shard(module, mesh=mesh, mp_policy=policy)
@@ -105,8 +114,10 @@ def shard(method: nn.Module, mesh, precision: str) -> nn.Module:
 
 def local_shapes(method: nn.Module) -> dict[str, tuple[list[int], list[int]]]:
     """name -> (this rank's shard shape, the whole parameter's shape), for checking what each rank holds."""
-    return {name: (list(p.to_local().shape) if hasattr(p, "to_local") else list(p.shape), list(p.shape))
-            for name, p in method.named_parameters()}
+    return {
+        name: (list(p.to_local().shape) if hasattr(p, "to_local") else list(p.shape), list(p.shape))
+        for name, p in method.named_parameters()
+    }
 
 
 def export_weights(sharded: Path, out: Path) -> Path:

@@ -2,6 +2,7 @@
 
 DistributedSampler pads the last batches by repeating samples so ranks stay in step; each rank
 appends to its own shard and rank 0 merges the shards, keeping the first record of each id."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Backbones: any Hugging Face causal LM (hub id or local path) or a built-in tiny preset,
 put into its training mode (frozen | lora | full) with peft."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -49,8 +50,9 @@ def load_tokenizer(cfg, corpus: Callable[[], list[str]]) -> PreTrainedTokenizerB
         return AutoTokenizer.from_pretrained(name)
 
 
-def load(location: str, dtype: Optional[torch.dtype] = None,
-         random_init_seed: Optional[int] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load(
+    location: str, dtype: Optional[torch.dtype] = None, random_init_seed: Optional[int] = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from `location`. With `random_init_seed`, the model has the same
     architecture but random weights (the reasoner.init=random control), drawn from a forked RNG
     seeded with it, so no other randomness of the run shifts."""
@@ -59,16 +61,18 @@ def load(location: str, dtype: Optional[torch.dtype] = None,
     else:
         with torch.random.fork_rng(devices=[]):  # from_config initialises on the CPU
             torch.manual_seed(random_init_seed)
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location),
-                                                     dtype=dtype or torch.float32).eval()
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(location), dtype=dtype or torch.float32
+            ).eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-def check_same_vocabulary(generator_tokenizer: PreTrainedTokenizerBase,
-                          reasoner_tokenizer: PreTrainedTokenizerBase, names: tuple[str, str]) -> None:
+def check_same_vocabulary(
+    generator_tokenizer: PreTrainedTokenizerBase, reasoner_tokenizer: PreTrainedTokenizerBase, names: tuple[str, str]
+) -> None:
     """FlyThinker feeds the same token ids to both models, so their vocabularies must be identical."""
     generator_vocab, reasoner_vocab = generator_tokenizer.get_vocab(), reasoner_tokenizer.get_vocab()
     if generator_vocab != reasoner_vocab:
@@ -77,12 +81,18 @@ def check_same_vocabulary(generator_tokenizer: PreTrainedTokenizerBase,
             f"generator.name={names[0]!r} and reasoner.name={names[1]!r} have different tokenizers "
             f"({len(generator_vocab)} vs {len(reasoner_vocab)} entries; e.g. {differing}). The Reasoner "
             "reads the Generator's token ids: pick two models of one family (e.g. Qwen2.5-0.5B and -3B) "
-            "or two tiny presets.")
+            "or two tiny presets."
+        )
 
 
 def lora_config(cfg: BackboneConfig, task_type: Optional[str]) -> LoraConfig:
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type=task_type)
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type=task_type,
+    )
 
 
 def check_lora_targets(model: nn.Module, cfg: BackboneConfig, key: str) -> None:
@@ -93,15 +103,27 @@ def check_lora_targets(model: nn.Module, cfg: BackboneConfig, key: str) -> None:
     missing = [target for target in cfg.lora_targets if target not in names]
     if missing:
         head = getattr(model, "get_output_embeddings", lambda: None)()
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, nn.Linear) and module is not head and "lora_" not in name}
-                        - {"base_layer"})
-        raise ConfigError(f"{key}.lora_targets names {missing}, which {type(model).__name__} does not have; its "
-                          f"linear layers are {linear}: set e.g. {key}.lora_targets=[{','.join(linear)}]")
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) and module is not head and "lora_" not in name
+            }
+            - {"base_layer"}
+        )
+        raise ConfigError(
+            f"{key}.lora_targets names {missing}, which {type(model).__name__} does not have; its "
+            f"linear layers are {linear}: set e.g. {key}.lora_targets=[{','.join(linear)}]"
+        )
 
 
-def set_mode(model: nn.Module, cfg: BackboneConfig, adapter_name: str, task_type: Optional[str],
-             trainable_tokens: Sequence[int] = ()) -> nn.Module:
+def set_mode(
+    model: nn.Module,
+    cfg: BackboneConfig,
+    adapter_name: str,
+    task_type: Optional[str],
+    trainable_tokens: Sequence[int] = (),
+) -> nn.Module:
     """frozen: no gradients; full: every weight trains; lora: peft adapter `adapter_name` only, plus
     the embedding rows of `trainable_tokens` (new tokens, e.g. Coconut's markers) through peft's
     trainable tokens."""

@@ -1,4 +1,5 @@
 """Config -> method module (+ the tokenizer every method shares)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -22,8 +23,9 @@ SFT_METHODS = ("sft", "nonpers", "rag", "cot")  # the Generator alone; they diff
 
 
 def _load(key: str, cfg_backbone, corpus, cache_dir, gradient_checkpointing: bool, random_init_seed=None):
-    location = backbones.resolve(cfg_backbone.name, corpus, cfg_backbone.pretrain_steps,
-                                 cfg_backbone.pretrain_seed, cache_dir)
+    location = backbones.resolve(
+        cfg_backbone.name, corpus, cfg_backbone.pretrain_steps, cfg_backbone.pretrain_seed, cache_dir
+    )
     with backbones.explained(f"{key}.name", location):
         model, tokenizer = backbones.load(location, random_init_seed=random_init_seed)
     families.check_text_only(model, key, cfg_backbone.name)
@@ -32,8 +34,11 @@ def _load(key: str, cfg_backbone, corpus, cache_dir, gradient_checkpointing: boo
     return model, tokenizer
 
 
-def build_method(cfg: Config, corpus: Callable[[], list[str]], warm_start: dict[str, torch.Tensor] | None = None,
-                 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def build_method(
+    cfg: Config,
+    corpus: Callable[[], list[str]],
+    warm_start: dict[str, torch.Tensor] | None = None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """`corpus` is called only when a tiny preset must be built (tokenizer + pretraining);
     `warm_start`: the Generator weights of coconut.init_from (lit.rundirs.cot_weights reads them)."""
     checkpointing = cfg.train.gradient_checkpointing
@@ -53,14 +58,16 @@ def build_method(cfg: Config, corpus: Callable[[], list[str]], warm_start: dict[
         fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion, multiplier)
         return SharedBaseFlyThinker(generator, fusion), tokenizer
     random_init_seed = cfg.seed if cfg.reasoner.init == "random" else None
-    reasoner_lm, reasoner_tokenizer = _load("reasoner", cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing,
-                                            random_init_seed)
+    reasoner_lm, reasoner_tokenizer = _load(
+        "reasoner", cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing, random_init_seed
+    )
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
     fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion, multiplier)
     reasoner = backbones.set_mode(backbones.decoder_of(reasoner_lm), cfg.reasoner, "reasoner", task_type=None)
     kwargs = dict(reasoner_frozen=cfg.reasoner.mode == "frozen", reasoner_sees_profile=cfg.reasoner.sees_profile)
     if cfg.method == "flythinker_recurrent":
-        return RecurrentFlyThinker(generator, reasoner, fusion, mu=cfg.recurrent.mu, window=cfg.recurrent.window,
-                                   **kwargs), tokenizer
+        return RecurrentFlyThinker(
+            generator, reasoner, fusion, mu=cfg.recurrent.mu, window=cfg.recurrent.window, **kwargs
+        ), tokenizer
     method_class = StaticFlyThinker if cfg.method == "static" else FlyThinker
     return method_class(generator, reasoner, fusion, **kwargs), tokenizer

@@ -16,6 +16,7 @@ its own next token fills the column. Internal layout of a row:
 Logits come back in the input's layout (models/sft.py): the last prompt column holds the logits of
 the position just before the first target token (end marker, last thought or last prompt token).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from transformers import DynamicCache
 
 from ..config import ConfigError
 from .decode_cache import DecodeCache
-from .fusion import embedding_norm, real_positions, rescale
+from .fusion import embedding_norm
+from .fusion_math import real_positions, rescale
 from .layout import gather_prompts, prompt_layout
 from .sft import SFT, DecodeState
 
@@ -55,8 +57,15 @@ class ThoughtLayout:
 
 
 class Coconut(SFT):
-    def __init__(self, generator: nn.Module, thoughts: int, norm: str = "none", eps: float = 1e-6,
-                 markers: Optional[LatentTokens] = None, pad_id: int = 0):
+    def __init__(
+        self,
+        generator: nn.Module,
+        thoughts: int,
+        norm: str = "none",
+        eps: float = 1e-6,
+        markers: Optional[LatentTokens] = None,
+        pad_id: int = 0,
+    ):
         super().__init__(generator)
         if norm not in NORMS:
             raise ConfigError(f"coconut.norm={norm!r} is not allowed; choose one of {', '.join(NORMS)}")
@@ -113,8 +122,7 @@ class Coconut(SFT):
 
         embeds = self.embed(layout.ids)
         positions = real_positions(layout.attention_mask)
-        latent_norm = (embedding_norm(self.generator.get_input_embeddings()) if self.norm == "table_mean"
-                       else None)
+        latent_norm = embedding_norm(self.generator.get_input_embeddings()) if self.norm == "table_mean" else None
         most, start, width = int(thoughts.max()), layout.first_thought, layout.ids.shape[1]
         # passes: the prompt; each thought but the last; the last thought with everything after it
         bounds = [0, *range(start, start + most), width] if most else [0, width]
@@ -126,9 +134,14 @@ class Coconut(SFT):
                 chunk = torch.cat([fed, chunk[:, 1:]], dim=1)
             last_pass = end == width
             read = end - max(begin, needed_from)  # this pass's columns whose logits are read
-            out = self.run_generator(chunk, layout.attention_mask[:, :end], positions[:, begin:end], cache=cache,
-                                     logits_to_keep=max(read, 1),
-                                     **({} if last_pass else {"output_hidden_states": -1}))
+            out = self.run_generator(
+                chunk,
+                layout.attention_mask[:, :end],
+                positions[:, begin:end],
+                cache=cache,
+                logits_to_keep=max(read, 1),
+                **({} if last_pass else {"output_hidden_states": -1}),
+            )
             if read > 0:
                 logits.append(out.logits[:, -read:])
             if not last_pass:  # the final-norm output at the pass's last column: what the LM head reads

@@ -5,6 +5,7 @@ step: a decode step copies the whole cache (with batch 16 and a 400-token prompt
 step on a tiny model). `DecodeCache` is a DynamicCache whose layers keep spare capacity, grown
 geometrically, and return views of it: a step writes one token. Same tensors, same attention.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,8 @@ class AppendLayer(DynamicLayer):
             capacity = max(end, GROWTH * (0 if self.key_buffer is None else self.key_buffer.shape[-2]))
             self.key_buffer = self._with_capacity(self.key_buffer, key_states, capacity)
             self.value_buffer = self._with_capacity(self.value_buffer, value_states, capacity)
-        self.key_buffer[..., self.length:end, :] = key_states
-        self.value_buffer[..., self.length:end, :] = value_states
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
         self.length = end
         self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
         return self.keys, self.values

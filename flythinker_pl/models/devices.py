@@ -7,6 +7,7 @@ pinned memory and returns before it is done, so the CPU may read stale tokens or
 and records an event that `wait()` synchronises before the CPU reads, so later GPU work can
 still run while the CPU goes on.
 """
+
 from __future__ import annotations
 
 import torch

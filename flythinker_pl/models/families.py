@@ -11,6 +11,7 @@ Two places do: the shared-base engine computes the Generator's logits from its L
 whose forward does anything else to its logits. Vision-language checkpoints (Gemma 3 4B and up) are
 refused by `check_text_only`; text-only Gemma 3 (1B) is Gemma3ForCausalLM, tested like the others.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,8 @@ def check_head_logits(model: nn.Module, key: str) -> None:
             f"{key}=true computes the Generator's logits from its LM head directly (models/families.py), and "
             f"that does not reproduce {type(model).__name__}.forward (max difference "
             f"{float((ours - expected).abs().max()):.3g}): this family post-processes its logits in a way we "
-            "do not know. Set reasoner.shared_base=false (two models), which runs the model's own forward.")
+            "do not know. Set reasoner.shared_base=false (two models), which runs the model's own forward."
+        )
 
 
 def embedding_multiplier(model: nn.Module) -> float:
@@ -68,4 +70,5 @@ def check_text_only(model: nn.Module, key: str, name: str) -> None:
     if config.get_text_config() is not config:
         raise ConfigError(
             f"{key}.name={name!r} loads as {type(model).__name__}, a vision-language model; FlyThinker reads "
-            "and writes text only: use a text-only checkpoint (e.g. google/gemma-3-1b-it for Gemma 3).")
+            "and writes text only: use a text-only checkpoint (e.g. google/gemma-3-1b-it for Gemma 3)."
+        )

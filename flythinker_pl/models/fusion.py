@@ -10,6 +10,7 @@ before m, so the decoder sees m e(x) + lam * P(r) with ||r|| = m c, the mean nor
 nothing to do. A raw latent (norm = none) is divided by m, so that the decoder sees lam * P(h) itself
 (DESIGN.md 4: latents live in the space the decoder layers see).
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,9 +18,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..config import ConfigError, FusionConfig
+
 # The math on plain tensors lives in one file that exported model folders also ship (fusion_math.py).
-from .fusion_math import (add_latents, injection_mask, latent_offsets, mean_row_norm,  # noqa: F401
-                              real_positions, rescale, shift_right)
+from .fusion_math import injection_mask, latent_offsets, mean_row_norm
 
 
 def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
@@ -30,7 +31,8 @@ def embedding_norm(embedding: nn.Embedding) -> torch.Tensor:
         raise RuntimeError(
             f"The Generator's embedding weight has shape {tuple(weight.shape)}, not (vocab, "
             f"{embedding.embedding_dim}): it is sharded or released (ZeRO-3/FSDP). The latent rescale "
-            "needs the full table; gather it (e.g. FSDP summon_full_params) or use fusion.norm=none.")
+            "needs the full table; gather it (e.g. FSDP summon_full_params) or use fusion.norm=none."
+        )
     scale = float(getattr(embedding, "embed_scale", 1.0))
     if isinstance(weight, DTensor):  # this rank's rows of a sharded table (trainer.strategy=fsdp, outside
         return _sharded_mean_row_norm(weight) * scale  # the forward that gathers it)
@@ -41,8 +43,10 @@ def _sharded_mean_row_norm(weight: DTensor) -> torch.Tensor:
     """The whole table's mean row norm from the ranks' sums of row norms and row counts, never from
     this rank's rows alone (shards can be uneven)."""
     if weight.device_mesh.ndim != 1 or not all(p.is_shard(0) or p.is_replicate() for p in weight.placements):
-        raise RuntimeError(f"the latent rescale reads a row-sharded table on a 1-D mesh; this one is placed "
-                           f"{weight.placements} on {weight.device_mesh}")
+        raise RuntimeError(
+            f"the latent rescale reads a row-sharded table on a 1-D mesh; this one is placed "
+            f"{weight.placements} on {weight.device_mesh}"
+        )
     norms = weight.to_local().detach().float().norm(dim=-1)
     totals = torch.stack([norms.sum(), torch.tensor(float(len(norms)), device=norms.device)])
     if any(p.is_shard() for p in weight.placements):  # replicated: this rank's rows are the table
@@ -57,7 +61,8 @@ class LatentFusion(nn.Module):
             raise ConfigError(
                 f"fusion.dims=pad adds the Reasoner latent into the first d_R dims of the Generator "
                 f"embedding, so it needs d_R ({reasoner_dim}) <= d_G ({generator_dim}). Set "
-                "fusion.dims=linear (learned projection) or choose a smaller Reasoner.")
+                "fusion.dims=linear (learned projection) or choose a smaller Reasoner."
+            )
         self.cfg = cfg
         self.embedding_multiplier = embedding_multiplier  # families.embedding_multiplier of the Generator
         self.pad_dims = generator_dim - reasoner_dim
@@ -71,10 +76,19 @@ class LatentFusion(nn.Module):
     def forward(self, reasoner_hidden: torch.Tensor, target_norm: torch.Tensor) -> torch.Tensor:
         """lam * P(r) for every position's hidden state: [..., d_R] -> [..., d_G] (no shift)."""
         cfg = self.cfg
-        return latent_offsets(reasoner_hidden, target_norm, cfg.lam, cfg.norm, cfg.eps, self.embedding_multiplier,
-                              self.project, self.pad_dims)
+        return latent_offsets(
+            reasoner_hidden,
+            target_norm,
+            cfg.lam,
+            cfg.norm,
+            cfg.eps,
+            self.embedding_multiplier,
+            self.project,
+            self.pad_dims,
+        )
 
-    def injection_mask(self, attention_mask: torch.Tensor, positions: torch.Tensor,
-                       prompt_len: torch.Tensor) -> torch.Tensor:
+    def injection_mask(
+        self, attention_mask: torch.Tensor, positions: torch.Tensor, prompt_len: torch.Tensor
+    ) -> torch.Tensor:
         """Which positions receive a latent. `positions` are real positions ([B, T] or [B, 1])."""
         return injection_mask(attention_mask, positions, prompt_len, self.cfg.span)

@@ -11,6 +11,7 @@ P is `pad` (zero-pad d_R -> d_G) or `linear` (learned projection). Injected posi
 (non-pad) tokens with real position >= 1 that the span allows: global (all), response (>= P),
 prompt (< P), P = prompt length. Pad positions and the first real token never get a latent.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,8 +39,16 @@ def rescale(hidden: torch.Tensor, target_norm: torch.Tensor, eps: float) -> torc
     return target_norm * hidden / hidden.norm(dim=-1, keepdim=True).clamp(min=eps)
 
 
-def latent_offsets(hidden: torch.Tensor, target_norm: torch.Tensor, lam: float, norm: str, eps: float,
-                   embedding_multiplier: float, projection: Optional[nn.Linear], pad_dims: int) -> torch.Tensor:
+def latent_offsets(
+    hidden: torch.Tensor,
+    target_norm: torch.Tensor,
+    lam: float,
+    norm: str,
+    eps: float,
+    embedding_multiplier: float,
+    projection: Optional[nn.Linear],
+    pad_dims: int,
+) -> torch.Tensor:
     """lam * P(r) for every position's Reasoner hidden state: [..., d_R] -> [..., d_G] (no shift).
     A raw latent (norm = none) is divided by the Generator's embedding multiplier (Granite), which its
     forward applies to the inputs we pass, so that the decoder sees lam * P(h) itself."""
@@ -53,8 +62,9 @@ def latent_offsets(hidden: torch.Tensor, target_norm: torch.Tensor, lam: float, 
     return lam * F.pad(hidden, (0, pad_dims))
 
 
-def injection_mask(attention_mask: torch.Tensor, positions: torch.Tensor, prompt_len: torch.Tensor,
-                   span: str) -> torch.Tensor:
+def injection_mask(
+    attention_mask: torch.Tensor, positions: torch.Tensor, prompt_len: torch.Tensor, span: str
+) -> torch.Tensor:
     """Which positions receive a latent. `positions` are real positions ([B, T] or [B, 1])."""
     inject = attention_mask.bool() & (positions >= 1)
     if span == "response":

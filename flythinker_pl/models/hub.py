@@ -2,6 +2,7 @@
 be: offline (HF_HUB_OFFLINE), a hub id ("org/name") that is neither a local folder nor in the local
 Hugging Face cache cannot load, and saying so takes a blink instead of 20 s of imports. Online, only
 loading answers (backbones.explained words that error the same way)."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from ..config import REASONER_METHODS, Config, ConfigError
 
-OFFLINE_FIX = ("HF_HUB_OFFLINE=1 is set (every make target sets it), so only local files load: pass a local path "
-               "(a folder saved with save_pretrained or downloaded with `hf download`), or unset HF_HUB_OFFLINE "
-               "where a network exists")
+OFFLINE_FIX = (
+    "HF_HUB_OFFLINE=1 is set (every make target sets it), so only local files load: pass a local path "
+    "(a folder saved with save_pretrained or downloaded with `hf download`), or unset HF_HUB_OFFLINE "
+    "where a network exists"
+)
 
 
 def offline() -> bool:

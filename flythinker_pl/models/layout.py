@@ -1,5 +1,6 @@
 """Where the prompt and the response sit in a left-padded batch [pad][prompt][response]: every row
 ends at the last column, so a row's response is its last (length - prompt_len) columns."""
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ adapters' low-rank updates in one batched matmul and the base matmul once for al
 Layers peft would treat differently (merged, disabled, DoRA and other variants, dropout in
 training mode, a non-Linear base layer) keep peft's forward.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -28,8 +29,13 @@ from torch import nn
 
 def _is_vanilla(layer: LoraLinear) -> bool:
     dropout_off = all(isinstance(d, nn.Identity) or not d.training for d in layer.lora_dropout.values())
-    return (type(layer.base_layer) is nn.Linear and not layer.merged and not layer.disable_adapters
-            and not layer.lora_variant and dropout_off)
+    return (
+        type(layer.base_layer) is nn.Linear
+        and not layer.merged
+        and not layer.disable_adapters
+        and not layer.lora_variant
+        and dropout_off
+    )
 
 
 class LeanLoRA:
@@ -58,9 +64,11 @@ class LeanLoRA:
         if not self.active:
             raise RuntimeError("LeanLoRA.rows needs the lean forward installed (`with lean:`)")
         if len(adapters) > 1 and not all("forward" in vars(layer) for layer in self.layers):
-            raise ValueError("per-row adapters need every LoRA layer on the lean forward; some are merged, "
-                             "disabled, DoRA or in training mode with dropout (peft's forward would apply one "
-                             "adapter to every row)")
+            raise ValueError(
+                "per-row adapters need every LoRA layer on the lean forward; some are merged, "
+                "disabled, DoRA or in training mode with dropout (peft's forward would apply one "
+                "adapter to every row)"
+            )
         previous, self.groups = self.groups, adapters
         try:
             yield
@@ -70,8 +78,9 @@ class LeanLoRA:
     def _forward_of(self, layer: LoraLinear):
         """The layer's lean forward; a new closure (and stack cache) each time the block is entered."""
         weight, bias = layer.base_layer.weight, layer.base_layer.bias
-        adapters = {name: (layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
-                    for name in layer.lora_A}
+        adapters = {
+            name: (layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]) for name in layer.lora_A
+        }
         stacks = {}  # groups -> (A^T stacked [G, d_in, r], s * B^T stacked [G, r, d_out]), read once a block
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -104,6 +113,8 @@ class LeanLoRA:
             raise ValueError(f"LoRA layer has no adapter {missing}; it has {sorted(adapters)}")
         lora_a, lora_b, scaling = zip(*(adapters[name] for name in groups))
         if len({a.shape for a in lora_a}) > 1:
-            raise ValueError("batched adapters need one LoRA rank (reasoner.lora_r == generator.lora_r), "
-                             f"got {[a.shape[0] for a in lora_a]}")
+            raise ValueError(
+                "batched adapters need one LoRA rank (reasoner.lora_r == generator.lora_r), "
+                f"got {[a.shape[0] for a in lora_a]}"
+            )
         return torch.stack(lora_a).mT, torch.stack([b * s for b, s in zip(lora_b, scaling)]).mT

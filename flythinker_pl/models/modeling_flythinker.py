@@ -15,6 +15,7 @@ passes), unless `prompt_len` [B] says where each row's response starts (a teache
 prompt + response). Later calls, with the returned cache, read response tokens. Batches are
 left-padded; positions count real tokens, so padding never changes a row's result.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -36,8 +37,10 @@ class FlyThinkerConfig(PreTrainedConfig):
     """The two backbones' own configs (`generator`, `reasoner`: each side's family) and the fusion."""
 
     model_type = "flythinker"
-    sub_configs_defaults = {"generator": SubConfigSpec(AutoConfig, model_type="qwen2"),
-                            "reasoner": SubConfigSpec(AutoConfig, model_type="qwen2", optional=True)}
+    sub_configs_defaults = {
+        "generator": SubConfigSpec(AutoConfig, model_type="qwen2"),
+        "reasoner": SubConfigSpec(AutoConfig, model_type="qwen2", optional=True),
+    }
 
     generator: dict | PreTrainedConfig | None = None
     reasoner: dict | PreTrainedConfig | None = None  # None: none (coconut, sft) or the Generator's base (shared_base)
@@ -111,8 +114,9 @@ class LatentCausalLM(PreTrainedModel, GenerationMixin):
         from peft import PeftModel
 
         if "generator" in self.config.adapters:
-            self.generator = PeftModel.from_pretrained(self.generator, location, subfolder=f"{ADAPTERS_DIR}/generator",
-                                                       adapter_name="generator").eval()
+            self.generator = PeftModel.from_pretrained(
+                self.generator, location, subfolder=f"{ADAPTERS_DIR}/generator", adapter_name="generator"
+            ).eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.generator.get_input_embeddings()
@@ -124,20 +128,35 @@ class LatentCausalLM(PreTrainedModel, GenerationMixin):
         return self.generator.get_input_embeddings()(input_ids)
 
     def run_generator(self, embeds, attention_mask, positions, cache, logits_to_keep=0, **kwargs):
-        return self.generator(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                              past_key_values=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep,
-                              **kwargs)
+        return self.generator(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
 
-    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                past_key_values: Optional[FlyThinkerCache] = None, prompt_len: Optional[torch.Tensor] = None,
-                labels: Optional[torch.LongTensor] = None, use_cache: Optional[bool] = None,
-                logits_to_keep: int = 0, inputs_embeds=None, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[FlyThinkerCache] = None,
+        prompt_len: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        inputs_embeds=None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         """Logits of the new tokens `input_ids` [B, n] (their last `logits_to_keep` columns if > 0).
         `attention_mask` [B, read + n] covers every token read so far (2D, left padding); `prompt_len`
         [B] applies to a call without cache (default: its every real token is prompt)."""
         if input_ids is None or inputs_embeds is not None:
-            raise ValueError(f"{type(self).__name__} reads token ids (the latents come from them): pass input_ids, "
-                             "not inputs_embeds")
+            raise ValueError(
+                f"{type(self).__name__} reads token ids (the latents come from them): pass input_ids, not inputs_embeds"
+            )
         cache = past_key_values if isinstance(past_key_values, FlyThinkerCache) else None
         first = cache is None
         if attention_mask is None:
@@ -149,7 +168,7 @@ class LatentCausalLM(PreTrainedModel, GenerationMixin):
         cache.read += input_ids.shape[1]
         loss = None
         if labels is not None:
-            labels = labels[:, labels.shape[1] - logits.shape[1]:].to(logits.device)
+            labels = labels[:, labels.shape[1] - logits.shape[1] :].to(logits.device)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
 
@@ -162,9 +181,10 @@ class SFTForCausalLM(LatentCausalLM):
     merged, they export as the plain causal LM, without this code."""
 
     def new_logits(self, input_ids, attention_mask, cache, first, logits_to_keep):
-        positions = real_positions(attention_mask)[:, -input_ids.shape[1]:]
-        return self.run_generator(self.embed(input_ids), attention_mask, positions, cache.generator,
-                                  logits_to_keep).logits
+        positions = real_positions(attention_mask)[:, -input_ids.shape[1] :]
+        return self.run_generator(
+            self.embed(input_ids), attention_mask, positions, cache.generator, logits_to_keep
+        ).logits
 
 
 class FlyThinkerForCausalLM(LatentCausalLM):
@@ -189,8 +209,9 @@ class FlyThinkerForCausalLM(LatentCausalLM):
         elif "reasoner" in self.config.adapters:
             from peft import PeftModel
 
-            self.reasoner = PeftModel.from_pretrained(self.reasoner, location, subfolder=f"{ADAPTERS_DIR}/reasoner",
-                                                      adapter_name="reasoner").eval()
+            self.reasoner = PeftModel.from_pretrained(
+                self.reasoner, location, subfolder=f"{ADAPTERS_DIR}/reasoner", adapter_name="reasoner"
+            ).eval()
 
     @contextmanager
     def adapter(self, name: str):
@@ -210,17 +231,30 @@ class FlyThinkerForCausalLM(LatentCausalLM):
     def reasoner_hidden(self, input_ids, attention_mask, positions, cache: FlyThinkerCache) -> torch.Tensor:
         """The Reasoner's final hidden states (after its last norm) of the new tokens."""
         with self.adapter("reasoner"):
-            return self.reasoner_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                                           past_key_values=cache.reasoner,
-                                           use_cache=cache.reasoner is not None).last_hidden_state
+            return self.reasoner_decoder()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache.reasoner,
+                use_cache=cache.reasoner is not None,
+            ).last_hidden_state
 
     def latents(self, hidden: torch.Tensor) -> torch.Tensor:
         """lam * P(r) of each hidden state [..., d_R] -> [..., d_G]."""
         config = self.config
-        target_norm = torch.tensor(config.latent_norm if config.latent_norm is not None else 0.0,
-                                   dtype=torch.float32, device=hidden.device)
-        return latent_offsets(hidden, target_norm, config.lam, config.norm, config.eps, self.embedding_multiplier,
-                              self.latent_projection, self.pad_dims)
+        target_norm = torch.tensor(
+            config.latent_norm if config.latent_norm is not None else 0.0, dtype=torch.float32, device=hidden.device
+        )
+        return latent_offsets(
+            hidden,
+            target_norm,
+            config.lam,
+            config.norm,
+            config.eps,
+            self.embedding_multiplier,
+            self.latent_projection,
+            self.pad_dims,
+        )
 
     def fused_embeds(self, input_ids, attention_mask, positions, cache: FlyThinkerCache, first: bool) -> torch.Tensor:
         """The Generator's inputs for the new tokens; keeps the newest token's latent for the next call."""
@@ -230,11 +264,11 @@ class FlyThinkerForCausalLM(LatentCausalLM):
         if not first:  # the first new token carries the latent of the last token read before it
             previous = torch.cat([cache.latents[:, None].to(previous.dtype), previous[:, 1:]], dim=1)
         cache.latents = new_latents[:, -1]
-        inject = injection_mask(attention_mask[:, -input_ids.shape[1]:], positions, cache.prompt_len, self.config.span)
+        inject = injection_mask(attention_mask[:, -input_ids.shape[1] :], positions, cache.prompt_len, self.config.span)
         return add_latents(embeds, previous, inject)
 
     def new_logits(self, input_ids, attention_mask, cache, first, logits_to_keep):
-        positions = real_positions(attention_mask)[:, -input_ids.shape[1]:]
+        positions = real_positions(attention_mask)[:, -input_ids.shape[1] :]
         embeds = self.fused_embeds(input_ids, attention_mask, positions, cache, first)
         with self.adapter("generator"):
             return self.run_generator(embeds, attention_mask, positions, cache.generator, logits_to_keep).logits
@@ -249,11 +283,10 @@ class StaticFlyThinkerForCausalLM(FlyThinkerForCausalLM):
         if first:  # left padding: a row's last prompt token sits at width - length + P - 1
             last = attention_mask.shape[1] - attention_mask.sum(-1) + cache.prompt_len - 1
             width = int(last.max()) + 1  # the Reasoner reads the prompts only (causal: the same states there)
-            hidden = self.reasoner_hidden(input_ids[:, :width], attention_mask[:, :width], positions[:, :width],
-                                          cache)
+            hidden = self.reasoner_hidden(input_ids[:, :width], attention_mask[:, :width], positions[:, :width], cache)
             index = last.to(hidden.device)[:, None, None].expand(-1, 1, hidden.shape[-1])
             cache.latents = self.latents(hidden.gather(1, index))[:, 0].to(embeds.device)
-        inject = injection_mask(attention_mask[:, -input_ids.shape[1]:], positions, cache.prompt_len, "response")
+        inject = injection_mask(attention_mask[:, -input_ids.shape[1] :], positions, cache.prompt_len, "response")
         return add_latents(embeds, cache.latents[:, None], inject)
 
 
@@ -266,14 +299,22 @@ class CoconutForCausalLM(LatentCausalLM):
     def new_logits(self, input_ids, attention_mask, cache, first, logits_to_keep):
         if first:
             if bool((cache.prompt_len != attention_mask.sum(-1)).any()):
-                raise ValueError("CoconutForCausalLM reads the prompt in its first call and the response after "
-                                 "(its thoughts sit between them): pass the prompts alone, then the response with "
-                                 "the returned cache")
+                raise ValueError(
+                    "CoconutForCausalLM reads the prompt in its first call and the response after "
+                    "(its thoughts sit between them): pass the prompts alone, then the response with "
+                    "the returned cache"
+                )
             return self.think(input_ids, attention_mask, cache, logits_to_keep)
         column = cache.inserted_at  # the Generator's mask: the prompt's columns, the inserted ones, the rest
-        mask = torch.cat([attention_mask[:, :column], attention_mask.new_ones(attention_mask.shape[0], cache.inserted),
-                          attention_mask[:, column:]], dim=1)
-        positions = real_positions(mask)[:, -input_ids.shape[1]:]
+        mask = torch.cat(
+            [
+                attention_mask[:, :column],
+                attention_mask.new_ones(attention_mask.shape[0], cache.inserted),
+                attention_mask[:, column:],
+            ],
+            dim=1,
+        )
+        positions = real_positions(mask)[:, -input_ids.shape[1] :]
         return self.run_generator(self.embed(input_ids), mask, positions, cache.generator, logits_to_keep).logits
 
     def think(self, input_ids, attention_mask, cache, logits_to_keep):
@@ -281,8 +322,11 @@ class CoconutForCausalLM(LatentCausalLM):
         thought (and end marker). Logits of the prompt's columns, the last one's after the thoughts."""
         config, batch, width = self.config, input_ids.shape[0], input_ids.shape[1]
         start, _, end = config.thought_markers or (None, None, None)
-        tail = [*([start] if start is not None else []), *[config.pad_token_id or 0] * config.thoughts,
-                *([end] if end is not None else [])]
+        tail = [
+            *([start] if start is not None else []),
+            *[config.pad_token_id or 0] * config.thoughts,
+            *([end] if end is not None else []),
+        ]
         ids = torch.cat([input_ids, input_ids.new_tensor(tail).expand(batch, -1)], dim=1)
         mask = torch.cat([attention_mask, attention_mask.new_ones(batch, len(tail))], dim=1)
         positions, embeds = real_positions(mask), self.embed(ids)
@@ -295,17 +339,27 @@ class CoconutForCausalLM(LatentCausalLM):
             if thought is not None:  # the pass's first column is the newest thought
                 chunk = torch.cat([thought.to(chunk.dtype), chunk[:, 1:]], dim=1)
             last_pass = stop == ids.shape[1]
-            out = self.run_generator(chunk, mask[:, :stop], positions[:, begin:stop], passes,
-                                     logits_to_keep=0 if begin == 0 and not logits_to_keep else 1,
-                                     **({} if last_pass else {"output_hidden_states": True}))
+            out = self.run_generator(
+                chunk,
+                mask[:, :stop],
+                positions[:, begin:stop],
+                passes,
+                logits_to_keep=0 if begin == 0 and not logits_to_keep else 1,
+                **({} if last_pass else {"output_hidden_states": True}),
+            )
             if begin == 0:
                 prompt_logits = out.logits
             if not last_pass:  # the final-norm output at the pass's last column: what the LM head reads
                 hidden = out.hidden_states[-1][:, -1:]
-                thought = hidden if config.norm == "none" else rescale(
-                    hidden, torch.tensor(config.latent_norm, dtype=torch.float32, device=hidden.device), config.eps)
+                thought = (
+                    hidden
+                    if config.norm == "none"
+                    else rescale(
+                        hidden, torch.tensor(config.latent_norm, dtype=torch.float32, device=hidden.device), config.eps
+                    )
+                )
         cache.inserted, cache.inserted_at = len(tail), width
         final = out.logits[:, -1:]
         if logits_to_keep:
             return final
-        return torch.cat([prompt_logits[:, :width - 1], final], dim=1)
+        return torch.cat([prompt_logits[:, : width - 1], final], dim=1)

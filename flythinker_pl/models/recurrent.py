@@ -20,6 +20,7 @@ Decoding is the exact recurrence in every engine: the Reasoner's cache (Recurren
 hidden state beside its keys and values, so a step stays internal to the Reasoner and still overlaps
 the Generator's (the CPU worker process steps through the same `recurrent_step`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from transformers import DynamicCache
 from ..config import ConfigError
 from .decode_cache import DecodeCache
 from .devices import to_device
-from .fusion import add_latents, embedding_norm, real_positions, rescale, shift_right
+from .fusion import embedding_norm
+from .fusion_math import add_latents, real_positions, rescale, shift_right
 from .flythinker import FlyThinker
 
 
@@ -63,8 +65,13 @@ def recurrent_step(reasoner: nn.Module, input_ids, attention_mask, positions, ca
     embeds = reasoner.get_input_embeddings()(input_ids)
     if cache.last_hidden is not None:
         embeds = embeds + cache.feedback(cache.last_hidden[:, None]).to(embeds.dtype)
-    hidden = reasoner(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                      past_key_values=cache, use_cache=True).last_hidden_state
+    hidden = reasoner(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
     cache.last_hidden = hidden[:, -1]
     return hidden
 
@@ -75,8 +82,10 @@ class RecurrentFlyThinker(FlyThinker):
         if not self.reasoner_sees_profile:
             raise ConfigError("method=flythinker_recurrent does not support reasoner.sees_profile=false")
         if self.fusion.cfg.span == "prompt":
-            raise ConfigError("method=flythinker_recurrent needs fusion.span=global or response: with "
-                              "span=prompt the recurrent response latents never reach the Generator")
+            raise ConfigError(
+                "method=flythinker_recurrent needs fusion.span=global or response: with "
+                "span=prompt the recurrent response latents never reach the Generator"
+            )
         if mu < 0 or window < 0:
             raise ConfigError(f"recurrent.mu={mu} and recurrent.window={window} must be >= 0")
         self.mu, self.window = mu, window
@@ -86,20 +95,21 @@ class RecurrentFlyThinker(FlyThinker):
 
     # --- teacher-forced (training, scoring): the recurrence over the response --------------------------
 
-    def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None,
-                     profile_mask=None):
+    def fused_embeds(self, input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache=None, profile_mask=None):
         """FlyThinker's Generator inputs from the recurrent Reasoner's states. With a cache (prefill) the
         input is the prompt alone, which gets no feedback: FlyThinker's, its RecurrentCache keeping the
         last hidden state."""
         if reasoner_cache is not None:
-            return super().fused_embeds(input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache,
-                                        profile_mask)
+            return super().fused_embeds(
+                input_ids, attention_mask, prompt_len, latent_norm, reasoner_cache, profile_mask
+            )
         positions = real_positions(attention_mask)
         response = attention_mask.bool() & (positions >= prompt_len[:, None])
         device = self.reasoner_device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.reasoner_frozen):
-            hidden = self.reasoner_states(*(to_device(x, device) for x in (input_ids, attention_mask, positions,
-                                                                            response)))
+            hidden = self.reasoner_states(
+                *(to_device(x, device) for x in (input_ids, attention_mask, positions, response))
+            )
         latents = self.fusion(to_device(hidden, self.generator_device), latent_norm)
         inject = self.fusion.injection_mask(attention_mask, positions, prompt_len)
         return add_latents(self.embed(input_ids), shift_right(latents), inject), positions, latents, None
@@ -124,13 +134,24 @@ class RecurrentFlyThinker(FlyThinker):
         states = [self.reasoner_pass(embeds[:, :start], attention_mask[:, :start], positions[:, :start], cache)]
         for column in range(start, embeds.shape[1]):
             fed = torch.where(response[:, column, None], feedback(states[-1][:, -1]).to(embeds.dtype), 0.0)
-            states.append(self.reasoner_pass((embeds[:, column] + fed)[:, None], attention_mask[:, :column + 1],
-                                             positions[:, column:column + 1], cache))
+            states.append(
+                self.reasoner_pass(
+                    (embeds[:, column] + fed)[:, None],
+                    attention_mask[:, : column + 1],
+                    positions[:, column : column + 1],
+                    cache,
+                )
+            )
         return torch.cat(states, dim=1)
 
     def reasoner_pass(self, embeds, attention_mask, positions, cache=None) -> torch.Tensor:
-        return self.reasoner(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                             past_key_values=cache, use_cache=cache is not None).last_hidden_state
+        return self.reasoner(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
 
     # --- decoding: FlyThinker's prefill and steps, the Reasoner's through its RecurrentCache ---------
 
@@ -139,11 +160,14 @@ class RecurrentFlyThinker(FlyThinker):
 
     def reasoner_forward(self, input_ids, attention_mask, positions, cache=None):
         if not isinstance(cache, RecurrentCache):
-            raise RuntimeError("the recurrent Reasoner's states depend on where the response starts: "
-                               "teacher-forced passes go through fused_embeds (prompt_len), decoding through "
-                               "prefill's RecurrentCache")
+            raise RuntimeError(
+                "the recurrent Reasoner's states depend on where the response starts: "
+                "teacher-forced passes go through fused_embeds (prompt_len), decoding through "
+                "prefill's RecurrentCache"
+            )
         device = self.reasoner_device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.reasoner_frozen):
-            hidden = recurrent_step(self.reasoner, *(to_device(x, device) for x in (input_ids, attention_mask,
-                                                                                    positions)), cache)
+            hidden = recurrent_step(
+                self.reasoner, *(to_device(x, device) for x in (input_ids, attention_mask, positions)), cache
+            )
         return hidden, cache

@@ -16,6 +16,7 @@ Methods (models/build.py maps `method` to them): SFT (sft, nonpers, rag, cot: th
 only), FlyThinker (flythinker.py), StaticFlyThinker and Coconut (baselines.py), and
 SharedBaseFlyThinker (shared.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from .decode_cache import DecodeCache
-from .fusion import real_positions
+from .fusion_math import real_positions
 
 
 @dataclass
@@ -66,23 +67,31 @@ class SFT(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.generator.get_input_embeddings()(input_ids)
 
-    def run_generator(self, embeds, attention_mask, positions, cache=None, last_only=False, logits_to_keep=0,
-                      **kwargs):
-        return self.generator(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                              past_key_values=cache, use_cache=cache is not None,
-                              logits_to_keep=1 if last_only else logits_to_keep, **kwargs)
+    def run_generator(self, embeds, attention_mask, positions, cache=None, last_only=False, logits_to_keep=0, **kwargs):
+        return self.generator(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1 if last_only else logits_to_keep,
+            **kwargs,
+        )
 
     def forward(self, input_ids, attention_mask, prompt_len, profile_mask=None, logits_to_keep=0):
-        return self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
-                                  logits_to_keep=logits_to_keep).logits
+        return self.run_generator(
+            self.embed(input_ids), attention_mask, real_positions(attention_mask), logits_to_keep=logits_to_keep
+        ).logits
 
     def prefill(self, input_ids, attention_mask, prompt_len, profile_mask=None):
-        out = self.run_generator(self.embed(input_ids), attention_mask, real_positions(attention_mask),
-                                 cache=DecodeCache(), last_only=True)
+        out = self.run_generator(
+            self.embed(input_ids), attention_mask, real_positions(attention_mask), cache=DecodeCache(), last_only=True
+        )
         return out.logits[:, -1], DecodeState(attention_mask, prompt_len, out.past_key_values)
 
     def step(self, state: DecodeState, tokens: torch.Tensor):
         positions = state.append_token()
-        out = self.run_generator(self.embed(tokens[:, None]), state.attention_mask, positions,
-                                 cache=state.generator_cache)
+        out = self.run_generator(
+            self.embed(tokens[:, None]), state.attention_mask, positions, cache=state.generator_cache
+        )
         return out.logits[:, -1]

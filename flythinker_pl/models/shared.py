@@ -11,6 +11,7 @@ chunks, the Reasoner one chunk ahead (decoding/prefill.py). The batched step run
 Generator's rows with the family's logit post-processing (families.head_logits; build refuses a
 family whose forward it cannot reproduce).
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -21,7 +22,8 @@ from transformers import DynamicCache
 from .decode_cache import DecodeCache
 from .families import head_logits
 from .flythinker import FlyThinker
-from .fusion import LatentFusion, add_latents
+from .fusion import LatentFusion
+from .fusion_math import add_latents
 from .lora_step import LeanLoRA
 from .sft import DecodeState
 
@@ -76,7 +78,12 @@ class SharedBaseFlyThinker(FlyThinker):
         token_embeds = self.embed(tokens[:, None])
         embeds = torch.cat([add_latents(token_embeds, state.latents[:, None], inject), token_embeds])
         with self.lora.rows("generator", "reasoner"):  # the decoder only: the LM head reads the Generator's rows
-            hidden = self.reasoner(inputs_embeds=embeds, attention_mask=state.attention_mask, position_ids=positions,
-                                   past_key_values=state.generator_cache, use_cache=True).last_hidden_state[:, -1]
+            hidden = self.reasoner(
+                inputs_embeds=embeds,
+                attention_mask=state.attention_mask,
+                position_ids=positions,
+                past_key_values=state.generator_cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
         state.latents = self.fusion(hidden[batch:], state.latent_norm)
         return head_logits(self.generator.get_base_model(), hidden[:batch])  # with the family's post-processing

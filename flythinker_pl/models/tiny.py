@@ -6,6 +6,7 @@ next-token pretraining run. Both are saved with `save_pretrained` under the cach
 keyed by preset, corpus fingerprint, steps and seed, and loaded back with `from_pretrained`, the
 same code path as a hub model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,11 +45,16 @@ def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrain
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, IM_START, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, IM_START, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD,
-                                        additional_special_tokens=[IM_START])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS, pad_token=PAD, additional_special_tokens=[IM_START]
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -59,14 +65,28 @@ def build_model(preset: str | dict, tokenizer: PreTrainedTokenizerFast, seed: in
         raise ValueError(f"unknown tiny preset {preset!r}; choose one of {', '.join(TINY_PRESETS)}")
     sizes = TINY_PRESETS[preset] if isinstance(preset, str) else preset
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None, **sizes)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **sizes,
+    )
     return Qwen2ForCausalLM(config)
 
 
-def pretrain(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus: list[str], steps: int,
-             seed: int, block_size: int = 256, batch_size: int = 16, lr: float = 3e-3) -> list[float]:
+def pretrain(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    corpus: list[str],
+    steps: int,
+    seed: int,
+    block_size: int = 256,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+) -> list[float]:
     """Next-token pretraining on the corpus, packed into blocks; returns the loss per step."""
     ids = []
     for text in corpus:
@@ -74,15 +94,18 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
         # to stop before fine-tuning, so fine-tuned outputs end where their references end.
         ids.extend(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
     if len(ids) < 2:
-        raise ValueError("the pretraining corpus (the training split's queries and outputs) is empty: "
-                         "give data with training records, or a hub model / local path instead of a tiny preset")
+        raise ValueError(
+            "the pretraining corpus (the training split's queries and outputs) is empty: "
+            "give data with training records, or a hub model / local path instead of a tiny preset"
+        )
     block_size = min(block_size, len(ids))  # a corpus shorter than one block is one block
     blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
     model.train()
     losses = []
     for _ in progress(range(steps), steps, f"pretrain {model.config.hidden_size}d"):
@@ -96,8 +119,7 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
     return losses
 
 
-def ensure_pretrained(preset: str, corpus: Callable[[], list[str]], steps: int, seed: int,
-                      cache_dir: str) -> Path:
+def ensure_pretrained(preset: str, corpus: Callable[[], list[str]], steps: int, seed: int, cache_dir: str) -> Path:
     """The directory of `preset` pretrained on `corpus()`; built once, then reused.
 
     Safe under several processes (DDP ranks): one builds under a file lock, the others wait.

@@ -1,6 +1,7 @@
 """The user attributes a probe decodes: categorical functions of the synthetic data's latent truth
 per user (users.jsonl, one Persona of data/synthetic.py, Rule of data/synthetic_rule.py or Signature of
 data/synthetic_signature.py a line)."""
+
 from __future__ import annotations
 
 import json
@@ -41,17 +42,22 @@ def personas_file(cfg: Config, run_dir: Path) -> Path:
         return users_file(cfg.data)
     except DataError:
         data = cfg.data.path or (f"data.files={dict(cfg.data.files)}" if cfg.data.files else cfg.data.hub)
-        raise DataError(f"{run_dir}: flythinker probe scores hidden states against each user's latent truth, "
-                        f"{USERS_FILE} beside the split directories, which only the synthetic data sets write "
-                        f"(data/synthetic.py); this run's data ({data or cfg.data.task}) has no {USERS_FILE}. "
-                        "Probe runs trained on the synthetic data (data.path, data.files, data.hub unset)") from None
+        raise DataError(
+            f"{run_dir}: flythinker probe scores hidden states against each user's latent truth, "
+            f"{USERS_FILE} beside the split directories, which only the synthetic data sets write "
+            f"(data/synthetic.py); this run's data ({data or cfg.data.task}) has no {USERS_FILE}. "
+            "Probe runs trained on the synthetic data (data.path, data.files, data.hub unset)"
+        ) from None
 
 
 def user_labels(path: Path) -> dict[str, dict[str, str]]:
     """{attribute: {user id: class}} for every attribute the file's personas define."""
     personas = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    defined = {name: label for name, (keys, label) in ATTRIBUTES.items()
-               if personas and all(key in p for p in personas for key in keys)}
+    defined = {
+        name: label
+        for name, (keys, label) in ATTRIBUTES.items()
+        if personas and all(key in p for p in personas for key in keys)
+    }
     if not defined:
         raise DataError(f"{path}: no probe attribute is defined for these users (known: {', '.join(ATTRIBUTES)})")
     return {name: {str(p["user_id"]): label(p) for p in personas} for name, label in defined.items()}

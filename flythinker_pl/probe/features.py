@@ -10,6 +10,7 @@ Sources, read at the same positions so they have seen the same tokens:
   * generator: the Generator's last hidden layer (after its final norm: what the LM head reads),
     on its own inputs, the fused embeddings for FlyThinker.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ..data.schema import TASKS
 from ..hf.export import load_trained
 from ..lit.rundirs import trained_weights
 from ..models.flythinker import FlyThinker
-from ..models.fusion import real_positions
+from ..models.fusion_math import real_positions
 
 # Window starts in response tokens; each window runs to the next start, the last to the end.
 # [0] alone is the prompt's end; every synthetic reference (225-304 tokens) reaches 192.
@@ -47,7 +48,7 @@ class RunFeatures:
 
 
 def window_names(starts: tuple[int, ...]) -> list[str]:
-    """"0", "1-7", ..., "192-end" (response positions, ends included)."""
+    """ "0", "1-7", ..., "192-end" (response positions, ends included)."""
     names = [f"{start}" if end == start + 1 else f"{start}-{end - 1}" for start, end in zip(starts, starts[1:])]
     return [*names, f"{starts[-1]}-end"]
 
@@ -56,8 +57,10 @@ def load_method(run_dir: Path):
     """(config, method in eval mode, tokenizer) of a run, with its trained weights loaded as predict loads them."""
     cfg = load_config(run_dir / "config.yaml")
     if cfg.method == "coconut":
-        raise ConfigError(f"{run_dir}: flythinker probe reads hidden states at the response's own positions; "
-                          "Coconut inserts thoughts before them and is not supported")
+        raise ConfigError(
+            f"{run_dir}: flythinker probe reads hidden states at the response's own positions; "
+            "Coconut inserts thoughts before them and is not supported"
+        )
     weights = None
     if cfg.trainer.max_steps != 0:  # zero-shot runs hold no checkpoint: the loaded weights are the run's
         weights = trained_weights(run_dir)
@@ -75,8 +78,9 @@ def hidden_states(method, batch: dict) -> dict[str, torch.Tensor]:
     if isinstance(method, FlyThinker):
         reasoner_mask = method.reasoner_mask(mask, profile_mask)
         states["reasoner"], _ = method.run_reasoner(ids, reasoner_mask, real_positions(reasoner_mask))
-        embeds, positions, _, _ = method.fused_embeds(ids, mask, batch["prompt_len"], method.latent_norm(),
-                                                      profile_mask=profile_mask)
+        embeds, positions, _, _ = method.fused_embeds(
+            ids, mask, batch["prompt_len"], method.latent_norm(), profile_mask=profile_mask
+        )
     else:
         embeds = method.embed(ids)
     out = method.run_generator(embeds, mask, positions, logits_to_keep=1, output_hidden_states=True)
@@ -93,7 +97,7 @@ def window_means(states: torch.Tensor, batch: dict, starts: tuple[int, ...]) -> 
         responses = length - prompt_len  # response tokens (+ EOS): positions 0 .. responses - 1
         for w, (start, end) in enumerate(zip(starts, [*starts[1:], responses])):
             if start < responses:
-                means[row, w] = states[row, zero + start: zero + min(end, responses)].float().mean(0)
+                means[row, w] = states[row, zero + start : zero + min(end, responses)].float().mean(0)
     return means.numpy()
 
 
@@ -109,8 +113,7 @@ def first_per_user(records: list[dict], user_key: str, per_user: Optional[int]) 
     return kept
 
 
-def split_features(method, cfg: Config, tokenizer, split: str, starts: tuple[int, ...],
-                   per_user: Optional[int] = None):
+def split_features(method, cfg: Config, tokenizer, split: str, starts: tuple[int, ...], per_user: Optional[int] = None):
     """(records of the split, at most `per_user` per user: id, user, split; {source: [records, windows, d]})."""
     user_key = TASKS[cfg.data.task].user_key
     records, rationales, _ = split_records(cfg.data, split)
@@ -119,7 +122,7 @@ def split_features(method, cfg: Config, tokenizer, split: str, starts: tuple[int
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # little padding
     chunks: dict[str, list[np.ndarray]] = {}
     for first in range(0, len(order), BATCH_SIZE):
-        batch = collate([examples[i] for i in order[first: first + BATCH_SIZE]], tokenizer.pad_token_id)
+        batch = collate([examples[i] for i in order[first : first + BATCH_SIZE]], tokenizer.pad_token_id)
         for source, states in hidden_states(method, batch).items():
             chunks.setdefault(source, []).append(window_means(states, batch, starts))
     user_of = {record["id"]: str(record[user_key]) for record in records}
@@ -128,17 +131,26 @@ def split_features(method, cfg: Config, tokenizer, split: str, starts: tuple[int
     return table, {source: np.concatenate(parts) for source, parts in chunks.items()}
 
 
-def run_features(run_dir: Path, held_out: tuple[str, ...], starts: tuple[int, ...] = WINDOW_STARTS,
-                 train_per_user: Optional[int] = TRAIN_PER_USER) -> RunFeatures:
+def run_features(
+    run_dir: Path,
+    held_out: tuple[str, ...],
+    starts: tuple[int, ...] = WINDOW_STARTS,
+    train_per_user: Optional[int] = TRAIN_PER_USER,
+) -> RunFeatures:
     """Features of the train split (at most `train_per_user` records per user) and every record of the
     `held_out` splits."""
     cfg, method, tokenizer = load_method(run_dir)
     tables, features = [], {}
     for split in ("train", *held_out):
-        table, by_source = split_features(method, cfg, tokenizer, split, starts,
-                                          train_per_user if split == "train" else None)
+        table, by_source = split_features(
+            method, cfg, tokenizer, split, starts, train_per_user if split == "train" else None
+        )
         tables.append(table)
         for source, values in by_source.items():
             features.setdefault(source, []).append(values)
-    return RunFeatures(run_dir, cfg.method, pd.concat(tables, ignore_index=True),
-                       {source: np.concatenate(parts) for source, parts in features.items()})
+    return RunFeatures(
+        run_dir,
+        cfg.method,
+        pd.concat(tables, ignore_index=True),
+        {source: np.concatenate(parts) for source, parts in features.items()},
+    )

@@ -1,6 +1,7 @@
 """Linear probes: one per (source, attribute, window), fitted on the records of the training users,
 scored on the records of users it never saw, beside the chance level and a bootstrap interval
 over held-out users (a user's records share one label, so records are not independent draws)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def held_out_rows(records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     train = (records["split"] == "train").to_numpy()
     held_out = ~train & ~records["user"].isin(set(records["user"][train])).to_numpy()
     if not held_out.any():
-        raise DataError(f"no held-out user: every user of the {', '.join(sorted(set(records['split'][~train])))} "
-                        "split(s) also has training records; probe runs with data.setting=user")
+        raise DataError(
+            f"no held-out user: every user of the {', '.join(sorted(set(records['split'][~train])))} "
+            "split(s) also has training records; probe runs with data.setting=user"
+        )
     return train, held_out
 
 
@@ -52,13 +55,21 @@ def score_probe(train_x, train_y, train_users, test_x, test_y, test_users, n_boo
     per_user = pd.Series(train_y, index=train_users).groupby(level=0).first()
     majority = per_user.value_counts().idxmax()
     low, high = user_bootstrap(correct, test_users, n_bootstrap)
-    return {"accuracy": float(correct.mean()), "ci_low": low, "ci_high": high,
-            "chance": float((test_y == majority).mean()), "n_train": len(train_y), "n_test": len(test_y),
-            "n_test_users": len(set(test_users)), "classes": len(per_user.unique())}
+    return {
+        "accuracy": float(correct.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "chance": float((test_y == majority).mean()),
+        "n_train": len(train_y),
+        "n_test": len(test_y),
+        "n_test_users": len(set(test_users)),
+        "classes": len(per_user.unique()),
+    }
 
 
-def probe_run(run: RunFeatures, labels: dict[str, dict[str, str]], windows: list[str],
-              n_bootstrap: int = 1000) -> pd.DataFrame:
+def probe_run(
+    run: RunFeatures, labels: dict[str, dict[str, str]], windows: list[str], n_bootstrap: int = 1000
+) -> pd.DataFrame:
     """One row per (source, attribute, window) with enough data: two classes among the training users."""
     with threadpool_limits(1):  # small problems: BLAS threads cost ~6x more than they save here
         return pd.DataFrame(_probe_rows(run, labels, windows, n_bootstrap))
@@ -71,8 +82,10 @@ def _probe_rows(run: RunFeatures, labels: dict[str, dict[str, str]], windows: li
     for attribute, by_user in labels.items():
         missing = sorted(set(users) - set(by_user))
         if missing:
-            raise DataError(f"users.jsonl has no latent truth for {len(missing)} users of the records, "
-                            f"e.g. {missing[:3]}: it belongs to another data set")
+            raise DataError(
+                f"users.jsonl has no latent truth for {len(missing)} users of the records, "
+                f"e.g. {missing[:3]}: it belongs to another data set"
+            )
         y = np.array([by_user[user] for user in users])
         for source, values in run.features.items():
             for w, window in enumerate(windows):
@@ -80,7 +93,14 @@ def _probe_rows(run: RunFeatures, labels: dict[str, dict[str, str]], windows: li
                 fit_rows, test_rows = train & reached, held_out & reached
                 if not test_rows.any() or len(set(y[fit_rows])) < 2:
                     continue
-                score = score_probe(values[fit_rows, w], y[fit_rows], users[fit_rows], values[test_rows, w],
-                                    y[test_rows], users[test_rows], n_bootstrap)
+                score = score_probe(
+                    values[fit_rows, w],
+                    y[fit_rows],
+                    users[fit_rows],
+                    values[test_rows, w],
+                    y[test_rows],
+                    users[test_rows],
+                    n_bootstrap,
+                )
                 rows.append({"source": source, "attribute": attribute, "window": window, **score})
     return rows

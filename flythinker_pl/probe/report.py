@@ -1,4 +1,5 @@
 """probe.csv's numbers as tables and plots: accuracy per response window, and latent trajectories."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,21 +26,32 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     table = arrow(cells).unstack("line").reindex(columns=list(dict.fromkeys(ends["line"])))
     table["chance"] = arrow(chance)
     return table.reindex(list(dict.fromkeys(frame["attribute"]))).rename_axis(
-        f"accuracy at response position {windows[0]} -> {windows[-1]}")
+        f"accuracy at response position {windows[0]} -> {windows[-1]}"
+    )
 
 
 def markdown(frame: pd.DataFrame) -> str:
     """A table per attribute: accuracy [95% interval over held-out users] per window, chance below."""
-    parts = ["# Linear probes: what the hidden states know about held-out users\n",
-             "Accuracy on held-out users' records [95% bootstrap interval over users]; chance: always "
-             "answering the training users' majority class (held-out users may lack it: see 1 / classes). "
-             "Windows are response positions (tokens; 0 = the prompt's last token, before any response "
-             "token is read).\n"]
+    parts = [
+        "# Linear probes: what the hidden states know about held-out users\n",
+        "Accuracy on held-out users' records [95% bootstrap interval over users]; chance: always "
+        "answering the training users' majority class (held-out users may lack it: see 1 / classes). "
+        "Windows are response positions (tokens; 0 = the prompt's last token, before any response "
+        "token is read).\n",
+    ]
     for attribute, rows in frame.groupby("attribute", sort=False):
-        cell = rows.assign(line=line_name, text=rows["accuracy"].map("{:.2f}".format) + " [" +
-                           rows["ci_low"].map("{:.2f}".format) + ", " + rows["ci_high"].map("{:.2f}".format) + "]")
+        cell = rows.assign(
+            line=line_name,
+            text=rows["accuracy"].map("{:.2f}".format)
+            + " ["
+            + rows["ci_low"].map("{:.2f}".format)
+            + ", "
+            + rows["ci_high"].map("{:.2f}".format)
+            + "]",
+        )
         table = cell.pivot(index="line", columns="window", values="text").reindex(
-            index=list(dict.fromkeys(cell["line"])), columns=list(dict.fromkeys(rows["window"])))
+            index=list(dict.fromkeys(cell["line"])), columns=list(dict.fromkeys(rows["window"]))
+        )
         by_window = rows.groupby("window", sort=False)
         table.loc["chance"] = by_window["chance"].first().map("{:.2f}".format)
         table.loc["1 / classes"] = (1 / by_window["classes"].first()).map("{:.2f}".format)
@@ -64,7 +76,7 @@ def plot_vs_position(frame: pd.DataFrame) -> Figure:
         axis.plot([windows.index(w) for w in chance.index], chance, "k--", label="chance")
         axis.set(title=attribute, ylim=(0, 1.02), xticks=range(len(windows)))
         axis.set_xticklabels(windows, rotation=45, fontsize=7)
-    for axis in axes[len(attributes):]:
+    for axis in axes[len(attributes) :]:
         axis.set_visible(False)
     axes[0].legend(fontsize=7)
     figure.supxlabel("response position window (tokens read)")
@@ -110,6 +122,9 @@ def plot_pca(panels: list[tuple[str, np.ndarray, list[str]]], attribute: str) ->
         axis.set(title=title, xlabel="PC 1", ylabel="PC 2")
     handles = [figure.axes[0].plot([], [], color=colours[c], label=c)[0] for c in classes]
     figure.legend(handles=handles, title=attribute, loc="outside right upper", fontsize=7)
-    figure.suptitle("held-out users' mean hidden state per response window, less the training users' mean "
-                    "of the window (o: position 0, x: last window); PCA fitted on training users", fontsize=9)
+    figure.suptitle(
+        "held-out users' mean hidden state per response window, less the training users' mean "
+        "of the window (o: position 0, x: last window); PCA fitted on training users",
+        fontsize=9,
+    )
     return figure

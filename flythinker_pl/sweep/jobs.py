@@ -1,5 +1,6 @@
 """A sweep's runs as jobs: PointJob, the one callable a launcher sends anywhere, and the manifest
 that records which job runs which run."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,11 @@ class PointJob(Checkpointable):
             os.environ["OMP_NUM_THREADS"] = str(threads)
             torch.set_num_threads(threads)
         silence_known_noise()
-        print(f"{self.key} in {self.cwd}: {sys.executable}, {torch.get_num_threads()} torch threads, "
-              f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '(unset)')}", flush=True)
+        print(
+            f"{self.key} in {self.cwd}: {sys.executable}, {torch.get_num_threads()} torch threads, "
+            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '(unset)')}",
+            flush=True,
+        )
         return str(run_experiment(self.config))
 
 
@@ -65,8 +69,13 @@ class Manifest:
     def record(self, key: str, launcher: str, job_id: str, folder: str | Path) -> None:
         earlier = self.entry(key)
         history = [*earlier.get("earlier", []), earlier["job_id"]] if earlier else []
-        self.data["runs"][key] = {"launcher": launcher, "job_id": job_id, "folder": str(folder),
-                                  "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "earlier": history}
+        self.data["runs"][key] = {
+            "launcher": launcher,
+            "job_id": job_id,
+            "folder": str(folder),
+            "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "earlier": history,
+        }
         self.save()
 
     def save(self) -> None:

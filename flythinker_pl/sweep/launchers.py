@@ -11,6 +11,7 @@ Both are idempotent: a rerun skips finished runs, leaves pending and running job
 (re)submits the rest, which resume from their checkpoints. The manifest (jobs.py) records the jobs;
 status.py tells each run's state.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,22 +38,38 @@ def jobs_folder(out_dir: str | Path) -> Path:
     return Path(out_dir).resolve() / "jobs" / "%j"
 
 
-def sbatch_parameters(slurm: SlurmSettings, cfg: Config, job_name: str, parallel: Optional[int] = None,
-                      after: tuple[str, ...] = ()) -> dict:
+def sbatch_parameters(
+    slurm: SlurmSettings, cfg: Config, job_name: str, parallel: Optional[int] = None, after: tuple[str, ...] = ()
+) -> dict:
     """submitit SlurmExecutor parameters for a run of `cfg`: `launcher.slurm`'s resources, one task
     per process of the run (trainer.devices per node, trainer.num_nodes nodes) under srun, requeue
     allowed, and with `after` (job ids) an afterok dependency that SLURM cancels if it fails."""
     tasks = processes(cfg) // cfg.trainer.num_nodes
-    gpus = slurm.gpus_per_node if slurm.gpus_per_node is not None else \
-        tasks if str(cfg.trainer.accelerator) in ("gpu", "cuda") else None
-    parameters = {"job_name": job_name, "partition": slurm.partition, "account": slurm.account, "qos": slurm.qos,
-                  "time": slurm.time, "nodes": cfg.trainer.num_nodes, "ntasks_per_node": tasks,
-                  "gpus_per_node": gpus or None, "cpus_per_task": slurm.cpus_per_task, "mem": slurm.mem,
-                  "constraint": slurm.constraint, "setup": list(slurm.setup) or None,
-                  "signal_delay_s": slurm.signal_delay_s, "array_parallelism": parallel,
-                  "dependency": f"afterok:{':'.join(after)}" if after else None,
-                  "additional_parameters": {"requeue": True, **({"kill-on-invalid-dep": "yes"} if after else {}),
-                                            **slurm.sbatch}}
+    gpus = (
+        slurm.gpus_per_node
+        if slurm.gpus_per_node is not None
+        else tasks
+        if str(cfg.trainer.accelerator) in ("gpu", "cuda")
+        else None
+    )
+    parameters = {
+        "job_name": job_name,
+        "partition": slurm.partition,
+        "account": slurm.account,
+        "qos": slurm.qos,
+        "time": slurm.time,
+        "nodes": cfg.trainer.num_nodes,
+        "ntasks_per_node": tasks,
+        "gpus_per_node": gpus or None,
+        "cpus_per_task": slurm.cpus_per_task,
+        "mem": slurm.mem,
+        "constraint": slurm.constraint,
+        "setup": list(slurm.setup) or None,
+        "signal_delay_s": slurm.signal_delay_s,
+        "array_parallelism": parallel,
+        "dependency": f"afterok:{':'.join(after)}" if after else None,
+        "additional_parameters": {"requeue": True, **({"kill-on-invalid-dep": "yes"} if after else {}), **slurm.sbatch},
+    }
     return {name: value for name, value in parameters.items() if value is not None}
 
 
@@ -65,8 +82,9 @@ def _submit(folder: Path, slurm: SlurmSettings, parameters: dict, runs: list[Run
     try:
         jobs = executor.submit_array([PointJob(run.key, run.config, os.getcwd()) for run in runs])
     except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as err:
-        raise SweepError(f"sbatch refused the jobs of {', '.join(run.key for run in runs)}: "
-                         f"{str(err).strip().splitlines()[-1]}") from None
+        raise SweepError(
+            f"sbatch refused the jobs of {', '.join(run.key for run in runs)}: {str(err).strip().splitlines()[-1]}"
+        ) from None
     return [job.job_id for job in jobs]
 
 
@@ -75,8 +93,10 @@ def submit_slurm(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, 
     alone), recording each job in the manifest as soon as sbatch accepted it."""
     missing = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
     if missing:
-        raise SweepError(f"{sweep.path}: launcher slurm: {', '.join(missing)} not found on PATH (SLURM's commands: "
-                         "run on a login node of the cluster, or use --launcher local)")
+        raise SweepError(
+            f"{sweep.path}: launcher slurm: {', '.join(missing)} not found on PATH (SLURM's commands: "
+            "run on a login node of the cluster, or use --launcher local)"
+        )
     manifest, folder = Manifest(out_dir), jobs_folder(out_dir)
     with manifest.lock():
         manifest.data["overrides"] = list(overrides)
@@ -101,12 +121,17 @@ def submit_slurm(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, 
             after = tuple(job_of[key] for key in run.after if found[key].state != "done")
             submit(sbatch_parameters(settings.slurm, run.config, sweep.name, settings.parallel, after), [run])
         manifest.save()
-    left = [f"{key} ({found[key].state}, job {found[key].job_id})" for key in found
-            if found[key].state in ("pending", "running")]
-    print(f"{sweep.name}: submitted {len(todo)} job(s)" + (f": {', '.join(job_of[run.key] for run in todo)}" if todo
-                                                            else "") +
-          f"; {sum(s.state == 'done' for s in found.values())} run(s) done" +
-          (f"; left alone: {', '.join(left)}" if left else ""))
+    left = [
+        f"{key} ({found[key].state}, job {found[key].job_id})"
+        for key in found
+        if found[key].state in ("pending", "running")
+    ]
+    print(
+        f"{sweep.name}: submitted {len(todo)} job(s)"
+        + (f": {', '.join(job_of[run.key] for run in todo)}" if todo else "")
+        + f"; {sum(s.state == 'done' for s in found.values())} run(s) done"
+        + (f"; left alone: {', '.join(left)}" if left else "")
+    )
 
 
 def gpu_shares(sweep: Sweep, parallel: int) -> list[tuple[int, ...]]:
@@ -120,14 +145,18 @@ def gpu_shares(sweep: Sweep, parallel: int) -> list[tuple[int, ...]]:
         return [()] * parallel
     visible = [device.strip() for device in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if device.strip()]
     if visible and not all(device.isdigit() for device in visible):
-        raise SweepError(f"{sweep.path}: launcher local splits GPUs by number, and CUDA_VISIBLE_DEVICES="
-                         f"{','.join(visible)} names them otherwise: give their numbers, or unset it")
+        raise SweepError(
+            f"{sweep.path}: launcher local splits GPUs by number, and CUDA_VISIBLE_DEVICES="
+            f"{','.join(visible)} names them otherwise: give their numbers, or unset it"
+        )
     gpus = [int(device) for device in visible[:count]] if visible else list(range(count))
     if parallel > count:
-        raise SweepError(f"{sweep.path}: launcher local: {parallel} runs at once cannot share {count} GPU(s); "
-                         f"use --parallel {count} or less (or trainer.accelerator=cpu)")
+        raise SweepError(
+            f"{sweep.path}: launcher local: {parallel} runs at once cannot share {count} GPU(s); "
+            f"use --parallel {count} or less (or trainer.accelerator=cpu)"
+        )
     share = count // parallel
-    return [tuple(gpus[slot * share:(slot + 1) * share]) for slot in range(parallel)]
+    return [tuple(gpus[slot * share : (slot + 1) * share]) for slot in range(parallel)]
 
 
 def run_local(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, overrides: list[str] = ()):
@@ -149,16 +178,20 @@ def run_local(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, ove
         running, failed = {}, []
         try:
             while queue or running:
-                for run in [run for run in queue if all(key in done for key in run.after)][:len(free)]:
+                for run in [run for run in queue if all(key in done for key in run.after)][: len(free)]:
                     job_gpus = free.pop(0)
-                    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(job_gpus),
-                                               visible_gpus=job_gpus)
+                    executor.update_parameters(
+                        timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(job_gpus), visible_gpus=job_gpus
+                    )
                     job = executor.submit(PointJob(run.key, run.config, os.getcwd(), threads))
                     manifest.record(run.key, "local", job.job_id, folder)
                     running[run.key] = run, job, job_gpus
                     queue.remove(run)
-                    print(f"{run.key}: started, job {job.job_id} on {f'GPUs {list(job_gpus)}, ' if job_gpus else ''}"
-                          f"{threads} CPU thread(s); log {job.paths.stdout}", flush=True)
+                    print(
+                        f"{run.key}: started, job {job.job_id} on {f'GPUs {list(job_gpus)}, ' if job_gpus else ''}"
+                        f"{threads} CPU thread(s); log {job.paths.stdout}",
+                        flush=True,
+                    )
                 # runs whose dependency failed, or all that are left when nothing runs: they would wait in vain
                 for run in list(queue) if not running else [run for run in queue if set(run.after) & set(failed)]:
                     queue.remove(run)
@@ -180,6 +213,8 @@ def run_local(sweep: Sweep, settings: LauncherSettings, out_dir: str | Path, ove
         print(status_table(statuses(sweep, manifest)))
     results = aggregate(sweep, out_dir) if done else None
     if failed:
-        raise SweepError(f"{sweep.path}: {len(failed)} of {len(sweep.runs)} runs did not finish "
-                         f"({', '.join(failed)}); rerun the same command to retry them (they resume)")
+        raise SweepError(
+            f"{sweep.path}: {len(failed)} of {len(sweep.runs)} runs did not finish "
+            f"({', '.join(failed)}); rerun the same command to retry them (they resume)"
+        )
     return results

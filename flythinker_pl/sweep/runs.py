@@ -1,5 +1,6 @@
 """Running a sweep in this process (every point x seed in order) and gathering its finished runs
 into the tables and plots of evaluation/sweep_report.py."""
+
 from __future__ import annotations
 
 import gc
@@ -33,9 +34,18 @@ def status(cfg: Config) -> str:
 
 def plan(sweep: Sweep) -> pd.DataFrame:
     """One row per run: point, seed, experiment, what running it would do."""
-    return pd.DataFrame([{"point": run.point.label, "seed": run.seed, "experiment": run.config.logging.experiment,
-                          "status": status(run.config)} for run in sweep.runs],
-                        index=pd.RangeIndex(1, len(sweep.runs) + 1, name="#"))
+    return pd.DataFrame(
+        [
+            {
+                "point": run.point.label,
+                "seed": run.seed,
+                "experiment": run.config.logging.experiment,
+                "status": status(run.config),
+            }
+            for run in sweep.runs
+        ],
+        index=pd.RangeIndex(1, len(sweep.runs) + 1, name="#"),
+    )
 
 
 def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -48,7 +58,8 @@ def run_sweep(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
             f"{sweep.path}: point '{several.point.label}' runs on {processes(several.config)} processes, and a "
             "sweep runs many Trainers in one command: Lightning's own launcher would restart the command in "
             "each rank and could not keep their run dirs in step. Launch the sweep with torchrun or srun, e.g. "
-            f"COMMAND=sweep experiments/slurm/torchrun.sh {sweep.path}")
+            f"COMMAND=sweep experiments/slurm/torchrun.sh {sweep.path}"
+        )
     for number, run in enumerate(sweep.runs, 1):
         print(f"[{number}/{len(sweep.runs)}] {run.point.label} seed={run.seed}: {status(run.config)}", flush=True)
         run_experiment(run.config)
@@ -68,8 +79,9 @@ def runs_frame(sweep: Sweep) -> pd.DataFrame:
         run_dir = completed_run(run.config)
         if run_dir is not None:
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows.append({"point": run.point.label, "seed": run.seed, **run.point.settings,
-                         "run_dir": str(run_dir), **metrics})
+            rows.append(
+                {"point": run.point.label, "seed": run.seed, **run.point.settings, "run_dir": str(run_dir), **metrics}
+            )
     if not rows:
         raise FileNotFoundError(f"{sweep.path}: no finished runs yet (run `flythinker sweep {sweep.path}`)")
     return pd.DataFrame(rows)
@@ -88,8 +100,16 @@ def aggregate(sweep: Sweep, out_dir: Optional[str | Path] = None) -> tuple[pd.Da
     out = Path(out_dir or sweep.results_dir)
     staging = out / f".writing-{os.getpid()}"
     try:
-        tables = write_results(runs, staging, f"Sweep `{sweep.name}` ({sweep.path})", sweep.grid_keys, reference_of,
-                               first.decode.output, first.eval.answer_pattern, ceiling_of)
+        tables = write_results(
+            runs,
+            staging,
+            f"Sweep `{sweep.name}` ({sweep.path})",
+            sweep.grid_keys,
+            reference_of,
+            first.decode.output,
+            first.eval.answer_pattern,
+            ceiling_of,
+        )
         for written in staging.iterdir():
             os.replace(written, out / written.name)
     finally:

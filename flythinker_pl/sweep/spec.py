@@ -2,6 +2,7 @@
 "Sweeps on a cluster"), validated before anything runs: its points x seeds as runs, each with its
 loaded config, the runs each one waits for, the references of the gap tables, and the launcher.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -164,8 +165,11 @@ def _extra_points(path: Path, points: Any, grid_keys: list[str]) -> list[Point]:
 def _seeds(path: Path, seeds: Any) -> Optional[list[int]]:
     if seeds is None:
         return None
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise SweepError(f"{path}: 'seeds' must be a non-empty list of integers (got {seeds!r})")
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"{path}: 'seeds' repeats a seed: {seeds}")
@@ -187,8 +191,10 @@ def _seeds_override(extra_overrides: list[str]) -> tuple[list[str], Optional[lis
             listed = OmegaConf.to_object(parsed) if isinstance(parsed, ListConfig) else None
             seeds = _seeds(Path("command-line override"), listed) if listed is not None else None
             if seeds is None:
-                raise SweepError(f"command-line override: seeds={value!r}: give a number of seeds (seeds=3 runs "
-                                 "seeds 0, 1, 2 at every point) or a list of distinct integers (seeds=[0,1,2])")
+                raise SweepError(
+                    f"command-line override: seeds={value!r}: give a number of seeds (seeds=3 runs "
+                    "seeds 0, 1, 2 at every point) or a list of distinct integers (seeds=[0,1,2])"
+                )
     return rest, seeds
 
 
@@ -230,14 +236,36 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     if repeated:
         raise SweepError(f"{path}: point label '{repeated[0]}' is used twice")
     seeds = _seeds(path, node.get("seeds")) or [base_seed]
-    runs = [Run(point, seed, _load(path, point.config or base,
-                                   [*shared, *point.overrides, f"seed={seed}",
-                                    f"logging.experiment=ablation_{name}/{slug(point.label)},seed={seed}"],
-                                   f"point '{point.label}'"))
-            for point in points for seed in seeds_override or point.seeds or seeds]
+    runs = [
+        Run(
+            point,
+            seed,
+            _load(
+                path,
+                point.config or base,
+                [
+                    *shared,
+                    *point.overrides,
+                    f"seed={seed}",
+                    f"logging.experiment=ablation_{name}/{slug(point.label)},seed={seed}",
+                ],
+                f"point '{point.label}'",
+            ),
+        )
+        for point in points
+        for seed in seeds_override or point.seeds or seeds
+    ]
     _dependencies(path, runs)
-    return Sweep(path, name, list(grid or {}), points, runs, _references(path, node.get("reference"), runs),
-                 _references(path, node.get("ceiling"), runs, "ceiling"), launcher_settings(path, node.get("launcher")))
+    return Sweep(
+        path,
+        name,
+        list(grid or {}),
+        points,
+        runs,
+        _references(path, node.get("reference"), runs),
+        _references(path, node.get("ceiling"), runs, "ceiling"),
+        launcher_settings(path, node.get("launcher")),
+    )
 
 
 def _check_keys(path: Path, where: str, node: Any, schema) -> None:
@@ -261,8 +289,9 @@ def launcher_settings(path: Path, node: Any) -> LauncherSettings:
     return choose_launcher(path, settings)
 
 
-def choose_launcher(path: Path, settings: LauncherSettings, name: Optional[str] = None,
-                    parallel: Optional[int] = None) -> LauncherSettings:
+def choose_launcher(
+    path: Path, settings: LauncherSettings, name: Optional[str] = None, parallel: Optional[int] = None
+) -> LauncherSettings:
     """`settings` with the command line's --launcher and --parallel over them, checked."""
     settings = dataclasses.replace(settings, name=name or settings.name, parallel=parallel or settings.parallel)
     if settings.name not in LAUNCHERS:
@@ -284,8 +313,10 @@ def _dependencies(path: Path, runs: list[Run]) -> None:
                 if target is None or other is run or not (target == home or home in target.parents):
                     continue
                 if position > index:
-                    raise SweepError(f"{path}: point '{run.point.label}' reads run '{other.key}' ({config_key}), "
-                                     f"which comes after it: list point '{other.point.label}' first")
+                    raise SweepError(
+                        f"{path}: point '{run.point.label}' reads run '{other.key}' ({config_key}), "
+                        f"which comes after it: list point '{other.point.label}' first"
+                    )
                 run.after += (other.key,)
 
 
@@ -317,21 +348,23 @@ def _load(path: Path, base: Path, overrides: list[str], where: str) -> Config:
         raise SweepError(f"{path}: {where}: {str(err).removeprefix('command-line override: ')}") from None
 
 
-
-
 def references(configs: dict[str, DictConfig], settings: dict[str, dict], conditions: dict[str, Any]) -> dict[str, str]:
     """{point label: its reference's label} for every point that has one: the points where every
     `conditions` key has its value are the candidates; each other point gets the candidate whose grid
     settings (the condition keys aside) it shares, the most specific one. `configs`: each point's run
     config; `settings`: each point's grid settings."""
-    candidates = [label for label, node in configs.items()
-                  if all(OmegaConf.select(node, k) == v for k, v in conditions.items())]
+    candidates = [
+        label for label, node in configs.items() if all(OmegaConf.select(node, k) == v for k, v in conditions.items())
+    ]
     found = {}
     for label, node in configs.items():
         if label in candidates:
             continue
-        matching = [(len(settings[c]), c) for c in candidates
-                    if all(OmegaConf.select(node, k) == v for k, v in settings[c].items() if k not in conditions)]
+        matching = [
+            (len(settings[c]), c)
+            for c in candidates
+            if all(OmegaConf.select(node, k) == v for k, v in settings[c].items() if k not in conditions)
+        ]
         if matching:
             found[label] = max(matching)[1]  # the most specific reference
     return found

@@ -2,6 +2,7 @@
 and the manifest's jobs (SLURM's own record of them), its progress from the run's TensorBoard
 scalars, its log, and for a failed run the end of its error. The launchers decide what to
 (re)submit from the same states."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,21 @@ STATES = ("done", "running", "pending", "failed", "cancelled", "new")  # new: ne
 RESUBMIT = ("new", "failed", "cancelled")  # what a launch (re)submits; a half-trained run resumes
 # SLURM job states (squeue/sacct) that are not over yet, and the ended ones that mean "cancelled";
 # every other ended state (FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...) is a failure.
-SLURM_LIVE = {"PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
-              "CONFIGURING": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "pending", "RUNNING": "running",
-              "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running", "RESIZING": "running",
-              "STOPPED": "running"}
+SLURM_LIVE = {
+    "PENDING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending",
+    "CONFIGURING": "pending",
+    "RESV_DEL_HOLD": "pending",
+    "SUSPENDED": "pending",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "RESIZING": "running",
+    "STOPPED": "running",
+}
 SLURM_CANCELLED = ("CANCELLED", "PREEMPTED", "REVOKED", "UNKNOWN")  # UNKNOWN: SLURM no longer knows the job
 ERROR_LINES = 6
 POLL_SECONDS = 10.0
@@ -54,8 +66,9 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     states = dict.fromkeys(job_ids, "UNKNOWN")
-    accounting = subprocess.run(["sacct", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                                capture_output=True, text=True)
+    accounting = subprocess.run(
+        ["sacct", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True
+    )
     if accounting.returncode == 0:
         for job_id, info in SlurmInfoWatcher().read_info(accounting.stdout).items():
             if job_id in states:
@@ -129,8 +142,9 @@ def _status(run: Run, entry: Optional[dict], slurm: dict[str, str]) -> RunStatus
     detail = scheduler if scheduler not in ("", "PENDING", "RUNNING", "FAILED", "CANCELLED") else ""
     if scheduler == "COMPLETED":
         detail = "the job ended, the run did not finish"
-    return RunStatus(run, state, job_id, detail, run_dir, step, val_loss, log,
-                     _error(entry) if state == "failed" else "")
+    return RunStatus(
+        run, state, job_id, detail, run_dir, step, val_loss, log, _error(entry) if state == "failed" else ""
+    )
 
 
 def statuses(sweep: Sweep, manifest: Manifest) -> list[RunStatus]:
@@ -143,13 +157,25 @@ def statuses(sweep: Sweep, manifest: Manifest) -> list[RunStatus]:
 
 def status_table(found: list[RunStatus]) -> str:
     """One line per run, then the end of each failed run's error."""
+
     def shown(value):
         return "" if value is None else value
 
-    table = pd.DataFrame([{"point": s.run.point.label, "seed": s.run.seed,
-                           "state": s.state + (f" ({s.detail})" if s.detail else ""), "job": s.job_id,
-                           "step": shown(s.step), "val/loss": "" if s.val_loss is None else f"{s.val_loss:.4f}",
-                           "run dir": shown(s.run_dir), "log": shown(s.log)} for s in found])
+    table = pd.DataFrame(
+        [
+            {
+                "point": s.run.point.label,
+                "seed": s.run.seed,
+                "state": s.state + (f" ({s.detail})" if s.detail else ""),
+                "job": s.job_id,
+                "step": shown(s.step),
+                "val/loss": "" if s.val_loss is None else f"{s.val_loss:.4f}",
+                "run dir": shown(s.run_dir),
+                "log": shown(s.log),
+            }
+            for s in found
+        ]
+    )
     lines = [table.to_string(index=False)]
     for s in found:
         if s.error:
@@ -159,8 +185,11 @@ def status_table(found: list[RunStatus]) -> str:
 
 def counts_line(name: str, found: list[RunStatus], started: float) -> str:
     counts = Counter(s.state for s in found)
-    return f"{name}: " + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state]) + \
-        f" ({time.perf_counter() - started:.0f} s)"
+    return (
+        f"{name}: "
+        + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
+        + f" ({time.perf_counter() - started:.0f} s)"
+    )
 
 
 def wait(sweep: Sweep, manifest: Manifest, poll: Optional[float] = None) -> list[RunStatus]:
