@@ -127,7 +127,7 @@ def unfinished_run(cfg: Config) -> Optional[tuple[Path, Path]]:
 
 def _new_or_unfinished(cfg: Config) -> tuple[str, Optional[str]]:
     """(run dir, checkpoint to resume from or None), as strings: rank 0 sends them to the others.
-    A new run dir is created here, atomically (rundirs.new_version)."""
+    A new run dir is created here, atomically (new_version)."""
     unfinished = unfinished_run(cfg)
     if unfinished:
         return str(unfinished[0]), str(unfinished[1])
