@@ -31,6 +31,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # a minute of every section end to end (and timings that need a quiet machine): CI runs it
 def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, capsys):
     out = tmp_path / "check.json"
     assert main(["gpu-check", "--out", str(out)]) == 0
