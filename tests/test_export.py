@@ -381,27 +381,29 @@ class Pieces(io.StringIO):
         return super().write(text)
 
 
+def greedy_text(method, tokenizer, record: dict, cfg, decode: DecodeConfig) -> str:
+    """The framework's own output for `record`: its training prompt, decoded by `generate`."""
+    from flythinker_pl.data.datamodule import prepare_record
+
+    example = prepare_record(record, cfg.data, tokenizer)
+    prompt = torch.tensor([example["input_ids"][: example["prompt_len"]].tolist()])
+    stops = exporting.stop_ids(method, tokenizer)
+    generation = generate(
+        method, prompt, torch.ones_like(prompt), torch.tensor([prompt.shape[1]]), ["x"], decode, stops
+    )
+    return tokenizer.decode(generation.tokens[0], skip_special_tokens=True)
+
+
 def test_generate_streams_the_prompt_the_run_trained_on(fast_cases, tmp_path, capsys):
     """`flythinker generate` on a run and on its folder: the record's prompt as training built it, the
     text streamed in pieces, the framework's greedy tokens; --history + --query rebuild the same prompt."""
-    from flythinker_pl.data.datamodule import load_split, prepare_record
+    from flythinker_pl.data.datamodule import load_split
 
     case = fast_cases["flythinker"]
     cfg, method = case["cfg"], case["method"]
     record = load_split(cfg.data, "test").records[2]
     _, tokenizer = exporting.load_trained(cfg, None)
-    example = prepare_record(record, cfg.data, tokenizer)
-    prompt = torch.tensor([example["input_ids"][: example["prompt_len"]].tolist()])
-    tokens = generate(
-        method,
-        prompt,
-        torch.ones_like(prompt),
-        torch.tensor([prompt.shape[1]]),
-        ["x"],
-        GREEDY,
-        exporting.stop_ids(method, tokenizer),
-    ).tokens[0]
-    expected = tokenizer.decode(tokens, skip_special_tokens=True)
+    expected = greedy_text(method, tokenizer, record, cfg, GREEDY)
     history = tmp_path / "history.json"
     history.write_text(json.dumps(record["profile"]))
     for source, prompt_args in [
@@ -498,19 +500,9 @@ def test_a_demo_style_run_exports_and_streams_end_to_end(run_config, tmp_path, c
     assert main(["generate", str(tmp_path / "demo"), "--record", record["id"], "--greedy"]) == 0
     streamed = capsys.readouterr()
     _, method, tokenizer = framework(run_dir)
-    from flythinker_pl.data.datamodule import prepare_record
 
-    example = prepare_record(record, cfg.data, tokenizer)
-    prompt = torch.tensor([example["input_ids"][: example["prompt_len"]].tolist()])
-    greedy = dataclasses.replace(GREEDY, max_new_tokens=12)
-    tokens = generate(
-        method,
-        prompt,
-        torch.ones_like(prompt),
-        torch.tensor([prompt.shape[1]]),
-        ["x"],
-        greedy,
-        exporting.stop_ids(method, tokenizer),
-    ).tokens[0]
-    assert streamed.out == tokenizer.decode(tokens, skip_special_tokens=True) + "\n"
+    assert (
+        streamed.out
+        == greedy_text(method, tokenizer, record, cfg, dataclasses.replace(GREEDY, max_new_tokens=12)) + "\n"
+    )
     assert "ms/token" in streamed.err

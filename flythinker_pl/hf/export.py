@@ -42,8 +42,7 @@ MODEL_CLASSES = {
 def check_run(path: str | Path) -> tuple[Path, Config, Path | None]:
     """(run dir, its config, the checkpoint to export or None for a zero-shot run): one clear error for
     anything that cannot be exported, before any work."""
-    from ..lit.rundirs import holding
-    from ..lit.rundirs import trained_weights
+    from ..lit.rundirs import holding, trained_weights
     from ..lit.sharding import EXPORT_NAME
 
     path = Path(path)
