@@ -203,6 +203,7 @@ def test_sweep_plots_name_points_seeds_units_and_show_spread_only_where_computed
     assert set(frame["unit"]) == {"words"}
     assert dict(zip(frame["run"], frame["method"])) == {"fusion.lam=0.5": "flythinker", "sft": "sft"}
 
+    assert summary_table(runs, ["method", "fusion.lam"]).columns.is_unique  # method as a grid key: one column
     table = summary_table(runs, ["fusion.lam"])
     panels = dict(zip(["val/loss", "test/bleu"], plot_metrics(table).axes))
     assert panels["test/bleu"].get_ylabel() == "test BLEU (0-100)"

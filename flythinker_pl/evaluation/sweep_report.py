@@ -56,7 +56,8 @@ def summary_table(runs: pd.DataFrame, grid_keys: list[str] = ()) -> pd.DataFrame
     metrics = metric_columns(runs)
     grouped = runs.groupby("point", sort=False)
     mean, std = grouped[metrics].mean(), grouped[metrics].std()
-    table = grouped[[key for key in ["method", *grid_keys] if key in runs]].first()
+    keys = dict.fromkeys(["method", *grid_keys])  # `method` may be a grid key too: one column each
+    table = grouped[[key for key in keys if key in runs]].first()
     for metric in metrics:
         table[metric], table[f"{metric}_std"] = mean[metric], std[metric]
     table["n_seeds"] = grouped.size()
