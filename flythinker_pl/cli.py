@@ -385,7 +385,7 @@ def bench(args):
 
 
 def gpu_check(args):
-    from .bench.gpu_check import gpu_check as check, markdown
+    from .bench.gpu.report import gpu_check as check, markdown
 
     print(markdown(check(args.out, args.sizes or "", args.only)))
     print(f"written {args.out} and {Path(args.out).with_suffix('.md')}")

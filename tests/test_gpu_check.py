@@ -9,7 +9,10 @@ import math
 import pytest
 import torch
 
-from flythinker_pl.bench import gpu_check
+from flythinker_pl.bench.gpu import decode as decode_section, report
+from flythinker_pl.bench.gpu.decode import DECODE_VARIANTS
+from flythinker_pl.bench.gpu.plan import PLANS
+from flythinker_pl.bench.gpu.scaleout import check_ddp
 from flythinker_pl.cli import main
 
 PARITY_CHECKS = {
@@ -67,7 +70,7 @@ def test_gpu_check_runs_every_section_at_tiny_sizes_and_reports_it(tmp_path, cap
     decode = sections["decode"]
     assert decode["status"] == "ok", decode["rows"]
     assert [(r["method"], r["batch"]) for r in decode["rows"]] == [
-        (method, batch) for batch in (1, 2) for method in gpu_check.DECODE_VARIANTS
+        (method, batch) for batch in (1, 2) for method in DECODE_VARIANTS
     ]
     for row in decode["rows"]:
         assert positive(row["ms/token"]) and positive(row["prefill ms"]) and positive(row["tokens/s"])
@@ -92,15 +95,15 @@ def test_failures_are_reported_and_the_rest_runs(tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setitem(gpu_check.SECTIONS, "parity", out_of_memory)  # a whole section fails
-    monkeypatch.setattr(gpu_check, "make_shared", out_of_memory)  # one model of a section fails
+    monkeypatch.setitem(report.SECTIONS, "parity", out_of_memory)  # a whole section fails
+    monkeypatch.setattr(decode_section, "make_shared", out_of_memory)  # one model of a section fails
     out = tmp_path / "check.json"
-    gpu_check.gpu_check(str(out), "tiny", only=["parity", "decode", "two_gpu"])
+    report.gpu_check(str(out), "tiny", only=["parity", "decode", "two_gpu"])
     sections = json.loads(out.read_text())["sections"]
     oom = "failed: CUDA out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert sections["parity"]["status"] == oom and "traceback" in sections["parity"]
     decode = sections["decode"]
-    assert decode["status"] == f"failed: 2 of {2 * len(gpu_check.DECODE_VARIANTS)} rows"
+    assert decode["status"] == f"failed: 2 of {2 * len(DECODE_VARIANTS)} rows"
     assert [r["status"] for r in decode["rows"] if r["method"] == "flythinker shared"] == [oom, oom]
     assert all(positive(r["ms/token"]) for r in decode["rows"] if r["method"] != "flythinker shared")
     assert sections["two_gpu"]["status"] == "skipped: no CUDA device"
@@ -110,6 +113,6 @@ def test_failures_are_reported_and_the_rest_runs(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ddp_section_keeps_replicas_identical_over_gloo():
     """The NCCL section's code, over gloo on CPU: two processes, different data, identical replicas."""
-    result = gpu_check.check_ddp(gpu_check.PLANS["tiny"], torch.device("cpu"), lambda: False, backend="gloo")
+    result = check_ddp(PLANS["tiny"], torch.device("cpu"), lambda: False, backend="gloo")
     assert result["status"] == "ok", result
     assert result["rows"][0]["replicas identical"] and result["rows"][0]["weights changed"]

@@ -43,31 +43,55 @@ def build_method(
     `warm_start`: the Generator weights of coconut.init_from (lit.rundirs.cot_weights reads them)."""
     checkpointing = cfg.train.gradient_checkpointing
     generator, tokenizer = _load("generator", cfg.generator, corpus, cfg.logging.cache_dir, checkpointing)
-    generator_dim = backbones.hidden_size(generator)
-    multiplier = families.embedding_multiplier(generator)
     if cfg.method == "coconut":  # its markers and warm start come before the training mode
         return build_coconut(cfg, generator, tokenizer, warm_start), tokenizer
-    generator = backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
+    generator = generator_in_mode(cfg, generator)
     if cfg.method in SFT_METHODS:
         return SFT(generator), tokenizer
-
     if cfg.reasoner.shared_base:  # its config rules are checked in config.py
-        families.check_head_logits(generator.get_base_model(), "reasoner.shared_base")
-        backbones.check_lora_targets(generator, cfg.reasoner, "reasoner")
-        generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
-        fusion = LatentFusion(generator_dim, generator_dim, cfg.fusion, multiplier)
-        return SharedBaseFlyThinker(generator, fusion), tokenizer
+        return shared_base(cfg, generator), tokenizer
     random_init_seed = cfg.seed if cfg.reasoner.init == "random" else None
     reasoner_lm, reasoner_tokenizer = _load(
         "reasoner", cfg.reasoner, corpus, cfg.logging.cache_dir, checkpointing, random_init_seed
     )
     backbones.check_same_vocabulary(tokenizer, reasoner_tokenizer, (cfg.generator.name, cfg.reasoner.name))
-    fusion = LatentFusion(backbones.hidden_size(reasoner_lm), generator_dim, cfg.fusion, multiplier)
+    return with_reasoner(cfg, generator, reasoner_lm), tokenizer
+
+
+# The steps below take models already built (gpu-check builds its own, at the paper's sizes on the GPU).
+
+
+def generator_in_mode(cfg: Config, generator: nn.Module) -> nn.Module:
+    """The Generator's causal LM in its training mode (generator.mode; LoRA adapter "generator")."""
+    return backbones.set_mode(generator, cfg.generator, "generator", task_type="CAUSAL_LM")
+
+
+def shared_base(cfg: Config, generator: nn.Module) -> SharedBaseFlyThinker:
+    """reasoner.shared_base: a "reasoner" LoRA adapter beside the Generator's, on its one base model,
+    for a family whose logits we can compute from its LM head."""
+    families.check_head_logits(generator.get_base_model(), "reasoner.shared_base")
+    backbones.check_lora_targets(generator, cfg.reasoner, "reasoner")
+    generator.add_adapter("reasoner", backbones.lora_config(cfg.reasoner, task_type="CAUSAL_LM"))
+    width = backbones.hidden_size(generator)
+    return SharedBaseFlyThinker(
+        generator, LatentFusion(width, width, cfg.fusion, families.embedding_multiplier(generator))
+    )
+
+
+def with_reasoner(cfg: Config, generator: nn.Module, reasoner_lm: nn.Module) -> nn.Module:
+    """cfg.method (flythinker, static, flythinker_recurrent) of a Generator in its training mode and
+    the Reasoner's causal LM as loaded (its decoder, in reasoner.mode, is what the method keeps)."""
+    fusion = LatentFusion(
+        backbones.hidden_size(reasoner_lm),
+        backbones.hidden_size(generator),
+        cfg.fusion,
+        families.embedding_multiplier(generator),
+    )
     reasoner = backbones.set_mode(backbones.decoder_of(reasoner_lm), cfg.reasoner, "reasoner", task_type=None)
     kwargs = dict(reasoner_frozen=cfg.reasoner.mode == "frozen", reasoner_sees_profile=cfg.reasoner.sees_profile)
     if cfg.method == "flythinker_recurrent":
         return RecurrentFlyThinker(
             generator, reasoner, fusion, mu=cfg.recurrent.mu, window=cfg.recurrent.window, **kwargs
-        ), tokenizer
+        )
     method_class = StaticFlyThinker if cfg.method == "static" else FlyThinker
-    return method_class(generator, reasoner, fusion, **kwargs), tokenizer
+    return method_class(generator, reasoner, fusion, **kwargs)
