@@ -1,7 +1,7 @@
 """Shared fixtures: a tokenizer trained on a small synthetic corpus, random tiny Qwen2 models of any
-size, a debug run config whose data, cache and logs live in a temporary directory, local model
-folders, the settings of end-to-end runs, sweep files and a one-node SLURM. Plain helpers live in
-helpers.py."""
+size and each method of the test grid (helpers.METHODS) on them, a debug run config whose data,
+cache and logs live in a temporary directory, local model folders, the settings of end-to-end runs,
+sweep files and a one-node SLURM. Plain helpers (and the grid's axes) live in helpers.py."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from flythinker_pl.data import synthetic  # noqa: E402
 from flythinker_pl.lit.run import build  # noqa: E402
 from flythinker_pl.models import tiny  # noqa: E402
 from flythinker_pl.models.backbones import decoder_of, lora_config, set_mode  # noqa: E402
+from flythinker_pl.models.baselines import Coconut  # noqa: E402
 from flythinker_pl.models.flythinker import FlyThinker  # noqa: E402
 from flythinker_pl.models.fusion import LatentFusion  # noqa: E402
+from flythinker_pl.models.sft import SFT  # noqa: E402
 from flythinker_pl.models.shared import SharedBaseFlyThinker  # noqa: E402
 
-from helpers import DEBUG_CONFIG, FAST, LAM, randomise_lora, save_tiny_model, sizes  # noqa: E402
+from helpers import DEBUG_CONFIG, FAST, LAM, randomise_lora, save_tiny_model, sizes, static_of  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +60,24 @@ def make_flythinker(tokenizer):
                 model.get_input_embeddings().weight[tokenizer.pad_token_id].normal_(0, 0.02)
         fusion_cfg = FusionConfig(**{"lam": 0.7, **fusion})
         return FlyThinker(generator, reasoner, LatentFusion(reasoner_dim, generator_dim, fusion_cfg), reasoner_frozen)
+
+    return make
+
+
+@pytest.fixture
+def make_method(make_flythinker, request):
+    """make_method(name): the grid's method `name` (helpers.METHODS) on random tiny models, lambda LAM."""
+
+    def make(name: str):
+        if name == "shared":
+            return request.getfixturevalue("shared_model")
+        flythinker = make_flythinker(32, 64, lam=LAM, **({"span": "response"} if name == "static" else {}))
+        return {
+            "sft": lambda: SFT(flythinker.generator),
+            "flythinker": lambda: flythinker,
+            "static": lambda: static_of(flythinker),
+            "coconut": lambda: Coconut(flythinker.generator, thoughts=2),
+        }[name]()
 
     return make
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -26,7 +27,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from flythinker_pl.config import BackboneConfig, DataConfig, DecodeConfig, ReasonerConfig, to_yaml
+from flythinker_pl.config import CHOICES, BackboneConfig, DataConfig, DecodeConfig, ReasonerConfig, to_yaml
 from flythinker_pl.lit.rundirs import EVAL_CONFIG, eval_yaml
 from flythinker_pl.models import tiny
 from flythinker_pl.models.backbones import decoder_of, set_mode
@@ -88,11 +89,32 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-# ---- from test_backbone_families.py ----
+# ---- the test grid (as peft's): every axis the tests iterate over, defined once ----
 
+# Each kind of method the tests build (models/build.py): its overrides of a run's config, and the
+# decoding engines it runs in (decode.engine; static and coconut step one model, as sft does).
+METHODS = {
+    "sft": ["method=sft"],
+    "flythinker": [],
+    "static": ["method=static", "fusion.span=response"],
+    "coconut": ["method=coconut", "coconut.k=2"],
+    "shared": ["reasoner.shared_base=true"],
+}
+ENGINES = {"sft": ("sequential",), "flythinker": ("sequential", "staggered"), "shared": ("sequential", "shared")}
+LATENT_METHODS = ("flythinker", "shared")  # of ENGINES, those adding a Reasoner's latents (lambda = 0: SFT)
+
+# Who trains: every (generator.mode, reasoner.mode) pair is valid for FlyThinker (the shared base
+# needs lora+lora: config.py refuses the rest).
+GENERATOR_MODES, REASONER_MODES = CHOICES["generator.mode"], CHOICES["reasoner.mode"]
+MODES = [pytest.param(g, r, id=f"{g}+{r}") for g in GENERATOR_MODES for r in REASONER_MODES]
+
+# The fusion's options (DESIGN.md section 4)
+DIMS, SPANS, NORMS = CHOICES["fusion.dims"], CHOICES["fusion.span"], CHOICES["fusion.norm"]
+LAM = 4.0  # large enough that latents change greedy choices (and logits) of random models visibly
+
+# Backbone families, as tiny random models from each family's config class (test_backbone_families):
+# every method runs on every family listed, a shared base included.
 WINDOW = 6  # sliding window, shorter than prompt + response
-
-
 FAMILIES = {  # config class, what the family has beyond Llama (strong enough to matter)
     "llama": (LlamaConfig, {}),
     "mistral": (MistralConfig, dict(sliding_window=WINDOW)),
@@ -162,6 +184,22 @@ def family_folders(name: str, directory, tokenizer) -> tuple[str, str, str]:
         save_family(directory, name, 64, tokenizer, seed=1),
         save_family(directory, name, 32, tokenizer, seed=2),
     )
+
+
+def grid_overrides(folders: tuple[str, str, str], *overrides: str, lam: float = LAM) -> list[str]:
+    """A run's config at a point of the grid: the family's models (family_folders), LoRA on both, lambda
+    `lam`, then `overrides` (a method's, METHODS)."""
+    family, generator, reasoner = folders
+    targets = LORA_TARGETS.get(family)
+    return [
+        f"generator.name={generator}",
+        f"reasoner.name={reasoner}",
+        "generator.mode=lora",
+        "reasoner.mode=lora",
+        f"fusion.lam={lam}",
+        *([f"generator.lora_targets={targets}", f"reasoner.lora_targets={targets}"] if targets else []),
+        *overrides,
+    ]
 
 
 # ---- from test_baselines_models.py ----
@@ -253,7 +291,6 @@ class PythonTokenizer(PreTrainedTokenizer):
 
 # ---- from test_decoding.py ----
 
-LAM = 4.0  # large enough that latents change greedy choices (and logits) of random models visibly
 PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
 
 

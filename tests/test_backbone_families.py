@@ -30,16 +30,20 @@ from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
 from helpers import (
+    ENGINES,
     FAMILIES,
     GREEDY,
     LAM,
-    LORA_TARGETS,
+    LATENT_METHODS,
+    METHODS,
+    NORMS,
     PROMPTS,
     RESPONSE_LEN,
     argmax_chain_matches,
     batch,
     family_config,
     family_folders,
+    grid_overrides,
     prompt_batch,
     randomise_lora,
     save_family,
@@ -47,7 +51,6 @@ from helpers import (
 
 
 POST_PROCESSED = {"gemma2", "gemma3", "granite", "cohere"}
-ENGINES = {"sft": ["sequential"], "flythinker": ["sequential", "staggered"], "shared": ["sequential", "shared"]}
 SAMPLED = dataclasses.replace(GREEDY, do_sample=True, temperature=1.3, top_p=0.9, seed=7)
 
 
@@ -57,19 +60,8 @@ def family(request, tmp_path_factory, tokenizer):
 
 
 def build(family, kind: str, lam: float = LAM, **fusion):
-    """kind: sft | flythinker | shared, LoRA on both models with random, distinct, nonzero adapters."""
-    name, generator, reasoner = family
-    overrides = [
-        f"generator.name={generator}",
-        f"reasoner.name={reasoner}",
-        "generator.mode=lora",
-        "reasoner.mode=lora",
-        f"fusion.lam={lam}",
-        *(f"fusion.{k}={v}" for k, v in fusion.items()),
-    ]
-    if name in LORA_TARGETS:
-        overrides += [f"generator.lora_targets={LORA_TARGETS[name]}", f"reasoner.lora_targets={LORA_TARGETS[name]}"]
-    overrides += {"sft": ["method=sft"], "flythinker": [], "shared": ["reasoner.shared_base=true"]}[kind]
+    """kind: one of ENGINES, LoRA on both models with random, distinct, nonzero adapters."""
+    overrides = grid_overrides(family, *(f"fusion.{k}={v}" for k, v in fusion.items()), *METHODS[kind], lam=lam)
     method, _ = build_method(load_config(None, overrides), corpus=None)
     randomise_lora(method, which="lora_")
     return method.eval()
@@ -91,7 +83,7 @@ def engine_logits(method, engine_name: str, ids, mask, prompt_len) -> torch.Tens
     return torch.stack(steps, dim=1)
 
 
-@pytest.mark.parametrize("kind", list(ENGINES))
+@pytest.mark.parametrize("kind", ENGINES)
 @torch.no_grad()
 def test_teacher_forced_equals_incremental_in_every_engine(family, tokenizer, kind):
     method = build(family, kind)
@@ -107,7 +99,7 @@ def test_teacher_forced_equals_incremental_in_every_engine(family, tokenizer, ki
         )
 
 
-@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+@pytest.mark.parametrize("kind", LATENT_METHODS)
 @pytest.mark.parametrize("sees_profile", [True, False])
 @torch.no_grad()
 def test_chunked_prompt_pass_equals_the_one_pass(family, tokenizer, kind, sees_profile, monkeypatch):
@@ -160,7 +152,7 @@ def test_logit_post_processing_is_reproduced_where_it_matters(family, tokenizer)
     assert (bare_gap > 1e-2) == (family[0] in POST_PROCESSED), bare_gap
 
 
-@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+@pytest.mark.parametrize("kind", LATENT_METHODS)
 def test_greedy_is_the_argmax_chain_and_sampling_agrees_in_every_engine(family, tokenizer, kind):
     method = build(family, kind)
     prompts = prompt_batch(tokenizer)
@@ -174,7 +166,7 @@ def test_greedy_is_the_argmax_chain_and_sampling_agrees_in_every_engine(family, 
     assert len({str(tokens) for tokens in sampled.values()}) == 1  # sampling reads logit values, not just order
 
 
-@pytest.mark.parametrize("kind", ["flythinker", "shared"])
+@pytest.mark.parametrize("kind", LATENT_METHODS)
 @torch.no_grad()
 def test_lambda_zero_is_sft_exactly(family, tokenizer, kind):
     method = build(family, kind, lam=0.0)
@@ -202,7 +194,7 @@ def first_layer_inputs(generator, run) -> torch.Tensor:
     return captured[0]
 
 
-@pytest.mark.parametrize("norm", ["table_mean", "none"])
+@pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
 def test_latents_are_added_in_the_space_the_decoder_layers_see(family, tokenizer, norm):
     """Independently of fusion.py: the first layer reads e(x_j) + lam * pad(r_{j-1}), where e(x) and the

@@ -39,7 +39,7 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.coconut import Coconut
 from flythinker_pl.models.coconut_setup import MARKER_TOKENS
 
-from helpers import ROOMY, no_corpus, sizes, synthetic_cfg
+from helpers import GENERATOR_MODES, ROOMY, no_corpus, sizes, synthetic_cfg
 
 
 START, LATENT, END = -1, -2, -3  # the official sequence's markers, as stand-ins
@@ -250,7 +250,7 @@ def coconut_overrides(*extra):
     return ["method=coconut", "coconut.markers=true", "coconut.marker_init=<|im_end|>", *extra]
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("mode", GENERATOR_MODES)
 def test_markers_join_the_vocabulary_as_copies_and_train_their_rows_only_under_lora(local_models, mode):
     method, tokenizer = build_method(
         load_config(None, [*local_models, *coconut_overrides(f"generator.mode={mode}")]), corpus=no_corpus

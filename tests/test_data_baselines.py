@@ -1,157 +1,30 @@
-"""The data side of the baselines: profile_mask (which prompt tokens render the user's history),
-chain-of-thought targets (data.rationales: JSON lines or the synthetic oracle), and prompts
-without any history for nonpers."""
+"""The data side of the baselines: chain-of-thought targets (data.rationales: JSON lines or the
+synthetic oracle) and prompts without any history for nonpers. (profile_mask, which a Reasoner that
+does not see the profile reads, is data/encode.py's: test_encode.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from flythinker_pl.config import DataConfig
-from flythinker_pl.data.batching import collate
-from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
-from flythinker_pl.data.encode import encode_records, fit_histories, token_ids, tokens_and_span_masks, truncate
+from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
+from flythinker_pl.data.encode import encode_records, token_ids, truncate
 from flythinker_pl.data.prompts import (
     RATIONALE_PREFIX,
     RESPONSE_MARKER,
     SEPARATOR,
     SUFFIX,
-    chat_prompt,
-    render_profile_item,
     split_rationale,
-    user_message,
     with_rationale,
 )
 from flythinker_pl.data.rationales import RationaleFileError, load_rationales, read_rationale_file
 from flythinker_pl.data.readers import SPLITS
-from flythinker_pl.data.retrieval import retrieve
 from flythinker_pl.data.schema import DataError, RecordError
 
-from helpers import CONFIGS, ROOMY, fixture_cfg, PythonTokenizer, synthetic_cfg
-
-
-def history_of(record: dict, cfg: DataConfig, tokenizer) -> str:
-    """The history text as the encoder budgets it (independently of profile_mask)."""
-    items = [record["profile"][i] for i in retrieve(record, cfg.task, cfg.retriever, cfg.k, cfg.seed)]
-    return fit_histories(tokenizer, [[render_profile_item(cfg.task, item) for item in items]], cfg.profile_tokens)[0][0]
-
-
-def previous_encoding(record: dict, cfg: DataConfig, tokenizer) -> list[int]:
-    """The ids as encoded before profile_mask existed: prompt string tokenised, then the target."""
-    message = user_message(
-        cfg.task, history_of(record, cfg, tokenizer), truncate(tokenizer, record["input"], cfg.input_tokens)
-    )
-    target = token_ids(tokenizer, record["output"])
-    target = target[: cfg.target_tokens] if len(target) > cfg.target_tokens else target + [tokenizer.eos_token_id]
-    return token_ids(tokenizer, chat_prompt(tokenizer, message, cfg.system_prompt)) + target
-
-
-def marked_text(example: dict, tokenizer) -> str:
-    return tokenizer.decode(np.asarray(example["input_ids"])[example["profile_mask"].astype(bool)])
-
-
-def assert_marks_the_history(example: dict, history_text: str, tokenizer, quoted_elsewhere: bool = False) -> None:
-    mask = example["profile_mask"]
-    assert mask.dtype == np.int8 and len(mask) == len(example["input_ids"])
-    assert not mask[example["prompt_len"] :].any()  # never on the target
-    if not history_text:
-        assert not mask.any()
-        return
-    marked = np.flatnonzero(mask)
-    assert (np.diff(marked) == 1).all()  # one contiguous run
-    text = marked_text(example, tokenizer)
-    assert history_text in text  # all of it, and only the tokens it needs: dropping either end loses some
-    ids = np.asarray(example["input_ids"])
-    assert history_text not in tokenizer.decode(ids[marked[1:]])
-    assert history_text not in tokenizer.decode(ids[marked[:-1]])
-    outside = tokenizer.decode(np.delete(np.asarray(example["input_ids"][: example["prompt_len"]]), marked))
-    assert (history_text[1:-1] in outside) == quoted_elsewhere
-
-
-@pytest.mark.parametrize("task,setting", CONFIGS)
-@pytest.mark.parametrize("budgets", [ROOMY, dict(profile_tokens=30, input_tokens=20, target_tokens=15)])
-def test_profile_mask_marks_exactly_the_history_and_leaves_the_ids_unchanged(tokenizer, task, setting, budgets):
-    cfg = fixture_cfg(task, setting, retriever="recency", k=2, **budgets)
-    for split in SPLITS:
-        for record in load_split(cfg, split).records:
-            example = prepare_record(record, cfg, tokenizer)
-            assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer)
-            assert_marks_the_history(example, history_of(record, cfg, tokenizer), tokenizer)
-
-
-@pytest.mark.parametrize("template", ["chat", "plain"])
-def test_profile_mask_finds_the_user_turn_even_when_the_system_prompt_quotes_the_history(
-    tokenizer, synthetic_dir, template
-):
-    if template == "plain":
-        tokenizer = tokenizer.__class__(
-            tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-        )
-    cfg = synthetic_cfg(synthetic_dir, k=2, **ROOMY)
-    for record in load_split(cfg, "val").records[:5]:
-        history_text = history_of(record, cfg, tokenizer)
-        # the whole user message twice in the prompt: only the user turn's history is the history
-        cfg.system_prompt = user_message(cfg.task, history_text, record["input"])
-        example = prepare_record(record, cfg, tokenizer)
-        assert example["input_ids"].tolist() == previous_encoding(record, cfg, tokenizer)
-        assert_marks_the_history(example, history_text, tokenizer, quoted_elsewhere=True)
-        prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
-        first_marked = int(np.flatnonzero(example["profile_mask"])[0])
-        assert len(tokenizer.decode(example["input_ids"][:first_marked])) > prompt.index(history_text)
-
-
-def test_slow_tokenizers_keep_their_ids_and_mark_the_history_up_to_a_boundary_token(tokenizer, synthetic_dir):
-    slow = PythonTokenizer(tokenizer)
-    slow.chat_template = tokenizer.chat_template
-    assert not slow.is_fast
-    cfg = synthetic_cfg(synthetic_dir, k=2, **ROOMY)
-    for record in load_split(cfg, "val").records[:4]:
-        fast_example = prepare_record(record, cfg, tokenizer)
-        slow_example = prepare_record(record, cfg, slow)
-        assert slow_example["input_ids"].tolist() == fast_example["input_ids"].tolist()
-        fast_marked, slow_marked = (np.flatnonzero(e["profile_mask"]) for e in (fast_example, slow_example))
-        assert len(slow_marked) and (np.diff(slow_marked) == 1).all()
-        assert abs(slow_marked[0] - fast_marked[0]) <= 1 and abs(slow_marked[-1] - fast_marked[-1]) <= 1
-
-
-def test_an_empty_span_marks_nothing(tokenizer):
-    ids, mask = tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(6, 6)])[0]
-    assert ids == token_ids(tokenizer, "The sound is lovely") and mask.tolist() == [0] * len(ids)
-    assert tokens_and_span_masks(tokenizer, ["The sound is lovely"], [(4, 9)])[0][1].any()
-
-
-def test_span_ends_on_characters_no_token_covers_fall_back_to_offsets():
-    backend = Tokenizer(models.WordLevel({"the": 0, "sound": 1, "is": 2, "lovely": 3, "[UNK]": 4}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # spaces belong to no token
-    ids, mask = tokens_and_span_masks(
-        PreTrainedTokenizerFast(tokenizer_object=backend), ["the sound is lovely"], [(3, 13)]
-    )[0]
-    assert ids == [0, 1, 2, 3] and mask.tolist() == [0, 1, 1, 0]
-
-
-def test_collate_left_pads_the_profile_mask_like_the_ids(tokenizer, synthetic_dir):
-    cfg = synthetic_cfg(synthetic_dir, k=2, profile_tokens=40, input_tokens=30, target_tokens=20)
-    records = load_split(cfg, "train").records[:3]
-    examples = [prepare_record(r, cfg, tokenizer) for r in records]
-    examples[1] = prepare_record(
-        records[1], synthetic_cfg(synthetic_dir, retriever="none", target_tokens=5), tokenizer
-    )  # shorter, with no history
-    batch = collate(examples, pad_id=tokenizer.pad_token_id)
-    assert batch["profile_mask"].dtype == batch["input_ids"].dtype
-    assert batch["profile_mask"].shape == batch["input_ids"].shape
-    for row, example in enumerate(examples):
-        start = batch["input_ids"].shape[1] - len(example["input_ids"])
-        assert batch["profile_mask"][row, :start].sum() == 0
-        assert batch["profile_mask"][row, start:].tolist() == example["profile_mask"].tolist()
-    assert batch["profile_mask"][1].sum() == 0 and batch["profile_mask"][0].sum() > 0
-    assert "profile_mask" not in collate(
-        [{k: v for k, v in e.items() if k != "profile_mask"} for e in examples], pad_id=tokenizer.pad_token_id
-    )  # hand-built examples: no mask, not zeros
+from helpers import ROOMY, fixture_cfg, synthetic_cfg
 
 
 def test_nonpers_prompts_show_no_profile_text_and_rag_prompts_do(run_config, tokenizer):

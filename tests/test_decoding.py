@@ -13,19 +13,10 @@ from flythinker_pl.decoding.generate import generate, prompts_of
 from flythinker_pl.decoding.sampler import Sampler
 from flythinker_pl.models.sft import SFT
 
-from helpers import GREEDY, IDS, LAM, PROMPTS, argmax_chain_matches, left_padded, prompt_batch
+from helpers import ENGINES, GREEDY, IDS, LATENT_METHODS, PROMPTS, argmax_chain_matches, left_padded, prompt_batch
 
 
 SAMPLED = DecodeConfig(do_sample=True, temperature=1.3, top_p=0.9, top_k=50, max_new_tokens=10, seed=7)
-
-
-def methods(make_flythinker, shared_model):
-    flythinker = make_flythinker(32, 64, lam=LAM)
-    return {
-        "sft": (SFT(flythinker.generator), ["sequential"]),
-        "flythinker": (flythinker, ["sequential", "staggered"]),
-        "shared": (shared_model, ["sequential", "shared"]),
-    }
 
 
 def pick_mid_batch_eos(method, tokenizer):
@@ -38,9 +29,9 @@ def pick_mid_batch_eos(method, tokenizer):
     pytest.skip("random model repeated itself in every row; no row-specific EOS candidate")
 
 
-@pytest.mark.parametrize("name", ["sft", "flythinker", "shared"])
-def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_flythinker, shared_model, tokenizer, name):
-    method, engines = methods(make_flythinker, shared_model)[name]
+@pytest.mark.parametrize("name", ENGINES)
+def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_method, tokenizer, name):
+    method, engines = make_method(name), ENGINES[name]
     eos_id = pick_mid_batch_eos(method, tokenizer)
     ids, mask, prompt_len, sample_ids = prompt_batch(tokenizer)
     outputs = {}
@@ -58,14 +49,14 @@ def test_greedy_equals_teacher_forced_argmax_chain_in_every_engine(make_flythink
         generate(method, ids, mask, prompt_len, sample_ids, GREEDY, [tokenizer.pad_token_id, eos_id]).tokens
         == outputs[engines[0]]
     )
-    if name != "sft":  # the latents matter, so a wrongly timed latent could not pass unnoticed
+    if name in LATENT_METHODS:  # the latents matter, so a wrongly timed latent could not pass unnoticed
         method.fusion.cfg.lam = 0.0
         assert generate(method, ids, mask, prompt_len, sample_ids, GREEDY, eos_id).tokens != outputs[engines[0]]
 
 
-@pytest.mark.parametrize("name", ["sft", "flythinker", "shared"])
-def test_sampling_is_identical_across_engines_and_batch_orders(make_flythinker, shared_model, tokenizer, name):
-    method, engines = methods(make_flythinker, shared_model)[name]
+@pytest.mark.parametrize("name", ENGINES)
+def test_sampling_is_identical_across_engines_and_batch_orders(make_method, tokenizer, name):
+    method, engines = make_method(name), ENGINES[name]
     reference = None
     for engine in engines:
         for order in [(0, 1, 2), (2, 0, 1)]:

@@ -32,19 +32,16 @@ from flythinker_pl.models.build import build_method
 from flythinker_pl.models.lora_step import LeanLoRA
 from flythinker_pl.models.sft import SFT
 
-from helpers import DEBUG_CONFIG, FAMILIES, LORA_TARGETS, family_folders, left_padded, no_corpus
+from helpers import DEBUG_CONFIG, FAMILIES, LAM, family_folders, grid_overrides, left_padded, no_corpus
+from helpers import METHODS as GRID_METHODS
 
 
 LOADER = Path(__file__).parent / "fixtures" / "load_exported.py"
 STEPS = 10
 PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12], [101, 3, 77]]
-LAM = 4.0  # as in test_decoding: latents change the greedy choices of random models
-METHODS = {  # overrides of each method's runs (LoRA on both models, lambda 4, unless said)
-    "flythinker": [],
-    "shared": ["reasoner.shared_base=true"],
-    "static": ["method=static", "fusion.span=response"],
-    "coconut": ["method=coconut", "coconut.k=2", "coconut.markers=true", "coconut.marker_init=<|im_end|>"],
-    "sft": ["method=sft"],
+METHODS = {  # the grid's methods, Coconut's with its marker tokens (in the exported vocabulary too)
+    **GRID_METHODS,
+    "coconut": [*GRID_METHODS["coconut"], "coconut.markers=true", "coconut.marker_init=<|im_end|>"],
 }
 FAST = {  # case -> (family, overrides, --adapters); every method on qwen2 (both ways), variants, two families
     **{name: ("qwen2", overrides, False) for name, overrides in METHODS.items()},
@@ -71,28 +68,17 @@ def randomise_trained(method, seed: int) -> None:
 
 def write_run(root: Path, name: str, folders: tuple[str, str, str], overrides: list[str], synthetic_dir: Path) -> Path:
     """A finished run of the debug config's data as `flythinker fit` leaves it, its trained weights random."""
-    family, generator, reasoner = folders
-    targets = (
-        [f"{side}.lora_targets={LORA_TARGETS[family]}" for side in ("generator", "reasoner")]
-        if family in LORA_TARGETS
-        else []
-    )
     cfg = load_config(
         DEBUG_CONFIG,
-        [
-            f"generator.name={generator}",
-            f"reasoner.name={reasoner}",
-            "generator.mode=lora",
-            "reasoner.mode=lora",
-            f"fusion.lam={LAM}",
+        grid_overrides(
+            folders,
             f"decode.max_new_tokens={STEPS}",
             "decode.do_sample=true",
             f"data.synthetic_dir={synthetic_dir.parent}",
             f"logging.root_dir={root}",
             f"logging.experiment={name}",
-            *targets,
             *overrides,
-        ],
+        ),
     )
     method, _ = build_method(cfg, corpus=no_corpus)
     randomise_trained(method, seed=len(name))

@@ -10,13 +10,13 @@ from flythinker_pl.models.fusion import LatentFusion, embedding_norm
 from flythinker_pl.models.fusion_math import real_positions
 from flythinker_pl.models.sft import SFT
 
-from helpers import RESPONSE_LEN, batch
+from helpers import DIMS, RESPONSE_LEN, SPANS, batch
 
 
 @pytest.mark.parametrize(
     "reasoner_dim,generator_dim,dims", [(32, 64, "pad"), (64, 64, "pad"), (32, 64, "linear"), (96, 64, "linear")]
 )
-@pytest.mark.parametrize("span", ["global", "response", "prompt"])
+@pytest.mark.parametrize("span", SPANS)
 @torch.no_grad()
 def test_teacher_forced_equals_incremental(make_flythinker, tokenizer, reasoner_dim, generator_dim, dims, span):
     model = make_flythinker(reasoner_dim, generator_dim, dims=dims, span=span)
@@ -44,7 +44,7 @@ def test_sft_teacher_forced_equals_incremental(make_flythinker, tokenizer):
     torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt_width - 1 : -1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("dims", ["pad", "linear"])
+@pytest.mark.parametrize("dims", DIMS)
 @torch.no_grad()
 def test_lambda_zero_is_sft_exactly(make_flythinker, tokenizer, dims):
     model = make_flythinker(lam=0.0, dims=dims)
@@ -55,7 +55,7 @@ def test_lambda_zero_is_sft_exactly(make_flythinker, tokenizer, dims):
     assert not torch.allclose(model(ids, mask, prompt_len), SFT(model.generator)(ids, mask, prompt_len))
 
 
-@pytest.mark.parametrize("span", ["global", "response", "prompt"])
+@pytest.mark.parametrize("span", SPANS)
 @torch.no_grad()
 def test_latents_land_exactly_where_the_span_allows(make_flythinker, tokenizer, span):
     model = make_flythinker(span=span)

@@ -16,7 +16,7 @@ from rank_bm25 import BM25Okapi
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
 from flythinker_pl.data.describe import show, stats
-from flythinker_pl.data.prompts import chat_prompt
+from flythinker_pl.data.prompts import ABSTRACT_WORDS, chat_prompt, render_profile_item
 from flythinker_pl.data.readers import SPLITS
 from flythinker_pl.data.retrieval import retrieve
 
@@ -253,3 +253,12 @@ def test_stats_and_show_describe_what_the_model_reads(tokenizer):
     assert raw("product_review", "user", "train")[0]["output"] in shown
     with pytest.raises(IndexError, match="train has 2 valid records"):
         show(cfg, tokenizer, "train", 5)
+
+
+def test_abstracts_keep_their_first_750_words_whitespace_normalised():
+    words = [f"w{n}" for n in range(ABSTRACT_WORDS + 50)]
+    item = {"title": "T", "abstract": "  ".join(words[:10]) + "\n" + " ".join(words[10:]), "id": "1", "year": 2020}
+    assert (
+        render_profile_item("abstract_generation", item)
+        == f'"{" ".join(words[:ABSTRACT_WORDS])}" is the abstract for the title "T"'
+    )

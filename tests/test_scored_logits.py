@@ -6,37 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flythinker_pl.config import BackboneConfig, FusionConfig
 from flythinker_pl.lit.module import method_loss, response_loss, scored_width
-from flythinker_pl.models import tiny
-from flythinker_pl.models.backbones import lora_config, set_mode
-from flythinker_pl.models.baselines import Coconut
-from flythinker_pl.models.fusion import LatentFusion
-from flythinker_pl.models.sft import SFT
-from flythinker_pl.models.shared import SharedBaseFlyThinker
 
-from helpers import sizes, static_of, training_batch
-
-
-def shared_base(tokenizer):
-    model = set_mode(
-        tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
-    )
-    model.add_adapter("reasoner", lora_config(BackboneConfig(), "CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    return SharedBaseFlyThinker(model, LatentFusion(64, 64, FusionConfig(lam=2.0)))
-
-
-METHODS = {
-    "sft": lambda make, tok: SFT(make(32, 64).generator),
-    "flythinker": lambda make, tok: make(32, 64, lam=2.0),
-    "static": lambda make, tok: static_of(make(32, 64, lam=2.0, span="response")),
-    "coconut": lambda make, tok: Coconut(make(32, 64).generator, thoughts=2),
-    "shared": lambda make, tok: shared_base(tok),
-}
+from helpers import METHODS, training_batch
 
 
 def loss_and_grads(method, loss):
@@ -45,8 +17,8 @@ def loss_and_grads(method, loss):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_scored_logits_only_keep_loss_and_gradients(make_flythinker, tokenizer, name):
-    method = METHODS[name](make_flythinker, tokenizer).train()
+def test_scored_logits_only_keep_loss_and_gradients(make_method, tokenizer, name):
+    method = make_method(name).train()
     batch = training_batch(tokenizer)
     keep = scored_width(batch["labels"])
     assert keep < batch["input_ids"].shape[1]  # the batch has prompt columns to skip

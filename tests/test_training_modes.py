@@ -10,7 +10,7 @@ from flythinker_pl.config import BackboneConfig, ReasonerConfig
 from flythinker_pl.lit.module import response_loss
 from flythinker_pl.models.backbones import set_mode
 
-from helpers import left_padded
+from helpers import DIMS, MODES, left_padded
 
 
 def training_batch(tokenizer):
@@ -28,9 +28,8 @@ def snapshot(module):
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("reasoner_mode", ["frozen", "lora", "full"])
-@pytest.mark.parametrize("generator_mode", ["lora", "full"])
-@pytest.mark.parametrize("dims", ["pad", "linear"])
+@pytest.mark.parametrize("generator_mode,reasoner_mode", MODES)
+@pytest.mark.parametrize("dims", DIMS)
 def test_optimiser_step_updates_exactly_the_trainable_parts(
     make_flythinker, tokenizer, reasoner_mode, generator_mode, dims
 ):

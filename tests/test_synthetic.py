@@ -1,4 +1,5 @@
-"""The embedded default data set and the minimal encoding path."""
+"""The embedded default data set (data/synthetic.py): deterministic, LongLaMP's product-review schema,
+user and temporal splits, preferences that show in the history and not in the query."""
 
 from __future__ import annotations
 
@@ -6,14 +7,7 @@ import filecmp
 import json
 import re
 
-import torch
-
-from flythinker_pl.config import DataConfig
 from flythinker_pl.data import synthetic
-from flythinker_pl.data.batching import collate
-from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split
-from flythinker_pl.data.encode import encode_records
-from flythinker_pl.data.prompts import chat_prompt
 
 
 def read(path):
@@ -80,45 +74,3 @@ def test_users_differ_in_their_latent_preferences(synthetic_dir):
     truth = list(personas(synthetic_dir).values())
     assert len({tuple(p["aspects"]) for p in truth}) > len(truth) // 2
     assert len({p["arc"] for p in truth}) == len(synthetic.ARCS)
-
-
-def test_encoding_masks_the_prompt_and_ends_with_eos(synthetic_dir, tokenizer):
-    record = read(synthetic_dir / "product_review_user" / "train.jsonl")[0]
-    latest = record["profile"][-1]
-    expected_message = (
-        f'"{latest["overall"]}" is a rating for the product with description '
-        f'"{latest["description"]}". "{latest["summary"]}" is summary for "{latest["reviewText"]}"'
-        f". Following the given patterns {record['input']}"
-    )
-    roomy = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=10_000)
-    example = encode_records([record], [[latest]], roomy, tokenizer)[0]
-    prompt = tokenizer.decode(example["input_ids"][: example["prompt_len"]])
-    assert prompt == chat_prompt(tokenizer, expected_message, None)
-    assert prompt.endswith("<|im_start|>assistant\n")
-    assert example["input_ids"][-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(example["input_ids"][example["prompt_len"] : -1]) == record["output"]
-
-    tight = DataConfig(profile_tokens=10_000, input_tokens=10_000, target_tokens=20)
-    short = encode_records([record], [[latest]], tight, tokenizer)[0]
-    assert len(short["input_ids"]) - short["prompt_len"] == 20  # the target budget; no EOS on a cut target
-    assert short["input_ids"][-1] != tokenizer.eos_token_id
-    assert short["reference"] == record["output"]  # the reference is never truncated
-
-    batch = collate([example, short], pad_id=tokenizer.pad_token_id)
-    width = batch["input_ids"].shape[1]
-    assert batch["attention_mask"][1, : width - len(short["input_ids"])].sum() == 0  # left padding
-    response = batch["labels"][0] != -100
-    assert response.sum() == len(example["input_ids"]) - example["prompt_len"]
-    assert torch.equal(batch["labels"][0][response], batch["input_ids"][0][response])
-
-
-def test_datamodule_batches_every_split(synthetic_dir, tokenizer):
-    cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), batch_size=4)
-    cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 20, 5
-    datamodule = PersonalisationDataModule(cfg, tokenizer)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    ids = [i for batch in datamodule.val_dataloader() for i in batch["ids"]]
-    assert sorted(ids) == sorted(r["id"] for r in load_split(cfg, "val").records)  # nothing dropped or repeated
-    batch = next(iter(datamodule.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 4 and batch["prompt_len"].shape == (4,)

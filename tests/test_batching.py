@@ -1,5 +1,6 @@
-"""Batches: dynamic left padding, labels on the response only, ids carried; the length-bucketed
-order is a deterministic per-epoch permutation that survives Lightning's DDP wrapping."""
+"""Batches (data/batching.py and the datamodule's loaders): dynamic left padding (of profile_mask too),
+labels on the response only, ids carried, every split batched once; the length-bucketed order is a
+deterministic per-epoch permutation that survives Lightning's DDP wrapping."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import torch
 
 from flythinker_pl.config import DataConfig
 from flythinker_pl.data.batching import LengthBucketSampler, collate
-from flythinker_pl.data.datamodule import PersonalisationDataModule
+from flythinker_pl.data.datamodule import PersonalisationDataModule, load_split, prepare_record
 from flythinker_pl.data.schema import SKIP_REPORT
 
-from helpers import DEBUG_CONFIG, ROOT
+from helpers import DEBUG_CONFIG, ROOT, synthetic_cfg
 
 
 LENGTHS = [random.Random(n).randint(5, 500) for n in range(203)]
@@ -137,3 +138,35 @@ def test_each_split_is_retrieved_and_encoded_once_not_per_epoch(synthetic_dir, t
         list(datamodule.train_dataloader()), list(datamodule.val_dataloader())
     datamodule.setup("fit")
     assert sorted(calls) == sorted(e["id"] for split in ("train", "val") for e in datamodule.examples[split])
+
+
+def test_datamodule_batches_every_split(synthetic_dir, tokenizer):
+    cfg = DataConfig(synthetic_dir=str(synthetic_dir.parent), batch_size=4)
+    cfg.synthetic.num_users, cfg.synthetic.reviews_per_user = 20, 5
+    datamodule = PersonalisationDataModule(cfg, tokenizer)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    ids = [i for batch in datamodule.val_dataloader() for i in batch["ids"]]
+    assert sorted(ids) == sorted(r["id"] for r in load_split(cfg, "val").records)  # nothing dropped or repeated
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and batch["prompt_len"].shape == (4,)
+
+
+def test_collate_left_pads_the_profile_mask_like_the_ids(tokenizer, synthetic_dir):
+    cfg = synthetic_cfg(synthetic_dir, k=2, profile_tokens=40, input_tokens=30, target_tokens=20)
+    records = load_split(cfg, "train").records[:3]
+    examples = [prepare_record(r, cfg, tokenizer) for r in records]
+    examples[1] = prepare_record(
+        records[1], synthetic_cfg(synthetic_dir, retriever="none", target_tokens=5), tokenizer
+    )  # shorter, with no history
+    batch = collate(examples, pad_id=tokenizer.pad_token_id)
+    assert batch["profile_mask"].dtype == batch["input_ids"].dtype
+    assert batch["profile_mask"].shape == batch["input_ids"].shape
+    for row, example in enumerate(examples):
+        start = batch["input_ids"].shape[1] - len(example["input_ids"])
+        assert batch["profile_mask"][row, :start].sum() == 0
+        assert batch["profile_mask"][row, start:].tolist() == example["profile_mask"].tolist()
+    assert batch["profile_mask"][1].sum() == 0 and batch["profile_mask"][0].sum() > 0
+    assert "profile_mask" not in collate(
+        [{k: v for k, v in e.items() if k != "profile_mask"} for e in examples], pad_id=tokenizer.pad_token_id
+    )  # hand-built examples: no mask, not zeros
