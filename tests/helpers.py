@@ -36,7 +36,7 @@ from flythinker_pl.models.flythinker import FlyThinker
 from flythinker_pl.models.layout import last_prompt_column
 
 
-# ---- from conftest.py ----
+# ---- tiny models on disk ----
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def grid_overrides(folders: tuple[str, str, str], *overrides: str, lam: float = 
     ]
 
 
-# ---- from test_baselines_models.py ----
+# ---- token rows with a history span ----
 
 RESPONSE_LENGTHS = [6, 3, 4]  # differing, so responses end the rows at different prompt columns
 
@@ -251,7 +251,7 @@ def static_of(flythinker: FlyThinker) -> StaticFlyThinker:
     )
 
 
-# ---- from test_data_baselines.py ----
+# ---- synthetic data configs ----
 
 
 def synthetic_cfg(synthetic_dir: Path, **options) -> DataConfig:
@@ -289,7 +289,7 @@ class PythonTokenizer(PreTrainedTokenizer):
         return self.fast.convert_tokens_to_string(tokens)
 
 
-# ---- from test_decoding.py ----
+# ---- prompts for decoding ----
 
 PROMPTS = [[5, 9, 13, 21, 8], list(range(30, 41)), [7, 7, 3, 19, 44, 52, 61, 12]]
 
@@ -315,7 +315,7 @@ def argmax_chain_matches(method, prompt: list[int], generated: list[int], eos_id
     assert chain == produced
 
 
-# ---- from test_flythinker_math.py ----
+# ---- teacher-forced batches ----
 
 PROMPT_LENGTHS = [5, 9, 7]
 
@@ -332,7 +332,7 @@ def batch(tokenizer, seed=0):
     return ids, mask, torch.tensor(PROMPT_LENGTHS)
 
 
-# ---- from test_longlamp_fixtures.py ----
+# ---- LongLaMP fixtures ----
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longlamp"
 
@@ -355,7 +355,7 @@ def raw(task: str, setting: str, split: str) -> list[dict]:
     return json.loads((FIXTURES / f"{task}_{setting}" / f"{split}.json").read_text(encoding="utf-8"))
 
 
-# ---- from test_longlamp_validation.py ----
+# ---- spoiled LongLaMP records ----
 
 GOOD = raw("product_review", "user", "train")[0]
 
@@ -376,7 +376,7 @@ def encoded(record) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8")
 
 
-# ---- from test_lora_step.py ----
+# ---- LoRA weights that expose a wrong dispatch ----
 
 
 def randomise_lora(*models: torch.nn.Module, seed: int = 0, std: float = 0.1, which: str = "lora_B") -> None:
@@ -390,7 +390,7 @@ def randomise_lora(*models: torch.nn.Module, seed: int = 0, std: float = 0.1, wh
                     param.normal_(0, std)
 
 
-# ---- from test_scaleout.py ----
+# ---- training runs in a subprocess ----
 
 # One thread per process: the same arithmetic in the single-process, DDP and torchrun runs.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
