@@ -35,3 +35,9 @@ def sequences(plan_prompt: int, lengths: list[int], response: torch.Tensor, voca
         "labels": labels,
     }
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def decode_prompts(plan, size: int, vocab: int, device, response: torch.Tensor | None = None) -> dict:
+    """`size` full-length decode prompts (seeded by the batch size), followed by `response` if given."""
+    response = torch.zeros(size, 0, dtype=torch.long) if response is None else response
+    return sequences(plan.decode_prompt, [plan.decode_prompt] * size, response, vocab, seed=size, device=device)

@@ -12,7 +12,7 @@ from ...decoding.generate import generate
 from ...measure import peak_memory_mb, release, reset_peak_memory, timed
 from ...models.architectures import ARCHITECTURES
 from ...models.sft import SFT
-from .batches import sequences
+from .batches import decode_prompts
 from .models import make_flythinker, make_generator, make_shared, weights_gb
 from .plan import Plan, failure
 
@@ -114,14 +114,7 @@ def check_decode(plan: Plan, device: torch.device, out_of_time: Callable[[], boo
         if out_of_time():
             rows += [{"method": v, "batch": size, "status": "skipped: time budget"} for v in DECODE_VARIANTS]
             continue
-        batch = sequences(
-            plan.decode_prompt,
-            [plan.decode_prompt] * size,
-            torch.zeros(size, 0, dtype=torch.long),
-            vocab,
-            seed=size,
-            device=device,
-        )
+        batch = decode_prompts(plan, size, vocab, device)
         compiling = {}  # variant -> seconds its warm-up at this batch spent compiling
         run = decode_runner(models, DECODE_VARIANTS, device, batch, vocab, compiling)
         status, extra = {}, {}

@@ -134,32 +134,32 @@ def parity_rows(plan: Plan, device: torch.device, dtype: torch.dtype):
     def after_prompts(tokens: list[list[int]]) -> dict:  # the same prompts, followed by `tokens`
         return sequences(plan.parity_prompt, lengths, torch.tensor(tokens), vocab, seed=0, device=device)
 
-    flythinker = make_flythinker(plan, plan.reasoners[0], "lora", dtype, device).eval()
-    sft = SFT(flythinker.generator)
-    reference = teacher_forced(flythinker, batch)
-    for engine in ("sequential", "staggered"):
-        yield logit_row(
-            f"flythinker: teacher-forced == incremental ({engine})",
+    def engine_rows(label: str, method, engine: str):
+        """Teacher-forced == incremental through sequential and `engine`, and their greedy tokens equal;
+        returns the teacher-forced logits."""
+        reference = teacher_forced(method, batch)
+        for name in ("sequential", engine):
+            difference = relative_diff(incremental(method, name, batch), reference)
+            yield logit_row(f"{label}: teacher-forced == incremental ({name})", dtype, difference, tolerance)
+        tokens = {name: greedy(method, name, batch, plan.parity_tokens, vocab) for name in ("sequential", engine)}
+        yield greedy_row(
+            f"{label}: greedy tokens {engine} == sequential",
             dtype,
-            relative_diff(incremental(flythinker, engine, batch), reference),
+            tokens["sequential"],
+            tokens[engine],
+            teacher_forced(method, after_prompts(tokens["sequential"])),
             tolerance,
         )
+        return reference
+
+    flythinker = make_flythinker(plan, plan.reasoners[0], "lora", dtype, device).eval()
+    sft = SFT(flythinker.generator)
+    reference = yield from engine_rows("flythinker", flythinker, "staggered")
     sft_reference = teacher_forced(sft, batch)
     yield logit_row(
         "sft: teacher-forced == incremental",
         dtype,
         relative_diff(incremental(sft, "sequential", batch), sft_reference),
-        tolerance,
-    )
-    tokens = {
-        engine: greedy(flythinker, engine, batch, plan.parity_tokens, vocab) for engine in ("sequential", "staggered")
-    }
-    yield greedy_row(
-        "flythinker: greedy tokens staggered == sequential",
-        dtype,
-        tokens["sequential"],
-        tokens["staggered"],
-        teacher_forced(flythinker, after_prompts(tokens["sequential"])),
         tolerance,
     )
     flythinker.fusion.cfg.lam = 0.0
@@ -189,23 +189,8 @@ def parity_rows(plan: Plan, device: torch.device, dtype: torch.dtype):
     release(device)
 
     shared = make_shared(plan, dtype, device).eval()
-    reference = teacher_forced(shared, batch)  # peft's forward, switching adapters between the two passes
-    for engine in ("sequential", "shared"):
-        yield logit_row(
-            f"shared base: teacher-forced == incremental ({engine})",
-            dtype,
-            relative_diff(incremental(shared, engine, batch), reference),
-            tolerance,
-        )
-    tokens = {engine: greedy(shared, engine, batch, plan.parity_tokens, vocab) for engine in ("sequential", "shared")}
-    yield greedy_row(
-        "shared base: greedy tokens shared == sequential",
-        dtype,
-        tokens["sequential"],
-        tokens["shared"],
-        teacher_forced(shared, after_prompts(tokens["sequential"])),
-        tolerance,
-    )
+    # teacher-forced: peft's forward, switching adapters between the two passes
+    reference = yield from engine_rows("shared base", shared, "shared")
     with shared.generator.disable_adapter():
         base_only = teacher_forced(shared, batch)
     yield logit_row(

@@ -17,7 +17,7 @@ import torch
 from ...measure import timed
 from ...models.architectures import ARCHITECTURES
 from .. import optimizer_steps
-from .batches import random_tokens, sequences
+from .batches import decode_prompts, random_tokens, sequences
 from .decode import decode_runner, step_seconds
 from .models import make_flythinker
 from .parity import TOLERANCE, greedy, greedy_row, teacher_forced
@@ -33,27 +33,13 @@ def check_two_gpu(plan: Plan, device: torch.device, out_of_time: Callable[[], bo
     flythinker = make_flythinker(plan, plan.reasoners[0], "lora", dtype, device).eval()
     flythinker.reasoner.to("cuda:1")  # what MethodModule.on_predict_start does for decode.reasoner_device
     size = plan.decode_batches[min(1, len(plan.decode_batches) - 1)]
-    batch = sequences(
-        plan.decode_prompt,
-        [plan.decode_prompt] * size,
-        torch.zeros(size, 0, dtype=torch.long),
-        vocab,
-        seed=size,
-        device=device,
-    )
+    batch = decode_prompts(plan, size, vocab, device)
     tokens = {
         engine: greedy(flythinker, engine, batch, plan.parity_tokens, vocab) for engine in ("sequential", "staggered")
     }
     chain = teacher_forced(
         flythinker,
-        sequences(
-            plan.decode_prompt,
-            [plan.decode_prompt] * size,
-            torch.tensor(tokens["sequential"]),
-            vocab,
-            seed=size,
-            device=device,
-        ),
+        decode_prompts(plan, size, vocab, device, torch.tensor(tokens["sequential"])),
     )
     agreement = greedy_row(
         "two GPUs: greedy tokens staggered == sequential",
