@@ -164,7 +164,9 @@ class DataConfig:
     max_records: Optional[int] = None  # first N records per split; None = all (for quick debugging)
     retriever: str = "bm25"  # bm25 (LongLaMP's fields, rank-bm25) | recency (k latest) | random | none
     k: int = 1  # retrieved profile items per prompt
-    seed: int = 0  # seeds random retrieval and the length-bucketed order
+    # seeds random retrieval and the training order (shuffled or length-bucketed); a sweep's declared
+    # `seeds:` set it to each run's seed (a fully fine-tuned Generator has no other randomness)
+    seed: int = 0
     system_prompt: Optional[str] = None  # None keeps the chat template's own default
     profile_tokens: int = 1250  # token budgets, as in the paper: the rendered history (retrieved items),
     input_tokens: int = 300  # the query,

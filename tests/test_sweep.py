@@ -300,6 +300,23 @@ def test_seeds_on_the_command_line_replace_every_points_seeds(write_sweep, tmp_p
     assert "seeds='-2': give a number of seeds (seeds=3 runs seeds 0, 1, 2" in capsys.readouterr().err
 
 
+def test_declared_seeds_vary_the_training_order_unless_an_override_sets_it(write_sweep, tmp_path):
+    """A fully fine-tuned SFT has no random init: `seed` alone would give the same run three times."""
+    points = [{"label": "fixed order", "overrides": ["method=sft", "data.seed=7"]}]
+    data_seeds = lambda path, *extra: [  # noqa: E731
+        (run.point.label, run.seed, run.config.data.seed) for run in load_sweep(path, list(extra)).runs
+    ]
+    assert data_seeds(write_sweep(tmp_path / "declared", points=points, grid={"fusion.lam": [0.5]})) == [
+        ("fusion.lam=0.5", 0, 0),
+        ("fusion.lam=0.5", 1, 1),
+        ("fixed order", 0, 7),
+        ("fixed order", 1, 7),
+    ]
+    undeclared = write_sweep(tmp_path / "undeclared", "data.seed=3", seeds=None)
+    assert {data_seed for _, _, data_seed in data_seeds(undeclared)} == {3}  # no seeds declared: untouched
+    assert {data_seed for _, _, data_seed in data_seeds(write_sweep(tmp_path / "cli", seeds=None), "seeds=[4]")} == {4}
+
+
 @pytest.mark.slow  # multi-process / hundreds of steps: make test-slow runs it, and CI
 def test_a_local_sweep_two_at_once_ends_with_the_inline_table(write_sweep, tmp_path, capsys):
     """Two jobs side by side, each on its share of the cores (one thread on 2 cores): the table the

@@ -235,7 +235,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise SweepError(f"{path}: point label '{repeated[0]}' is used twice")
-    seeds = _seeds(path, node.get("seeds")) or [base_seed]
+    seeds = _seeds(path, node.get("seeds"))
     runs = [
         Run(
             point,
@@ -244,6 +244,9 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
                 path,
                 point.config or base,
                 [
+                    # Declared seeds vary the training order too (data.seed), unless an override sets it:
+                    # a fully fine-tuned Generator has no random init, so `seed` alone changes nothing.
+                    *([f"data.seed={seed}"] if seeds_override or point.seeds or seeds else []),
                     *shared,
                     *point.overrides,
                     f"seed={seed}",
@@ -253,7 +256,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] = ()) -> Sweep:
             ),
         )
         for point in points
-        for seed in seeds_override or point.seeds or seeds
+        for seed in seeds_override or point.seeds or seeds or [base_seed]
     ]
     _dependencies(path, runs)
     return Sweep(
