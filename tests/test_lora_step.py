@@ -13,7 +13,7 @@ from flythinker_pl.config import BackboneConfig, DecodeConfig
 from flythinker_pl.decoding.generate import generate
 from flythinker_pl.models import tiny
 from flythinker_pl.models.backbones import lora_config, set_mode
-from flythinker_pl.models.lora_step import LeanLoRA
+from flythinker_pl.models.lora_step import LeanLoRA, exact_scaling
 from flythinker_pl.models.sft import SFT
 
 from helpers import PROMPTS, left_padded, randomise_lora, sizes
@@ -28,6 +28,7 @@ def two_adapters(tokenizer):
         tiny.build_model(sizes(64), tokenizer, seed=3), BackboneConfig(mode="lora"), "generator", "CAUSAL_LM"
     )
     model.add_adapter("reasoner", lora_config(BackboneConfig(lora_alpha=8), "CAUSAL_LM"))  # another scaling
+    model.add_adapter("odd", lora_config(BackboneConfig(lora_alpha=12), "CAUSAL_LM"))  # 1.5: not a power of two
     randomise_lora(model, which="lora_")
     return model.eval()
 
@@ -43,14 +44,19 @@ def with_adapter(model, name: str):
 
 @torch.no_grad()
 def test_lean_single_adapter_equals_peft(two_adapters):
-    ids = torch.tensor([PROMPTS[1]])
-    for name in ("generator", "reasoner"):
+    ids = torch.tensor([PROMPTS[1], PROMPTS[1][::-1]])
+    for name in ("generator", "reasoner", "odd"):  # scalings 2 and 1 (added in place), 1.5 (peft's ops)
         reference = forward(with_adapter(two_adapters, name), ids)
         with LeanLoRA(two_adapters) as lean:
             assert all("forward" in vars(layer) for layer in lean.layers)
             lean_logits = forward(two_adapters, ids)
         assert torch.equal(lean_logits, reference)  # the same operations in the same order
     assert all("forward" not in vars(layer) for layer in lean.layers)  # peft's forward is back
+
+
+def test_only_powers_of_two_scale_exactly():
+    assert [exact_scaling(s) for s in (1.0, 2.0, 0.5, 4.0, 0.125)] == [True] * 5
+    assert [exact_scaling(s) for s in (1.5, 3.0, 0.75, 0.0, -2.0)] == [False] * 5
 
 
 @torch.no_grad()
