@@ -166,8 +166,15 @@ def test_bench_decode_checks_every_engine_against_its_reference(run_config, tmp_
     floor = report["prompt pass floor"]["3"]
     flops_ratio = floor["flythinker GFLOP"] / floor["sft GFLOP"]
     assert 1 < floor["floor (flythinker / sft)"] == pytest.approx(flops_ratio, abs=0.01)
+    assert floor["reasoner pass ms"] > 0 and floor["timed floor (sft prefill + reasoner pass) / sft prefill"] > 1
+    fastest = min(
+        (r for r in results if r["batch"] == 3 and r["method"].startswith("flythinker")),
+        key=lambda r: r["prefill / sft"],
+    )
+    assert (floor["best engine"], floor["best prefill / sft"]) == (fastest["method"], fastest["prefill / sft"])
     printed = capsys.readouterr().out
-    assert "bench decode: batch 3: warm-up flythinker shared (6/6)" in printed and "cannot go below" in printed
+    assert "bench decode: batch 3: warm-up flythinker shared (6/6)" in printed
+    assert "cannot go below" in printed and "two passes cannot go below" in printed
 
 
 def test_table_without_finished_runs_is_a_clear_error(tmp_path, capsys):

@@ -18,9 +18,13 @@ a second run of the bench cheaper), `eager / compiled` the step's speed-up.
 
 Before timing, every variant decodes greedily at the largest batch and the bench checks that each
 gives the tokens of its reference: SFT's rows those of peft's forward, a FlyThinker engine those of its
-model's sequential engine. Below the table: the prompt pass's arithmetic (FLOPs of SFT's and of
-FlyThinker's, counted by torch's FlopCounterMode), which sets a floor under FlyThinker / SFT where SFT
-keeps every core busy, and whether compiling pays for a typical decode (the demo's test split).
+model's sequential engine. Below the table: the prompt pass's floors and whether compiling pays for a
+typical decode (the demo's test split). Two floors under FlyThinker's time to the first token / SFT's:
+its arithmetic (FLOPs of SFT's and of FlyThinker's prompt pass, counted by torch's FlopCounterMode),
+where SFT keeps every core busy; and, timed in the same rounds, the Reasoner's prompt pass alone (its
+forward and KV cache, nothing of the fusion or the engine) beside SFT's, what two passes cost unless
+the models run side by side. The two differ where time does not follow FLOPs: on CPU the attention
+kernel's time follows sequence length squared times heads, hardly the head size that FLOPs count.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..config import load_config
 from ..data.datamodule import PersonalisationDataModule, pretraining_corpus
 from ..decoding.generate import Generation, generate, prompts_of
 from ..models.build import build_method
+from ..models.fusion_math import real_positions
 from ..models.lora_step import LeanLoRA
 from ..measure import peak_memory_mb, reset_peak_memory, timed
 from . import write_json
@@ -115,6 +120,19 @@ def prompt_flops(method, rows: dict, lora_path: str) -> float:
         with FlopCounterMode(display=False) as counter:
             method.prefill(rows["ids"], rows["mask"], rows["prompt_len"])
     return counter.get_total_flops()
+
+
+@torch.no_grad()
+def reasoner_pass_seconds(method, rows: dict) -> float:
+    """Seconds of the Reasoner's own prompt pass on `rows` (its forward, making its KV cache, on the lean
+    LoRA path), as FlyThinker's prefill runs it: what two passes add to SFT's at the least."""
+    mask = method.reasoner_mask(rows["mask"], None)
+    with LeanLoRA(method):
+        _, seconds = timed(
+            rows["ids"].device,
+            lambda: method.reasoner_forward(rows["ids"], mask, real_positions(mask), method.reasoner_decode_cache()),
+        )
+    return seconds
 
 
 def bench_decode(
@@ -208,11 +226,14 @@ def bench_decode(
             print(f"bench decode: batch {batch_size}: warm-up {name} ({index}/{len(variants)})", flush=True)
             warm = run(name, batch_size)
             compile_seconds.setdefault((name, batch_size), warm.compile_seconds)
-        timings = {name: [] for name in variants}
+        timings, reasoner_pass = {name: [] for name in variants}, []
+        flythinker = models[("method=flythinker",)]
+        reasoner_pass_seconds(flythinker, _rows(prompts, batch_size))  # warm-up
         for round_index in range(repeats):  # interleaved rounds: drift hits every variant alike
             print(f"bench decode: batch {batch_size}: round {round_index + 1}/{repeats} of every variant", flush=True)
             for name in variants:
                 timings[name].append(run(name, batch_size))
+            reasoner_pass.append(reasoner_pass_seconds(flythinker, _rows(prompts, batch_size)))
         # per token: the steps after the prompt pass; total: prompt pass + every step, over the tokens
         step = {
             name: [(g.seconds - g.prefill_seconds - g.compile_seconds) / (new_tokens - 1) for g in runs]
@@ -250,11 +271,18 @@ def bench_decode(
             )
         rows = _rows(prompts, batch_size)
         sft_flops = prompt_flops(models[("method=sft",)], rows, "lean")
-        fly_flops = prompt_flops(models[("method=flythinker",)], rows, "lean")
+        fly_flops = prompt_flops(flythinker, rows, "lean")
+        # per round: (SFT's prompt pass + the Reasoner's alone) / SFT's, the median over rounds
+        timed_floor = 1 + statistics.median(r / s for r, s in zip(reasoner_pass, prefill["sft"]))
+        best = min((name for name in variants if name.startswith("flythinker")), key=lambda n: ratio(prefill, n, "sft"))
         floors[batch_size] = {
             "sft GFLOP": round(sft_flops / 1e9, 3),
             "flythinker GFLOP": round(fly_flops / 1e9, 3),
             "floor (flythinker / sft)": round(fly_flops / sft_flops, 3),
+            "reasoner pass ms": round(1000 * statistics.median(reasoner_pass), 2),
+            "timed floor (sft prefill + reasoner pass) / sft prefill": round(timed_floor, 3),
+            "best engine": best,
+            "best prefill / sft": ratio(prefill, best, "sft"),
         }
     frame = pd.DataFrame(results)
     notes = summary(frame, floors, compiled)
@@ -278,10 +306,14 @@ def summary(frame: pd.DataFrame, floors: dict, compiled: bool) -> list[str]:
     """The lines printed under the table: the prompt pass's floor, and whether compiling pays."""
     lines = []
     for batch, floor in floors.items():
+        timed_floor = floor["timed floor (sft prefill + reasoner pass) / sft prefill"]
         lines.append(
             f"batch {batch}: prompt pass {floor['sft GFLOP']} GFLOP for SFT, {floor['flythinker GFLOP']} for "
             f"FlyThinker (its Reasoner's share): where SFT keeps every core busy, FlyThinker / SFT cannot go "
-            f"below {floor['floor (flythinker / sft)']}"
+            f"below {floor['floor (flythinker / sft)']}; timed, the Reasoner's prompt pass alone takes "
+            f"{floor['reasoner pass ms']} ms, so two passes cannot go below {timed_floor}: the best engine "
+            f"({floor['best engine']}) is at {floor['best prefill / sft']}, "
+            f"{100 * (floor['best prefill / sft'] / timed_floor - 1):+.1f}% from it"
         )
     if not compiled:
         return lines
